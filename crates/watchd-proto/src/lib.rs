@@ -1,0 +1,1037 @@
+//! The watchd wire format: what one packet read from a subscription pipe holds.
+//!
+//! `docs/protocol.md` is the contract and `include/watchd.h` its C form; this crate is the
+//! Rust form. Every record is one packet of at most [`MAX_RECORD_LEN`] bytes:
+//!
+//! ```text
+//!  0  u16 len          whole record, header included; a multiple of 4
+//!  2  u8  version      VERSION (1)
+//!  3  u8  flags        FLAG_*
+//!  4  u32 type:24 | subtype:8   (type in the low 24 bits, as the kernel's bitfield)
+//!  8  u64 tag          the client's tag of the watch that matched (0 for pipe-wide META)
+//! 16  u64 seq          per-subscription sequence number; a gap means records were lost
+//! 24  u64 time_ns      CLOCK_REALTIME when the daemon saw the change
+//! 32  attributes       u16 len (4 + value), u16 id, value, zero padding to 4 bytes
+//! ```
+//!
+//! - [`RecordBuilder`] encodes; the daemon builds a record once per event and stamps
+//!   each subscriber's tag and sequence number into a copy ([`stamp`]).
+//! - [`Record::parse`] decodes, and [`Record::attrs`] walks the attributes; ids a reader
+//!   does not know are skipped, so new attributes never break old readers.
+//! - [`RecordType`], the subtype modules and [`attr`] hold the numbering; [`names`] turns
+//!   numbers into the stable names that `watchctl --json` prints.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+/// The version this crate writes and reads.
+pub const VERSION: u8 = 1;
+/// Size of the fixed header.
+pub const HEADER_LEN: usize = 32;
+/// Largest record: one packet, which a pipe write delivers atomically.
+pub const MAX_RECORD_LEN: usize = 4096;
+/// Size of an attribute's own header (length and id).
+pub const ATTR_HEADER_LEN: usize = 4;
+
+/// The record describes state that existed when the watch was set (initial state).
+pub const FLAG_SNAPSHOT: u8 = 0x01;
+/// Some attributes did not fit in one packet and were left out; `attr::TRUNCATED` says how many.
+pub const FLAG_TRUNCATED: u8 = 0x02;
+
+/// Record types. 0 and 1 are the kernel's `WATCH_TYPE_META` and `WATCH_TYPE_KEY_NOTIFY`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum RecordType {
+    Meta = 0,
+    Key = 1,
+    Mount = 2,
+    Superblock = 3,
+    Device = 4,
+    File = 5,
+    Krb5 = 6,
+}
+
+impl RecordType {
+    pub const ALL: [RecordType; 7] = [
+        RecordType::Meta,
+        RecordType::Key,
+        RecordType::Mount,
+        RecordType::Superblock,
+        RecordType::Device,
+        RecordType::File,
+        RecordType::Krb5,
+    ];
+
+    pub fn from_u32(value: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| *t as u32 == value)
+    }
+
+    /// The bit this type takes in a set of types (`attr::LOST_TYPES`).
+    pub fn bit(self) -> u64 {
+        1 << (self as u32)
+    }
+}
+
+/// Subtypes of [`RecordType::Meta`]; 0 and 1 are the kernel's numbers.
+pub mod meta {
+    /// The watched object is gone (or access to it was revoked); the watch has ended.
+    pub const REMOVAL: u8 = 0;
+    /// Records were dropped because the pipe was full.
+    pub const LOSS: u8 = 1;
+    /// The initial state requested for a watch has been sent in full.
+    pub const SYNC: u8 = 2;
+}
+
+/// Subtypes of [`RecordType::Key`]: the kernel's `enum key_notification_subtype`.
+pub mod key {
+    pub const INSTANTIATED: u8 = 0;
+    pub const UPDATED: u8 = 1;
+    pub const LINKED: u8 = 2;
+    pub const UNLINKED: u8 = 3;
+    pub const CLEARED: u8 = 4;
+    pub const REVOKED: u8 = 5;
+    pub const INVALIDATED: u8 = 6;
+    pub const SETATTR: u8 = 7;
+}
+
+/// Subtypes of [`RecordType::Mount`].
+pub mod mount {
+    /// A mount appeared.
+    pub const ATTACH: u8 = 0;
+    /// A mount went away.
+    pub const DETACH: u8 = 1;
+    /// A mount moved to another mount point; `attr::OLD_MOUNT_POINT` says where from.
+    pub const MOVE: u8 = 2;
+    /// Options, superblock options or propagation changed; `attr::CHANGED` says which.
+    pub const CHANGE: u8 = 3;
+
+    /// Bits of `attr::CHANGED`.
+    pub const CHANGED_OPTIONS: u32 = 0x1;
+    pub const CHANGED_SUPER_OPTIONS: u32 = 0x2;
+    pub const CHANGED_PROPAGATION: u32 = 0x4;
+    pub const CHANGED_PARENT: u32 = 0x8;
+}
+
+/// How an attribute's value is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttrKind {
+    U32,
+    U64,
+    /// Bytes, normally UTF-8 text, without a terminating NUL.
+    Str,
+}
+
+/// Attribute ids. One numbering for every record type, so a generic reader can name any
+/// attribute; ranges are reserved per source.
+pub mod attr {
+    // 0x0001..0x000f: META records.
+    /// u64: records lost since the last record that arrived.
+    pub const LOST_COUNT: u16 = 0x0001;
+    /// u64: sequence number of the first lost record.
+    pub const FIRST_LOST_SEQ: u16 = 0x0002;
+    /// u64: set of the types lost, bit n for type n.
+    pub const LOST_TYPES: u16 = 0x0003;
+    /// str: the object that went away (REMOVAL).
+    pub const OBJECT: u16 = 0x0004;
+    /// str: why (REMOVAL), e.g. "unmounted", "access revoked".
+    pub const REASON: u16 = 0x0005;
+    /// u32: attributes left out of this record (with `FLAG_TRUNCATED`).
+    pub const TRUNCATED: u16 = 0x0006;
+
+    // 0x0010..0x003f: mounts.
+    /// u64: mount id (the kernel's unique 64-bit id where known, else mountinfo's).
+    pub const MOUNT_ID: u16 = 0x0010;
+    /// u64: the parent mount's id.
+    pub const PARENT_ID: u16 = 0x0011;
+    /// u32: device major number.
+    pub const MAJOR: u16 = 0x0012;
+    /// u32: device minor number.
+    pub const MINOR: u16 = 0x0013;
+    /// str: the root of the mount within its filesystem.
+    pub const ROOT: u16 = 0x0014;
+    /// str: where it is mounted.
+    pub const MOUNT_POINT: u16 = 0x0015;
+    /// str: filesystem type, e.g. "tmpfs", "ext4".
+    pub const FS_TYPE: u16 = 0x0016;
+    /// str: mount source, e.g. "/dev/sda1".
+    pub const SOURCE: u16 = 0x0017;
+    /// str: per-mount options, e.g. "rw,nosuid".
+    pub const MOUNT_OPTIONS: u16 = 0x0018;
+    /// str: superblock options.
+    pub const SUPER_OPTIONS: u16 = 0x0019;
+    /// str: propagation, e.g. "shared:1 master:2", empty when private.
+    pub const PROPAGATION: u16 = 0x001a;
+    /// str: the previous mount point (MOVE).
+    pub const OLD_MOUNT_POINT: u16 = 0x001b;
+    /// u64: inode number of the mount namespace the mount lives in.
+    pub const MNT_NS: u16 = 0x001c;
+    /// u32: what changed (CHANGE), `mount::CHANGED_*` bits.
+    pub const CHANGED: u16 = 0x001d;
+
+    /// The layout of each known attribute; `None` for ids this version does not know.
+    pub fn kind(id: u16) -> Option<super::AttrKind> {
+        use super::AttrKind::*;
+        Some(match id {
+            LOST_COUNT | FIRST_LOST_SEQ | LOST_TYPES | MOUNT_ID | PARENT_ID | MNT_NS => U64,
+            TRUNCATED | MAJOR | MINOR | CHANGED => U32,
+            OBJECT | REASON | ROOT | MOUNT_POINT | FS_TYPE | SOURCE | MOUNT_OPTIONS
+            | SUPER_OPTIONS | PROPAGATION | OLD_MOUNT_POINT => Str,
+            _ => return None,
+        })
+    }
+}
+
+/// Stable names for types, subtypes and attributes (what `watchctl --json` prints).
+pub mod names {
+    use super::{RecordType, attr, key, meta, mount};
+
+    pub fn record_type(t: u32) -> Option<&'static str> {
+        Some(match RecordType::from_u32(t)? {
+            RecordType::Meta => "meta",
+            RecordType::Key => "key",
+            RecordType::Mount => "mount",
+            RecordType::Superblock => "superblock",
+            RecordType::Device => "device",
+            RecordType::File => "file",
+            RecordType::Krb5 => "krb5",
+        })
+    }
+
+    pub fn subtype(t: u32, subtype: u8) -> Option<&'static str> {
+        Some(match (RecordType::from_u32(t)?, subtype) {
+            (RecordType::Meta, meta::REMOVAL) => "removal",
+            (RecordType::Meta, meta::LOSS) => "loss",
+            (RecordType::Meta, meta::SYNC) => "sync",
+            (RecordType::Key, key::INSTANTIATED) => "instantiated",
+            (RecordType::Key, key::UPDATED) => "updated",
+            (RecordType::Key, key::LINKED) => "linked",
+            (RecordType::Key, key::UNLINKED) => "unlinked",
+            (RecordType::Key, key::CLEARED) => "cleared",
+            (RecordType::Key, key::REVOKED) => "revoked",
+            (RecordType::Key, key::INVALIDATED) => "invalidated",
+            (RecordType::Key, key::SETATTR) => "setattr",
+            (RecordType::Mount, mount::ATTACH) => "attach",
+            (RecordType::Mount, mount::DETACH) => "detach",
+            (RecordType::Mount, mount::MOVE) => "move",
+            (RecordType::Mount, mount::CHANGE) => "change",
+            _ => return None,
+        })
+    }
+
+    pub fn attribute(id: u16) -> Option<&'static str> {
+        Some(match id {
+            attr::LOST_COUNT => "lost_count",
+            attr::FIRST_LOST_SEQ => "first_lost_seq",
+            attr::LOST_TYPES => "lost_types",
+            attr::OBJECT => "object",
+            attr::REASON => "reason",
+            attr::TRUNCATED => "truncated",
+            attr::MOUNT_ID => "mount_id",
+            attr::PARENT_ID => "parent_id",
+            attr::MAJOR => "major",
+            attr::MINOR => "minor",
+            attr::ROOT => "root",
+            attr::MOUNT_POINT => "mount_point",
+            attr::FS_TYPE => "fs_type",
+            attr::SOURCE => "source",
+            attr::MOUNT_OPTIONS => "mount_options",
+            attr::SUPER_OPTIONS => "super_options",
+            attr::PROPAGATION => "propagation",
+            attr::OLD_MOUNT_POINT => "old_mount_point",
+            attr::MNT_NS => "mnt_ns",
+            attr::CHANGED => "changed",
+            _ => return None,
+        })
+    }
+}
+
+/// Why an encode failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The attribute would take the record past [`MAX_RECORD_LEN`].
+    TooLarge,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record would exceed {MAX_RECORD_LEN} bytes")
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Why a packet is not a record this crate can read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A zero-length packet (end of file on the pipe reads as this too).
+    Empty,
+    /// Fewer bytes than the header, or than the header's length field says.
+    Truncated { have: usize, need: usize },
+    /// More than one packet's worth, or more bytes than the length field says.
+    Oversized { have: usize, len: usize },
+    /// A length field that cannot be right (smaller than the header, or not a multiple of 4).
+    BadLength(usize),
+    /// A version this crate does not speak.
+    UnsupportedVersion(u8),
+    /// An attribute whose length runs past the record or is below its own header.
+    BadAttribute { offset: usize },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Empty => write!(f, "empty packet"),
+            DecodeError::Truncated { have, need } => {
+                write!(f, "truncated record: {have} bytes, need {need}")
+            }
+            DecodeError::Oversized { have, len } => {
+                write!(f, "packet of {have} bytes holds a record of {len} bytes")
+            }
+            DecodeError::BadLength(len) => write!(f, "impossible record length {len}"),
+            DecodeError::UnsupportedVersion(v) => {
+                write!(
+                    f,
+                    "record version {v} is not supported (this reader speaks {VERSION})"
+                )
+            }
+            DecodeError::BadAttribute { offset } => {
+                write!(f, "malformed attribute at byte {offset}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The fixed part of every record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub len: u16,
+    pub version: u8,
+    pub flags: u8,
+    pub record_type: u32,
+    pub subtype: u8,
+    pub tag: u64,
+    pub seq: u64,
+    pub time_ns: u64,
+}
+
+impl Header {
+    pub fn record_type(&self) -> Option<RecordType> {
+        RecordType::from_u32(self.record_type)
+    }
+
+    pub fn is(&self, record_type: RecordType, subtype: u8) -> bool {
+        self.record_type == record_type as u32 && self.subtype == subtype
+    }
+}
+
+fn type_word(record_type: u32, subtype: u8) -> u32 {
+    (record_type & 0x00ff_ffff) | (u32::from(subtype) << 24)
+}
+
+fn pad4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Builds one record. Tag and sequence number start at zero and are filled in per
+/// subscriber with [`stamp`], so one build serves every pipe the event goes to.
+#[derive(Clone, Debug)]
+pub struct RecordBuilder {
+    buf: Vec<u8>,
+}
+
+impl RecordBuilder {
+    pub fn new(record_type: RecordType, subtype: u8, flags: u8, time_ns: u64) -> Self {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+        buf.push(VERSION);
+        buf.push(flags);
+        buf.extend_from_slice(&type_word(record_type as u32, subtype).to_le_bytes());
+        buf.extend_from_slice(&[0; 16]); // tag, seq
+        buf.extend_from_slice(&time_ns.to_le_bytes());
+        RecordBuilder { buf }
+    }
+
+    /// Bytes still free in the packet, attribute headers and padding included.
+    pub fn room(&self) -> usize {
+        MAX_RECORD_LEN - self.buf.len()
+    }
+
+    /// Appends an attribute, or leaves the record as it was when it would not fit.
+    pub fn put(&mut self, id: u16, value: &[u8]) -> Result<&mut Self, EncodeError> {
+        let attr_len = ATTR_HEADER_LEN + value.len();
+        if pad4(attr_len) > self.room() {
+            return Err(EncodeError::TooLarge);
+        }
+        self.buf.extend_from_slice(&(attr_len as u16).to_le_bytes());
+        self.buf.extend_from_slice(&id.to_le_bytes());
+        self.buf.extend_from_slice(value);
+        self.buf.resize(pad4(self.buf.len()), 0);
+        let len = self.buf.len() as u16;
+        self.buf[0..2].copy_from_slice(&len.to_le_bytes());
+        Ok(self)
+    }
+
+    pub fn put_u32(&mut self, id: u16, value: u32) -> Result<&mut Self, EncodeError> {
+        self.put(id, &value.to_le_bytes())
+    }
+
+    pub fn put_u64(&mut self, id: u16, value: u64) -> Result<&mut Self, EncodeError> {
+        self.put(id, &value.to_le_bytes())
+    }
+
+    pub fn put_str(&mut self, id: u16, value: impl AsRef<[u8]>) -> Result<&mut Self, EncodeError> {
+        self.put(id, value.as_ref())
+    }
+
+    /// Sets flag bits after the fact (e.g. [`FLAG_TRUNCATED`] once attributes were left out).
+    pub fn set_flags(&mut self, flags: u8) -> &mut Self {
+        self.buf[3] |= flags;
+        self
+    }
+
+    /// The encoded record, tag and sequence number still zero.
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Writes a subscriber's tag and sequence number into an encoded record.
+///
+/// Panics if `record` is shorter than [`HEADER_LEN`]; records come from [`RecordBuilder`].
+pub fn stamp(record: &mut [u8], tag: u64, seq: u64) {
+    record[8..16].copy_from_slice(&tag.to_le_bytes());
+    record[16..24].copy_from_slice(&seq.to_le_bytes());
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// A decoded record borrowing the packet it came from.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    pub header: Header,
+    body: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// Decodes one packet. The packet must hold exactly one record.
+    pub fn parse(packet: &'a [u8]) -> Result<Self, DecodeError> {
+        if packet.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        if packet.len() < HEADER_LEN {
+            return Err(DecodeError::Truncated {
+                have: packet.len(),
+                need: HEADER_LEN,
+            });
+        }
+        let version = packet[2];
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let len = usize::from(le_u16(packet, 0));
+        if !(HEADER_LEN..=MAX_RECORD_LEN).contains(&len) || len % 4 != 0 {
+            return Err(DecodeError::BadLength(len));
+        }
+        if packet.len() < len {
+            return Err(DecodeError::Truncated {
+                have: packet.len(),
+                need: len,
+            });
+        }
+        if packet.len() > len {
+            return Err(DecodeError::Oversized {
+                have: packet.len(),
+                len,
+            });
+        }
+        let word = le_u32(packet, 4);
+        let header = Header {
+            len: len as u16,
+            version,
+            flags: packet[3],
+            record_type: word & 0x00ff_ffff,
+            subtype: (word >> 24) as u8,
+            tag: le_u64(packet, 8),
+            seq: le_u64(packet, 16),
+            time_ns: le_u64(packet, 24),
+        };
+        let record = Record {
+            header,
+            body: &packet[HEADER_LEN..len],
+        };
+        // Validate the attribute chain up front so later walks cannot fail.
+        for attr in record.attrs() {
+            attr?;
+        }
+        Ok(record)
+    }
+
+    /// The attributes in order, unknown ids included (skip them).
+    pub fn attrs(&self) -> Attrs<'a> {
+        Attrs {
+            body: self.body,
+            offset: 0,
+        }
+    }
+
+    /// The first attribute with this id.
+    pub fn get(&self, id: u16) -> Option<Attr<'a>> {
+        self.attrs().filter_map(Result::ok).find(|a| a.id == id)
+    }
+
+    pub fn get_u32(&self, id: u16) -> Option<u32> {
+        self.get(id)?.as_u32()
+    }
+
+    pub fn get_u64(&self, id: u16) -> Option<u64> {
+        self.get(id)?.as_u64()
+    }
+
+    /// A text attribute; bytes that are not UTF-8 are replaced.
+    pub fn get_str(&self, id: u16) -> Option<String> {
+        self.get(id)
+            .map(|a| String::from_utf8_lossy(a.value).into_owned())
+    }
+}
+
+/// One attribute: its id and value (padding removed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr<'a> {
+    pub id: u16,
+    pub value: &'a [u8],
+}
+
+impl<'a> Attr<'a> {
+    pub fn as_u32(&self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.value.try_into().ok()?))
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.value.try_into().ok()?))
+    }
+
+    pub fn as_str(&self) -> Option<&'a str> {
+        std::str::from_utf8(self.value).ok()
+    }
+}
+
+/// Iterator over a record's attributes.
+#[derive(Clone, Debug)]
+pub struct Attrs<'a> {
+    body: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = Result<Attr<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = &self.body[self.offset..];
+        if rest.is_empty() {
+            return None;
+        }
+        let at = HEADER_LEN + self.offset;
+        if rest.len() < ATTR_HEADER_LEN {
+            self.offset = self.body.len();
+            return Some(Err(DecodeError::BadAttribute { offset: at }));
+        }
+        let len = usize::from(le_u16(rest, 0));
+        if len < ATTR_HEADER_LEN || len > rest.len() {
+            self.offset = self.body.len();
+            return Some(Err(DecodeError::BadAttribute { offset: at }));
+        }
+        let attr = Attr {
+            id: le_u16(rest, 2),
+            value: &rest[ATTR_HEADER_LEN..len],
+        };
+        self.offset = (self.offset + pad4(len)).min(self.body.len());
+        Some(Ok(attr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIME: u64 = 1_767_225_600_123_456_789;
+
+    fn mount_detach() -> Vec<u8> {
+        let mut b = RecordBuilder::new(RecordType::Mount, mount::DETACH, FLAG_SNAPSHOT, TIME);
+        b.put_u64(attr::MOUNT_ID, 0x0102_0304_0506_0708)
+            .unwrap()
+            .put_u32(attr::MAJOR, 259)
+            .unwrap()
+            .put_str(attr::MOUNT_POINT, "/mnt/usb1")
+            .unwrap();
+        b.finish()
+    }
+
+    /// A record of just a header, with `len` and `version` patched to whatever a test needs.
+    fn raw_header(len: u16, version: u8) -> Vec<u8> {
+        let mut rec = RecordBuilder::new(RecordType::Meta, meta::SYNC, 0, TIME).finish();
+        rec[0..2].copy_from_slice(&len.to_le_bytes());
+        rec[2] = version;
+        rec
+    }
+
+    #[test]
+    fn round_trip_header_and_attributes() {
+        let mut rec = mount_detach();
+        stamp(&mut rec, 7, 42);
+        let r = Record::parse(&rec).unwrap();
+        assert_eq!(
+            r.header,
+            Header {
+                len: rec.len() as u16,
+                version: VERSION,
+                flags: FLAG_SNAPSHOT,
+                record_type: RecordType::Mount as u32,
+                subtype: mount::DETACH,
+                tag: 7,
+                seq: 42,
+                time_ns: TIME,
+            }
+        );
+        assert!(r.header.is(RecordType::Mount, mount::DETACH));
+        assert_eq!(r.header.record_type(), Some(RecordType::Mount));
+        assert_eq!(r.get_u64(attr::MOUNT_ID), Some(0x0102_0304_0506_0708));
+        assert_eq!(r.get_u32(attr::MAJOR), Some(259));
+        assert_eq!(r.get_str(attr::MOUNT_POINT).as_deref(), Some("/mnt/usb1"));
+        assert_eq!(
+            r.get(attr::MOUNT_POINT).unwrap().as_str(),
+            Some("/mnt/usb1")
+        );
+        assert_eq!(r.get(attr::SOURCE), None);
+        // A typed getter must not reinterpret a value of the wrong size.
+        assert_eq!(r.get_u32(attr::MOUNT_ID), None);
+        assert_eq!(r.attrs().count(), 3);
+    }
+
+    /// Pins the exact bytes, so a change to the wire format cannot pass unnoticed: C and
+    /// Python readers written from docs/protocol.md depend on these offsets.
+    #[test]
+    fn wire_layout_is_fixed() {
+        let mut rec = mount_detach();
+        stamp(&mut rec, 0x1122_3344_5566_7788, 0x99);
+        #[rustfmt::skip]
+        let expected: Vec<u8> = [
+            &[68, 0, VERSION, FLAG_SNAPSHOT][..],
+            &[2, 0, 0, 1],                                  // type 2 low, subtype 1 high
+            &0x1122_3344_5566_7788u64.to_le_bytes(),
+            &0x99u64.to_le_bytes(),
+            &TIME.to_le_bytes(),
+            &[12, 0, 0x10, 0], &[8, 7, 6, 5, 4, 3, 2, 1],   // mount_id
+            &[8, 0, 0x12, 0], &[3, 1, 0, 0],                // major 259
+            &[13, 0, 0x15, 0], b"/mnt/usb1", &[0, 0, 0],    // len excludes the padding
+        ]
+        .concat();
+        assert_eq!(rec, expected);
+    }
+
+    #[test]
+    fn type_keeps_low_24_bits_and_subtype_high_8() {
+        let rec = RecordBuilder::new(RecordType::Key, key::SETATTR, 0, 0).finish();
+        assert_eq!(rec[4..8], [1, 0, 0, 7]);
+        let r = Record::parse(&rec).unwrap();
+        assert_eq!((r.header.record_type, r.header.subtype), (1, key::SETATTR));
+    }
+
+    #[test]
+    fn stamp_sets_tag_and_seq_only() {
+        let built = mount_detach();
+        let mut rec = built.clone();
+        stamp(&mut rec, u64::MAX, 1);
+        let r = Record::parse(&rec).unwrap();
+        assert_eq!((r.header.tag, r.header.seq), (u64::MAX, 1));
+        assert_eq!(rec[..8], built[..8]);
+        assert_eq!(rec[24..], built[24..]);
+        // Restamping one build for another subscriber must not leave the first one's values.
+        stamp(&mut rec, 3, 9);
+        let r = Record::parse(&rec).unwrap();
+        assert_eq!((r.header.tag, r.header.seq), (3, 9));
+    }
+
+    #[test]
+    fn empty_packet() {
+        assert_eq!(Record::parse(&[]).unwrap_err(), DecodeError::Empty);
+    }
+
+    #[test]
+    fn truncated_packets() {
+        let rec = mount_detach();
+        assert_eq!(
+            Record::parse(&rec[..HEADER_LEN - 1]).unwrap_err(),
+            DecodeError::Truncated {
+                have: HEADER_LEN - 1,
+                need: HEADER_LEN
+            }
+        );
+        assert_eq!(
+            Record::parse(&rec[..1]).unwrap_err(),
+            DecodeError::Truncated {
+                have: 1,
+                need: HEADER_LEN
+            }
+        );
+        assert_eq!(
+            Record::parse(&rec[..rec.len() - 4]).unwrap_err(),
+            DecodeError::Truncated {
+                have: rec.len() - 4,
+                need: rec.len()
+            }
+        );
+    }
+
+    #[test]
+    fn oversized_packets() {
+        let mut rec = mount_detach();
+        let len = rec.len();
+        rec.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            Record::parse(&rec).unwrap_err(),
+            DecodeError::Oversized { have: len + 4, len }
+        );
+
+        // Two records in one packet are not one record.
+        let two = [mount_detach(), mount_detach()].concat();
+        assert_eq!(
+            Record::parse(&two).unwrap_err(),
+            DecodeError::Oversized { have: 2 * len, len }
+        );
+
+        // A length field beyond one packet can never be right, however many bytes follow.
+        let mut big = raw_header(4100, VERSION);
+        big.resize(4100, 0);
+        assert_eq!(
+            Record::parse(&big).unwrap_err(),
+            DecodeError::BadLength(4100)
+        );
+        let mut big = raw_header(0xfffc, VERSION);
+        big.resize(0xfffc, 0);
+        assert_eq!(
+            Record::parse(&big).unwrap_err(),
+            DecodeError::BadLength(0xfffc)
+        );
+
+        // A full-size record followed by more bytes than one packet holds.
+        let mut full = raw_header(MAX_RECORD_LEN as u16, VERSION);
+        full.extend_from_slice(&4064u16.to_le_bytes());
+        full.extend_from_slice(&0x7fffu16.to_le_bytes());
+        full.resize(MAX_RECORD_LEN, 0);
+        assert!(Record::parse(&full).is_ok());
+        full.push(0);
+        assert_eq!(
+            Record::parse(&full).unwrap_err(),
+            DecodeError::Oversized {
+                have: MAX_RECORD_LEN + 1,
+                len: MAX_RECORD_LEN
+            }
+        );
+    }
+
+    #[test]
+    fn impossible_lengths() {
+        // Not a multiple of 4: attributes could not stay aligned.
+        let mut rec = raw_header(34, VERSION);
+        rec.resize(34, 0);
+        assert_eq!(Record::parse(&rec).unwrap_err(), DecodeError::BadLength(34));
+        // Below the header: the record cannot even hold itself.
+        assert_eq!(
+            Record::parse(&raw_header(28, VERSION)).unwrap_err(),
+            DecodeError::BadLength(28)
+        );
+        assert_eq!(
+            Record::parse(&raw_header(0, VERSION)).unwrap_err(),
+            DecodeError::BadLength(0)
+        );
+    }
+
+    #[test]
+    fn attribute_running_past_the_end() {
+        let mut rec = RecordBuilder::new(RecordType::Meta, meta::REMOVAL, 0, TIME);
+        rec.put_str(attr::OBJECT, "/mnt/usb1").unwrap();
+        let mut rec = rec.finish();
+        // Claim a longer value than the record holds.
+        rec[32..34].copy_from_slice(&20u16.to_le_bytes());
+        assert_eq!(
+            Record::parse(&rec).unwrap_err(),
+            DecodeError::BadAttribute { offset: 32 }
+        );
+
+        // A second attribute whose header claims more than is left.
+        let mut b = RecordBuilder::new(RecordType::Meta, meta::REMOVAL, 0, TIME);
+        b.put_str(attr::OBJECT, "abc")
+            .unwrap()
+            .put_str(attr::REASON, "xyz")
+            .unwrap();
+        let mut rec = b.finish();
+        rec[40..42].copy_from_slice(&9u16.to_le_bytes());
+        assert_eq!(
+            Record::parse(&rec).unwrap_err(),
+            DecodeError::BadAttribute { offset: 40 }
+        );
+    }
+
+    #[test]
+    fn attribute_shorter_than_its_header() {
+        let mut rec = RecordBuilder::new(RecordType::Meta, meta::REMOVAL, 0, TIME);
+        rec.put_str(attr::OBJECT, "").unwrap();
+        let mut rec = rec.finish();
+        // Length 0 would make a walker loop forever on the same attribute.
+        rec[32..34].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(
+            Record::parse(&rec).unwrap_err(),
+            DecodeError::BadAttribute { offset: 32 }
+        );
+        rec[32..34].copy_from_slice(&3u16.to_le_bytes());
+        assert_eq!(
+            Record::parse(&rec).unwrap_err(),
+            DecodeError::BadAttribute { offset: 32 }
+        );
+    }
+
+    #[test]
+    fn unknown_attribute_is_skipped() {
+        let mut b = RecordBuilder::new(RecordType::Mount, mount::ATTACH, 0, TIME);
+        b.put_u32(attr::MAJOR, 8)
+            .unwrap()
+            .put(0x7fff, b"future")
+            .unwrap()
+            .put(0x7ffe, &[])
+            .unwrap()
+            .put_u64(attr::MOUNT_ID, 99)
+            .unwrap()
+            .put_str(attr::FS_TYPE, "ext4")
+            .unwrap();
+        let rec = b.finish();
+        let r = Record::parse(&rec).unwrap();
+        assert_eq!(r.get_u32(attr::MAJOR), Some(8));
+        assert_eq!(r.get_u64(attr::MOUNT_ID), Some(99));
+        assert_eq!(r.get_str(attr::FS_TYPE).as_deref(), Some("ext4"));
+        let ids: Vec<u16> = r.attrs().map(|a| a.unwrap().id).collect();
+        assert_eq!(
+            ids,
+            [attr::MAJOR, 0x7fff, 0x7ffe, attr::MOUNT_ID, attr::FS_TYPE]
+        );
+        assert_eq!(r.get(0x7fff).unwrap().value, b"future");
+        assert_eq!(r.get(0x7ffe).unwrap().value, b"");
+        assert_eq!(attr::kind(0x7fff), None);
+    }
+
+    #[test]
+    fn first_attribute_with_an_id_wins() {
+        let mut b = RecordBuilder::new(RecordType::Mount, mount::ATTACH, 0, TIME);
+        b.put_u32(attr::MAJOR, 1)
+            .unwrap()
+            .put_u32(attr::MAJOR, 2)
+            .unwrap();
+        let rec = b.finish();
+        assert_eq!(Record::parse(&rec).unwrap().get_u32(attr::MAJOR), Some(1));
+    }
+
+    #[test]
+    fn unknown_version() {
+        let mut rec = mount_detach();
+        rec[2] = 2;
+        let err = Record::parse(&rec).unwrap_err();
+        assert_eq!(err, DecodeError::UnsupportedVersion(2));
+        assert_eq!(
+            err.to_string(),
+            "record version 2 is not supported (this reader speaks 1)"
+        );
+        // The version is checked before the length, so a later version may change what the
+        // length field means without old readers misreporting it as malformed.
+        assert_eq!(
+            Record::parse(&raw_header(3, 0)).unwrap_err(),
+            DecodeError::UnsupportedVersion(0)
+        );
+    }
+
+    #[test]
+    fn errors_display() {
+        for (err, text) in [
+            (DecodeError::Empty, "empty packet"),
+            (
+                DecodeError::Truncated { have: 3, need: 32 },
+                "truncated record: 3 bytes, need 32",
+            ),
+            (
+                DecodeError::Oversized { have: 72, len: 64 },
+                "packet of 72 bytes holds a record of 64 bytes",
+            ),
+            (DecodeError::BadLength(34), "impossible record length 34"),
+            (
+                DecodeError::BadAttribute { offset: 40 },
+                "malformed attribute at byte 40",
+            ),
+        ] {
+            assert_eq!(err.to_string(), text);
+        }
+        assert_eq!(
+            EncodeError::TooLarge.to_string(),
+            "record would exceed 4096 bytes"
+        );
+    }
+
+    #[test]
+    fn builder_refuses_what_does_not_fit() {
+        let mut b = RecordBuilder::new(RecordType::Mount, mount::ATTACH, 0, TIME);
+        assert_eq!(b.room(), MAX_RECORD_LEN - HEADER_LEN);
+        b.put_str(attr::ROOT, vec![b'a'; 4000]).unwrap();
+        let room = b.room();
+        assert_eq!(room, MAX_RECORD_LEN - HEADER_LEN - 4004);
+        let before = b.clone().finish();
+
+        assert_eq!(
+            b.put_str(attr::MOUNT_POINT, vec![b'b'; 100]).unwrap_err(),
+            EncodeError::TooLarge
+        );
+        // One byte over only because of padding still does not fit.
+        assert_eq!(
+            b.put_str(attr::SOURCE, vec![b'c'; room - ATTR_HEADER_LEN + 1])
+                .unwrap_err(),
+            EncodeError::TooLarge
+        );
+        assert_eq!(b.room(), room);
+        assert_eq!(b.clone().finish(), before);
+        assert!(Record::parse(&before).is_ok());
+
+        // Exactly filling the packet is allowed.
+        b.put_str(attr::SOURCE, vec![b'c'; room - ATTR_HEADER_LEN])
+            .unwrap();
+        assert_eq!(b.room(), 0);
+        let full = b.finish();
+        assert_eq!(full.len(), MAX_RECORD_LEN);
+        let r = Record::parse(&full).unwrap();
+        assert_eq!(
+            r.get(attr::SOURCE).unwrap().value.len(),
+            room - ATTR_HEADER_LEN
+        );
+    }
+
+    #[test]
+    fn value_too_long_for_the_length_field() {
+        let mut b = RecordBuilder::new(RecordType::Mount, mount::ATTACH, 0, TIME);
+        // Larger than u16: must be refused, not wrapped into a short length.
+        assert_eq!(
+            b.put(attr::ROOT, &vec![0; 70_000]).unwrap_err(),
+            EncodeError::TooLarge
+        );
+        assert_eq!(b.finish().len(), HEADER_LEN);
+    }
+
+    #[test]
+    fn set_flags_adds_bits() {
+        let mut b = RecordBuilder::new(RecordType::Mount, mount::ATTACH, FLAG_SNAPSHOT, TIME);
+        b.set_flags(FLAG_TRUNCATED);
+        let rec = b.finish();
+        let flags = Record::parse(&rec).unwrap().header.flags;
+        assert_eq!(flags, FLAG_SNAPSHOT | FLAG_TRUNCATED);
+    }
+
+    #[test]
+    fn lost_types_bits() {
+        assert_eq!(RecordType::Meta.bit(), 1);
+        assert_eq!(RecordType::Mount.bit(), 4);
+        assert_eq!(RecordType::Krb5.bit(), 64);
+    }
+
+    #[test]
+    fn type_numbers() {
+        for (i, t) in RecordType::ALL.into_iter().enumerate() {
+            assert_eq!(t as u32, i as u32);
+            assert_eq!(RecordType::from_u32(i as u32), Some(t));
+        }
+        assert_eq!(RecordType::from_u32(RecordType::ALL.len() as u32), None);
+    }
+
+    #[test]
+    fn every_known_number_has_a_name() {
+        let mut seen = std::collections::HashSet::new();
+        for t in RecordType::ALL {
+            let name = names::record_type(t as u32).unwrap();
+            assert!(seen.insert(name), "duplicate type name {name}");
+        }
+        assert_eq!(names::record_type(7), None);
+        assert_eq!(names::record_type(0x00ff_ffff), None);
+
+        let known_subtypes = |t: RecordType| -> u8 {
+            match t {
+                RecordType::Meta => 3,
+                RecordType::Key => 8,
+                RecordType::Mount => 4,
+                RecordType::Superblock
+                | RecordType::Device
+                | RecordType::File
+                | RecordType::Krb5 => 0,
+            }
+        };
+        for t in RecordType::ALL {
+            let mut seen = std::collections::HashSet::new();
+            for s in 0..=u8::MAX {
+                let name = names::subtype(t as u32, s);
+                assert_eq!(name.is_some(), s < known_subtypes(t), "{t:?} subtype {s}");
+                if let Some(name) = name {
+                    assert!(seen.insert(name), "duplicate subtype name {name}");
+                }
+            }
+        }
+        assert_eq!(names::subtype(99, 0), None);
+
+        let mut seen = std::collections::HashSet::new();
+        for id in 0..=u16::MAX {
+            let name = names::attribute(id);
+            assert_eq!(
+                attr::kind(id).is_some(),
+                name.is_some(),
+                "attribute {id:#06x}: kind and name disagree"
+            );
+            if let Some(name) = name {
+                assert!(seen.insert(name), "duplicate attribute name {name}");
+            }
+        }
+        assert_eq!(seen.len(), 20);
+    }
+
+    #[test]
+    fn attribute_kinds() {
+        use AttrKind::*;
+        for (id, kind) in [
+            (attr::LOST_COUNT, U64),
+            (attr::FIRST_LOST_SEQ, U64),
+            (attr::LOST_TYPES, U64),
+            (attr::OBJECT, Str),
+            (attr::REASON, Str),
+            (attr::TRUNCATED, U32),
+            (attr::MOUNT_ID, U64),
+            (attr::PARENT_ID, U64),
+            (attr::MAJOR, U32),
+            (attr::MINOR, U32),
+            (attr::ROOT, Str),
+            (attr::MOUNT_POINT, Str),
+            (attr::FS_TYPE, Str),
+            (attr::SOURCE, Str),
+            (attr::MOUNT_OPTIONS, Str),
+            (attr::SUPER_OPTIONS, Str),
+            (attr::PROPAGATION, Str),
+            (attr::OLD_MOUNT_POINT, Str),
+            (attr::MNT_NS, U64),
+            (attr::CHANGED, U32),
+        ] {
+            assert_eq!(attr::kind(id), Some(kind), "attribute {id:#06x}");
+        }
+        assert_eq!(attr::kind(0), None);
+    }
+}

@@ -1,0 +1,612 @@
+//! The hub: every event from every source passes through [`Hub::publish`], which offers it
+//! to each subscription's watches and writes one packet per match without ever blocking.
+//!
+//! Per subscription it keeps the pipe's write end, the next sequence number and the loss
+//! not yet reported. A full pipe costs that client the record (counted); the first write
+//! that fits afterwards is the LOSS record. A task per subscription waits on the write end:
+//! when the pipe drains it sends the pending LOSS, when the last read end closes (EPOLLERR)
+//! it ends the subscription and frees everything, without waiting for the next event.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot};
+use watchd_proto::{MAX_RECORD_LEN, RecordBuilder, RecordType, attr, meta, stamp};
+
+use crate::conf::Limits;
+use crate::error::{Error, Result};
+use crate::event::{Event, now_ns};
+use crate::identity::Uid;
+use crate::pipe::{self, Sent};
+use crate::sys::{self, SharedFd};
+use crate::watch::{Tag, Watch};
+
+/// Names a subscription for as long as it lives; never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(pub u64);
+
+/// Tag of records that concern the whole pipe rather than one watch (LOSS).
+const PIPE_TAG: Tag = 0;
+
+/// Records dropped since the last one that reached the pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loss {
+    count: u64,
+    first_seq: u64,
+    types: u64,
+}
+
+/// The sending side of one subscription.
+struct Outlet {
+    pipe: Arc<OwnedFd>,
+    next_seq: u64,
+    loss: Option<Loss>,
+}
+
+impl Outlet {
+    /// Sends `record` (tag and seq still zero) stamped for this subscriber, LOSS first if
+    /// one is owed. `scratch` is the hub's one packet buffer, reused for every write.
+    fn deliver(
+        &mut self,
+        tag: Tag,
+        record: &[u8],
+        record_type: RecordType,
+        scratch: &mut [u8],
+    ) -> Sent {
+        if self.loss.is_some() {
+            match self.flush_loss(scratch) {
+                Sent::Delivered => {}
+                Sent::Full => {
+                    let seq = self.take_seq();
+                    self.count_lost(seq, record_type);
+                    return Sent::Full;
+                }
+                Sent::ReaderGone => return Sent::ReaderGone,
+            }
+        }
+        let seq = self.take_seq();
+        let packet = &mut scratch[..record.len()];
+        packet.copy_from_slice(record);
+        stamp(packet, tag, seq);
+        let sent = pipe::send(&*self.pipe, packet);
+        if sent == Sent::Full {
+            self.count_lost(seq, record_type);
+        }
+        sent
+    }
+
+    /// Writes the owed LOSS record, if any. It takes a sequence number only once written,
+    /// so a reader sees: the gap, then LOSS describing exactly that gap.
+    fn flush_loss(&mut self, scratch: &mut [u8]) -> Sent {
+        let Some(loss) = self.loss else {
+            return Sent::Delivered;
+        };
+        let mut builder = RecordBuilder::new(RecordType::Meta, meta::LOSS, 0, now_ns());
+        for (id, value) in [
+            (attr::LOST_COUNT, loss.count),
+            (attr::FIRST_LOST_SEQ, loss.first_seq),
+            (attr::LOST_TYPES, loss.types),
+        ] {
+            builder
+                .put_u64(id, value)
+                .expect("a LOSS record is far below one packet");
+        }
+        let record = builder.finish();
+        let packet = &mut scratch[..record.len()];
+        packet.copy_from_slice(&record);
+        stamp(packet, PIPE_TAG, self.next_seq);
+        let sent = pipe::send(&*self.pipe, packet);
+        if sent == Sent::Delivered {
+            self.next_seq += 1;
+            self.loss = None;
+        }
+        sent
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    fn count_lost(&mut self, seq: u64, record_type: RecordType) {
+        let loss = self.loss.get_or_insert(Loss {
+            count: 0,
+            first_seq: seq,
+            types: 0,
+        });
+        loss.count += 1;
+        loss.types |= record_type.bit();
+    }
+}
+
+struct Subscription {
+    owner: Uid,
+    depth: u32,
+    outlet: Outlet,
+    watches: Vec<Watch>,
+    /// Dropping this stops the subscription's pipe task.
+    _stop_task: oneshot::Sender<()>,
+}
+
+impl Subscription {
+    fn watch_mut(&mut self, tag: Tag) -> Option<&mut Watch> {
+        self.watches.iter_mut().find(|w| w.tag == tag)
+    }
+
+    fn has_watch(&self, tag: Tag) -> bool {
+        self.watches.iter().any(|w| w.tag == tag)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct UidUsage {
+    subscriptions: u32,
+    watches: u32,
+}
+
+struct State {
+    subscriptions: BTreeMap<SubscriptionId, Subscription>,
+    usage: HashMap<Uid, UidUsage>,
+    next_id: u64,
+    watch_count: u32,
+    scratch: Box<[u8; MAX_RECORD_LEN]>,
+}
+
+impl State {
+    fn usage(&mut self, uid: Uid) -> &mut UidUsage {
+        self.usage.entry(uid).or_default()
+    }
+
+    /// Drops a subscription and everything it holds; its pipe task then ends and closes
+    /// the write end.
+    fn remove(&mut self, id: SubscriptionId) -> Option<Subscription> {
+        let sub = self.subscriptions.remove(&id)?;
+        let watches = sub.watches.len() as u32;
+        self.watch_count -= watches;
+        let usage = self.usage(sub.owner);
+        usage.subscriptions -= 1;
+        usage.watches -= watches;
+        if *usage == UidUsage::default() {
+            self.usage.remove(&sub.owner);
+        }
+        Some(sub)
+    }
+}
+
+/// Counts for `watchctl status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counts {
+    pub subscriptions: u32,
+    pub watches: u32,
+}
+
+/// What a subscriber gets back from [`Hub::subscribe`].
+#[derive(Debug)]
+pub struct NewSubscription {
+    pub id: SubscriptionId,
+    pub read_end: OwnedFd,
+    pub depth: u32,
+}
+
+pub struct Hub {
+    state: Mutex<State>,
+    limits: Limits,
+    /// Tells the bus side which subscriptions ended, so it can drop their objects.
+    ended: mpsc::UnboundedSender<SubscriptionId>,
+}
+
+impl Hub {
+    pub fn new(limits: Limits) -> (Arc<Hub>, mpsc::UnboundedReceiver<SubscriptionId>) {
+        let (ended, ended_rx) = mpsc::unbounded_channel();
+        let state = State {
+            subscriptions: BTreeMap::new(),
+            usage: HashMap::new(),
+            next_id: 1,
+            watch_count: 0,
+            scratch: Box::new([0; MAX_RECORD_LEN]),
+        };
+        (
+            Arc::new(Hub {
+                state: Mutex::new(state),
+                limits,
+                ended,
+            }),
+            ended_rx,
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counters we cannot trust; stopping is safer
+        // than delivering from them.
+        self.state.lock().expect("hub state poisoned")
+    }
+
+    /// Offers `event` to every watch; the record is encoded only if some watch wants it.
+    pub fn publish(&self, event: &Event) {
+        let mut state = self.lock();
+        let State {
+            subscriptions,
+            scratch,
+            ..
+        } = &mut *state;
+        let mut gone = Vec::new();
+        for (id, sub) in subscriptions.iter_mut() {
+            for watch in &sub.watches {
+                if !watch.wants(event) {
+                    continue;
+                }
+                if sub.outlet.deliver(
+                    watch.tag,
+                    event.record(),
+                    event.record_type,
+                    &mut scratch[..],
+                ) == Sent::ReaderGone
+                {
+                    gone.push(*id);
+                    break;
+                }
+            }
+        }
+        for id in gone {
+            self.end(&mut state, id, "reader closed");
+        }
+    }
+
+    fn end(&self, state: &mut State, id: SubscriptionId, why: &str) {
+        if let Some(sub) = state.remove(id) {
+            tracing::info!(subscription = id.0, uid = %sub.owner, reason = why, "subscription ended");
+            let _ = self.ended.send(id);
+        }
+    }
+
+    /// Creates a subscription for `owner`: a packet pipe of `depth` packets whose write end
+    /// the hub keeps. Must be called within a Tokio runtime (it starts the pipe's task).
+    pub fn subscribe(self: &Arc<Self>, owner: Uid, depth: u32) -> Result<NewSubscription> {
+        let mut state = self.lock();
+        let total = state.subscriptions.len() as u32;
+        if total >= self.limits.max_subscriptions {
+            return Err(Error::LimitExceeded(format!(
+                "the daemon holds {total} subscriptions, its limit (limits.max_subscriptions)"
+            )));
+        }
+        let mine = state.usage(owner).subscriptions;
+        if mine >= self.limits.max_subscriptions_per_uid {
+            return Err(Error::LimitExceeded(format!(
+                "uid {owner} already holds {mine} subscriptions, the limit (limits.max_subscriptions_per_uid)"
+            )));
+        }
+        let (read_end, write_end, depth) = pipe::packet_pipe(depth)
+            .map_err(|e| Error::Failed(format!("cannot create a packet pipe: {e}")))?;
+        let id = SubscriptionId(state.next_id);
+        state.next_id += 1;
+        let write_end = Arc::new(write_end);
+        let (stop_task, stopped) = oneshot::channel();
+        let watcher = sys::register_async(write_end.clone(), tokio::io::Interest::WRITABLE)
+            .map_err(|e| Error::Failed(format!("cannot poll the pipe: {e}")))?;
+        tokio::spawn(watch_pipe(Arc::downgrade(self), id, watcher, stopped));
+        state.subscriptions.insert(
+            id,
+            Subscription {
+                owner,
+                depth,
+                outlet: Outlet {
+                    pipe: write_end,
+                    next_seq: 1,
+                    loss: None,
+                },
+                watches: Vec::new(),
+                _stop_task: stop_task,
+            },
+        );
+        state.usage(owner).subscriptions += 1;
+        Ok(NewSubscription {
+            id,
+            read_end,
+            depth,
+        })
+    }
+
+    /// Adds `watch` to subscription `id`. `initial` (SNAPSHOT records, then SYNC) is sent
+    /// before the watch sees any live event; callers hold the source's lock across this
+    /// call so that nothing happens in between.
+    pub fn add_watch(
+        &self,
+        id: SubscriptionId,
+        watch: Watch,
+        initial: Option<&[Event]>,
+    ) -> Result<()> {
+        let mut state = self.lock();
+        let limits = &self.limits;
+        let sub = state.subscriptions.get(&id).ok_or_else(|| gone(id))?;
+        let owner = sub.owner;
+        if sub.has_watch(watch.tag) {
+            return Err(Error::DuplicateTag(format!(
+                "this subscription already has a watch tagged {}",
+                watch.tag
+            )));
+        }
+        if sub.watches.len() as u32 >= limits.max_watches_per_subscription {
+            return Err(Error::LimitExceeded(format!(
+                "the subscription holds {} watches, the limit (limits.max_watches_per_subscription)",
+                sub.watches.len()
+            )));
+        }
+        let mine = state.usage(owner).watches;
+        if mine >= limits.max_watches_per_uid {
+            return Err(Error::LimitExceeded(format!(
+                "uid {owner} already holds {mine} watches, the limit (limits.max_watches_per_uid)"
+            )));
+        }
+        if let Some(snapshot) = initial
+            && self.send_state(&mut state, id, &watch, snapshot) == Sent::ReaderGone
+        {
+            self.end(&mut state, id, "reader closed");
+            return Err(gone(id));
+        }
+        state
+            .subscriptions
+            .get_mut(&id)
+            .expect("checked above")
+            .watches
+            .push(watch);
+        state.watch_count += 1;
+        state.usage(owner).watches += 1;
+        Ok(())
+    }
+
+    /// Sends the watch's state again (after a loss); same locking rule as [`Hub::add_watch`].
+    pub fn resync(&self, id: SubscriptionId, tag: Tag, snapshot: &[Event]) -> Result<()> {
+        let mut state = self.lock();
+        let sub = state.subscriptions.get_mut(&id).ok_or_else(|| gone(id))?;
+        let watch = sub.watch_mut(tag).ok_or_else(|| no_watch(tag))?.clone();
+        if self.send_state(&mut state, id, &watch, snapshot) == Sent::ReaderGone {
+            self.end(&mut state, id, "reader closed");
+            return Err(gone(id));
+        }
+        Ok(())
+    }
+
+    fn send_state(
+        &self,
+        state: &mut State,
+        id: SubscriptionId,
+        watch: &Watch,
+        snapshot: &[Event],
+    ) -> Sent {
+        let State {
+            subscriptions,
+            scratch,
+            ..
+        } = state;
+        let outlet = &mut subscriptions.get_mut(&id).expect("caller checked").outlet;
+        for event in snapshot.iter().filter(|e| watch.wants(e)) {
+            if outlet.deliver(
+                watch.tag,
+                event.record(),
+                event.record_type,
+                &mut scratch[..],
+            ) == Sent::ReaderGone
+            {
+                return Sent::ReaderGone;
+            }
+        }
+        let sync = RecordBuilder::new(RecordType::Meta, meta::SYNC, 0, now_ns()).finish();
+        outlet.deliver(watch.tag, &sync, RecordType::Meta, &mut scratch[..])
+    }
+
+    pub fn remove_watch(&self, id: SubscriptionId, tag: Tag) -> Result<()> {
+        let mut state = self.lock();
+        let sub = state.subscriptions.get_mut(&id).ok_or_else(|| gone(id))?;
+        let at = sub
+            .watches
+            .iter()
+            .position(|w| w.tag == tag)
+            .ok_or_else(|| no_watch(tag))?;
+        sub.watches.remove(at);
+        let owner = sub.owner;
+        state.watch_count -= 1;
+        state.usage(owner).watches -= 1;
+        Ok(())
+    }
+
+    /// The watch tagged `tag`, for callers that need its scope (e.g. to build a resync).
+    pub fn watch(&self, id: SubscriptionId, tag: Tag) -> Result<Watch> {
+        let mut state = self.lock();
+        let sub = state.subscriptions.get_mut(&id).ok_or_else(|| gone(id))?;
+        Ok(sub.watch_mut(tag).ok_or_else(|| no_watch(tag))?.clone())
+    }
+
+    /// Owner and granted depth of a live subscription.
+    pub fn describe(&self, id: SubscriptionId) -> Option<(Uid, u32)> {
+        self.lock()
+            .subscriptions
+            .get(&id)
+            .map(|s| (s.owner, s.depth))
+    }
+
+    pub fn counts(&self) -> Counts {
+        let state = self.lock();
+        Counts {
+            subscriptions: state.subscriptions.len() as u32,
+            watches: state.watch_count,
+        }
+    }
+
+    /// Called by the pipe task when the pipe has room again.
+    fn pipe_drained(&self, id: SubscriptionId) {
+        let mut state = self.lock();
+        let State {
+            subscriptions,
+            scratch,
+            ..
+        } = &mut *state;
+        let Some(sub) = subscriptions.get_mut(&id) else {
+            return;
+        };
+        if sub.outlet.flush_loss(&mut scratch[..]) == Sent::ReaderGone {
+            self.end(&mut state, id, "reader closed");
+        }
+    }
+
+    fn reader_closed(&self, id: SubscriptionId) {
+        let mut state = self.lock();
+        self.end(&mut state, id, "reader closed");
+    }
+}
+
+fn gone(id: SubscriptionId) -> Error {
+    Error::Failed(format!("subscription {} has ended", id.0))
+}
+
+fn no_watch(tag: Tag) -> Error {
+    Error::NoSuchWatch(format!("this subscription has no watch tagged {tag}"))
+}
+
+/// One per subscription: sleeps until the kernel says the pipe has room (send the pending
+/// LOSS) or has no reader left (end the subscription). Holds only a weak reference, so a
+/// dropped hub ends it too.
+async fn watch_pipe(
+    hub: std::sync::Weak<Hub>,
+    id: SubscriptionId,
+    pipe: AsyncFd<SharedFd>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        let mut ready = tokio::select! {
+            ready = pipe.writable() => match ready {
+                Ok(ready) => ready,
+                Err(_) => return,
+            },
+            _ = &mut stop => return,
+        };
+        let Some(hub) = hub.upgrade() else { return };
+        if ready.ready().is_write_closed() {
+            hub.reader_closed(id);
+            return;
+        }
+        hub.pipe_drained(id);
+        // Edge-triggered: the next wake-up is the next time a full pipe gets room, or the
+        // last reader goes away.
+        ready.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::mounts::MountScope;
+    use crate::watch::{Filters, Scope};
+    use watchd_proto::{Record, mount};
+
+    fn watch(tag: Tag) -> Watch {
+        Watch {
+            tag,
+            filters: Filters::default(),
+            scope: Scope::Mounts(MountScope::everything(7)),
+        }
+    }
+
+    fn read_all(fd: &OwnedFd) -> Vec<Vec<u8>> {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = nix::unistd::read(fd, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_full_pipe_loses_records_for_that_client_only_then_reports_the_exact_loss_first() {
+        let (hub, _ended) = Hub::new(Limits::default());
+        let slow = hub.subscribe(Uid(1000), 4).unwrap();
+        let fast = hub.subscribe(Uid(1000), 64).unwrap();
+        hub.add_watch(slow.id, watch(11), None).unwrap();
+        hub.add_watch(fast.id, watch(22), None).unwrap();
+        for _ in 0..10 {
+            hub.publish(&crate::sources::mounts::tests::attach_event(7, "/mnt"));
+        }
+        let fast_records = read_all(&fast.read_end);
+        assert_eq!(fast_records.len(), 10);
+        for (i, packet) in fast_records.iter().enumerate() {
+            let r = Record::parse(packet).unwrap();
+            assert_eq!((r.header.seq, r.header.tag), (i as u64 + 1, 22));
+            assert!(r.header.is(RecordType::Mount, mount::ATTACH));
+        }
+        // The slow reader holds 4; 6 were lost. Reading makes room, the LOSS goes first.
+        let slow_records = read_all(&slow.read_end);
+        assert_eq!(slow_records.len(), 4);
+        hub.publish(&crate::sources::mounts::tests::attach_event(7, "/mnt"));
+        let after = read_all(&slow.read_end);
+        let loss = Record::parse(&after[0]).unwrap();
+        assert!(loss.header.is(RecordType::Meta, meta::LOSS));
+        assert_eq!(loss.get_u64(attr::LOST_COUNT), Some(6));
+        assert_eq!(loss.get_u64(attr::FIRST_LOST_SEQ), Some(5));
+        assert_eq!(
+            loss.get_u64(attr::LOST_TYPES),
+            Some(RecordType::Mount.bit())
+        );
+        assert_eq!(loss.header.seq, 11, "LOSS takes the number after the gap");
+        let next = Record::parse(&after[1]).unwrap();
+        assert_eq!(next.header.seq, 12);
+    }
+
+    #[tokio::test]
+    async fn limits_are_enforced_with_the_limit_named_and_released_when_the_reader_closes() {
+        let limits = Limits {
+            max_subscriptions_per_uid: 1,
+            max_watches_per_subscription: 1,
+            ..Limits::default()
+        };
+        let (hub, mut ended) = Hub::new(limits);
+        let sub = hub.subscribe(Uid(1000), 16).unwrap();
+        let err = hub.subscribe(Uid(1000), 16).unwrap_err();
+        assert!(
+            matches!(&err, Error::LimitExceeded(m) if m.contains("max_subscriptions_per_uid")),
+            "{err:?}"
+        );
+        let _other = hub
+            .subscribe(Uid(1001), 16)
+            .expect("another uid is not affected");
+        hub.add_watch(sub.id, watch(1), None).unwrap();
+        assert!(matches!(
+            hub.add_watch(sub.id, watch(2), None),
+            Err(Error::LimitExceeded(_))
+        ));
+        assert!(matches!(
+            hub.add_watch(sub.id, watch(1), None),
+            Err(Error::DuplicateTag(_))
+        ));
+        drop(sub.read_end);
+        let id = tokio::time::timeout(std::time::Duration::from_secs(5), ended.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            id, sub.id,
+            "closing the read end ends the subscription without any event"
+        );
+        assert_eq!(
+            hub.counts(),
+            Counts {
+                subscriptions: 1,
+                watches: 0
+            }
+        );
+        assert!(
+            hub.subscribe(Uid(1000), 16).is_ok(),
+            "the uid's quota came back"
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! Who is calling: the credentials the bus vouches for, kept with each subscription.
+#![forbid(unsafe_code)]
+
+use std::os::fd::OwnedFd;
+
+use zbus::names::BusName;
+
+/// A kernel user id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Uid(pub u32);
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The process behind a D-Bus call, as `GetConnectionCredentials` reports it.
+#[derive(Debug)]
+pub struct Caller {
+    pub bus_name: String,
+    pub uid: Uid,
+    pub gids: Vec<u32>,
+    pub pid: u32,
+    /// Pins the process so later namespace and root lookups cannot hit a recycled pid:
+    /// the bus's ProcessFD where it has one, else our own `pidfd_open` of the pid.
+    pub pidfd: Option<OwnedFd>,
+}
+
+impl Caller {
+    /// Asks the bus who `sender` is. Fails rather than guessing when the bus will not say.
+    pub async fn lookup(conn: &zbus::Connection, sender: &str) -> zbus::Result<Caller> {
+        let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+        let name = BusName::try_from(sender.to_owned())?;
+        let creds = dbus.get_connection_credentials(name).await?;
+        let missing = |what: &str| {
+            zbus::Error::Failure(format!("the bus did not report the caller's {what}"))
+        };
+        let uid = Uid(creds.unix_user_id().ok_or_else(|| missing("uid"))?);
+        let pid = creds.process_id().ok_or_else(|| missing("pid"))?;
+        let gids = creds.unix_group_ids().cloned().unwrap_or_default();
+        let pidfd = match creds.into_process_fd() {
+            Some(fd) => Some(fd.into()),
+            None => crate::sys::pidfd_open(pid).ok(),
+        };
+        Ok(Caller {
+            bus_name: sender.to_owned(),
+            uid,
+            gids,
+            pid,
+            pidfd,
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! watchd: gathers kernel events and hands each subscriber a packet pipe of typed records.
+//!
+//! The event flow, in three files:
+//! - [`sources`] follow the kernel (one thread or task each) and build [`event::Event`]s;
+//! - [`hub`] matches each event against every watch and writes one packet per match,
+//!   counting loss and never blocking;
+//! - [`pipe`] is the packet pipe itself (`pipe2(O_DIRECT)`, non-blocking write end).
+//!
+//! Around them: [`manager`] (what a caller may do: subscribe, add/remove watches, resync)
+//! and [`manager_bus`] (its D-Bus objects), [`watch`] (kinds, filters, options parsing),
+//! [`identity`] (who is calling), [`conf`] (the configuration file), [`error`] (the D-Bus
+//! errors) and [`sys`] (the few raw syscalls, the only `unsafe` code).
+
+pub mod conf;
+pub mod error;
+pub mod event;
+pub mod hub;
+pub mod identity;
+pub mod manager;
+pub mod manager_bus;
+pub mod pipe;
+pub mod sources;
+pub mod sys;
+pub mod watch;

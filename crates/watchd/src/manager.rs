@@ -1,0 +1,159 @@
+//! What the daemon does for a caller, independent of D-Bus: subscribe, add, remove and
+//! resync watches, each decision logged with who asked.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use crate::conf::Config;
+use crate::error::{Error, Result};
+use crate::hub::{Hub, NewSubscription, SubscriptionId};
+use crate::identity::Caller;
+use crate::sources::Source;
+use crate::watch::{Kind, Options, Tag, Watch};
+
+pub struct Manager {
+    pub hub: Arc<Hub>,
+    sources: Vec<Arc<dyn Source>>,
+    config: Config,
+}
+
+impl Manager {
+    pub fn new(hub: Arc<Hub>, sources: Vec<Arc<dyn Source>>, config: Config) -> Self {
+        Manager {
+            hub,
+            sources,
+            config,
+        }
+    }
+
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .map(|s| s.kind().name().to_owned())
+            .collect()
+    }
+
+    fn source(&self, kind: &str) -> Result<&Arc<dyn Source>> {
+        let wanted = kind.parse::<Kind>().ok();
+        self.sources
+            .iter()
+            .find(|s| Some(s.kind()) == wanted)
+            .ok_or_else(|| {
+                let why = if wanted.is_some() {
+                    "is disabled in the configuration"
+                } else {
+                    "does not exist"
+                };
+                Error::UnknownKind(format!(
+                    "watch kind '{kind}' {why}; available: {}",
+                    self.source_names().join(", ")
+                ))
+            })
+    }
+
+    pub fn subscribe(&self, caller: &Caller, mut options: Options) -> Result<NewSubscription> {
+        let pipe = &self.config.pipe;
+        let depth = options.take_u32("depth")?.unwrap_or(pipe.default_depth);
+        options.finish("Subscribe", &["depth"])?;
+        if !(2..=pipe.max_depth).contains(&depth) {
+            return Err(Error::invalid(format!(
+                "depth {depth} is out of range: 2 to {} packets (pipe.max_depth)",
+                pipe.max_depth
+            )));
+        }
+        let result = self.hub.subscribe(caller.uid, depth);
+        match &result {
+            Ok(new) => tracing::info!(
+                uid = %caller.uid, pid = caller.pid, subscription = new.id.0, depth = new.depth,
+                "subscribe: allowed"
+            ),
+            Err(e) => {
+                tracing::info!(uid = %caller.uid, pid = caller.pid, error = ?e, "subscribe: refused")
+            }
+        }
+        result
+    }
+
+    /// Only the uid that subscribed may change the subscription: the pipe is its own.
+    fn check_owner(&self, id: SubscriptionId, caller: &Caller) -> Result<()> {
+        let (owner, _) = self
+            .hub
+            .describe(id)
+            .ok_or_else(|| Error::Failed(format!("subscription {} has ended", id.0)))?;
+        if owner != caller.uid {
+            tracing::warn!(uid = %caller.uid, pid = caller.pid, subscription = id.0, owner = %owner, "refused: not the subscription's owner");
+            return Err(Error::AccessDenied(format!(
+                "subscription {} belongs to uid {owner}",
+                id.0
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn add_watch(
+        &self,
+        id: SubscriptionId,
+        caller: &Caller,
+        tag: Tag,
+        kind: &str,
+        mut options: Options,
+    ) -> Result<()> {
+        let result = (|| {
+            self.check_owner(id, caller)?;
+            if tag == 0 {
+                return Err(Error::invalid(
+                    "tag 0 is reserved for records about the pipe itself",
+                ));
+            }
+            let source = self.source(kind)?;
+            let initial = options.take_bool("initial")?.unwrap_or(false);
+            let filters = options.take_filters()?;
+            let scope = source.scope(&mut options, caller)?;
+            let mut known = vec!["initial", "filters"];
+            known.extend(source.option_names());
+            options.finish(&format!("kind '{kind}'"), &known)?;
+            let watch = Watch {
+                tag,
+                filters,
+                scope,
+            };
+            if !initial {
+                return self.hub.add_watch(id, watch, None);
+            }
+            let mut result = Ok(());
+            let scope = watch.scope.clone();
+            let mut watch = Some(watch);
+            source.with_snapshot(&scope, &mut |snapshot| {
+                result = self
+                    .hub
+                    .add_watch(id, watch.take().expect("called once"), Some(snapshot));
+            });
+            result
+        })();
+        match &result {
+            Ok(()) => {
+                tracing::info!(uid = %caller.uid, pid = caller.pid, subscription = id.0, tag, kind, "add watch: allowed")
+            }
+            Err(e) => {
+                tracing::info!(uid = %caller.uid, pid = caller.pid, subscription = id.0, tag, kind, error = ?e, "add watch: refused")
+            }
+        }
+        result
+    }
+
+    pub fn remove_watch(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {
+        self.check_owner(id, caller)?;
+        self.hub.remove_watch(id, tag)
+    }
+
+    pub fn resync(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {
+        self.check_owner(id, caller)?;
+        let watch = self.hub.watch(id, tag)?;
+        let source = self.source(watch.kind().name())?;
+        let mut result = Ok(());
+        source.with_snapshot(&watch.scope, &mut |snapshot| {
+            result = self.hub.resync(id, tag, snapshot)
+        });
+        result
+    }
+}

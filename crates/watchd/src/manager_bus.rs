@@ -1,0 +1,174 @@
+//! The D-Bus face of [`crate::manager::Manager`]: the Manager object and one object per
+//! subscription. Each method looks up the caller, then hands over to the manager.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use zbus::message::Header;
+use zbus::object_server::ObjectServer;
+use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
+
+use crate::error::{Error, Result};
+use crate::hub::SubscriptionId;
+use crate::identity::Caller;
+use crate::manager::Manager;
+use crate::watch::{Options, Tag};
+
+pub const BUS_NAME: &str = "org.watchd.Watchd1";
+pub const MANAGER_PATH: &str = "/org/watchd/Watchd1";
+pub const MANAGER_INTERFACE: &str = "org.watchd.Watchd1.Manager";
+pub const SUBSCRIPTION_INTERFACE: &str = "org.watchd.Watchd1.Subscription";
+
+pub fn subscription_path(id: SubscriptionId) -> OwnedObjectPath {
+    OwnedObjectPath::try_from(format!("{MANAGER_PATH}/subscription/{}", id.0))
+        .expect("valid object path")
+}
+
+async fn caller(conn: &Connection, header: &Header<'_>) -> Result<Caller> {
+    let sender = header
+        .sender()
+        .ok_or_else(|| Error::Failed("the call carries no sender".into()))?;
+    Caller::lookup(conn, sender.as_str())
+        .await
+        .map_err(|e| Error::Failed(format!("cannot identify the caller: {e}")))
+}
+
+/// `org.watchd.Watchd1.Manager` at `/org/watchd/Watchd1`.
+pub struct ManagerObject {
+    pub manager: Arc<Manager>,
+}
+
+#[interface(name = "org.watchd.Watchd1.Manager")]
+impl ManagerObject {
+    /// Subscribe: create a subscription and return the read end of its packet pipe.
+    /// Options: "depth" (u), the pipe's capacity in packets. The subscription lives as long
+    /// as any copy of the read end is open.
+    #[zbus(out_args("pipe", "subscription"))]
+    async fn subscribe(
+        &self,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<(zbus::OwnedFd, OwnedObjectPath)> {
+        let caller = caller(conn, &header).await?;
+        let new = self.manager.subscribe(&caller, Options::new(options)?)?;
+        let path = subscription_path(new.id);
+        let object = SubscriptionObject {
+            id: new.id,
+            manager: self.manager.clone(),
+        };
+        server.at(&path, object).await?;
+        // The reader cannot have closed yet (it has not received the fd), but the hub may
+        // end the subscription on its own; don't leave an object behind if it did.
+        if self.manager.hub.describe(new.id).is_none() {
+            server.remove::<SubscriptionObject, _>(&path).await?;
+        }
+        Ok((new.read_end.into(), path))
+    }
+
+    /// The daemon's version.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_owned()
+    }
+
+    /// The kinds of watch this daemon serves.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn sources(&self) -> Vec<String> {
+        self.manager.source_names()
+    }
+
+    /// Subscriptions alive now.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn subscriptions(&self) -> u32 {
+        self.manager.hub.counts().subscriptions
+    }
+
+    /// Watches alive now, over all subscriptions.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn watches(&self) -> u32 {
+        self.manager.hub.counts().watches
+    }
+}
+
+/// `org.watchd.Watchd1.Subscription` at `/org/watchd/Watchd1/subscription/N`.
+pub struct SubscriptionObject {
+    id: SubscriptionId,
+    manager: Arc<Manager>,
+}
+
+#[interface(name = "org.watchd.Watchd1.Subscription")]
+impl SubscriptionObject {
+    /// AddWatch: records of this watch carry `tag` (non-zero, unique in the subscription).
+    /// Options: "initial" (b) current state first, then SYNC; "filters" (a(utuu)) type,
+    /// subtype mask, flags mask, flags value; plus the kind's own (mounts: "path" (s)).
+    async fn add_watch(
+        &self,
+        tag: Tag,
+        kind: String,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        let caller = caller(conn, &header).await?;
+        self.manager
+            .add_watch(self.id, &caller, tag, &kind, Options::new(options)?)
+    }
+
+    /// RemoveWatch: stop the watch tagged `tag`.
+    async fn remove_watch(
+        &self,
+        tag: Tag,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        let caller = caller(conn, &header).await?;
+        self.manager.remove_watch(self.id, &caller, tag)
+    }
+
+    /// Resync: send the watch's current state again (SNAPSHOT records, then SYNC).
+    async fn resync(
+        &self,
+        tag: Tag,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        let caller = caller(conn, &header).await?;
+        self.manager.resync(self.id, &caller, tag)
+    }
+
+    /// The pipe's capacity in packets, as the kernel granted it.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn depth(&self) -> u32 {
+        self.manager
+            .hub
+            .describe(self.id)
+            .map_or(0, |(_, depth)| depth)
+    }
+
+    /// The uid that owns this subscription.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn owner(&self) -> u32 {
+        self.manager
+            .hub
+            .describe(self.id)
+            .map_or(u32::MAX, |(owner, _)| owner.0)
+    }
+}
+
+/// Drops the objects of subscriptions that ended (last read end closed).
+pub async fn reap_ended(conn: Connection, mut ended: mpsc::UnboundedReceiver<SubscriptionId>) {
+    while let Some(id) = ended.recv().await {
+        let path = subscription_path(id);
+        if let Err(e) = conn
+            .object_server()
+            .remove::<SubscriptionObject, _>(&path)
+            .await
+        {
+            tracing::debug!(path = %path, error = %e, "subscription object already gone");
+        }
+    }
+}

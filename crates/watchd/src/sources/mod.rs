@@ -1,0 +1,28 @@
+//! Sources: one per kind of watch, each following its part of the kernel on a task or
+//! thread of its own and handing [`crate::event::Event`]s to [`crate::hub::Hub::publish`].
+//!
+//! - [`mounts`]: mount topology and option changes (mountinfo `POLLPRI` + diff).
+#![forbid(unsafe_code)]
+
+pub mod mounts;
+
+use crate::error::Result;
+use crate::event::Event;
+use crate::identity::Caller;
+use crate::watch::{Kind, Options, Scope};
+
+pub trait Source: Send + Sync {
+    fn kind(&self) -> Kind;
+
+    /// Consumes this kind's options and returns what the watch will cover, checking that
+    /// the objects named exist.
+    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Scope>;
+
+    /// The option keys [`Source::scope`] understands, for error messages.
+    fn option_names(&self) -> &'static [&'static str];
+
+    /// Calls `then` with the current state as SNAPSHOT events while the source is held
+    /// still: no change is published before `then` returns, so registering the watch inside
+    /// `then` leaves no gap and no double between snapshot and live events.
+    fn with_snapshot(&self, scope: &Scope, then: &mut dyn FnMut(&[Event]));
+}

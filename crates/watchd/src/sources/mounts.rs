@@ -1,0 +1,540 @@
+//! Mount topology of the daemon's mount namespace, from `/proc/self/mountinfo`.
+//!
+//! The kernel flags the file with `POLLPRI` on every change in the namespace; each wake-up
+//! costs a full re-read and a diff against the last table, keyed by mount id. Changes that
+//! come and go between two reads are not seen (fanotify mount events, kernel ≥ 6.15, will
+//! close that gap behind the same [`MountChange`] type). The table lock is held while a diff
+//! is published and while a new watch takes its snapshot, so a watch sees each change once:
+//! either in its snapshot or as an event.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, mount};
+
+use crate::error::{Error, Result};
+use crate::event::{Event, Fields, Subject};
+use crate::hub::Hub;
+use crate::identity::Caller;
+use crate::sources::Source;
+use crate::watch::{Kind, Options, Scope};
+
+/// A mount id: mountinfo's first field in this version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MountId(pub u64);
+
+/// One line of mountinfo, unescaped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    pub id: MountId,
+    pub parent: MountId,
+    pub major: u32,
+    pub minor: u32,
+    pub root: Vec<u8>,
+    pub mount_point: Vec<u8>,
+    pub options: String,
+    /// Optional fields ("shared:1 master:2"), empty for a private mount.
+    pub propagation: String,
+    pub fs_type: String,
+    pub source: Vec<u8>,
+    pub super_options: String,
+}
+
+impl MountEntry {
+    /// Same filesystem at the same place in it: otherwise a reused id is a new mount.
+    fn same_mount(&self, other: &MountEntry) -> bool {
+        (
+            self.major,
+            self.minor,
+            &self.root,
+            &self.fs_type,
+            &self.source,
+        ) == (
+            other.major,
+            other.minor,
+            &other.root,
+            &other.fs_type,
+            &other.source,
+        )
+    }
+
+    fn changes_from(&self, old: &MountEntry) -> u32 {
+        let mut changed = 0;
+        if self.options != old.options {
+            changed |= mount::CHANGED_OPTIONS;
+        }
+        if self.super_options != old.super_options {
+            changed |= mount::CHANGED_SUPER_OPTIONS;
+        }
+        if self.propagation != old.propagation {
+            changed |= mount::CHANGED_PROPAGATION;
+        }
+        if self.parent != old.parent {
+            changed |= mount::CHANGED_PARENT;
+        }
+        changed
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\134` for a backslash…).
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (field[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') << 6 | (d[1] - b'0') << 3 | (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn parse_line(line: &[u8]) -> Option<MountEntry> {
+    let text = |f: &[u8]| String::from_utf8_lossy(f).into_owned();
+    let mut fields = line.split(|&c| c == b' ');
+    let mut next = || fields.next();
+    let id = MountId(std::str::from_utf8(next()?).ok()?.parse().ok()?);
+    let parent = MountId(std::str::from_utf8(next()?).ok()?.parse().ok()?);
+    let (major, minor) = std::str::from_utf8(next()?).ok()?.split_once(':')?;
+    let (major, minor) = (major.parse().ok()?, minor.parse().ok()?);
+    let root = unescape(next()?);
+    let mount_point = unescape(next()?);
+    let options = text(next()?);
+    let mut propagation = Vec::new();
+    loop {
+        match next()? {
+            b"-" => break,
+            tag => propagation.push(text(tag)),
+        }
+    }
+    Some(MountEntry {
+        id,
+        parent,
+        major,
+        minor,
+        root,
+        mount_point,
+        options,
+        propagation: propagation.join(" "),
+        fs_type: text(next()?),
+        source: unescape(next()?),
+        super_options: text(next()?),
+    })
+}
+
+/// Parses a whole mountinfo file; lines that do not parse are skipped (and counted).
+pub fn parse_mountinfo(text: &[u8]) -> (Vec<MountEntry>, usize) {
+    let mut bad = 0;
+    let entries = text
+        .split(|&c| c == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            parse_line(l).or_else(|| {
+                bad += 1;
+                None
+            })
+        })
+        .collect();
+    (entries, bad)
+}
+
+/// A mount event as watches match it and records carry it.
+#[derive(Debug)]
+pub struct MountChange {
+    pub entry: Arc<MountEntry>,
+    /// Inode of the mount namespace (`/proc/self/ns/mnt`).
+    pub ns: u64,
+    pub old_mount_point: Option<Vec<u8>>,
+    pub changed: u32,
+}
+
+impl MountChange {
+    /// Most useful fields first, so that if paths are huge it is the least useful that give way.
+    pub fn encode(&self, builder: &mut RecordBuilder) {
+        let e = &self.entry;
+        let mut f = Fields::new(builder);
+        f.u64(attr::MOUNT_ID, e.id.0);
+        f.u64(attr::PARENT_ID, e.parent.0);
+        f.u32(attr::MAJOR, e.major);
+        f.u32(attr::MINOR, e.minor);
+        f.u64(attr::MNT_NS, self.ns);
+        if self.changed != 0 {
+            f.u32(attr::CHANGED, self.changed);
+        }
+        f.bytes(attr::MOUNT_POINT, &e.mount_point);
+        f.bytes(attr::FS_TYPE, e.fs_type.as_bytes());
+        f.bytes(attr::SOURCE, &e.source);
+        f.bytes(attr::MOUNT_OPTIONS, e.options.as_bytes());
+        if let Some(old) = &self.old_mount_point {
+            f.bytes(attr::OLD_MOUNT_POINT, old);
+        }
+        f.bytes(attr::SUPER_OPTIONS, e.super_options.as_bytes());
+        f.bytes(attr::PROPAGATION, e.propagation.as_bytes());
+        f.bytes(attr::ROOT, &e.root);
+        f.finish();
+    }
+}
+
+/// Which mounts a watch covers: one namespace, optionally only at or under a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountScope {
+    pub ns: u64,
+    pub under: Option<Vec<u8>>,
+}
+
+impl MountScope {
+    pub fn everything(ns: u64) -> Self {
+        MountScope { ns, under: None }
+    }
+
+    pub fn covers(&self, change: &MountChange) -> bool {
+        change.ns == self.ns
+            && match &self.under {
+                None => true,
+                Some(dir) => {
+                    is_at_or_under(&change.entry.mount_point, dir)
+                        || change
+                            .old_mount_point
+                            .as_deref()
+                            .is_some_and(|old| is_at_or_under(old, dir))
+                }
+            }
+    }
+}
+
+fn is_at_or_under(path: &[u8], dir: &[u8]) -> bool {
+    dir == b"/"
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+}
+
+/// The events that turn table `old` into table `new`: detaches (children first), then moves
+/// and changes, then attaches (parents first).
+pub fn diff(old: &[Arc<MountEntry>], new: &[Arc<MountEntry>], ns: u64) -> Vec<(u8, MountChange)> {
+    let change = |entry: &Arc<MountEntry>, old_mount_point, changed| MountChange {
+        entry: entry.clone(),
+        ns,
+        old_mount_point,
+        changed,
+    };
+    let old_by_id: HashMap<MountId, &Arc<MountEntry>> = old.iter().map(|e| (e.id, e)).collect();
+    let new_by_id: HashMap<MountId, &Arc<MountEntry>> = new.iter().map(|e| (e.id, e)).collect();
+    let mut detached = Vec::new();
+    for before in old.iter().rev() {
+        match new_by_id.get(&before.id) {
+            Some(after) if after.same_mount(before) => {}
+            _ => detached.push((mount::DETACH, change(before, None, 0))),
+        }
+    }
+    let mut modified = Vec::new();
+    let mut attached = Vec::new();
+    for after in new {
+        match old_by_id.get(&after.id) {
+            Some(before) if after.same_mount(before) => {
+                let changed = after.changes_from(before);
+                if after.mount_point != before.mount_point {
+                    modified.push((
+                        mount::MOVE,
+                        change(after, Some(before.mount_point.clone()), changed),
+                    ));
+                } else if changed != 0 {
+                    modified.push((mount::CHANGE, change(after, None, changed)));
+                }
+            }
+            _ => attached.push((mount::ATTACH, change(after, None, 0))),
+        }
+    }
+    detached.extend(modified);
+    detached.extend(attached);
+    detached
+}
+
+/// The namespace's mount table as last read.
+struct Table {
+    mounts: Vec<Arc<MountEntry>>,
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl Table {
+    fn reread(&mut self) -> io::Result<Vec<Arc<MountEntry>>> {
+        self.buf.clear();
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.read_to_end(&mut self.buf)?;
+        let (entries, bad) = parse_mountinfo(&self.buf);
+        if bad > 0 {
+            tracing::warn!(lines = bad, "skipped mountinfo lines that did not parse");
+        }
+        Ok(entries.into_iter().map(Arc::new).collect())
+    }
+}
+
+pub struct MountSource {
+    table: Mutex<Table>,
+    ns: u64,
+    hub: Arc<Hub>,
+}
+
+impl MountSource {
+    /// Reads the daemon's mount table and starts following it on a thread of its own.
+    pub fn start(hub: Arc<Hub>) -> io::Result<Arc<MountSource>> {
+        let ns = std::fs::metadata("/proc/self/ns/mnt")?.ino();
+        let file = File::open("/proc/self/mountinfo")?;
+        let mut table = Table {
+            mounts: Vec::new(),
+            file,
+            buf: Vec::with_capacity(64 * 1024),
+        };
+        table.mounts = table.reread()?;
+        tracing::info!(
+            mounts = table.mounts.len(),
+            ns,
+            "mount source started (mountinfo)"
+        );
+        let source = Arc::new(MountSource {
+            table: Mutex::new(table),
+            ns,
+            hub,
+        });
+        let follower = source.clone();
+        std::thread::Builder::new()
+            .name("mounts".into())
+            .spawn(move || follower.follow())?;
+        Ok(source)
+    }
+
+    fn follow(&self) {
+        let poll_fd = self
+            .table
+            .lock()
+            .expect("mount table poisoned")
+            .file
+            .try_clone();
+        let poll_fd = match poll_fd {
+            Ok(fd) => fd,
+            Err(e) => return tracing::error!(error = %e, "mount source stopped"),
+        };
+        loop {
+            let mut fds = [PollFd::new(poll_fd.as_fd(), PollFlags::POLLPRI)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return tracing::error!(error = %e, "mount source stopped: poll failed"),
+            }
+            if let Err(e) = self.publish_changes() {
+                tracing::error!(error = %e, "re-reading mountinfo failed; retrying on the next change");
+            }
+        }
+    }
+
+    fn publish_changes(&self) -> io::Result<()> {
+        let mut table = self.table.lock().expect("mount table poisoned");
+        let mounts = table.reread()?;
+        for (subtype, change) in diff(&table.mounts, &mounts, self.ns) {
+            self.hub.publish(&Event::new(
+                RecordType::Mount,
+                subtype,
+                0,
+                Arc::new(Subject::Mount(change)),
+            ));
+        }
+        table.mounts = mounts;
+        Ok(())
+    }
+}
+
+impl Source for MountSource {
+    fn kind(&self) -> Kind {
+        Kind::Mounts
+    }
+
+    fn scope(&self, options: &mut Options, _caller: &Caller) -> Result<Scope> {
+        let under = match options.take_string("path")? {
+            None => None,
+            Some(path) => Some(resolve_dir(&path)?),
+        };
+        Ok(Scope::Mounts(MountScope { ns: self.ns, under }))
+    }
+
+    fn option_names(&self) -> &'static [&'static str] {
+        &["path"]
+    }
+
+    fn with_snapshot(&self, _scope: &Scope, then: &mut dyn FnMut(&[Event])) {
+        let table = self.table.lock().expect("mount table poisoned");
+        let snapshot: Vec<Event> = table
+            .mounts
+            .iter()
+            .map(|entry| {
+                let change = MountChange {
+                    entry: entry.clone(),
+                    ns: self.ns,
+                    old_mount_point: None,
+                    changed: 0,
+                };
+                Event::new(
+                    RecordType::Mount,
+                    mount::ATTACH,
+                    FLAG_SNAPSHOT,
+                    Arc::new(Subject::Mount(change)),
+                )
+            })
+            .collect();
+        then(&snapshot);
+    }
+}
+
+/// The canonical form of an existing absolute path, as mount points are listed.
+fn resolve_dir(path: &str) -> Result<Vec<u8>> {
+    if !path.starts_with('/') {
+        return Err(Error::invalid(format!(
+            "option 'path' must be absolute, not '{path}'"
+        )));
+    }
+    let canonical = Path::new(path)
+        .canonicalize()
+        .map_err(|e| Error::NotFound(format!("path '{path}': {e}")))?;
+    Ok(canonical.as_os_str().as_bytes().to_vec())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    const SAMPLE: &[u8] = b"\
+22 1 0:21 / /proc rw,nosuid shared:5 - proc proc rw
+25 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 25 0:35 / /mnt/with\\040space rw master:3 - tmpfs my\\134src rw,size=1024k
+";
+
+    pub(crate) fn attach_event(ns: u64, mount_point: &str) -> Event {
+        let (mut entries, _) = parse_mountinfo(SAMPLE);
+        let mut entry = entries.remove(0);
+        entry.mount_point = mount_point.as_bytes().to_vec();
+        let change = MountChange {
+            entry: Arc::new(entry),
+            ns,
+            old_mount_point: None,
+            changed: 0,
+        };
+        Event::new(
+            RecordType::Mount,
+            mount::ATTACH,
+            0,
+            Arc::new(Subject::Mount(change)),
+        )
+    }
+
+    fn table(text: &[u8]) -> Vec<Arc<MountEntry>> {
+        parse_mountinfo(text).0.into_iter().map(Arc::new).collect()
+    }
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes_and_optional_fields() {
+        let (entries, bad) = parse_mountinfo(SAMPLE);
+        assert_eq!((entries.len(), bad), (3, 0));
+        let e = &entries[2];
+        assert_eq!(
+            (e.id, e.parent, e.major, e.minor),
+            (MountId(40), MountId(25), 0, 35)
+        );
+        assert_eq!(e.mount_point, b"/mnt/with space");
+        assert_eq!(e.source, b"my\\src");
+        assert_eq!(
+            (e.propagation.as_str(), e.fs_type.as_str()),
+            ("master:3", "tmpfs")
+        );
+        assert_eq!(e.super_options, "rw,size=1024k");
+        assert_eq!(parse_mountinfo(b"garbage line\n").1, 1);
+    }
+
+    #[test]
+    fn diff_reports_attach_detach_move_and_change_in_a_safe_order() {
+        let before = table(SAMPLE);
+        let after = table(
+            b"\
+22 1 0:21 / /proc ro,nosuid shared:5 - proc proc rw
+25 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 25 0:35 / /srv/moved rw master:3 - tmpfs my\\134src rw,size=1024k
+41 25 0:36 / /mnt/new rw - tmpfs tmpfs rw
+42 41 0:37 / /mnt/new/child rw - tmpfs tmpfs rw
+",
+        );
+        let events: Vec<_> = diff(&before, &after, 1)
+            .into_iter()
+            .map(|(s, c)| {
+                (
+                    s,
+                    String::from_utf8(c.entry.mount_point.clone()).unwrap(),
+                    c.changed,
+                )
+            })
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                (mount::CHANGE, "/proc".into(), mount::CHANGED_OPTIONS),
+                (mount::MOVE, "/srv/moved".into(), 0),
+                (mount::ATTACH, "/mnt/new".into(), 0),
+                (mount::ATTACH, "/mnt/new/child".into(), 0),
+            ]
+        );
+        let gone: Vec<_> = diff(&after, &before, 1)
+            .into_iter()
+            .filter(|(s, _)| *s == mount::DETACH)
+            .collect();
+        let order: Vec<_> = gone.iter().map(|(_, c)| c.entry.id.0).collect();
+        assert_eq!(order, vec![42, 41], "children detach before their parents");
+    }
+
+    #[test]
+    fn a_reused_mount_id_on_another_filesystem_is_a_detach_and_an_attach() {
+        let before = table(b"40 25 0:35 / /mnt/a rw - tmpfs tmpfs rw\n");
+        let after = table(b"40 25 0:99 / /mnt/a rw - tmpfs other rw\n");
+        let subtypes: Vec<_> = diff(&before, &after, 1)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(subtypes, vec![mount::DETACH, mount::ATTACH]);
+    }
+
+    #[test]
+    fn path_scope_matches_at_or_under_the_directory_and_either_end_of_a_move() {
+        let scope = MountScope {
+            ns: 1,
+            under: Some(b"/mnt".to_vec()),
+        };
+        let at = |p: &str, old: Option<&str>, ns| {
+            let mut entry = parse_mountinfo(SAMPLE).0.remove(2);
+            entry.mount_point = p.as_bytes().to_vec();
+            scope.covers(&MountChange {
+                entry: Arc::new(entry),
+                ns,
+                old_mount_point: old.map(|o| o.as_bytes().to_vec()),
+                changed: 0,
+            })
+        };
+        assert!(at("/mnt", None, 1) && at("/mnt/x/y", None, 1));
+        assert!(!at("/mntx", None, 1) && !at("/", None, 1));
+        assert!(at("/srv", Some("/mnt/x"), 1), "moved out of the directory");
+        assert!(!at("/mnt/x", None, 2), "another namespace");
+    }
+}
