@@ -1,1 +1,446 @@
-//! Test harness.
+//! What the end-to-end tests stand on: a private mount namespace, a private `dbus-daemon`
+//! carrying the project's real bus policy, the real `watchd` and `watchctl` binaries, and
+//! helpers for real mounts. Everything started here is stopped by its PID when dropped.
+//!
+//! - [`enter_private_mount_namespace`]: called once by the test binary's `main`, before any
+//!   thread exists, so every test, daemon and mount lives in a namespace of its own.
+//! - [`Env`]: one bus plus one daemon, and a scratch directory that is unmounted and
+//!   removed afterwards.
+//! - [`mounts`]: mount, remount, move and unmount with the syscalls themselves.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use watchd_client::{EventStream, SubscribeOptions, WatchOptions};
+
+pub use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Root is needed for mounts and for owning the bus name under the real policy. Outside CI
+/// a non-root run skips with the reason printed; in CI (CI=true) it fails.
+pub fn check_root() -> Result<bool> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(true);
+    }
+    if std::env::var_os("CI").is_some() {
+        bail!(
+            "the end-to-end tests need root (mounts, bus policy) and CI runs as root: not skipping"
+        );
+    }
+    eprintln!("SKIP: end-to-end tests need root (mount namespaces, mounts); run them with sudo");
+    Ok(false)
+}
+
+/// Moves this process into a new mount namespace whose mounts do not propagate back to the
+/// host. Must run while the process has a single thread.
+pub fn enter_private_mount_namespace() -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making / private in the test namespace")?;
+    Ok(())
+}
+
+/// Runs an async test body on a runtime of its own and turns errors into test failures.
+pub fn run<F: std::future::Future<Output = Result<()>>>(body: F) -> Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+    runtime
+        .block_on(body)
+        .map_err(|e| Failed::from(format!("{e:#}")))
+}
+
+/// Where cargo put the workspace's binaries: beside the directory of this test binary.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    dir.join(name)
+}
+
+pub fn watchd_bin() -> PathBuf {
+    binary("watchd")
+}
+
+pub fn watchctl_bin() -> PathBuf {
+    binary("watchctl")
+}
+
+/// The repository's top directory.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repo")
+        .to_path_buf()
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) and reaped when dropped.
+pub struct Process {
+    child: Child,
+    what: &'static str,
+}
+
+impl Process {
+    pub fn spawn(mut command: Command, what: &'static str) -> Result<Process> {
+        // Its own process group, so a Ctrl-C at the terminal reaches the test binary, whose
+        // Drop then stops the children in order.
+        command.process_group(0);
+        // SAFETY: the closure runs between fork and exec and only makes one prctl(2) call,
+        // which is async-signal-safe; it allocates nothing and takes no locks. It makes the
+        // child die if the test thread that started it dies without running Drop (a killed
+        // or timed-out test run), so nothing outlives the suite.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Process { child, what })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has already exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early: {status}", self.what);
+        }
+        Ok(())
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory of this test's own, unmounted (lazily, recursively) and removed on drop.
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(label: &str) -> Result<Scratch> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("watchd-e2e-{}-{n}-{label}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Scratch {
+            path: path.canonicalize()?,
+        })
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        mounts::unmount_everything_under(&self.path);
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A private `dbus-daemon` whose policy is the project's own `dbus/org.watchd.Watchd1.conf`
+/// on top of the system bus's defaults (deny by default, allow the bus driver).
+pub struct Bus {
+    pub address: String,
+    _process: Process,
+}
+
+impl Bus {
+    pub fn start(dir: &Path) -> Result<Bus> {
+        let socket = dir.join("bus.socket");
+        let config = dir.join("bus.conf");
+        let policy = repo().join("dbus/org.watchd.Watchd1.conf");
+        std::fs::write(&config, bus_config(&socket, &policy))?;
+        let mut command = Command::new("dbus-daemon");
+        command
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .arg("--nopidfile");
+        // Its warnings (e.g. it cannot raise its fd limit in a sandbox) go to the scratch dir.
+        command
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dbus-daemon.log"))?);
+        let mut process = Process::spawn(command, "dbus-daemon")
+            .context("is dbus-daemon installed (package dbus-daemon)?")?;
+        wait_until(Duration::from_secs(10), "dbus-daemon's socket", || {
+            process.check_running()?;
+            Ok(std::os::unix::net::UnixStream::connect(&socket).is_ok())
+        })?;
+        Ok(Bus {
+            address: format!("unix:path={}", socket.display()),
+            _process: process,
+        })
+    }
+}
+
+fn bus_config(socket: &Path, policy: &Path) -> String {
+    format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"#,
+        socket = socket.display(),
+        policy = policy.display()
+    )
+}
+
+/// The real `watchd` on a bus, with a configuration file of the test's choosing.
+pub struct Daemon {
+    pub process: Process,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub async fn start(bus: &Bus, dir: &Path, config: &str) -> Result<Daemon> {
+        let config_file = dir.join("watchd.toml");
+        std::fs::write(&config_file, config)?;
+        let log = dir.join("watchd.log");
+        let mut command = Command::new(watchd_bin());
+        command
+            .arg("--bus-address")
+            .arg(&bus.address)
+            .arg("--config")
+            .arg(&config_file)
+            .env("WATCHD_LOG", "debug")
+            .stderr(std::fs::File::create(&log)?);
+        let mut process = Process::spawn(command, "watchd").with_context(|| {
+            format!(
+                "{} (was it built? cargo test --workspace builds it)",
+                watchd_bin().display()
+            )
+        })?;
+        let conn = zbus::connection::Builder::address(bus.address.as_str())
+            .build()
+            .await?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Err(e) = process.check_running() {
+                bail!(
+                    "{e:#}; its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if dbus
+                .name_has_owner("org.watchd.Watchd1".try_into()?)
+                .await?
+            {
+                return Ok(Daemon { process, log });
+            }
+            if Instant::now() > deadline {
+                bail!("watchd did not take its bus name within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Open descriptors of the daemon right now.
+    pub fn fd_count(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
+    }
+}
+
+/// One test's world: scratch directory, bus, daemon.
+pub struct Env {
+    pub daemon: Daemon,
+    pub bus: Bus,
+    pub scratch: Scratch,
+}
+
+impl Env {
+    pub async fn start(label: &str) -> Result<Env> {
+        Env::start_with_config(label, "").await
+    }
+
+    pub async fn start_with_config(label: &str, config: &str) -> Result<Env> {
+        let scratch = Scratch::new(label)?;
+        let bus = Bus::start(&scratch.path)?;
+        let daemon = Daemon::start(&bus, &scratch.path, config).await?;
+        Ok(Env {
+            daemon,
+            bus,
+            scratch,
+        })
+    }
+
+    pub async fn client(&self) -> Result<watchd_client::Client> {
+        Ok(watchd_client::Client::connect(Some(&self.bus.address)).await?)
+    }
+
+    /// A new subscription watching mounts at or under this test's scratch directory (other
+    /// tests mount elsewhere in parallel), `options` added; returns its event stream.
+    pub async fn watch_scratch(&self, tag: u64, options: WatchOptions) -> Result<EventStream> {
+        let client = self.client().await?;
+        let sub = client.subscribe(SubscribeOptions::default()).await?;
+        let dir = self
+            .scratch
+            .path
+            .to_str()
+            .context("scratch path is not UTF-8")?;
+        sub.add_watch(tag, "mounts", &options.path(dir)).await?;
+        Ok(sub.into_events())
+    }
+
+    /// A `watchctl` command aimed at this environment's bus.
+    pub fn watchctl(&self) -> Command {
+        let mut command = Command::new(watchctl_bin());
+        command.arg("--bus-address").arg(&self.bus.address);
+        command
+    }
+}
+
+/// Polls `ready` every 10 ms until it says yes, fails, or `limit` passes.
+pub fn wait_until(
+    limit: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !ready()? {
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Real mounts, by syscall, in the test's private namespace.
+pub mod mounts {
+    use super::*;
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+    pub fn tmpfs(target: &Path, source: &str, options: &str) -> Result<()> {
+        std::fs::create_dir_all(target)?;
+        mount(
+            Some(source),
+            target,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(options),
+        )
+        .with_context(|| format!("mount tmpfs on {}", target.display()))
+    }
+
+    pub fn remount_read_only(target: &Path) -> Result<()> {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .with_context(|| format!("remount,ro {}", target.display()))
+    }
+
+    pub fn move_mount(from: &Path, to: &Path) -> Result<()> {
+        std::fs::create_dir_all(to)?;
+        mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .with_context(|| format!("mount --move {} {}", from.display(), to.display()))
+    }
+
+    pub fn unmount(target: &Path) -> Result<()> {
+        umount2(target, MntFlags::empty()).with_context(|| format!("umount {}", target.display()))
+    }
+
+    /// Mount ids, parent ids, and devices of the mounts at `target`, from our mountinfo.
+    pub fn mountinfo_line(target: &Path) -> Result<Vec<String>> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let wanted = target.to_str().context("utf-8 path")?;
+        text.lines()
+            .rev()
+            .map(|l| l.split(' ').map(str::to_owned).collect::<Vec<_>>())
+            .find(|f| f.get(4).map(String::as_str) == Some(wanted))
+            .with_context(|| format!("{wanted} is not in /proc/self/mountinfo"))
+    }
+
+    pub fn unmount_everything_under(dir: &Path) {
+        let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        let prefix = dir.to_string_lossy().into_owned();
+        let mut points: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|p| p == &prefix || p.starts_with(&format!("{prefix}/")))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            if let Err(e) = umount2(p.as_str(), MntFlags::MNT_DETACH)
+                && e != nix::errno::Errno::EINVAL
+            {
+                eprintln!("cleanup: umount {p}: {e}");
+            }
+        }
+    }
+}

@@ -139,7 +139,8 @@ pub mod attr {
     pub const TRUNCATED: u16 = 0x0006;
 
     // 0x0010..0x003f: mounts.
-    /// u64: mount id (the kernel's unique 64-bit id where known, else mountinfo's).
+    /// u64: the mount's id as `/proc/PID/mountinfo` lists it (reused after unmount). The
+    /// kernel's unique 64-bit id, when sources report it, will get an attribute of its own.
     pub const MOUNT_ID: u16 = 0x0010;
     /// u64: the parent mount's id.
     pub const PARENT_ID: u16 = 0x0011;
@@ -267,9 +268,10 @@ pub enum DecodeError {
     Empty,
     /// Fewer bytes than the header, or than the header's length field says.
     Truncated { have: usize, need: usize },
-    /// More than one packet's worth, or more bytes than the length field says.
+    /// The packet holds more bytes than its length field says (a record is exactly one packet).
     Oversized { have: usize, len: usize },
-    /// A length field that cannot be right (smaller than the header, or not a multiple of 4).
+    /// A length field that cannot be right: below the header, above [`MAX_RECORD_LEN`], or not a
+    /// multiple of 4.
     BadLength(usize),
     /// A version this crate does not speak.
     UnsupportedVersion(u8),

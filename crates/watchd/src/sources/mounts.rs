@@ -166,6 +166,15 @@ pub struct MountChange {
 }
 
 impl MountChange {
+    pub fn into_event(self, subtype: u8, flags: u8) -> Event {
+        Event::new(
+            RecordType::Mount,
+            subtype,
+            flags,
+            Arc::new(Subject::Mount(self)),
+        )
+    }
+
     /// Most useful fields first, so that if paths are huge it is the least useful that give way.
     pub fn encode(&self, builder: &mut RecordBuilder) {
         let e = &self.entry;
@@ -349,12 +358,7 @@ impl MountSource {
         let mut table = self.table.lock().expect("mount table poisoned");
         let mounts = table.reread()?;
         for (subtype, change) in diff(&table.mounts, &mounts, self.ns) {
-            self.hub.publish(&Event::new(
-                RecordType::Mount,
-                subtype,
-                0,
-                Arc::new(Subject::Mount(change)),
-            ));
+            self.hub.publish(&change.into_event(subtype, 0));
         }
         table.mounts = mounts;
         Ok(())
@@ -390,12 +394,7 @@ impl Source for MountSource {
                     old_mount_point: None,
                     changed: 0,
                 };
-                Event::new(
-                    RecordType::Mount,
-                    mount::ATTACH,
-                    FLAG_SNAPSHOT,
-                    Arc::new(Subject::Mount(change)),
-                )
+                change.into_event(mount::ATTACH, FLAG_SNAPSHOT)
             })
             .collect();
         then(&snapshot);
@@ -435,12 +434,7 @@ pub(crate) mod tests {
             old_mount_point: None,
             changed: 0,
         };
-        Event::new(
-            RecordType::Mount,
-            mount::ATTACH,
-            0,
-            Arc::new(Subject::Mount(change)),
-        )
+        change.into_event(mount::ATTACH, 0)
     }
 
     fn table(text: &[u8]) -> Vec<Arc<MountEntry>> {

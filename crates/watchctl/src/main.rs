@@ -1,0 +1,322 @@
+//! `watchctl`: the command-line client of watchd.
+//!
+//! - `main.rs`: arguments (clap), the commands, exit codes, error reporting.
+//! - [`format`](mod@format): the output formats as pure functions (human and JSON lines, status).
+//! - [`sys`]: the local time zone offset (the one libc call).
+
+mod format;
+mod sys;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use watchd_client::proto::{RecordType, meta};
+use watchd_client::{Client, SubscribeOptions, WatchOptions};
+
+/// Exit code: the subscription's pipe ended (watchd stopped or ended the subscription).
+const EXIT_PIPE_ENDED: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "watchctl",
+    version,
+    about = "Query watchd and watch for changes"
+)]
+struct Cli {
+    /// D-Bus address of the bus watchd is on [default: $DBUS_SYSTEM_BUS_ADDRESS, else the
+    /// system bus]
+    #[arg(long, global = true, value_name = "ADDR")]
+    bus_address: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the daemon's version, its sources, and how many subscriptions and watches exist
+    Status {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a watch and print one line per event until interrupted
+    Watch {
+        #[command(subcommand)]
+        kind: WatchKind,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WatchKind {
+    /// Mounts appearing, going away, moving or changing in your mount namespace
+    Mounts {
+        /// Only mounts at or under this path (made absolute if relative)
+        #[arg(long, value_name = "P")]
+        path: Option<PathBuf>,
+
+        #[command(flatten)]
+        common: WatchArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct WatchArgs {
+    /// Print the current state first (marked as snapshot), then the changes
+    #[arg(long)]
+    initial: bool,
+
+    /// Print one JSON object per line
+    #[arg(long)]
+    json: bool,
+
+    /// Pipe capacity in events [default: the daemon's, 16]
+    #[arg(long, value_name = "N")]
+    depth: Option<u32>,
+
+    /// Tag of the watch, carried by its records
+    #[arg(long, value_name = "T", default_value_t = 1)]
+    tag: u64,
+}
+
+/// How a command that did not fail ended.
+enum Outcome {
+    Done,
+    /// The pipe reported end of file.
+    PipeEnded,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("watchctl: can't start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::PipeEnded) => {
+            eprintln!("watchctl: the subscription ended (watchd stopped or closed the pipe)");
+            ExitCode::from(EXIT_PIPE_ENDED)
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the line already
+/// holds (many errors repeat their source in their own message). A `watchd_client::Error`
+/// says all there is to say in its own message, so the line ends with it.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        if cause.is::<watchd_client::Error>() {
+            break;
+        }
+    }
+    line
+}
+
+fn report(e: &anyhow::Error) {
+    eprintln!("watchctl: {}", error_line(e));
+    if let Some(e) = e.downcast_ref::<watchd_client::Error>()
+        && e.is_daemon_absent()
+    {
+        eprintln!("watchctl: is watchd running on this bus?");
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Status { json } => {
+            let client = Client::connect(cli.bus_address.as_deref()).await?;
+            let status = client.status().await?;
+            let text = if json {
+                format!("{}\n", format::status_json(&status))
+            } else {
+                format::status_human(&status)
+            };
+            match io::stdout().lock().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("stdout"),
+                _ => Ok(Outcome::Done),
+            }
+        }
+        Command::Watch {
+            kind: WatchKind::Mounts { path, common },
+        } => {
+            let mut options = WatchOptions::new().initial(common.initial);
+            if let Some(path) = path {
+                let path =
+                    std::path::absolute(&path).with_context(|| format!("{}", path.display()))?;
+                let Some(path) = path.to_str() else {
+                    bail!("{}: the path is not valid UTF-8", path.display())
+                };
+                options = options.path(path);
+            }
+            watch(cli.bus_address.as_deref(), "mounts", &options, &common).await
+        }
+    }
+}
+
+/// Subscribes, sets the watch and prints its events until SIGINT/SIGTERM, the end of the
+/// pipe, a REMOVAL record for the watch, or a closed stdout.
+async fn watch(
+    bus_address: Option<&str>,
+    kind: &str,
+    options: &WatchOptions,
+    args: &WatchArgs,
+) -> anyhow::Result<Outcome> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let work = async {
+        let client = Client::connect(bus_address).await?;
+        let subscription = client
+            .subscribe(SubscribeOptions { depth: args.depth })
+            .await?;
+        subscription.add_watch(args.tag, kind, options).await?;
+        print_events(subscription.into_events(), args).await
+    };
+    tokio::select! {
+        outcome = work => outcome,
+        _ = interrupt.recv() => Ok(Outcome::Done),
+        _ = terminate.recv() => Ok(Outcome::Done),
+    }
+}
+
+async fn print_events(
+    mut events: watchd_client::EventStream,
+    args: &WatchArgs,
+) -> anyhow::Result<Outcome> {
+    let stdout = io::stdout();
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(watchd_client::Error::Decode(e)) => {
+                eprintln!("watchctl: skipped a malformed record: {e}");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let record = event.record();
+        let mut line = if args.json {
+            format::json_line(&record)
+        } else {
+            let secs = i64::try_from(record.header.time_ns / 1_000_000_000).unwrap_or(i64::MAX);
+            format::human_line(&record, sys::utc_offset(secs))
+        };
+        line.push('\n');
+        let mut out = stdout.lock();
+        match out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // Whoever read our output has gone (`watchctl … | head -1`): a normal end.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(Outcome::Done),
+            Err(e) => return Err(e).context("stdout"),
+        }
+        let h = event.header();
+        if h.tag == args.tag && h.is(RecordType::Meta, meta::REMOVAL) {
+            // The watch has ended; nothing more will come for it.
+            return Ok(Outcome::Done);
+        }
+    }
+    Ok(Outcome::PipeEnded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use watchd_client::zbus;
+
+    #[test]
+    fn error_line_leaves_out_repeated_causes() {
+        let io = io::Error::new(io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(watchd_client::Error::Connect {
+            address: "unix:path=/x".into(),
+            source: zbus::Error::InputOutput(io.into()),
+        });
+        assert_eq!(
+            error_line(&e),
+            "can't connect to the bus at unix:path=/x: I/O error: no such file"
+        );
+        let e = anyhow::Error::new(watchd_client::Error::Daemon {
+            name: "org.watchd.Watchd1.Error.NotFound".into(),
+            message: "/nope: no such file or directory".into(),
+        })
+        .context("adding the watch");
+        assert_eq!(
+            error_line(&e),
+            "adding the watch: /nope: no such file or directory (org.watchd.Watchd1.Error.NotFound)"
+        );
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn watch_mounts_arguments() {
+        let cli = Cli::try_parse_from([
+            "watchctl",
+            "watch",
+            "mounts",
+            "--path",
+            "/mnt",
+            "--initial",
+            "--json",
+            "--depth",
+            "64",
+            "--tag",
+            "7",
+            "--bus-address",
+            "unix:path=/tmp/bus",
+        ])
+        .unwrap();
+        assert_eq!(cli.bus_address.as_deref(), Some("unix:path=/tmp/bus"));
+        let Command::Watch {
+            kind: WatchKind::Mounts { path, common },
+        } = cli.command
+        else {
+            panic!("not watch mounts")
+        };
+        assert_eq!(path, Some(PathBuf::from("/mnt")));
+        assert!(common.initial && common.json);
+        assert_eq!((common.depth, common.tag), (Some(64), 7));
+
+        let cli = Cli::try_parse_from(["watchctl", "watch", "mounts"]).unwrap();
+        let Command::Watch {
+            kind: WatchKind::Mounts { path, common },
+        } = cli.command
+        else {
+            panic!("not watch mounts")
+        };
+        assert_eq!((path, common.initial, common.json), (None, false, false));
+        assert_eq!((common.depth, common.tag), (None, 1));
+    }
+
+    #[test]
+    fn status_arguments() {
+        let cli =
+            Cli::try_parse_from(["watchctl", "--bus-address", "x", "status", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Status { json: true }));
+        assert_eq!(cli.bus_address.as_deref(), Some("x"));
+    }
+}

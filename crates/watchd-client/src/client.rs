@@ -1,0 +1,149 @@
+//! [`Client`]: the bus connection and the manager object.
+
+use std::collections::HashMap;
+
+use zbus::Variant;
+use zbus::proxy::CacheProperties;
+
+use crate::dbus::{ManagerProxy, SubscriptionProxy};
+use crate::{Error, Result, Subscription};
+
+/// Where the system bus is when neither an address nor `DBUS_SYSTEM_BUS_ADDRESS` says.
+pub const DEFAULT_SYSTEM_BUS_ADDRESS: &str = "unix:path=/var/run/dbus/system_bus_socket";
+
+/// The address [`Client::connect`] uses: `explicit`, else a non-empty
+/// `DBUS_SYSTEM_BUS_ADDRESS`, else [`DEFAULT_SYSTEM_BUS_ADDRESS`].
+pub fn system_bus_address(explicit: Option<&str>) -> String {
+    if let Some(address) = explicit {
+        return address.to_owned();
+    }
+    match std::env::var("DBUS_SYSTEM_BUS_ADDRESS") {
+        Ok(address) if !address.is_empty() => address,
+        _ => DEFAULT_SYSTEM_BUS_ADDRESS.to_owned(),
+    }
+}
+
+/// A connection to the bus watchd is on.
+#[derive(Clone, Debug)]
+pub struct Client {
+    connection: zbus::Connection,
+    address: String,
+}
+
+/// What `watchctl status` shows: the manager's properties.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The daemon's version.
+    pub version: String,
+    /// The kinds of watch it can set (`AddWatch`'s `kind`), e.g. `["mounts"]`.
+    pub sources: Vec<String>,
+    /// Subscriptions open now, all users.
+    pub subscriptions: u32,
+    /// Watches set now, all users.
+    pub watches: u32,
+}
+
+/// Options of `Subscribe`; only those that are set are sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Pipe capacity in packets (the daemon's default is 16).
+    pub depth: Option<u32>,
+}
+
+impl SubscribeOptions {
+    pub(crate) fn to_dbus(&self) -> HashMap<&'static str, Variant<'static>> {
+        let mut options = HashMap::new();
+        if let Some(depth) = self.depth {
+            options.insert("depth", Variant::from(depth));
+        }
+        options
+    }
+}
+
+impl Client {
+    /// Connects to the bus at `bus_address`, else at `DBUS_SYSTEM_BUS_ADDRESS`, else to the
+    /// system bus at its default address. Must be called within a Tokio runtime.
+    pub async fn connect(bus_address: Option<&str>) -> Result<Client> {
+        let address = system_bus_address(bus_address);
+        let connection = zbus::connection::Builder::address(address.as_str())
+            .build()
+            .await
+            .map_err(|source| Error::Connect {
+                address: address.clone(),
+                source,
+            })?;
+        Ok(Client {
+            connection,
+            address,
+        })
+    }
+
+    /// Wraps a connection made elsewhere.
+    pub fn from_connection(connection: zbus::Connection) -> Client {
+        Client {
+            connection,
+            address: String::new(),
+        }
+    }
+
+    /// The bus connection, for calls this crate does not wrap.
+    pub fn connection(&self) -> &zbus::Connection {
+        &self.connection
+    }
+
+    /// The address connected to (empty after [`Client::from_connection`]).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    async fn manager(&self) -> Result<ManagerProxy<'static>> {
+        Ok(ManagerProxy::builder(&self.connection)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?)
+    }
+
+    /// Reads the manager's properties.
+    pub async fn status(&self) -> Result<Status> {
+        let manager = self.manager().await?;
+        Ok(Status {
+            version: manager.version().await?,
+            sources: manager.sources().await?,
+            subscriptions: manager.subscriptions().await?,
+            watches: manager.watches().await?,
+        })
+    }
+
+    /// Opens a subscription: a pipe of its own, no watches yet.
+    pub async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+        let manager = self.manager().await?;
+        let (pipe, path) = manager.subscribe(&options.to_dbus()).await?;
+        let proxy = SubscriptionProxy::builder(&self.connection)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        Ok(Subscription::new(proxy, pipe.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_address_wins() {
+        assert_eq!(
+            system_bus_address(Some("unix:path=/tmp/x")),
+            "unix:path=/tmp/x"
+        );
+    }
+
+    #[test]
+    fn subscribe_options_send_only_what_is_set() {
+        assert!(SubscribeOptions::default().to_dbus().is_empty());
+        let options = SubscribeOptions { depth: Some(64) }.to_dbus();
+        assert_eq!(options.len(), 1);
+        assert_eq!(options["depth"], Variant::from(64u32));
+    }
+}

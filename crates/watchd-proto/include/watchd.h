@@ -1,0 +1,481 @@
+/*
+ * watchd.h - the watchd wire format, for C readers.
+ *
+ * docs/protocol.md is the contract; this header is its C form and must agree with it and
+ * with the watchd-proto crate. Each read() of 4096 bytes from a subscription pipe returns
+ * one record: a 32-byte header followed by attributes (u16 len, u16 id, value, zero
+ * padding to 4 bytes). Everything is little-endian.
+ *
+ * The helpers decode byte by byte, so they work on a plain unsigned char buffer of any
+ * alignment and on any host byte order, without breaking C's aliasing rules.
+ *
+ * Typical use:
+ *
+ *     unsigned char buf[WATCHD_MAX_RECORD_LEN];
+ *     ssize_t n = read(fd, buf, sizeof buf);      // 0: the subscription has ended
+ *     struct watchd_record_header h;
+ *     const unsigned char *a;
+ *     if (n < 0 || watchd_record_validate(buf, (size_t)n) != 0) ... stop ...
+ *     watchd_header_decode(buf, &h);
+ *     WATCHD_ATTR_FOREACH(a, buf) {
+ *         switch (watchd_attr_id(a)) { ... default: break;  // skip unknown ids }
+ *     }
+ *
+ * SPDX-License-Identifier: MIT OR Apache-2.0
+ */
+#ifndef WATCHD_H
+#define WATCHD_H
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Sizes -------------------------------------------------------------------------- */
+
+#define WATCHD_VERSION 1             /* the only version this header can read */
+#define WATCHD_HEADER_LEN 32         /* fixed header */
+#define WATCHD_MAX_RECORD_LEN 4096   /* one packet; read() with a buffer this big */
+#define WATCHD_ATTR_HEADER_LEN 4     /* u16 len + u16 id */
+
+/* ---- Header flags ------------------------------------------------------------------- */
+
+#define WATCHD_FLAG_SNAPSHOT 0x01u  /* initial state, not a change */
+#define WATCHD_FLAG_TRUNCATED 0x02u /* attributes left out; WATCHD_ATTR_TRUNCATED says how many */
+
+/* ---- Record types (low 24 bits of the type word) ------------------------------------ */
+
+#define WATCHD_TYPE_META 0u
+#define WATCHD_TYPE_KEY 1u
+#define WATCHD_TYPE_MOUNT 2u
+#define WATCHD_TYPE_SUPERBLOCK 3u
+#define WATCHD_TYPE_DEVICE 4u
+#define WATCHD_TYPE_FILE 5u
+#define WATCHD_TYPE_KRB5 6u
+
+/* Bit of a type in WATCHD_ATTR_LOST_TYPES. */
+#define WATCHD_TYPE_BIT(type) ((uint64_t)1 << (type))
+
+/* ---- Subtypes (high 8 bits of the type word) ---------------------------------------- */
+
+/* WATCHD_TYPE_META */
+#define WATCHD_META_REMOVAL 0u /* watched object gone or access revoked; the watch has ended */
+#define WATCHD_META_LOSS 1u    /* records were dropped because the pipe was full */
+#define WATCHD_META_SYNC 2u    /* initial state for this tag has been sent in full */
+
+/* WATCHD_TYPE_KEY: the kernel's enum key_notification_subtype */
+#define WATCHD_KEY_INSTANTIATED 0u
+#define WATCHD_KEY_UPDATED 1u
+#define WATCHD_KEY_LINKED 2u
+#define WATCHD_KEY_UNLINKED 3u
+#define WATCHD_KEY_CLEARED 4u
+#define WATCHD_KEY_REVOKED 5u
+#define WATCHD_KEY_INVALIDATED 6u
+#define WATCHD_KEY_SETATTR 7u
+
+/* WATCHD_TYPE_MOUNT */
+#define WATCHD_MOUNT_ATTACH 0u
+#define WATCHD_MOUNT_DETACH 1u
+#define WATCHD_MOUNT_MOVE 2u
+#define WATCHD_MOUNT_CHANGE 3u
+
+/* Bits of WATCHD_ATTR_CHANGED: CHANGE records, and MOVE when more than the place changed. */
+#define WATCHD_MOUNT_CHANGED_OPTIONS 0x1u
+#define WATCHD_MOUNT_CHANGED_SUPER_OPTIONS 0x2u
+#define WATCHD_MOUNT_CHANGED_PROPAGATION 0x4u
+#define WATCHD_MOUNT_CHANGED_PARENT 0x8u
+
+/* ---- Attribute ids (one numbering for all record types) ----------------------------- */
+
+/* META, 0x0001..0x000f */
+#define WATCHD_ATTR_LOST_COUNT 0x0001u     /* u64 */
+#define WATCHD_ATTR_FIRST_LOST_SEQ 0x0002u /* u64 */
+#define WATCHD_ATTR_LOST_TYPES 0x0003u     /* u64, WATCHD_TYPE_BIT() set */
+#define WATCHD_ATTR_OBJECT 0x0004u         /* str */
+#define WATCHD_ATTR_REASON 0x0005u         /* str */
+#define WATCHD_ATTR_TRUNCATED 0x0006u      /* u32 */
+
+/* Mounts, 0x0010..0x003f */
+#define WATCHD_ATTR_MOUNT_ID 0x0010u        /* u64 */
+#define WATCHD_ATTR_PARENT_ID 0x0011u       /* u64 */
+#define WATCHD_ATTR_MAJOR 0x0012u           /* u32 */
+#define WATCHD_ATTR_MINOR 0x0013u           /* u32 */
+#define WATCHD_ATTR_ROOT 0x0014u            /* str */
+#define WATCHD_ATTR_MOUNT_POINT 0x0015u     /* str */
+#define WATCHD_ATTR_FS_TYPE 0x0016u         /* str */
+#define WATCHD_ATTR_SOURCE 0x0017u          /* str */
+#define WATCHD_ATTR_MOUNT_OPTIONS 0x0018u   /* str */
+#define WATCHD_ATTR_SUPER_OPTIONS 0x0019u   /* str */
+#define WATCHD_ATTR_PROPAGATION 0x001au     /* str */
+#define WATCHD_ATTR_OLD_MOUNT_POINT 0x001bu /* str */
+#define WATCHD_ATTR_MNT_NS 0x001cu          /* u64 */
+#define WATCHD_ATTR_CHANGED 0x001du         /* u32, WATCHD_MOUNT_CHANGED_* */
+
+/* ---- Layouts ------------------------------------------------------------------------ */
+
+/*
+ * The fixed header. Natural alignment already gives the wire offsets, so no packing
+ * attribute is needed; on a little-endian host memcpy() of the first 32 bytes into this
+ * struct is equivalent to watchd_header_decode().
+ */
+struct watchd_record_header {
+	uint16_t len;          /* whole record in bytes, header included; multiple of 4 */
+	uint8_t version;       /* WATCHD_VERSION */
+	uint8_t flags;         /* WATCHD_FLAG_* */
+	uint32_t type_subtype; /* type in bits 0..23, subtype in bits 24..31 */
+	uint64_t tag;          /* the subscriber's tag of the matching watch; 0 for pipe-wide META */
+	uint64_t seq;          /* per subscription, from 1; a gap means records were lost */
+	uint64_t time_ns;      /* CLOCK_REALTIME, nanoseconds */
+};
+
+/* An attribute's own header; the value follows, then zero padding to 4 bytes. */
+struct watchd_attr {
+	uint16_t len; /* 4 + value length, padding not included */
+	uint16_t id;  /* WATCHD_ATTR_* or an id this reader does not know (skip it) */
+};
+
+/*
+ * Compile-time layout checks. C99 has no _Static_assert, so a negative array size is the
+ * portable way to fail the build.
+ */
+#define WATCHD_LAYOUT_CHECK(name, cond) typedef char watchd_layout_check_##name[(cond) ? 1 : -1]
+WATCHD_LAYOUT_CHECK(header_size, sizeof(struct watchd_record_header) == WATCHD_HEADER_LEN);
+WATCHD_LAYOUT_CHECK(len_at_0, offsetof(struct watchd_record_header, len) == 0);
+WATCHD_LAYOUT_CHECK(version_at_2, offsetof(struct watchd_record_header, version) == 2);
+WATCHD_LAYOUT_CHECK(flags_at_3, offsetof(struct watchd_record_header, flags) == 3);
+WATCHD_LAYOUT_CHECK(type_at_4, offsetof(struct watchd_record_header, type_subtype) == 4);
+WATCHD_LAYOUT_CHECK(tag_at_8, offsetof(struct watchd_record_header, tag) == 8);
+WATCHD_LAYOUT_CHECK(seq_at_16, offsetof(struct watchd_record_header, seq) == 16);
+WATCHD_LAYOUT_CHECK(time_at_24, offsetof(struct watchd_record_header, time_ns) == 24);
+WATCHD_LAYOUT_CHECK(attr_size, sizeof(struct watchd_attr) == WATCHD_ATTR_HEADER_LEN);
+WATCHD_LAYOUT_CHECK(attr_len_at_0, offsetof(struct watchd_attr, len) == 0);
+WATCHD_LAYOUT_CHECK(attr_id_at_2, offsetof(struct watchd_attr, id) == 2);
+#undef WATCHD_LAYOUT_CHECK
+
+/* ---- Little-endian loads ------------------------------------------------------------ */
+
+static inline uint16_t watchd_le16(const void *p)
+{
+	const unsigned char *b = (const unsigned char *)p;
+	return (uint16_t)(b[0] | (b[1] << 8));
+}
+
+static inline uint32_t watchd_le32(const void *p)
+{
+	const unsigned char *b = (const unsigned char *)p;
+	return (uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) |
+	       ((uint32_t)b[3] << 24);
+}
+
+static inline uint64_t watchd_le64(const void *p)
+{
+	const unsigned char *b = (const unsigned char *)p;
+	return (uint64_t)watchd_le32(b) | ((uint64_t)watchd_le32(b + 4) << 32);
+}
+
+/* ---- Records ------------------------------------------------------------------------ */
+
+/*
+ * Checks only the header of the record at the start of buf, where n bytes are available,
+ * and stores the record's length in *len.
+ *
+ * Returns 0, or:
+ *   -ENODATA          n is 0 (a 0-byte read means the subscription has ended)
+ *   -EBADMSG          fewer bytes than the header, or than the record's len
+ *   -EPROTONOSUPPORT  version is not WATCHD_VERSION: stop reading, nothing else can be
+ *                     trusted (checked before len, whose meaning a new version may change)
+ *   -EINVAL           len below 32, above 4096, or not a multiple of 4
+ * When -EBADMSG is returned and n >= 32, *len holds the length the record needs.
+ */
+static inline int watchd_record_check_header(const void *buf, size_t n, size_t *len)
+{
+	const unsigned char *b = (const unsigned char *)buf;
+	size_t rec_len;
+
+	if (n == 0)
+		return -ENODATA;
+	if (n < WATCHD_HEADER_LEN)
+		return -EBADMSG;
+	if (b[2] != WATCHD_VERSION)
+		return -EPROTONOSUPPORT;
+	rec_len = watchd_le16(b);
+	if (rec_len < WATCHD_HEADER_LEN || rec_len > WATCHD_MAX_RECORD_LEN || rec_len % 4 != 0)
+		return -EINVAL;
+	*len = rec_len;
+	return n < rec_len ? -EBADMSG : 0;
+}
+
+/*
+ * Checks the attribute chain of a record whose header passed: -EPROTO when an attribute
+ * is shorter than its own 4-byte header or runs past the record.
+ */
+static inline int watchd_record_check_attrs(const void *record)
+{
+	const unsigned char *b = (const unsigned char *)record;
+	size_t rec_len = watchd_le16(b), off = WATCHD_HEADER_LEN;
+
+	while (off < rec_len) {
+		/* rec_len and off are multiples of 4, so the 4-byte attribute header is there. */
+		size_t alen = watchd_le16(b + off);
+
+		if (alen < WATCHD_ATTR_HEADER_LEN || alen > rec_len - off)
+			return -EPROTO;
+		off += (alen + 3) & ~(size_t)3;
+	}
+	return 0;
+}
+
+/*
+ * Checks the whole record at the start of buf and stores its length in *len, allowing
+ * bytes after it: what a reader of records stored back to back (a file, an ordinary
+ * pipe) needs. Returns 0 or a code of the two functions above.
+ */
+static inline int watchd_record_validate_prefix(const void *buf, size_t n, size_t *len)
+{
+	int rc = watchd_record_check_header(buf, n, len);
+
+	return rc != 0 ? rc : watchd_record_check_attrs(buf);
+}
+
+/*
+ * Checks that buf (n bytes, as returned by one read() from a subscription pipe) holds
+ * exactly one well-formed record. Returns 0, a code of the functions above, or -EMSGSIZE
+ * when n is larger than the record's len.
+ */
+static inline int watchd_record_validate(const void *buf, size_t n)
+{
+	size_t len = 0;
+	int rc = watchd_record_check_header(buf, n, &len);
+
+	if (rc != 0)
+		return rc;
+	if (n != len)
+		return -EMSGSIZE;
+	return watchd_record_check_attrs(buf);
+}
+
+/* Decodes the 32-byte header at buf (at least WATCHD_HEADER_LEN bytes). */
+static inline void watchd_header_decode(const void *buf, struct watchd_record_header *h)
+{
+	const unsigned char *b = (const unsigned char *)buf;
+
+	h->len = watchd_le16(b);
+	h->version = b[2];
+	h->flags = b[3];
+	h->type_subtype = watchd_le32(b + 4);
+	h->tag = watchd_le64(b + 8);
+	h->seq = watchd_le64(b + 16);
+	h->time_ns = watchd_le64(b + 24);
+}
+
+static inline uint32_t watchd_record_type(const struct watchd_record_header *h)
+{
+	return h->type_subtype & 0x00ffffffu;
+}
+
+static inline uint8_t watchd_record_subtype(const struct watchd_record_header *h)
+{
+	return (uint8_t)(h->type_subtype >> 24);
+}
+
+/* ---- Attributes --------------------------------------------------------------------- */
+/*
+ * An attribute is addressed by a pointer to its first byte. These functions trust the
+ * record: call them only after watchd_record_validate() (or _prefix) returned 0.
+ */
+
+static inline uint16_t watchd_attr_len(const unsigned char *attr)
+{
+	return watchd_le16(attr);
+}
+
+static inline uint16_t watchd_attr_id(const unsigned char *attr)
+{
+	return watchd_le16(attr + 2);
+}
+
+static inline const unsigned char *watchd_attr_value(const unsigned char *attr)
+{
+	return attr + WATCHD_ATTR_HEADER_LEN;
+}
+
+static inline size_t watchd_attr_value_len(const unsigned char *attr)
+{
+	return (size_t)watchd_attr_len(attr) - WATCHD_ATTR_HEADER_LEN;
+}
+
+static inline struct watchd_attr watchd_attr_header(const unsigned char *attr)
+{
+	struct watchd_attr a;
+
+	a.len = watchd_attr_len(attr);
+	a.id = watchd_attr_id(attr);
+	return a;
+}
+
+/* The first attribute of a validated record, or NULL when it has none. */
+static inline const unsigned char *watchd_attr_first(const void *record)
+{
+	const unsigned char *b = (const unsigned char *)record;
+
+	return watchd_le16(b) > WATCHD_HEADER_LEN ? b + WATCHD_HEADER_LEN : NULL;
+}
+
+/* The attribute after attr, or NULL at the end of the record. */
+static inline const unsigned char *watchd_attr_next(const void *record, const unsigned char *attr)
+{
+	const unsigned char *b = (const unsigned char *)record;
+	size_t off = (size_t)(attr - b) + (((size_t)watchd_attr_len(attr) + 3) & ~(size_t)3);
+
+	return off < watchd_le16(b) ? b + off : NULL;
+}
+
+/* for (each attribute a of a validated record); a is a const unsigned char pointer. */
+#define WATCHD_ATTR_FOREACH(a, record)                                                   \
+	for ((a) = watchd_attr_first(record); (a) != NULL; (a) = watchd_attr_next((record), (a)))
+
+/* The first attribute with this id, or NULL. */
+static inline const unsigned char *watchd_attr_find(const void *record, uint16_t id)
+{
+	const unsigned char *a;
+
+	WATCHD_ATTR_FOREACH(a, record)
+	{
+		if (watchd_attr_id(a) == id)
+			return a;
+	}
+	return NULL;
+}
+
+/*
+ * Typed values. Return 0, or -EINVAL when the value has the wrong size (treat that
+ * attribute as absent).
+ */
+static inline int watchd_attr_u32(const unsigned char *attr, uint32_t *out)
+{
+	if (watchd_attr_value_len(attr) != 4)
+		return -EINVAL;
+	*out = watchd_le32(watchd_attr_value(attr));
+	return 0;
+}
+
+static inline int watchd_attr_u64(const unsigned char *attr, uint64_t *out)
+{
+	if (watchd_attr_value_len(attr) != 8)
+		return -EINVAL;
+	*out = watchd_le64(watchd_attr_value(attr));
+	return 0;
+}
+
+/* ---- Names -------------------------------------------------------------------------- */
+/*
+ * The stable names watchctl --json prints, and the layout of each known attribute.
+ * NULL / WATCHD_KIND_UNKNOWN for numbers this header does not know: skip those.
+ */
+
+enum watchd_attr_kind {
+	WATCHD_KIND_UNKNOWN = 0,
+	WATCHD_KIND_U32 = 1,
+	WATCHD_KIND_U64 = 2,
+	WATCHD_KIND_STR = 3 /* bytes, normally UTF-8, no terminating NUL */
+};
+
+static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
+{
+	switch (id) {
+	case WATCHD_ATTR_LOST_COUNT:
+	case WATCHD_ATTR_FIRST_LOST_SEQ:
+	case WATCHD_ATTR_LOST_TYPES:
+	case WATCHD_ATTR_MOUNT_ID:
+	case WATCHD_ATTR_PARENT_ID:
+	case WATCHD_ATTR_MNT_NS:
+		return WATCHD_KIND_U64;
+	case WATCHD_ATTR_TRUNCATED:
+	case WATCHD_ATTR_MAJOR:
+	case WATCHD_ATTR_MINOR:
+	case WATCHD_ATTR_CHANGED:
+		return WATCHD_KIND_U32;
+	case WATCHD_ATTR_OBJECT:
+	case WATCHD_ATTR_REASON:
+	case WATCHD_ATTR_ROOT:
+	case WATCHD_ATTR_MOUNT_POINT:
+	case WATCHD_ATTR_FS_TYPE:
+	case WATCHD_ATTR_SOURCE:
+	case WATCHD_ATTR_MOUNT_OPTIONS:
+	case WATCHD_ATTR_SUPER_OPTIONS:
+	case WATCHD_ATTR_PROPAGATION:
+	case WATCHD_ATTR_OLD_MOUNT_POINT:
+		return WATCHD_KIND_STR;
+	default:
+		return WATCHD_KIND_UNKNOWN;
+	}
+}
+
+static inline const char *watchd_attr_name(uint16_t id)
+{
+	switch (id) {
+	case WATCHD_ATTR_LOST_COUNT: return "lost_count";
+	case WATCHD_ATTR_FIRST_LOST_SEQ: return "first_lost_seq";
+	case WATCHD_ATTR_LOST_TYPES: return "lost_types";
+	case WATCHD_ATTR_OBJECT: return "object";
+	case WATCHD_ATTR_REASON: return "reason";
+	case WATCHD_ATTR_TRUNCATED: return "truncated";
+	case WATCHD_ATTR_MOUNT_ID: return "mount_id";
+	case WATCHD_ATTR_PARENT_ID: return "parent_id";
+	case WATCHD_ATTR_MAJOR: return "major";
+	case WATCHD_ATTR_MINOR: return "minor";
+	case WATCHD_ATTR_ROOT: return "root";
+	case WATCHD_ATTR_MOUNT_POINT: return "mount_point";
+	case WATCHD_ATTR_FS_TYPE: return "fs_type";
+	case WATCHD_ATTR_SOURCE: return "source";
+	case WATCHD_ATTR_MOUNT_OPTIONS: return "mount_options";
+	case WATCHD_ATTR_SUPER_OPTIONS: return "super_options";
+	case WATCHD_ATTR_PROPAGATION: return "propagation";
+	case WATCHD_ATTR_OLD_MOUNT_POINT: return "old_mount_point";
+	case WATCHD_ATTR_MNT_NS: return "mnt_ns";
+	case WATCHD_ATTR_CHANGED: return "changed";
+	default: return NULL;
+	}
+}
+
+static inline const char *watchd_type_name(uint32_t type)
+{
+	switch (type) {
+	case WATCHD_TYPE_META: return "meta";
+	case WATCHD_TYPE_KEY: return "key";
+	case WATCHD_TYPE_MOUNT: return "mount";
+	case WATCHD_TYPE_SUPERBLOCK: return "superblock";
+	case WATCHD_TYPE_DEVICE: return "device";
+	case WATCHD_TYPE_FILE: return "file";
+	case WATCHD_TYPE_KRB5: return "krb5";
+	default: return NULL;
+	}
+}
+
+static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
+{
+	static const char *const meta[] = {"removal", "loss", "sync"};
+	static const char *const key[] = {"instantiated", "updated", "linked", "unlinked",
+					  "cleared", "revoked", "invalidated", "setattr"};
+	static const char *const mount[] = {"attach", "detach", "move", "change"};
+
+	switch (type) {
+	case WATCHD_TYPE_META:
+		return subtype < sizeof meta / sizeof meta[0] ? meta[subtype] : NULL;
+	case WATCHD_TYPE_KEY:
+		return subtype < sizeof key / sizeof key[0] ? key[subtype] : NULL;
+	case WATCHD_TYPE_MOUNT:
+		return subtype < sizeof mount / sizeof mount[0] ? mount[subtype] : NULL;
+	default:
+		return NULL;
+	}
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* WATCHD_H */

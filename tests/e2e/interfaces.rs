@@ -1,0 +1,311 @@
+//! The ways people reach the daemon: busctl, watchctl, the introspection XML in dbus/, and a
+//! C reader written only from docs/protocol.md.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use watchd_client::{SubscribeOptions, WatchOptions};
+use watchd_e2e::{Env, Process, Trial, mounts, repo};
+
+use crate::trial;
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        trial(
+            "interfaces::the_introspection_xml_in_dbus_is_what_the_daemon_serves",
+            introspection,
+        ),
+        trial(
+            "interfaces::busctl_can_subscribe_and_sees_errors_by_name",
+            busctl,
+        ),
+        trial(
+            "interfaces::watchctl_prints_live_mount_events_as_json_and_as_text",
+            watchctl_watch,
+        ),
+        trial(
+            "interfaces::watchctl_status_and_errors",
+            watchctl_status_and_errors,
+        ),
+        trial(
+            "interfaces::a_c_reader_built_from_the_protocol_doc_decodes_live_records",
+            c_reader,
+        ),
+    ]
+}
+
+/// The `<interface name="...">` element called `name`, whitespace folded, so formatting does
+/// not matter but every method, argument, property and doc comment does. (zbus also inlines
+/// child objects' interfaces into a parent's document: the first match is the object's own.)
+fn interface_xml(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find(&format!("<interface name=\"{name}\">"))?;
+    let end = start + xml[start..].find("</interface>")? + "</interface>".len();
+    Some(
+        xml[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+async fn introspection() -> Result<()> {
+    let env = Env::start("introspect").await?;
+    let client = env.client().await?;
+    let sub = client.subscribe(SubscribeOptions::default()).await?;
+    let file = repo().join("dbus/org.watchd.Watchd1.xml");
+    let shipped = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+    let objects = [
+        (
+            "/org/watchd/Watchd1".to_owned(),
+            "org.watchd.Watchd1.Manager",
+        ),
+        (sub.path().to_string(), "org.watchd.Watchd1.Subscription"),
+    ];
+    for (path, name) in objects {
+        let proxy = zbus::fdo::IntrospectableProxy::builder(client.connection())
+            .destination("org.watchd.Watchd1")
+            .path(path.as_str())
+            .build()
+            .await?;
+        let xml: String = proxy.introspect().await?;
+        let served =
+            interface_xml(&xml, name).with_context(|| format!("{path} does not serve {name}"))?;
+        if interface_xml(&shipped, name).as_ref() != Some(&served) {
+            bail!(
+                "{name} in {} differs from what the daemon serves:\n{served}",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_busctl(env: &Env, args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new("busctl")
+        .arg(format!("--address={}", env.bus.address))
+        .args(args)
+        .output()?)
+}
+
+async fn busctl() -> Result<()> {
+    let env = Env::start("busctl").await?;
+    let manager = [
+        "call",
+        "org.watchd.Watchd1",
+        "/org/watchd/Watchd1",
+        "org.watchd.Watchd1.Manager",
+    ];
+    let out = run_busctl(
+        &env,
+        &[
+            &manager[..],
+            &["Subscribe", "a{sv}", "1", "depth", "u", "8"],
+        ]
+        .concat(),
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "busctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        stdout.starts_with("ho ") && stdout.contains("\"/org/watchd/Watchd1/subscription/"),
+        "busctl printed {stdout}"
+    );
+    let out = run_busctl(
+        &env,
+        &[&manager[..], &["Subscribe", "a{sv}", "1", "deep", "u", "8"]].concat(),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("unknown option(s) 'deep'"),
+        "busctl showed: {stderr}"
+    );
+    let out = run_busctl(
+        &env,
+        &[
+            "get-property",
+            "org.watchd.Watchd1",
+            "/org/watchd/Watchd1",
+            "org.watchd.Watchd1.Manager",
+            "Sources",
+        ],
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("\"mounts\""),
+        "Sources property"
+    );
+    Ok(())
+}
+
+/// Lines of a child's stdout, read on a thread so the test can wait with a limit.
+fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn wait_for_watches(env: &Env, n: u32) -> Result<()> {
+    let client = env.client().await?;
+    for _ in 0..500 {
+        if client.status().await?.watches == n {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("the client never set its watch")
+}
+
+async fn watchctl_watch() -> Result<()> {
+    let env = Env::start("watchctl").await?;
+    let dir = env.scratch.path.to_str().unwrap().to_owned();
+    let mut json = env.watchctl();
+    json.args(["watch", "mounts", "--path", &dir, "--json"])
+        .stdout(Stdio::piped());
+    let mut json = Process::spawn(json, "watchctl --json")?;
+    let json_lines = lines_of(json.child());
+    let mut text = env.watchctl();
+    text.args(["watch", "mounts", "--path", &dir])
+        .stdout(Stdio::piped());
+    let mut text = Process::spawn(text, "watchctl")?;
+    let text_lines = lines_of(text.child());
+    wait_for_watches(&env, 2).await?;
+
+    let target = env.scratch.join("cli");
+    mounts::tmpfs(&target, "cli-source", "size=1m")?;
+    let line = json_lines
+        .recv_timeout(Duration::from_secs(10))
+        .context("no JSON line")?;
+    let v: serde_json::Value = serde_json::from_str(&line).with_context(|| line.clone())?;
+    let info = mounts::mountinfo_line(&target)?;
+    ensure!(
+        v["type"] == "mount" && v["event"] == "attach" && v["tag"] == 1 && v["seq"] == 1,
+        "{line}"
+    );
+    ensure!(
+        v["mount_point"] == target.to_str().unwrap()
+            && v["fs_type"] == "tmpfs"
+            && v["source"] == "cli-source",
+        "{line}"
+    );
+    ensure!(v["mount_id"].as_u64() == info[0].parse().ok(), "{line}");
+    ensure!(v["snapshot"] == false, "{line}");
+
+    let line = text_lines
+        .recv_timeout(Duration::from_secs(10))
+        .context("no text line")?;
+    ensure!(
+        line.contains("attach")
+            && line.contains(target.to_str().unwrap())
+            && line.contains("tmpfs"),
+        "{line}"
+    );
+    Ok(())
+}
+
+async fn watchctl_status_and_errors() -> Result<()> {
+    let env = Env::start("watchctl-status").await?;
+    let out = env.watchctl().args(["status", "--json"]).output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        v["version"] == env!("CARGO_PKG_VERSION") && v["sources"][0] == "mounts",
+        "{v}"
+    );
+    let out = env.watchctl().arg("status").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains(env!("CARGO_PKG_VERSION")) && text.contains("mounts"),
+        "{text}"
+    );
+
+    let out = env
+        .watchctl()
+        .args(["watch", "mounts", "--path", "/nonexistent/dir"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "a refused watch is a failure");
+    ensure!(
+        stderr.contains("/nonexistent/dir") && stderr.contains("NotFound"),
+        "plain error: {stderr}"
+    );
+
+    let out = Command::new(watchd_e2e::watchctl_bin())
+        .args(["--bus-address", "unix:path=/nonexistent/bus", "status"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("/nonexistent/bus"),
+        "names the address: {stderr}"
+    );
+    Ok(())
+}
+
+async fn c_reader() -> Result<()> {
+    let env = Env::start("c-reader").await?;
+    let binary = env.scratch.join("watchd-dump");
+    let compiled = Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(repo().join("crates/watchd-proto/include"))
+        .arg(repo().join("docs/examples/watchd-dump.c"))
+        .arg("-o")
+        .arg(&binary)
+        .status()
+        .context("cc (package gcc) is needed to build the C reader")?;
+    ensure!(compiled.success(), "the C reader does not compile");
+    let sub = env
+        .client()
+        .await?
+        .subscribe(SubscribeOptions::default())
+        .await?;
+    sub.add_watch(
+        42,
+        "mounts",
+        &WatchOptions::new().path(env.scratch.path.to_str().unwrap()),
+    )
+    .await?;
+    let mut reader = Command::new(&binary);
+    reader
+        .stdin(Stdio::from(sub.into_pipe()))
+        .stdout(Stdio::piped());
+    let mut reader = Process::spawn(reader, "watchd-dump")?;
+    let lines = lines_of(reader.child());
+    let target = env.scratch.join("c");
+    mounts::tmpfs(&target, "c-source", "size=1m")?;
+    let line = lines
+        .recv_timeout(Duration::from_secs(10))
+        .context("the C reader printed nothing")?;
+    for needle in [
+        "seq=1 ",
+        "type=2 ",
+        "subtype=0 ",
+        "tag=42 ",
+        "fs_type=tmpfs",
+        "source=c-source",
+    ] {
+        ensure!(
+            line.contains(needle),
+            "C reader line {line:?} lacks {needle:?}"
+        );
+    }
+    ensure!(
+        line.contains(&format!("mount_point={}", target.display())),
+        "{line}"
+    );
+    Ok(())
+}
