@@ -180,8 +180,8 @@ impl Drop for Scratch {
     }
 }
 
-/// A private `dbus-daemon` whose policy is the project's own `dbus/org.watchd.Watchd1.conf`
-/// on top of the system bus's defaults (deny by default, allow the bus driver).
+/// A private `dbus-daemon` configured by `dbus/private-bus.conf.in`: the system bus's
+/// defaults with the project's own `dbus/org.watchd.Watchd1.conf` on top.
 pub struct Bus {
     pub address: String,
     _process: Process,
@@ -192,7 +192,7 @@ impl Bus {
         let socket = dir.join("bus.socket");
         let config = dir.join("bus.conf");
         let policy = repo().join("dbus/org.watchd.Watchd1.conf");
-        std::fs::write(&config, bus_config(&socket, &policy))?;
+        std::fs::write(&config, bus_config(&socket, &policy)?)?;
         let mut command = Command::new("dbus-daemon");
         command
             .arg(format!("--config-file={}", config.display()))
@@ -215,35 +215,14 @@ impl Bus {
     }
 }
 
-fn bus_config(socket: &Path, policy: &Path) -> String {
-    format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>
-"#,
-        socket = socket.display(),
-        policy = policy.display()
-    )
+/// `dbus/private-bus.conf.in` with the socket and policy paths filled in.
+fn bus_config(socket: &Path, policy: &Path) -> Result<String> {
+    let template = repo().join("dbus/private-bus.conf.in");
+    let text =
+        std::fs::read_to_string(&template).with_context(|| template.display().to_string())?;
+    Ok(text
+        .replace("@SOCKET@", &socket.display().to_string())
+        .replace("@POLICY@", &policy.display().to_string()))
 }
 
 /// The real `watchd` on a bus, with a configuration file of the test's choosing.

@@ -38,7 +38,7 @@ use anyhow::{Context, Result, bail, ensure};
 use nix::errno::Errno;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use watchd::conf::Limits;
-use watchd::event::{Event, Subject};
+use watchd::event::Event;
 use watchd::hub::{Hub, NewSubscription};
 use watchd::identity::Uid;
 use watchd::pipe;

@@ -1,0 +1,42 @@
+//! watchctl's own errors: usage mistakes and an absent bus, without any daemon.
+
+use std::process::{Command, Output};
+
+fn watchctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_watchctl"))
+        .args(args)
+        .output()
+        .expect("run watchctl")
+}
+
+#[test]
+fn usage_mistakes_exit_2_and_point_at_the_usage() {
+    for args in [
+        &["watch"][..],
+        &["watch", "mounts", "--depth", "many"],
+        &["frobnicate"],
+    ] {
+        let out = watchctl(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn an_absent_bus_is_a_plain_error_naming_the_address() {
+    let out = watchctl(&[
+        "--bus-address",
+        "unix:path=/nonexistent/bus",
+        "watch",
+        "mounts",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("watchctl: ") && err.contains("/nonexistent/bus"),
+        "{err}"
+    );
+}
