@@ -18,9 +18,10 @@ fn usage_mistakes_exit_2_and_point_at_the_usage() {
     ] {
         let out = watchctl(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("Usage"),
-            "{args:?}"
+            err.contains("Usage") || err.contains("--help"),
+            "{args:?}: {err}"
         );
     }
 }
