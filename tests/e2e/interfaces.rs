@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use watchd_client::{SubscribeOptions, WatchOptions};
-use watchd_e2e::{Env, Process, Trial, mounts, repo};
+use watchd_e2e::{Bus, Daemon, Env, Process, Scratch, Trial, mounts, repo};
 
 use crate::trial;
 
@@ -29,6 +29,10 @@ pub fn trials() -> Vec<Trial> {
         trial(
             "interfaces::watchctl_status_and_errors",
             watchctl_status_and_errors,
+        ),
+        trial(
+            "interfaces::watchd_and_watchctl_honour_dbus_system_bus_address",
+            bus_from_environment,
         ),
         trial(
             "interfaces::a_c_reader_built_from_the_protocol_doc_decodes_live_records",
@@ -253,6 +257,23 @@ async fn watchctl_status_and_errors() -> Result<()> {
         !out.status.success() && stderr.contains("/nonexistent/bus"),
         "names the address: {stderr}"
     );
+    Ok(())
+}
+
+async fn bus_from_environment() -> Result<()> {
+    let scratch = Scratch::new("env-bus")?;
+    let bus = Bus::start(&scratch.path)?;
+    let _daemon = Daemon::start(&bus, &scratch.path, "", true).await?;
+    let out = Command::new(watchd_e2e::watchctl_bin())
+        .arg("status")
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(String::from_utf8_lossy(&out.stdout).contains("mounts"));
     Ok(())
 }
 

@@ -232,14 +232,24 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub async fn start(bus: &Bus, dir: &Path, config: &str) -> Result<Daemon> {
+    /// Starts watchd on `bus`, named with `--bus-address`, or with only
+    /// `DBUS_SYSTEM_BUS_ADDRESS` in its environment when `via_environment`.
+    pub async fn start(
+        bus: &Bus,
+        dir: &Path,
+        config: &str,
+        via_environment: bool,
+    ) -> Result<Daemon> {
         let config_file = dir.join("watchd.toml");
         std::fs::write(&config_file, config)?;
         let log = dir.join("watchd.log");
         let mut command = Command::new(watchd_bin());
+        if via_environment {
+            command.env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address);
+        } else {
+            command.arg("--bus-address").arg(&bus.address);
+        }
         command
-            .arg("--bus-address")
-            .arg(&bus.address)
             .arg("--config")
             .arg(&config_file)
             .env("WATCHD_LOG", "debug")
@@ -304,7 +314,7 @@ impl Env {
     pub async fn start_with_config(label: &str, config: &str) -> Result<Env> {
         let scratch = Scratch::new(label)?;
         let bus = Bus::start(&scratch.path)?;
-        let daemon = Daemon::start(&bus, &scratch.path, config).await?;
+        let daemon = Daemon::start(&bus, &scratch.path, config, false).await?;
         Ok(Env {
             daemon,
             bus,

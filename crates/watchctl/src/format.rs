@@ -234,10 +234,16 @@ fn describe_mount(record: &Record<'_>) -> String {
     if let Some(changed) = record.get_u32(attr::CHANGED) {
         push(format!("changed={}", changed_names(changed)));
     }
+    // Propagation is shown when it is what changed; empty means a private mount.
+    let changed = record.get_u32(attr::CHANGED).unwrap_or(0);
     if h.subtype == mount::CHANGE
+        && changed & mount::CHANGED_PROPAGATION != 0
         && let Some(propagation) = record.get(attr::PROPAGATION)
     {
-        push(format!("propagation={}", text(&propagation)));
+        match propagation.value {
+            [] => push("propagation=private".to_owned()),
+            _ => push(format!("propagation={}", text(&propagation))),
+        }
     }
     line
 }
@@ -402,6 +408,23 @@ mod tests {
             human_line(&parse(&bytes), 0),
             "22:13:20.123  mount change   /  opts=ro  changed=options,propagation,0x40  propagation=shared:1"
         );
+
+        // Propagation shows only when it is what changed; empty reads as private.
+        for (changed, propagation, shown) in [
+            (mount::CHANGED_OPTIONS, "shared:1", ""),
+            (mount::CHANGED_PROPAGATION, "", "  propagation=private"),
+        ] {
+            let mut b = RecordBuilder::new(RecordType::Mount, mount::CHANGE, 0, T);
+            b.put_str(attr::MOUNT_POINT, "/").unwrap();
+            b.put_u32(attr::CHANGED, changed).unwrap();
+            b.put_str(attr::PROPAGATION, propagation).unwrap();
+            let bytes = build(b, 1, 3);
+            let line = human_line(&parse(&bytes), 0);
+            assert!(
+                line.ends_with(&format!("changed={}{shown}", changed_names(changed))),
+                "{line}"
+            );
+        }
     }
 
     #[test]

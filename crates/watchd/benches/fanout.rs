@@ -40,7 +40,7 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use watchd::conf::Limits;
 use watchd::event::Event;
 use watchd::hub::{Hub, NewSubscription};
-use watchd::identity::Uid;
+use watchd::identity::{Caller, Uid};
 use watchd::pipe;
 use watchd::sources::mounts::{MountChange, MountEntry, MountId, MountScope};
 use watchd::watch::{Filters, Scope, Watch};
@@ -287,13 +287,15 @@ impl Fanout {
         });
         let mut subscriptions = Vec::with_capacity(n);
         for index in 0..n {
-            let sub = hub.subscribe(Uid(1000), DEPTH).with_context(|| {
-                format!(
-                    "subscription {} of {n} (run as root: the pipes exceed an \
+            let sub = hub
+                .subscribe(Caller::with_credentials(Uid(1000)), DEPTH)
+                .with_context(|| {
+                    format!(
+                        "subscription {} of {n} (run as root: the pipes exceed an \
                      unprivileged user's pipe page limit)",
-                    index + 1
-                )
-            })?;
+                        index + 1
+                    )
+                })?;
             ensure!(sub.depth == DEPTH, "granted depth {} ≠ {DEPTH}", sub.depth);
             pipe::set_nonblocking(&sub.read_end)?;
             let watch = Watch {

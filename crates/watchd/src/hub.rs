@@ -19,7 +19,7 @@ use watchd_proto::{MAX_RECORD_LEN, RecordBuilder, RecordType, attr, meta, stamp}
 use crate::conf::Limits;
 use crate::error::{Error, Result};
 use crate::event::{Event, now_ns};
-use crate::identity::Uid;
+use crate::identity::{Caller, Uid};
 use crate::pipe::{self, Sent};
 use crate::sys::{self, SharedFd};
 use crate::watch::{Tag, Watch};
@@ -124,6 +124,8 @@ impl Outlet {
 }
 
 struct Subscription {
+    /// Who subscribed, as the bus reported them; kept for checks made at delivery.
+    caller: Arc<Caller>,
     owner: Uid,
     depth: u32,
     outlet: Outlet,
@@ -263,9 +265,10 @@ impl Hub {
         }
     }
 
-    /// Creates a subscription for `owner`: a packet pipe of `depth` packets whose write end
+    /// Creates a subscription for `caller`: a packet pipe of `depth` packets whose write end
     /// the hub keeps. Must be called within a Tokio runtime (it starts the pipe's task).
-    pub fn subscribe(self: &Arc<Self>, owner: Uid, depth: u32) -> Result<NewSubscription> {
+    pub fn subscribe(self: &Arc<Self>, caller: Arc<Caller>, depth: u32) -> Result<NewSubscription> {
+        let owner = caller.uid;
         let mut state = self.lock();
         let total = state.subscriptions.len() as u32;
         if total >= self.limits.max_subscriptions {
@@ -291,6 +294,7 @@ impl Hub {
         state.subscriptions.insert(
             id,
             Subscription {
+                caller,
                 owner,
                 depth,
                 outlet: Outlet {
@@ -420,12 +424,12 @@ impl Hub {
         Ok(sub.watch_mut(tag).ok_or_else(|| no_watch(tag))?.clone())
     }
 
-    /// Owner and granted depth of a live subscription.
-    pub fn describe(&self, id: SubscriptionId) -> Option<(Uid, u32)> {
+    /// Who subscribed, and the depth granted, while the subscription lives.
+    pub fn describe(&self, id: SubscriptionId) -> Option<(Arc<Caller>, u32)> {
         self.lock()
             .subscriptions
             .get(&id)
-            .map(|s| (s.owner, s.depth))
+            .map(|s| (s.caller.clone(), s.depth))
     }
 
     pub fn counts(&self) -> Counts {
@@ -530,8 +534,12 @@ mod tests {
     #[tokio::test]
     async fn a_full_pipe_loses_records_for_that_client_only_then_reports_the_exact_loss_first() {
         let (hub, _ended) = Hub::new(Limits::default());
-        let slow = hub.subscribe(Uid(1000), 4).unwrap();
-        let fast = hub.subscribe(Uid(1000), 64).unwrap();
+        let slow = hub
+            .subscribe(Caller::with_credentials(Uid(1000)), 4)
+            .unwrap();
+        let fast = hub
+            .subscribe(Caller::with_credentials(Uid(1000)), 64)
+            .unwrap();
         hub.add_watch(slow.id, watch(11), None).unwrap();
         hub.add_watch(fast.id, watch(22), None).unwrap();
         for _ in 0..10 {
@@ -570,14 +578,18 @@ mod tests {
             ..Limits::default()
         };
         let (hub, mut ended) = Hub::new(limits);
-        let sub = hub.subscribe(Uid(1000), 16).unwrap();
-        let err = hub.subscribe(Uid(1000), 16).unwrap_err();
+        let sub = hub
+            .subscribe(Caller::with_credentials(Uid(1000)), 16)
+            .unwrap();
+        let err = hub
+            .subscribe(Caller::with_credentials(Uid(1000)), 16)
+            .unwrap_err();
         assert!(
             matches!(&err, Error::LimitExceeded(m) if m.contains("max_subscriptions_per_uid")),
             "{err:?}"
         );
         let _other = hub
-            .subscribe(Uid(1001), 16)
+            .subscribe(Caller::with_credentials(Uid(1001)), 16)
             .expect("another uid is not affected");
         hub.add_watch(sub.id, watch(1), None).unwrap();
         assert!(matches!(
@@ -605,7 +617,8 @@ mod tests {
             }
         );
         assert!(
-            hub.subscribe(Uid(1000), 16).is_ok(),
+            hub.subscribe(Caller::with_credentials(Uid(1000)), 16)
+                .is_ok(),
             "the uid's quota came back"
         );
     }

@@ -51,7 +51,7 @@ impl Manager {
             })
     }
 
-    pub fn subscribe(&self, caller: &Caller, mut options: Options) -> Result<NewSubscription> {
+    pub fn subscribe(&self, caller: &Arc<Caller>, mut options: Options) -> Result<NewSubscription> {
         let pipe = &self.config.pipe;
         let depth = options.take_u32("depth")?.unwrap_or(pipe.default_depth);
         options.finish("Subscribe", &["depth"])?;
@@ -61,7 +61,7 @@ impl Manager {
                 pipe.max_depth
             )));
         }
-        let result = self.hub.subscribe(caller.uid, depth);
+        let result = self.hub.subscribe(caller.clone(), depth);
         match &result {
             Ok(new) => tracing::info!(
                 uid = %caller.uid, pid = caller.pid, subscription = new.id.0, depth = new.depth,
@@ -76,10 +76,11 @@ impl Manager {
 
     /// Only the uid that subscribed may change the subscription: the pipe is its own.
     fn check_owner(&self, id: SubscriptionId, caller: &Caller) -> Result<()> {
-        let (owner, _) = self
+        let (subscriber, _) = self
             .hub
             .describe(id)
             .ok_or_else(|| Error::Failed(format!("subscription {} has ended", id.0)))?;
+        let owner = subscriber.uid;
         if owner != caller.uid {
             tracing::warn!(uid = %caller.uid, pid = caller.pid, subscription = id.0, owner = %owner, "refused: not the subscription's owner");
             return Err(Error::AccessDenied(format!(

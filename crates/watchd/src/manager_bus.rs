@@ -54,7 +54,9 @@ impl ManagerObject {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<(zbus::OwnedFd, OwnedObjectPath)> {
         let caller = caller(conn, &header).await?;
-        let new = self.manager.subscribe(&caller, Options::new(options)?)?;
+        let new = self
+            .manager
+            .subscribe(&Arc::new(caller), Options::new(options)?)?;
         let path = subscription_path(new.id);
         let object = SubscriptionObject {
             id: new.id,
@@ -155,7 +157,7 @@ impl SubscriptionObject {
         self.manager
             .hub
             .describe(self.id)
-            .map_or(u32::MAX, |(owner, _)| owner.0)
+            .map_or(u32::MAX, |(caller, _)| caller.uid.0)
     }
 }
 
