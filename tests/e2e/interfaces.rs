@@ -41,20 +41,22 @@ pub fn trials() -> Vec<Trial> {
     ]
 }
 
-/// The `<interface name="...">` element called `name`, whitespace folded, so formatting does
-/// not matter but every method, argument, property and doc comment does. (zbus also inlines
-/// child objects' interfaces into a parent's document: the first match is the object's own.)
-fn interface_xml(xml: &str, name: &str) -> Option<String> {
+/// The `<interface name="...">` element called `name`, as written. (zbus also inlines child
+/// objects' interfaces into a parent's document: the first match is the object's own.)
+fn interface_xml<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     let start = xml.find(&format!("<interface name=\"{name}\">"))?;
     let end = start + xml[start..].find("</interface>")? + "</interface>".len();
-    Some(
-        xml[start..end]
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
+    Some(&xml[start..end])
 }
 
+/// Whitespace folded: formatting does not matter, every method, argument, property and doc
+/// comment does.
+fn folded(xml: &str) -> String {
+    xml.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Compares dbus/org.watchd.Watchd1.xml with what the daemon serves. `WATCHD_BLESS=1`
+/// rewrites the file from the daemon instead (after a deliberate interface change).
 async fn introspection() -> Result<()> {
     let env = Env::start("introspect").await?;
     let client = env.client().await?;
@@ -68,6 +70,7 @@ async fn introspection() -> Result<()> {
         ),
         (sub.path().to_string(), "org.watchd.Watchd1.Subscription"),
     ];
+    let mut served = Vec::new();
     for (path, name) in objects {
         let proxy = zbus::fdo::IntrospectableProxy::builder(client.connection())
             .destination("org.watchd.Watchd1")
@@ -75,11 +78,22 @@ async fn introspection() -> Result<()> {
             .build()
             .await?;
         let xml: String = proxy.introspect().await?;
-        let served =
+        let interface =
             interface_xml(&xml, name).with_context(|| format!("{path} does not serve {name}"))?;
-        if interface_xml(&shipped, name).as_ref() != Some(&served) {
+        served.push((name, interface.to_owned()));
+    }
+    if std::env::var_os("WATCHD_BLESS").is_some() {
+        let preamble = &shipped[..shipped
+            .find("  <interface")
+            .context("no interface in the file")?];
+        let body: Vec<String> = served.iter().map(|(_, xml)| format!("  {xml}")).collect();
+        std::fs::write(&file, format!("{preamble}{}\n</node>\n", body.join("\n")))?;
+        return Ok(());
+    }
+    for (name, interface) in served {
+        if interface_xml(&shipped, name).map(folded) != Some(folded(&interface)) {
             bail!(
-                "{name} in {} differs from what the daemon serves:\n{served}",
+                "{name} in {} differs from what the daemon serves (WATCHD_BLESS=1 rewrites it):\n{interface}",
                 file.display()
             );
         }

@@ -303,8 +303,8 @@ pub fn status_human(status: &Status) -> String {
         status.sources.join(", ")
     };
     format!(
-        "version:       {}\nsources:       {sources}\nsubscriptions: {}\nwatches:       {}\n",
-        status.version, status.subscriptions, status.watches
+        "version:       {}\nsources:       {sources}\nsubscriptions: {}\nwatches:       {}\nauthorization: {}\n",
+        status.version, status.subscriptions, status.watches, status.authorization
     )
 }
 
@@ -315,6 +315,10 @@ pub fn status_json(status: &Status) -> String {
         ("sources".into(), Value::from(status.sources.clone())),
         ("subscriptions".into(), Value::from(status.subscriptions)),
         ("watches".into(), Value::from(status.watches)),
+        (
+            "authorization".into(),
+            Value::from(status.authorization.as_str()),
+        ),
     ])
 }
 
@@ -548,14 +552,15 @@ mod tests {
             sources: vec!["mounts".into(), "keys".into()],
             subscriptions: 2,
             watches: 5,
+            authorization: "polkit".into(),
         };
         assert_eq!(
             status_json(&status),
-            r#"{"version":"0.1.0","sources":["mounts","keys"],"subscriptions":2,"watches":5}"#
+            r#"{"version":"0.1.0","sources":["mounts","keys"],"subscriptions":2,"watches":5,"authorization":"polkit"}"#
         );
         assert_eq!(
             status_human(&status),
-            "version:       0.1.0\nsources:       mounts, keys\nsubscriptions: 2\nwatches:       5\n"
+            "version:       0.1.0\nsources:       mounts, keys\nsubscriptions: 2\nwatches:       5\nauthorization: polkit\n"
         );
     }
 }

@@ -74,6 +74,11 @@ struct WatchArgs {
     #[arg(long)]
     json: bool,
 
+    /// Let polkit ask you to authenticate when the watch needs it (through your
+    /// authentication agent) instead of refusing
+    #[arg(long)]
+    interactive: bool,
+
     /// Pipe capacity in events [default: the daemon's, 16]
     #[arg(long, value_name = "N")]
     depth: Option<u32>,
@@ -162,7 +167,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Watch {
             kind: WatchKind::Mounts { path, common },
         } => {
-            let mut options = WatchOptions::new().initial(common.initial);
+            let mut options = WatchOptions::new()
+                .initial(common.initial)
+                .interactive(common.interactive);
             if let Some(path) = path {
                 let path =
                     std::path::absolute(&path).with_context(|| format!("{}", path.display()))?;

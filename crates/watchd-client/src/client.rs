@@ -41,6 +41,9 @@ pub struct Status {
     pub subscriptions: u32,
     /// Watches set now, all users.
     pub watches: u32,
+    /// Who decides whether a caller may set a watch: polkit, or the fallback to the polkit
+    /// actions file's defaults when polkitd is absent.
+    pub authorization: String,
 }
 
 /// Options of `Subscribe`; only those that are set are sent.
@@ -111,6 +114,7 @@ impl Client {
             sources: manager.sources().await?,
             subscriptions: manager.subscriptions().await?,
             watches: manager.watches().await?,
+            authorization: manager.authorization().await?,
         })
     }
 

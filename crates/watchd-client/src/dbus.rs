@@ -35,6 +35,9 @@ pub(crate) trait Manager {
 
     #[zbus(property(emits_changed_signal = "false"))]
     fn watches(&self) -> zbus::Result<u32>;
+
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn authorization(&self) -> zbus::Result<String>;
 }
 
 #[zbus::proxy(
@@ -43,6 +46,15 @@ pub(crate) trait Manager {
 )]
 pub(crate) trait Subscription {
     fn add_watch(&self, tag: u64, kind: &str, options: &Options<'_>) -> zbus::Result<()>;
+
+    /// The same call, flagged ALLOW_INTERACTIVE_AUTHORIZATION.
+    #[zbus(name = "AddWatch", allow_interactive_auth)]
+    fn add_watch_interactive(
+        &self,
+        tag: u64,
+        kind: &str,
+        options: &Options<'_>,
+    ) -> zbus::Result<()>;
 
     fn remove_watch(&self, tag: u64) -> zbus::Result<()>;
 

@@ -106,8 +106,13 @@ impl SubscriptionControl {
 
     /// See [`Subscription::add_watch`].
     pub async fn add_watch(&self, tag: u64, kind: &str, options: &WatchOptions) -> Result<()> {
-        let options = options.to_dbus()?;
-        Ok(self.proxy.add_watch(tag, kind, &options).await?)
+        let wire = options.to_dbus()?;
+        let call = if options.interactive {
+            self.proxy.add_watch_interactive(tag, kind, &wire).await
+        } else {
+            self.proxy.add_watch(tag, kind, &wire).await
+        };
+        Ok(call?)
     }
 
     /// See [`Subscription::remove_watch`].
@@ -190,6 +195,9 @@ pub struct WatchOptions {
     pub initial: bool,
     /// Type/subtype/flags filters; empty means everything passes.
     pub filters: Vec<Filter>,
+    /// Send `AddWatch` with ALLOW_INTERACTIVE_AUTHORIZATION, so polkit may ask the user to
+    /// authenticate (through their authentication agent) instead of refusing.
+    pub interactive: bool,
     extra: BTreeMap<String, OwnedVariant>,
     /// The first option whose value could not be kept; reported by `add_watch`.
     invalid: Option<(String, zbus::Error)>,
@@ -203,6 +211,12 @@ impl WatchOptions {
     /// Sets `initial`.
     pub fn initial(mut self, initial: bool) -> Self {
         self.initial = initial;
+        self
+    }
+
+    /// Sets `interactive`.
+    pub fn interactive(mut self, interactive: bool) -> Self {
+        self.interactive = interactive;
         self
     }
 

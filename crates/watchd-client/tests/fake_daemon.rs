@@ -174,6 +174,11 @@ impl FakeManager {
     }
 
     #[zbus(property)]
+    fn authorization(&self) -> String {
+        "fallback".into()
+    }
+
+    #[zbus(property)]
     fn watches(&self) -> u32 {
         self.0
             .lock()

@@ -11,9 +11,28 @@ pub const DEFAULT_PATH: &str = "/etc/watchd/watchd.toml";
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub authorization: Authorization,
     pub limits: Limits,
     pub pipe: PipeConf,
     pub sources: Sources,
+}
+
+/// Who decides whether a caller may set a watch.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Authorization {
+    pub mode: crate::authority::Mode,
+    /// The actions file whose defaults decide when polkitd does not.
+    pub actions_file: std::path::PathBuf,
+}
+
+impl Default for Authorization {
+    fn default() -> Self {
+        Authorization {
+            mode: Default::default(),
+            actions_file: crate::authority::ACTIONS_FILE.into(),
+        }
+    }
 }
 
 /// Bounds on what clients can make the daemon hold.

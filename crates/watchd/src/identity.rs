@@ -26,6 +26,9 @@ pub struct Caller {
     /// Pins the process so later namespace and root lookups cannot hit a recycled pid:
     /// the bus's ProcessFD where it has one, else our own `pidfd_open` of the pid.
     pub pidfd: Option<OwnedFd>,
+    /// Whether `pidfd` came from the bus, which vouches for it. Ours is opened after the
+    /// fact, so it is only as good as the pid and is never shown to polkit as proof.
+    pub pidfd_from_bus: bool,
 }
 
 impl Caller {
@@ -37,6 +40,7 @@ impl Caller {
             gids: Vec::new(),
             pid: 0,
             pidfd: None,
+            pidfd_from_bus: false,
         })
     }
 
@@ -51,9 +55,9 @@ impl Caller {
         let uid = Uid(creds.unix_user_id().ok_or_else(|| missing("uid"))?);
         let pid = creds.process_id().ok_or_else(|| missing("pid"))?;
         let gids = creds.unix_group_ids().cloned().unwrap_or_default();
-        let pidfd = match creds.into_process_fd() {
-            Some(fd) => Some(fd.into()),
-            None => crate::sys::pidfd_open(pid).ok(),
+        let (pidfd, pidfd_from_bus) = match creds.into_process_fd() {
+            Some(fd) => (Some(fd.into()), true),
+            None => (crate::sys::pidfd_open(pid).ok(), false),
         };
         Ok(Caller {
             bus_name: sender.to_owned(),
@@ -61,6 +65,7 @@ impl Caller {
             gids,
             pid,
             pidfd,
+            pidfd_from_bus,
         })
     }
 }

@@ -6,11 +6,13 @@
 //!   counting loss and never blocking;
 //! - [`pipe`] is the packet pipe itself (`pipe2(O_DIRECT)`, non-blocking write end).
 //!
-//! Around them: [`manager`] (what a caller may do: subscribe, add/remove watches, resync)
+//! Around them: [`manager`] (what a caller may do: subscribe, add/remove watches, resync),
+//! [`authority`] (may this caller set this watch: polkit, or the actions file's defaults)
 //! and [`manager_bus`] (its D-Bus objects), [`watch`] (kinds, filters, options parsing),
 //! [`identity`] (who is calling), [`conf`] (the configuration file), [`error`] (the D-Bus
 //! errors) and [`sys`] (the few raw syscalls, the only `unsafe` code).
 
+pub mod authority;
 pub mod conf;
 pub mod error;
 pub mod event;

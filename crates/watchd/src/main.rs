@@ -10,6 +10,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
+use watchd::authority::Authority;
 use watchd::conf::{self, Config};
 use watchd::hub::Hub;
 use watchd::manager::Manager;
@@ -100,7 +101,6 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
     if sources.is_empty() {
         bail!("every source is disabled in the configuration: nothing to serve");
     }
-    let manager = Arc::new(Manager::new(hub, sources, config));
     let (builder, bus) = match &args.bus_address {
         Some(address) => (
             zbus::connection::Builder::address(address.as_str()),
@@ -112,16 +112,22 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
         ),
     };
     let conn = builder
-        .serve_at(MANAGER_PATH, ManagerObject { manager })
-        .name(BUS_NAME)
         .build()
         .await
-        .with_context(|| {
-            format!(
-                "cannot serve {BUS_NAME} on {bus} (is another watchd running, or does the bus policy \
-                 not let this user own the name? see dbus/org.watchd.Watchd1.conf)"
-            )
-        })?;
+        .with_context(|| format!("cannot connect to {bus}"))?;
+    // Authorization asks polkitd over this same connection, so it comes before serving.
+    let auth = &config.authorization;
+    let authority = Authority::new(auth.mode, &auth.actions_file, conn.clone())?;
+    let manager = Arc::new(Manager::new(hub, authority, sources, config));
+    conn.object_server()
+        .at(MANAGER_PATH, ManagerObject { manager })
+        .await?;
+    conn.request_name(BUS_NAME).await.with_context(|| {
+        format!(
+            "cannot own {BUS_NAME} on {bus} (is another watchd running, or does the bus policy \
+             not let this user own the name? see dbus/org.watchd.Watchd1.conf)"
+        )
+    })?;
     tracing::info!(bus = %bus, "serving {BUS_NAME}");
     reap_ended(conn, ended).await;
     bail!("lost the bus connection")

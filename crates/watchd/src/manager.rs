@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+use zbus_polkit::policykit1::Subject;
+
+use crate::authority::{Action, Authority};
 use crate::conf::Config;
 use crate::error::{Error, Result};
 use crate::hub::{Hub, NewSubscription, SubscriptionId};
@@ -13,14 +16,30 @@ use crate::watch::{Kind, Options, Tag, Watch};
 
 pub struct Manager {
     pub hub: Arc<Hub>,
+    pub authority: Authority,
     sources: Vec<Arc<dyn Source>>,
     config: Config,
 }
 
+/// Who asks, as the authority sees them.
+pub struct Request<'a> {
+    pub caller: &'a Caller,
+    /// The polkit subject for the caller (its bus name, or its pidfd when the bus vouched).
+    pub subject: Subject,
+    /// The call carried ALLOW_INTERACTIVE_AUTHORIZATION: polkit may ask for a password.
+    pub interactive: bool,
+}
+
 impl Manager {
-    pub fn new(hub: Arc<Hub>, sources: Vec<Arc<dyn Source>>, config: Config) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        authority: Authority,
+        sources: Vec<Arc<dyn Source>>,
+        config: Config,
+    ) -> Self {
         Manager {
             hub,
+            authority,
             sources,
             config,
         }
@@ -91,46 +110,20 @@ impl Manager {
         Ok(())
     }
 
-    pub fn add_watch(
+    /// The polkit action for the kind is checked first, before any of the caller's objects
+    /// are looked at, so a caller that may not watch cannot probe paths either.
+    pub async fn add_watch(
         &self,
         id: SubscriptionId,
-        caller: &Caller,
+        request: Request<'_>,
         tag: Tag,
         kind: &str,
-        mut options: Options,
+        options: Options,
     ) -> Result<()> {
-        let result = (|| {
-            self.check_owner(id, caller)?;
-            if tag == 0 {
-                return Err(Error::invalid(
-                    "tag 0 is reserved for records about the pipe itself",
-                ));
-            }
-            let source = self.source(kind)?;
-            let initial = options.take_bool("initial")?.unwrap_or(false);
-            let filters = options.take_filters()?;
-            let scope = source.scope(&mut options, caller)?;
-            let mut known = vec!["initial", "filters"];
-            known.extend(source.option_names());
-            options.finish(&format!("kind '{kind}'"), &known)?;
-            let watch = Watch {
-                tag,
-                filters,
-                scope,
-            };
-            if !initial {
-                return self.hub.add_watch(id, watch, None);
-            }
-            let mut result = Ok(());
-            let scope = watch.scope.clone();
-            let mut watch = Some(watch);
-            source.with_snapshot(&scope, &mut |snapshot| {
-                result = self
-                    .hub
-                    .add_watch(id, watch.take().expect("called once"), Some(snapshot));
-            });
-            result
-        })();
+        let caller = request.caller;
+        let result = self
+            .add_watch_checked(id, request, tag, kind, options)
+            .await;
         match &result {
             Ok(()) => {
                 tracing::info!(uid = %caller.uid, pid = caller.pid, subscription = id.0, tag, kind, "add watch: allowed")
@@ -139,6 +132,51 @@ impl Manager {
                 tracing::info!(uid = %caller.uid, pid = caller.pid, subscription = id.0, tag, kind, error = ?e, "add watch: refused")
             }
         }
+        result
+    }
+
+    async fn add_watch_checked(
+        &self,
+        id: SubscriptionId,
+        request: Request<'_>,
+        tag: Tag,
+        kind: &str,
+        mut options: Options,
+    ) -> Result<()> {
+        let caller = request.caller;
+        self.check_owner(id, caller)?;
+        if tag == 0 {
+            return Err(Error::invalid(
+                "tag 0 is reserved for records about the pipe itself",
+            ));
+        }
+        let source = self.source(kind)?;
+        let action = Action::for_kind(source.kind());
+        self.authority
+            .check(caller, request.subject, action, request.interactive, kind)
+            .await?;
+        let initial = options.take_bool("initial")?.unwrap_or(false);
+        let filters = options.take_filters()?;
+        let scope = source.scope(&mut options, caller)?;
+        let mut known = vec!["initial", "filters"];
+        known.extend(source.option_names());
+        options.finish(&format!("kind '{kind}'"), &known)?;
+        let watch = Watch {
+            tag,
+            filters,
+            scope,
+        };
+        if !initial {
+            return self.hub.add_watch(id, watch, None);
+        }
+        let mut result = Ok(());
+        let scope = watch.scope.clone();
+        let mut watch = Some(watch);
+        source.with_snapshot(&scope, &mut |snapshot| {
+            result = self
+                .hub
+                .add_watch(id, watch.take().expect("called once"), Some(snapshot));
+        });
         result
     }
 

@@ -6,14 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use zbus::message::Header;
+use zbus::message::{Flags, Header};
 use zbus::object_server::ObjectServer;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
+use zbus_polkit::policykit1::Subject;
 
 use crate::error::{Error, Result};
 use crate::hub::SubscriptionId;
 use crate::identity::Caller;
-use crate::manager::Manager;
+use crate::manager::{Manager, Request};
 use crate::watch::{Options, Tag};
 
 pub const BUS_NAME: &str = "org.watchd.Watchd1";
@@ -24,6 +25,25 @@ pub const SUBSCRIPTION_INTERFACE: &str = "org.watchd.Watchd1.Subscription";
 pub fn subscription_path(id: SubscriptionId) -> OwnedObjectPath {
     OwnedObjectPath::try_from(format!("{MANAGER_PATH}/subscription/{}", id.0))
         .expect("valid object path")
+}
+
+/// The caller as polkit should see it: by pidfd and uid when the bus vouched for the pidfd,
+/// otherwise by bus name (polkitd then asks the bus itself).
+fn request<'a>(caller: &'a Caller, header: &Header<'_>) -> Result<Request<'a>> {
+    let subject = match (&caller.pidfd, caller.pidfd_from_bus) {
+        (Some(pidfd), true) => Subject::new_for_owner(pidfd, caller.uid.0),
+        _ => Subject::new_for_message_header(header),
+    }
+    .map_err(|e| Error::Failed(format!("cannot describe the caller to polkit: {e}")))?;
+    let interactive = header
+        .primary()
+        .flags()
+        .contains(Flags::ALLOW_INTERACTIVE_AUTH);
+    Ok(Request {
+        caller,
+        subject,
+        interactive,
+    })
 }
 
 async fn caller(conn: &Connection, header: &Header<'_>) -> Result<Caller> {
@@ -89,6 +109,13 @@ impl ManagerObject {
         self.manager.hub.counts().subscriptions
     }
 
+    /// Who decides whether a caller may set a watch: polkit, or the fallback to the polkit
+    /// actions file's defaults (and why).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn authorization(&self) -> String {
+        self.manager.authority.describe().await
+    }
+
     /// Watches alive now, over all subscriptions.
     #[zbus(property(emits_changed_signal = "false"))]
     fn watches(&self) -> u32 {
@@ -116,8 +143,10 @@ impl SubscriptionObject {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
         let caller = caller(conn, &header).await?;
+        let request = request(&caller, &header)?;
         self.manager
-            .add_watch(self.id, &caller, tag, &kind, Options::new(options)?)
+            .add_watch(self.id, request, tag, &kind, Options::new(options)?)
+            .await
     }
 
     /// RemoveWatch: stop the watch tagged `tag`.

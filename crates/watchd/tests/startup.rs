@@ -56,6 +56,6 @@ fn an_unreachable_bus_is_named_in_the_error() {
     refuses(
         Some(("ok.toml", "")),
         &NO_BUS,
-        &["/nonexistent/bus", "org.watchd.Watchd1"],
+        &["/nonexistent/bus", "cannot connect"],
     );
 }

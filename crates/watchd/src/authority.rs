@@ -1,0 +1,280 @@
+//! May this caller set this watch? One polkit action per kind of watch, asked of polkitd with
+//! `CheckAuthorization`, or, when polkitd is not on the bus, decided from the defaults in the
+//! same actions file (yes → allow, auth_* → root only, no → deny).
+//!
+//! The fallback reads `allow_any`: with no polkitd there is no session information, so the
+//! least privileged default is the only one that can be applied to everyone.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
+
+use crate::error::{Error, Result};
+use crate::identity::{Caller, Uid};
+use crate::watch::Kind;
+
+/// Where polkit looks for actions files; the daemon's fallback reads the same file.
+pub const ACTIONS_FILE: &str = "/usr/share/polkit-1/actions/org.watchd.Watchd1.policy";
+/// The project's actions file, built in for when none is installed (e.g. run from a checkout).
+const BUILT_IN_ACTIONS: &str = include_str!("../../../data/org.watchd.Watchd1.policy");
+const POLKIT_NAME: &str = "org.freedesktop.PolicyKit1";
+
+/// The polkit actions, one per kind of watch plus administration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    WatchMounts,
+}
+
+impl Action {
+    pub fn for_kind(kind: Kind) -> Action {
+        match kind {
+            Kind::Mounts => Action::WatchMounts,
+        }
+    }
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Action::WatchMounts => "org.watchd.Watchd1.watch-mounts",
+        }
+    }
+}
+
+/// How decisions are made; `[authorization] mode` in the configuration.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// polkitd when it is on the bus, the actions file's defaults when it is not.
+    #[default]
+    Auto,
+    /// Always polkitd; refuse everything when it is absent.
+    Polkit,
+    /// Never polkitd: the actions file's defaults decide.
+    Fallback,
+}
+
+/// An implicit authorization from an actions file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implicit {
+    Yes,
+    No,
+    /// auth_self, auth_admin and their _keep forms: in the fallback, root only.
+    Authenticate,
+}
+
+impl Implicit {
+    fn parse(text: &str) -> Option<Implicit> {
+        match text.trim() {
+            "yes" => Some(Implicit::Yes),
+            "no" => Some(Implicit::No),
+            "auth_self" | "auth_self_keep" | "auth_admin" | "auth_admin_keep" => {
+                Some(Implicit::Authenticate)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The `allow_any` default of each action in a polkit actions file.
+pub fn parse_actions(xml: &str) -> std::result::Result<HashMap<String, Implicit>, String> {
+    let doc = roxmltree::Document::parse_with_options(
+        xml,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let mut defaults = HashMap::new();
+    for action in doc.descendants().filter(|n| n.has_tag_name("action")) {
+        let id = action.attribute("id").ok_or("an <action> without an id")?;
+        let any = action
+            .descendants()
+            .find(|n| n.has_tag_name("allow_any"))
+            .and_then(|n| n.text())
+            .ok_or_else(|| format!("action {id} has no <allow_any>"))?;
+        let implicit =
+            Implicit::parse(any).ok_or_else(|| format!("action {id}: unknown default '{any}'"))?;
+        defaults.insert(id.to_owned(), implicit);
+    }
+    Ok(defaults)
+}
+
+/// Where a decision came from, for the log and for `watchctl status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decider {
+    Polkit,
+    Fallback,
+}
+
+pub struct Authority {
+    mode: Mode,
+    defaults: HashMap<String, Implicit>,
+    bus: zbus::Connection,
+}
+
+impl Authority {
+    /// Reads the fallback defaults from `actions_file`, or the built-in copy of the project's
+    /// file when none is installed there.
+    pub fn new(
+        mode: Mode,
+        actions_file: &Path,
+        bus: zbus::Connection,
+    ) -> anyhow::Result<Authority> {
+        let (text, from) = match std::fs::read_to_string(actions_file) {
+            Ok(text) => (text, actions_file.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                BUILT_IN_ACTIONS.to_owned(),
+                "the built-in copy of data/org.watchd.Watchd1.policy".to_owned(),
+            ),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", actions_file.display()),
+        };
+        let defaults = parse_actions(&text).map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
+        tracing::info!(?mode, actions = %from, "authorization");
+        Ok(Authority {
+            mode,
+            defaults,
+            bus,
+        })
+    }
+
+    async fn polkit_present(&self) -> bool {
+        let Ok(dbus) = zbus::fdo::DBusProxy::new(&self.bus).await else {
+            return false;
+        };
+        let Ok(name) = zbus::names::BusName::try_from(POLKIT_NAME) else {
+            return false;
+        };
+        dbus.name_has_owner(name).await.unwrap_or(false)
+    }
+
+    /// Who decides right now.
+    pub async fn decider(&self) -> Decider {
+        match self.mode {
+            Mode::Polkit => Decider::Polkit,
+            Mode::Fallback => Decider::Fallback,
+            Mode::Auto if self.polkit_present().await => Decider::Polkit,
+            Mode::Auto => Decider::Fallback,
+        }
+    }
+
+    /// For `watchctl status`: the mode and who decides now.
+    pub async fn describe(&self) -> String {
+        match (self.mode, self.decider().await) {
+            (Mode::Auto, Decider::Polkit) => "polkit".into(),
+            (Mode::Auto, Decider::Fallback) => {
+                "fallback: polkitd is not on the bus, the actions file's defaults decide".into()
+            }
+            (Mode::Polkit, _) => "polkit (forced by the configuration)".into(),
+            (Mode::Fallback, _) => {
+                "fallback (forced by the configuration): the actions file's defaults decide".into()
+            }
+        }
+    }
+
+    /// Allows, or refuses with an `AccessDenied` that names the action. `object` says what the
+    /// watch is about, for the log.
+    pub async fn check(
+        &self,
+        caller: &Caller,
+        subject: Subject,
+        action: Action,
+        interactive: bool,
+        object: &str,
+    ) -> Result<()> {
+        let decider = self.decider().await;
+        let verdict = match decider {
+            Decider::Polkit => self.ask_polkit(subject, action, interactive).await,
+            Decider::Fallback => self.fallback(caller.uid, action),
+        };
+        let result = match &verdict {
+            Ok(()) => "allowed",
+            Err(_) => "denied",
+        };
+        tracing::info!(
+            uid = %caller.uid, pid = caller.pid, action = action.id(), object, ?decider, interactive, result,
+            reason = verdict.as_ref().err().map(String::as_str).unwrap_or(""),
+            "authorization"
+        );
+        verdict.map_err(|why| {
+            Error::AccessDenied(format!("not authorized for {}: {why}", action.id()))
+        })
+    }
+
+    async fn ask_polkit(
+        &self,
+        subject: Subject,
+        action: Action,
+        interactive: bool,
+    ) -> std::result::Result<(), String> {
+        let proxy = AuthorityProxy::new(&self.bus)
+            .await
+            .map_err(|e| format!("polkit is unreachable: {e}"))?;
+        let flags = if interactive {
+            CheckAuthorizationFlags::ALLOW_USER_INTERACTION
+        } else {
+            CheckAuthorizationFlags::empty()
+        };
+        let reply = proxy
+            .check_authorization(&subject, action.id(), &HashMap::new(), flags, "")
+            .await
+            .map_err(|e| format!("polkit could not decide: {e}"))?;
+        match (reply.is_authorized, reply.is_challenge) {
+            (true, _) => Ok(()),
+            (false, true) if interactive => Err("authentication is required and did not succeed".into()),
+            (false, true) => Err("authentication is required; call with the ALLOW_INTERACTIVE_AUTHORIZATION flag to be asked".into()),
+            (false, false) => Err("polkit denied it".into()),
+        }
+    }
+
+    fn fallback(&self, uid: Uid, action: Action) -> std::result::Result<(), String> {
+        match self.defaults.get(action.id()) {
+            Some(Implicit::Yes) => Ok(()),
+            Some(Implicit::Authenticate) if uid.0 == 0 => Ok(()),
+            Some(Implicit::Authenticate) => {
+                Err("polkitd is not running and this action needs an administrator".into())
+            }
+            Some(Implicit::No) => Err("the action's default is no".into()),
+            None => Err("the actions file does not define this action".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_actions_file_defines_every_action_the_daemon_asks_for() {
+        let defaults = parse_actions(BUILT_IN_ACTIONS).unwrap();
+        for kind in Kind::ALL {
+            let id = Action::for_kind(kind).id();
+            assert!(
+                defaults.contains_key(id),
+                "{id} is missing from data/org.watchd.Watchd1.policy"
+            );
+        }
+        assert_eq!(defaults["org.watchd.Watchd1.watch-mounts"], Implicit::Yes);
+    }
+
+    #[test]
+    fn fallback_defaults_map_yes_auth_and_no() {
+        let xml = r#"<policyconfig>
+          <action id="a.yes"><defaults><allow_any>yes</allow_any></defaults></action>
+          <action id="a.auth"><defaults><allow_any>auth_admin_keep</allow_any></defaults></action>
+          <action id="a.no"><defaults><allow_any>no</allow_any></defaults></action>
+        </policyconfig>"#;
+        let d = parse_actions(xml).unwrap();
+        assert_eq!(
+            (d["a.yes"], d["a.auth"], d["a.no"]),
+            (Implicit::Yes, Implicit::Authenticate, Implicit::No)
+        );
+        assert!(
+            parse_actions("<policyconfig><action id='x'><defaults/></action></policyconfig>")
+                .is_err()
+        );
+        assert!(parse_actions("<policyconfig><action id='x'><defaults><allow_any>maybe</allow_any></defaults></action></policyconfig>").is_err());
+    }
+}
