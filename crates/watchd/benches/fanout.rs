@@ -42,7 +42,7 @@ use watchd::event::Event;
 use watchd::hub::{Hub, NewSubscription};
 use watchd::identity::{Caller, Uid};
 use watchd::pipe;
-use watchd::sources::mounts::{MountChange, MountEntry, MountId, MountScope};
+use watchd::sources::mounts::{MountChange, MountEntry, MountId, MountScope, Origin};
 use watchd::watch::{Filters, Scope, Watch};
 use watchd_proto::{Record, RecordType, mount};
 
@@ -172,7 +172,7 @@ fn user_runtime_dir() -> MountEntry {
 fn attach_event(entry: &Arc<MountEntry>) -> Event {
     let change = MountChange {
         entry: entry.clone(),
-        ns: NS,
+        origin: Origin { ns: NS, view: NS },
         old_mount_point: None,
         changed: 0,
     };

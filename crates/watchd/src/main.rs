@@ -93,10 +93,7 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
     let (hub, ended) = Hub::new(config.limits.clone());
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     if config.sources.mounts {
-        let mounts = MountSource::start(hub.clone()).context(
-            "the mount source needs a readable /proc/self/mountinfo and /proc/self/ns/mnt",
-        )?;
-        sources.push(mounts);
+        sources.push(MountSource::new(hub.clone()));
     }
     if sources.is_empty() {
         bail!("every source is disabled in the configuration: nothing to serve");
@@ -137,5 +134,7 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
 fn check_requirements() -> anyhow::Result<()> {
     watchd::pipe::packet_pipe(2)
         .context("this kernel cannot make packet pipes (pipe2 with O_DIRECT, Linux ≥ 3.4)")?;
+    std::fs::File::open("/proc/self/mountinfo")
+        .context("the mount source needs /proc: cannot read /proc/self/mountinfo")?;
     Ok(())
 }

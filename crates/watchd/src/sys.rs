@@ -2,8 +2,9 @@
 //!
 //! Everything `unsafe` in the daemon lives here.
 
+use std::ffi::CStr;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Turns a `-1` return into the thread's errno.
 fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
@@ -45,4 +46,76 @@ pub fn register_async(
     // until the AsyncFd is dropped, and as_raw_fd always returns that descriptor.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(SharedFd(fd), interest) }
         .map_err(io::Error::from)
+}
+
+/// `openat2(2)`'s `struct open_how`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Resolve as if `dirfd` were the root: absolute symlinks and ".." stay inside it.
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
+/// Refuse /proc magic links (/proc/PID/fd/N, /proc/PID/root…), which could leave the root.
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+
+/// `openat2(2)` with `O_PATH | O_CLOEXEC`: a handle on `path` below `dirfd`, resolved the
+/// way `resolve` says, with the calling thread's credentials.
+pub fn openat2_path(dirfd: BorrowedFd<'_>, path: &CStr, resolve: u64) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve,
+    };
+    // SAFETY: `path` is NUL-terminated, `how` is a valid open_how whose size we pass, and the
+    // kernel only reads both during the call.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            size_of::<OpenHow>(),
+        )
+    })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// `setfsuid(2)` for the calling thread only (the raw call; glibc's would be per thread too,
+/// but it reports nothing). Returns the previous fsuid.
+pub fn setfsuid(uid: u32) -> u32 {
+    // SAFETY: takes an integer, changes only this thread's credentials.
+    unsafe { libc::syscall(libc::SYS_setfsuid, uid) as u32 }
+}
+
+/// `setfsgid(2)` for the calling thread only. Returns the previous fsgid.
+pub fn setfsgid(gid: u32) -> u32 {
+    // SAFETY: takes an integer, changes only this thread's credentials.
+    unsafe { libc::syscall(libc::SYS_setfsgid, gid) as u32 }
+}
+
+/// `setgroups(2)` for the calling thread only: the raw system call, because glibc's wrapper
+/// changes every thread of the process.
+pub fn setgroups_this_thread(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: the kernel reads `groups.len()` gid_t values from a live slice.
+    cvt(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) }).map(drop)
+}
+
+/// `pidfd_send_signal(2)` with signal 0: whether the process behind `pidfd` still exists,
+/// i.e. a pid looked up before this call still names the same process.
+pub fn pidfd_is_alive(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: signal 0 sends nothing; null siginfo is allowed; no memory is shared.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    ret == 0
 }

@@ -1,25 +1,27 @@
-//! Mount topology of the daemon's mount namespace, from `/proc/self/mountinfo`.
+//! Mount topology as each caller sees it, from the caller's own `/proc/PID/mountinfo`.
 //!
-//! The kernel flags the file with `POLLPRI` on every change in the namespace; each wake-up
-//! costs a full re-read and a diff against the last table, keyed by mount id. Changes that
-//! come and go between two reads are not seen (fanotify mount events, kernel ≥ 6.15, will
-//! close that gap behind the same [`MountChange`] type). The table lock is held while a diff
-//! is published and while a new watch takes its snapshot, so a watch sees each change once:
-//! either in its snapshot or as an event.
+//! A watch is bound to its caller's view of the mount tree (mount namespace and root
+//! directory): a client in a container sees its container's mounts, and nobody else's. Each
+//! view that someone watches is followed by one thread: the kernel flags the open mountinfo
+//! with `POLLPRI` on every change in the namespace, and each wake-up costs a full re-read and
+//! a diff against the last table, keyed by mount id. Changes that come and go between two
+//! reads are not seen (fanotify mount events, kernel ≥ 6.15, will close that gap behind the
+//! same [`MountChange`] type). The table lock is held while a diff is published and while a
+//! new watch takes its snapshot, so a watch sees each change once: in its snapshot or live.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, mount};
 
+use crate::access::{self, CallerProcess, MountView};
 use crate::error::{Error, Result};
 use crate::event::{Event, Fields, Subject};
 use crate::hub::Hub;
@@ -155,12 +157,19 @@ pub fn parse_mountinfo(text: &[u8]) -> (Vec<MountEntry>, usize) {
     (entries, bad)
 }
 
+/// Where a mount event was seen: the namespace (for the record) and the followed view (for
+/// matching: one namespace seen from two roots is two views).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub ns: u64,
+    pub view: u64,
+}
+
 /// A mount event as watches match it and records carry it.
 #[derive(Debug)]
 pub struct MountChange {
     pub entry: Arc<MountEntry>,
-    /// Inode of the mount namespace (`/proc/self/ns/mnt`).
-    pub ns: u64,
+    pub origin: Origin,
     pub old_mount_point: Option<Vec<u8>>,
     pub changed: u32,
 }
@@ -183,7 +192,7 @@ impl MountChange {
         f.u64(attr::PARENT_ID, e.parent.0);
         f.u32(attr::MAJOR, e.major);
         f.u32(attr::MINOR, e.minor);
-        f.u64(attr::MNT_NS, self.ns);
+        f.u64(attr::MNT_NS, self.origin.ns);
         if self.changed != 0 {
             f.u32(attr::CHANGED, self.changed);
         }
@@ -201,20 +210,44 @@ impl MountChange {
     }
 }
 
-/// Which mounts a watch covers: one namespace, optionally only at or under a path.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Which mounts a watch covers: the caller's view, optionally only at or under a path.
+#[derive(Clone)]
 pub struct MountScope {
-    pub ns: u64,
+    pub view: u64,
     pub under: Option<Vec<u8>>,
+    /// Keeps the view followed while the watch exists (none in unit tests).
+    pub lease: Option<Arc<ViewLease>>,
+}
+
+impl PartialEq for MountScope {
+    fn eq(&self, other: &Self) -> bool {
+        (self.view, &self.under) == (other.view, &other.under)
+    }
+}
+
+impl Eq for MountScope {}
+
+impl std::fmt::Debug for MountScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountScope")
+            .field("view", &self.view)
+            .field("under", &self.under.as_deref().map(String::from_utf8_lossy))
+            .finish()
+    }
 }
 
 impl MountScope {
-    pub fn everything(ns: u64) -> Self {
-        MountScope { ns, under: None }
+    /// Every mount of a view that nothing follows (tests and benchmarks feed it events).
+    pub fn everything(view: u64) -> Self {
+        MountScope {
+            view,
+            under: None,
+            lease: None,
+        }
     }
 
     pub fn covers(&self, change: &MountChange) -> bool {
-        change.ns == self.ns
+        change.origin.view == self.view
             && match &self.under {
                 None => true,
                 Some(dir) => {
@@ -237,10 +270,14 @@ fn is_at_or_under(path: &[u8], dir: &[u8]) -> bool {
 
 /// The events that turn table `old` into table `new`: detaches (children first), then moves
 /// and changes, then attaches (parents first).
-pub fn diff(old: &[Arc<MountEntry>], new: &[Arc<MountEntry>], ns: u64) -> Vec<(u8, MountChange)> {
+pub fn diff(
+    old: &[Arc<MountEntry>],
+    new: &[Arc<MountEntry>],
+    origin: Origin,
+) -> Vec<(u8, MountChange)> {
     let change = |entry: &Arc<MountEntry>, old_mount_point, changed| MountChange {
         entry: entry.clone(),
-        ns,
+        origin,
         old_mount_point,
         changed,
     };
@@ -276,7 +313,7 @@ pub fn diff(old: &[Arc<MountEntry>], new: &[Arc<MountEntry>], ns: u64) -> Vec<(u
     detached
 }
 
-/// The namespace's mount table as last read.
+/// A view's mount table as last read.
 struct Table {
     mounts: Vec<Arc<MountEntry>>,
     file: File,
@@ -296,72 +333,123 @@ impl Table {
     }
 }
 
-pub struct MountSource {
+/// One view of the mount tree being followed, by a thread of its own.
+struct FollowedView {
+    origin: Origin,
     table: Mutex<Table>,
-    ns: u64,
+}
+
+/// Held by every watch on a view. Its only content is the write end of the view thread's
+/// stop pipe: when the last watch goes, the pipe closes and the thread ends.
+pub struct ViewLease {
+    view: Arc<FollowedView>,
+    _stop: OwnedFd,
+}
+
+pub struct MountSource {
     hub: Arc<Hub>,
+    views: Mutex<HashMap<MountView, Weak<ViewLease>>>,
+    next_view: AtomicU64,
 }
 
 impl MountSource {
-    /// Reads the daemon's mount table and starts following it on a thread of its own.
-    pub fn start(hub: Arc<Hub>) -> io::Result<Arc<MountSource>> {
-        let ns = std::fs::metadata("/proc/self/ns/mnt")?.ino();
-        let file = File::open("/proc/self/mountinfo")?;
+    /// Views are followed only while someone watches them; nothing runs until then.
+    pub fn new(hub: Arc<Hub>) -> Arc<MountSource> {
+        Arc::new(MountSource {
+            hub,
+            views: Mutex::new(HashMap::new()),
+            next_view: AtomicU64::new(1),
+        })
+    }
+
+    /// The lease on the caller's view, shared with every other watch on it.
+    fn lease(&self, process: &CallerProcess<'_>) -> Result<Arc<ViewLease>> {
+        let key = process.mount_view()?;
+        let mut views = self.views.lock().expect("mount views poisoned");
+        views.retain(|_, lease| lease.strong_count() > 0);
+        if let Some(lease) = views.get(&key).and_then(Weak::upgrade) {
+            return Ok(lease);
+        }
+        let origin = Origin {
+            ns: key.ns,
+            view: self.next_view.fetch_add(1, Ordering::Relaxed),
+        };
+        let file = process.mountinfo()?;
         let mut table = Table {
             mounts: Vec::new(),
             file,
             buf: Vec::with_capacity(64 * 1024),
         };
-        table.mounts = table.reread()?;
-        tracing::info!(
-            mounts = table.mounts.len(),
-            ns,
-            "mount source started (mountinfo)"
-        );
-        let source = Arc::new(MountSource {
+        table.mounts = table
+            .reread()
+            .map_err(|e| Error::Failed(format!("cannot read the caller's mountinfo: {e}")))?;
+        let (stop_read, stop_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| Error::Failed(format!("cannot make a pipe: {e}")))?;
+        let view = Arc::new(FollowedView {
+            origin,
             table: Mutex::new(table),
-            ns,
-            hub,
         });
-        let follower = source.clone();
+        let (follower, hub) = (view.clone(), self.hub.clone());
         std::thread::Builder::new()
-            .name("mounts".into())
-            .spawn(move || follower.follow())?;
-        Ok(source)
+            .name(format!("mounts-{}", origin.view))
+            .spawn(move || follow(&follower, &hub, stop_read))
+            .map_err(|e| Error::Failed(format!("cannot start a thread: {e}")))?;
+        tracing::info!(
+            ns = key.ns,
+            view = origin.view,
+            "following a mount namespace"
+        );
+        let lease = Arc::new(ViewLease {
+            view,
+            _stop: stop_write,
+        });
+        views.insert(key, Arc::downgrade(&lease));
+        Ok(lease)
     }
+}
 
-    fn follow(&self) {
-        let poll_fd = self
-            .table
-            .lock()
-            .expect("mount table poisoned")
-            .file
-            .try_clone();
-        let poll_fd = match poll_fd {
-            Ok(fd) => fd,
-            Err(e) => return tracing::error!(error = %e, "mount source stopped"),
-        };
-        loop {
-            let mut fds = [PollFd::new(poll_fd.as_fd(), PollFlags::POLLPRI)];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return tracing::error!(error = %e, "mount source stopped: poll failed"),
-            }
-            if let Err(e) = self.publish_changes() {
-                tracing::error!(error = %e, "re-reading mountinfo failed; retrying on the next change");
+/// Re-reads the view's mountinfo on every change until the last lease is dropped.
+fn follow(view: &FollowedView, hub: &Hub, stop: OwnedFd) {
+    let watched = match view
+        .table
+        .lock()
+        .expect("mount table poisoned")
+        .file
+        .try_clone()
+    {
+        Ok(file) => file,
+        Err(e) => return tracing::error!(error = %e, "cannot follow a mount namespace"),
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(watched.as_fd(), PollFlags::POLLPRI),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                return tracing::error!(error = %e, "stopped following a mount namespace: poll failed");
             }
         }
-    }
-
-    fn publish_changes(&self) -> io::Result<()> {
-        let mut table = self.table.lock().expect("mount table poisoned");
-        let mounts = table.reread()?;
-        for (subtype, change) in diff(&table.mounts, &mounts, self.ns) {
-            self.hub.publish(&change.into_event(subtype, 0));
+        if fds[1].any().unwrap_or(true) {
+            return tracing::info!(
+                view = view.origin.view,
+                "no watch left on a mount namespace: stopped following it"
+            );
         }
-        table.mounts = mounts;
-        Ok(())
+        let mut table = view.table.lock().expect("mount table poisoned");
+        match table.reread() {
+            Ok(mounts) => {
+                for (subtype, change) in diff(&table.mounts, &mounts, view.origin) {
+                    hub.publish(&change.into_event(subtype, 0));
+                }
+                table.mounts = mounts;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "re-reading mountinfo failed; retrying on the next change")
+            }
+        }
     }
 }
 
@@ -370,27 +458,40 @@ impl Source for MountSource {
         Kind::Mounts
     }
 
-    fn scope(&self, options: &mut Options, _caller: &Caller) -> Result<Scope> {
+    /// Mount watches are bound to the caller's own view of the mount tree.
+    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Scope> {
         let under = match options.take_string("path")? {
             None => None,
-            Some(path) => Some(resolve_dir(&path)?),
+            Some(path) => Some(access::resolve_path(caller, &path)?),
         };
-        Ok(Scope::Mounts(MountScope { ns: self.ns, under }))
+        let lease = self.lease(&CallerProcess::new(caller)?)?;
+        Ok(Scope::Mounts(MountScope {
+            view: lease.view.origin.view,
+            under,
+            lease: Some(lease),
+        }))
     }
 
     fn option_names(&self) -> &'static [&'static str] {
         &["path"]
     }
 
-    fn with_snapshot(&self, _scope: &Scope, then: &mut dyn FnMut(&[Event])) {
-        let table = self.table.lock().expect("mount table poisoned");
+    fn with_snapshot(&self, scope: &Scope, then: &mut dyn FnMut(&[Event])) {
+        let Scope::Mounts(MountScope {
+            lease: Some(lease), ..
+        }) = scope
+        else {
+            return then(&[]);
+        };
+        let view = &lease.view;
+        let table = view.table.lock().expect("mount table poisoned");
         let snapshot: Vec<Event> = table
             .mounts
             .iter()
             .map(|entry| {
                 let change = MountChange {
                     entry: entry.clone(),
-                    ns: self.ns,
+                    origin: view.origin,
                     old_mount_point: None,
                     changed: 0,
                 };
@@ -399,19 +500,6 @@ impl Source for MountSource {
             .collect();
         then(&snapshot);
     }
-}
-
-/// The canonical form of an existing absolute path, as mount points are listed.
-fn resolve_dir(path: &str) -> Result<Vec<u8>> {
-    if !path.starts_with('/') {
-        return Err(Error::invalid(format!(
-            "option 'path' must be absolute, not '{path}'"
-        )));
-    }
-    let canonical = Path::new(path)
-        .canonicalize()
-        .map_err(|e| Error::NotFound(format!("path '{path}': {e}")))?;
-    Ok(canonical.as_os_str().as_bytes().to_vec())
 }
 
 #[cfg(test)]
@@ -424,18 +512,21 @@ pub(crate) mod tests {
 40 25 0:35 / /mnt/with\\040space rw master:3 - tmpfs my\\134src rw,size=1024k
 ";
 
-    pub(crate) fn attach_event(ns: u64, mount_point: &str) -> Event {
+    /// An attach in view `view` (namespace `view` too, for simplicity).
+    pub(crate) fn attach_event(view: u64, mount_point: &str) -> Event {
         let (mut entries, _) = parse_mountinfo(SAMPLE);
         let mut entry = entries.remove(0);
         entry.mount_point = mount_point.as_bytes().to_vec();
         let change = MountChange {
             entry: Arc::new(entry),
-            ns,
+            origin: Origin { ns: view, view },
             old_mount_point: None,
             changed: 0,
         };
         change.into_event(mount::ATTACH, 0)
     }
+
+    const ORIGIN: Origin = Origin { ns: 1, view: 1 };
 
     fn table(text: &[u8]) -> Vec<Arc<MountEntry>> {
         parse_mountinfo(text).0.into_iter().map(Arc::new).collect()
@@ -472,7 +563,7 @@ pub(crate) mod tests {
 42 41 0:37 / /mnt/new/child rw - tmpfs tmpfs rw
 ",
         );
-        let events: Vec<_> = diff(&before, &after, 1)
+        let events: Vec<_> = diff(&before, &after, ORIGIN)
             .into_iter()
             .map(|(s, c)| {
                 (
@@ -491,7 +582,7 @@ pub(crate) mod tests {
                 (mount::ATTACH, "/mnt/new/child".into(), 0),
             ]
         );
-        let gone: Vec<_> = diff(&after, &before, 1)
+        let gone: Vec<_> = diff(&after, &before, ORIGIN)
             .into_iter()
             .filter(|(s, _)| *s == mount::DETACH)
             .collect();
@@ -503,7 +594,7 @@ pub(crate) mod tests {
     fn a_reused_mount_id_on_another_filesystem_is_a_detach_and_an_attach() {
         let before = table(b"40 25 0:35 / /mnt/a rw - tmpfs tmpfs rw\n");
         let after = table(b"40 25 0:99 / /mnt/a rw - tmpfs other rw\n");
-        let subtypes: Vec<_> = diff(&before, &after, 1)
+        let subtypes: Vec<_> = diff(&before, &after, ORIGIN)
             .into_iter()
             .map(|(s, _)| s)
             .collect();
@@ -513,15 +604,15 @@ pub(crate) mod tests {
     #[test]
     fn path_scope_matches_at_or_under_the_directory_and_either_end_of_a_move() {
         let scope = MountScope {
-            ns: 1,
             under: Some(b"/mnt".to_vec()),
+            ..MountScope::everything(1)
         };
-        let at = |p: &str, old: Option<&str>, ns| {
+        let at = |p: &str, old: Option<&str>, view| {
             let mut entry = parse_mountinfo(SAMPLE).0.remove(2);
             entry.mount_point = p.as_bytes().to_vec();
             scope.covers(&MountChange {
                 entry: Arc::new(entry),
-                ns,
+                origin: Origin { ns: 1, view },
                 old_mount_point: old.map(|o| o.as_bytes().to_vec()),
                 changed: 0,
             })
@@ -529,6 +620,6 @@ pub(crate) mod tests {
         assert!(at("/mnt", None, 1) && at("/mnt/x/y", None, 1));
         assert!(!at("/mntx", None, 1) && !at("/", None, 1));
         assert!(at("/srv", Some("/mnt/x"), 1), "moved out of the directory");
-        assert!(!at("/mnt/x", None, 2), "another namespace");
+        assert!(!at("/mnt/x", None, 2), "another view of the mount tree");
     }
 }

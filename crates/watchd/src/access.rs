@@ -1,0 +1,172 @@
+//! What the caller can see, decided as the caller and not as root.
+//!
+//! - [`CallerProcess`]: the caller's `/proc/PID` entries, opened by the daemon and then
+//!   checked against the caller's pidfd, so a recycled pid cannot stand in for the caller.
+//! - [`resolve_path`]: a path resolved in the caller's root directory, on a thread whose
+//!   fsuid, fsgid and groups are the caller's (root's file capabilities drop with fsuid), with
+//!   `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`: a symlink the caller planted can lead only
+//!   where the caller could go itself.
+#![forbid(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::identity::Caller;
+use crate::sys;
+
+/// The caller's process as seen through `/proc/PID`.
+pub struct CallerProcess<'a> {
+    caller: &'a Caller,
+}
+
+impl<'a> CallerProcess<'a> {
+    pub fn new(caller: &'a Caller) -> Result<Self> {
+        match &caller.pidfd {
+            Some(pidfd) if sys::pidfd_is_alive(pidfd.as_fd()) => Ok(CallerProcess { caller }),
+            _ => Err(gone(caller)),
+        }
+    }
+
+    fn path(&self, entry: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/{entry}", self.caller.pid))
+    }
+
+    /// Runs `open` on `/proc/PID/<entry>`, then makes sure the pid still named the caller.
+    fn checked<T>(&self, entry: &str, open: impl FnOnce(PathBuf) -> io::Result<T>) -> Result<T> {
+        let opened = open(self.path(entry));
+        let pidfd = self.caller.pidfd.as_ref().expect("checked in new");
+        if !sys::pidfd_is_alive(pidfd.as_fd()) {
+            return Err(gone(self.caller));
+        }
+        opened.map_err(|e| {
+            Error::Failed(format!(
+                "cannot read the caller's /proc/{}/{entry}: {e}",
+                self.caller.pid
+            ))
+        })
+    }
+
+    /// The caller's mountinfo, open: the open file keeps its mount namespace readable.
+    pub fn mountinfo(&self) -> Result<File> {
+        self.checked("mountinfo", File::open)
+    }
+
+    /// The caller's view of the mount tree: namespace inode, and the device and inode of its
+    /// root directory (two processes in one namespace can have different roots).
+    pub fn mount_view(&self) -> Result<MountView> {
+        let ns = self.checked("ns/mnt", std::fs::metadata)?.ino();
+        let root = self.checked("root", std::fs::metadata)?;
+        Ok(MountView {
+            ns,
+            root_dev: root.dev(),
+            root_ino: root.ino(),
+        })
+    }
+
+    fn root(&self) -> Result<OwnedFd> {
+        self.checked("root", |p| File::open(p).map(OwnedFd::from))
+    }
+
+    /// The caller's filesystem gid and supplementary groups now.
+    fn fs_groups(&self) -> Result<(u32, Vec<u32>)> {
+        let status = self.checked("status", std::fs::read_to_string)?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::split_whitespace)
+        };
+        let fs_gid = field("Gid:")
+            .and_then(|mut f| f.nth(3))
+            .and_then(|g| g.parse().ok());
+        let groups = field("Groups:").map(|f| f.filter_map(|g| g.parse().ok()).collect());
+        match (fs_gid, groups) {
+            (Some(gid), Some(groups)) => Ok((gid, groups)),
+            _ => Err(Error::Failed(format!(
+                "cannot read the credentials of pid {}",
+                self.caller.pid
+            ))),
+        }
+    }
+}
+
+fn gone(caller: &Caller) -> Error {
+    Error::Failed(format!("the calling process {} has exited", caller.pid))
+}
+
+/// Identifies one view of the mount tree: a namespace seen from one root directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MountView {
+    pub ns: u64,
+    pub root_dev: u64,
+    pub root_ino: u64,
+}
+
+/// Resolves `path` (absolute, in the caller's root) as the caller would, and returns it in
+/// canonical form as the caller sees it (the form its mountinfo uses).
+pub fn resolve_path(caller: &Caller, path: &str) -> Result<Vec<u8>> {
+    let Some(relative) = path.strip_prefix('/') else {
+        return Err(Error::invalid(format!("path '{path}' must be absolute")));
+    };
+    let c_path = CString::new(if relative.is_empty() { "." } else { relative })
+        .map_err(|_| Error::invalid("a path cannot contain a NUL byte"))?;
+    let process = CallerProcess::new(caller)?;
+    let root = process.root()?;
+    let (fs_gid, groups) = process.fs_groups()?;
+    let uid = caller.uid.0;
+    let opened = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> io::Result<OwnedFd> {
+                // This thread takes the caller's file credentials and ends with them; the
+                // order matters: groups and gid while fsuid is still root's.
+                sys::setgroups_this_thread(&groups)?;
+                sys::setfsgid(fs_gid);
+                sys::setfsuid(uid);
+                if sys::setfsuid(u32::MAX) != uid {
+                    return Err(io::Error::other("could not take the caller's fsuid"));
+                }
+                sys::openat2_path(
+                    root.as_fd(),
+                    &c_path,
+                    sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS,
+                )
+            })
+            .join()
+            .map_err(|_| Error::Failed("the path check panicked".into()))
+    })?;
+    let handle = opened.map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
+            Error::NotFound(format!("path '{path}' does not exist"))
+        }
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            Error::AccessDenied(format!("uid {uid} may not reach path '{path}'"))
+        }
+        Some(libc::ELOOP) | Some(libc::EXDEV) => {
+            Error::AccessDenied(format!("path '{path}' leads outside the caller's root"))
+        }
+        _ => Error::Failed(format!("cannot resolve path '{path}': {e}")),
+    })?;
+    caller_relative(caller, &handle)
+}
+
+/// The handle's path as the caller names it: the daemon's name for it, less the daemon's
+/// name for the caller's root.
+fn caller_relative(caller: &Caller, handle: &OwnedFd) -> Result<Vec<u8>> {
+    let link = |p: PathBuf| std::fs::read_link(&p).map(|t| t.as_os_str().as_bytes().to_vec());
+    let fd_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(handle));
+    let full = link(PathBuf::from(fd_path))
+        .map_err(|e| Error::Failed(format!("cannot name the resolved path: {e}")))?;
+    let root = CallerProcess::new(caller)?.checked("root", |p| link(p))?;
+    match full.strip_prefix(root.as_slice()) {
+        _ if root == b"/" => Ok(full),
+        Some(rest) if rest.is_empty() => Ok(b"/".to_vec()),
+        Some(rest) if rest[0] == b'/' => Ok(rest.to_vec()),
+        _ => Ok(full),
+    }
+}
