@@ -162,10 +162,10 @@ fn caller_relative(caller: &Caller, handle: &OwnedFd) -> Result<Vec<u8>> {
     let fd_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(handle));
     let full = link(PathBuf::from(fd_path))
         .map_err(|e| Error::Failed(format!("cannot name the resolved path: {e}")))?;
-    let root = CallerProcess::new(caller)?.checked("root", |p| link(p))?;
+    let root = CallerProcess::new(caller)?.checked("root", link)?;
     match full.strip_prefix(root.as_slice()) {
         _ if root == b"/" => Ok(full),
-        Some(rest) if rest.is_empty() => Ok(b"/".to_vec()),
+        Some([]) => Ok(b"/".to_vec()),
         Some(rest) if rest[0] == b'/' => Ok(rest.to_vec()),
         _ => Ok(full),
     }
