@@ -5,10 +5,12 @@
 //! lifetime, filters, initial state), refusal of bad requests, and the interfaces people use
 //! (busctl, watchctl, a C reader written from docs/protocol.md).
 
+mod authorization;
 mod bad_requests;
 mod interfaces;
 mod mount_events;
 mod pipe_contract;
+mod polkit_files;
 
 use std::time::Duration;
 
@@ -31,11 +33,19 @@ fn main() -> std::process::ExitCode {
         eprintln!("cannot set up a private mount namespace: {e:#}");
         return std::process::ExitCode::FAILURE;
     }
+    // Names for the test uids (polkit rules and dbus-daemon look users up), in this
+    // namespace only: still single-threaded here.
+    if let Err(e) = watchd_e2e::polkit::ensure_test_users() {
+        eprintln!("cannot set up the test users: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let mut trials = Vec::new();
     trials.extend(mount_events::trials());
     trials.extend(pipe_contract::trials());
     trials.extend(bad_requests::trials());
     trials.extend(interfaces::trials());
+    trials.extend(authorization::trials());
+    trials.extend(polkit_files::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 
