@@ -225,15 +225,21 @@ async fn forced_polkit_mode() -> Result<()> {
     Ok(())
 }
 
-async fn unreachable_path() -> Result<()> {
-    let env = Env::start("unreachable").await?;
+/// `scratch/private/<name>`, where `private` is root's alone (0700): root reaches `name`,
+/// nobody else does.
+fn root_only_dir(env: &Env, name: &str) -> Result<std::path::PathBuf> {
     let private = env.scratch.join("private");
-    std::fs::create_dir_all(private.join("inner"))?;
+    std::fs::create_dir_all(private.join(name))?;
     std::fs::set_permissions(
         &private,
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )?;
-    let inner = private.join("inner").to_str().unwrap().to_owned();
+    Ok(private.join(name))
+}
+
+async fn unreachable_path() -> Result<()> {
+    let env = Env::start("unreachable").await?;
+    let inner = root_only_dir(&env, "inner")?.to_str().unwrap().to_owned();
     let (client, _holder) = client_as(&env, OTHER_UID).await?;
     let sub = client.subscribe(SubscribeOptions::default()).await?;
     expect_denied(
@@ -261,15 +267,10 @@ async fn unreachable_path() -> Result<()> {
 
 async fn planted_symlinks() -> Result<()> {
     let env = Env::start("symlinks").await?;
-    let private = env.scratch.join("private");
-    std::fs::create_dir_all(private.join("secret"))?;
-    std::fs::set_permissions(
-        &private,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )?;
+    let secret = root_only_dir(&env, "secret")?;
     let open = env.scratch.join("open");
     std::fs::create_dir_all(&open)?;
-    std::os::unix::fs::symlink(private.join("secret"), open.join("to-secret"))?;
+    std::os::unix::fs::symlink(secret, open.join("to-secret"))?;
     // Resolved by a daemon thread, /proc/self/root would be the daemon's root.
     std::os::unix::fs::symlink("/proc/self/root/etc", open.join("magic"))?;
     let (client, _holder) = client_as(&env, OTHER_UID).await?;

@@ -38,8 +38,13 @@ pub fn check_root() -> Result<bool> {
 /// Moves this process into a new mount namespace whose mounts do not propagate back to the
 /// host. Must run while the process has a single thread.
 pub fn enter_private_mount_namespace() -> Result<()> {
-    use nix::mount::{MsFlags, mount};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+    make_root_private()
+}
+
+/// Stops mounts under / from propagating out of this process's mount namespace.
+pub fn make_root_private() -> Result<()> {
+    use nix::mount::{MsFlags, mount};
     mount(
         None::<&str>,
         "/",
@@ -47,8 +52,7 @@ pub fn enter_private_mount_namespace() -> Result<()> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .context("making / private in the test namespace")?;
-    Ok(())
+    .context("making / private in the test namespace")
 }
 
 /// Runs an async test body on a runtime of its own and turns errors into test failures.

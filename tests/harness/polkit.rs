@@ -426,14 +426,7 @@ fn add_test_users() -> Result<()> {
     );
     // Already private after enter_private_mount_namespace; again, so that nothing below can
     // propagate anywhere whoever called this.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("making / private")?;
+    crate::make_root_private()?;
 
     let users = [
         (OTHER_UID, "watchd-test1000"),
