@@ -138,8 +138,10 @@ async fn polkit_rule_denies() -> Result<()> {
     ensure!(
         log.lines().any(|l| l.contains(WATCH_MOUNTS)
             && l.contains(&format!("uid={TEST_UID}"))
+            && l.contains("pid=")
+            && l.contains(&dir(&env))
             && l.contains("denied")),
-        "the refusal is logged with uid, action and result"
+        "the refusal is logged with uid, pid, action, object and result:\n{log}"
     );
     Ok(())
 }

@@ -152,8 +152,13 @@ impl Manager {
         }
         let source = self.source(kind)?;
         let action = Action::for_kind(source.kind());
+        let object = match options.peek_str("path") {
+            Some(path) => format!("{kind} at or under {path}"),
+            None => format!("{kind}, all"),
+        };
+        let (subject, interactive) = (request.subject, request.interactive);
         self.authority
-            .check(caller, request.subject, action, request.interactive, kind)
+            .check(caller, subject, action, interactive, &object)
             .await?;
         let initial = options.take_bool("initial")?.unwrap_or(false);
         let filters = options.take_filters()?;

@@ -158,6 +158,11 @@ impl Options {
         })
     }
 
+    /// A string option's value without consuming it (for the log), if it is one.
+    pub fn peek_str(&self, key: &str) -> Option<&str> {
+        self.map.get(key).and_then(|v| <&str>::try_from(v).ok())
+    }
+
     pub fn take_bool(&mut self, key: &str) -> Result<Option<bool>> {
         self.take(key, "b", |v| bool::try_from(v).ok())
     }
