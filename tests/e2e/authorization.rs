@@ -51,6 +51,10 @@ pub fn trials() -> Vec<Trial> {
             not_your_subscription,
         ),
         trial(
+            "auth::a_process_that_is_no_longer_the_bus_verified_user_is_refused",
+            identity_changed,
+        ),
+        trial(
             "auth::a_client_in_its_own_mount_namespace_sees_its_mounts_only",
             namespace_isolation,
         ),
@@ -342,6 +346,43 @@ async fn not_your_subscription() -> Result<()> {
         );
     }
     ensure!(owner.status().await?.watches == 1, "nothing changed");
+    Ok(())
+}
+
+/// The bus vouches for the uid that connected; if the process behind the connection is
+/// someone else by the time it calls (a reused pid looks exactly like this), the daemon must
+/// not describe that someone else's namespace, root or groups as the caller's.
+async fn identity_changed() -> Result<()> {
+    let env = Env::start("identity").await?;
+    // Connects as root (the pre-exec connect runs before setpriv), then becomes uid 1000.
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid",
+            &OTHER_UID.to_string(),
+            "--regid",
+            &OTHER_UID.to_string(),
+            "--clear-groups",
+            "sleep",
+            "300",
+        ])
+        .stdin(Stdio::null());
+    let (conn, holder) = watchd_e2e::polkit::connect_from(&env.bus.address, command, 0).await?;
+    let switched = || -> Result<bool> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", holder.pid()))?;
+        Ok(status.lines().any(|l| {
+            l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some(&OTHER_UID.to_string())
+        }))
+    };
+    watchd_e2e::wait_until(Duration::from_secs(5), "setpriv to switch uid", switched)?;
+    let client = Client::from_connection(conn);
+    let text = expect_denied(
+        add_mounts_watch(&env, &client, WatchOptions::new()).await,
+        "not the caller any more",
+    )
+    .with_context(|| env.daemon.log())?;
+    ensure!(text.contains(&format!("uid {OTHER_UID}")), "{text}");
+    ensure!(client.status().await?.watches == 0, "nothing was set up");
     Ok(())
 }
 

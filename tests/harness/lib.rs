@@ -77,11 +77,51 @@ fn binary(name: &str) -> PathBuf {
 }
 
 pub fn watchd_bin() -> PathBuf {
-    binary("watchd")
+    fresh_binary("watchd", &["crates/watchd/src", "crates/watchd-proto/src"])
 }
 
 pub fn watchctl_bin() -> PathBuf {
-    binary("watchctl")
+    fresh_binary(
+        "watchctl",
+        &[
+            "crates/watchctl/src",
+            "crates/watchd-client/src",
+            "crates/watchd-proto/src",
+        ],
+    )
+}
+
+/// `cargo test -p watchd-e2e` does not rebuild the other packages' binaries, so a test could
+/// quietly run yesterday's daemon. A binary older than any of its sources is refused.
+fn fresh_binary(name: &str, sources: &[&str]) -> PathBuf {
+    let path = binary(name);
+    let built = std::fs::metadata(&path).and_then(|m| m.modified());
+    let newest = sources
+        .iter()
+        .filter_map(|dir| newest_file(&repo().join(dir)))
+        .max();
+    if let (Ok(built), Some(newest)) = (built, newest) {
+        assert!(
+            built >= newest,
+            "{} is older than its sources: run `cargo build --workspace` (or `cargo test --workspace`)",
+            path.display()
+        );
+    }
+    path
+}
+
+fn newest_file(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_file(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
 }
 
 /// The repository's top directory.

@@ -348,6 +348,20 @@ pub fn sleeper_as_user(uid: u32) -> Result<Process> {
 /// `sleep`, so the connection's ProcessID stays a live process of that uid while the
 /// returned [`Process`] lives. The test owns the connection itself.
 pub async fn connect_as_user(bus_address: &str, uid: u32) -> Result<(zbus::Connection, Process)> {
+    let mut command = Command::new("sleep");
+    command.arg("300").stdin(Stdio::null());
+    as_user(&mut command, uid);
+    connect_from(bus_address, command, uid).await
+}
+
+/// A bus connection whose socket is connected by `command`'s process just before it execs
+/// (after any uid switch of the Command itself), authenticating as `uid`. The process is
+/// kept running as the connection's ProcessID while the returned [`Process`] lives.
+pub async fn connect_from(
+    bus_address: &str,
+    mut command: Command,
+    uid: u32,
+) -> Result<(zbus::Connection, Process)> {
     let path = bus_address
         .strip_prefix("unix:path=")
         .and_then(|p| p.split(',').next())
@@ -367,9 +381,6 @@ pub async fn connect_as_user(bus_address: &str, uid: u32) -> Result<(zbus::Conne
     }
     let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
 
-    let mut command = Command::new("sleep");
-    command.arg("300").stdin(Stdio::null());
-    as_user(&mut command, uid);
     // SAFETY: the child only calls connect(2) on a descriptor and an address prepared before
     // the fork; it allocates nothing and takes no locks. The descriptor is shared with the
     // parent (same open socket), so the parent's copy is the connected socket; close-on-exec

@@ -26,11 +26,42 @@ pub struct CallerProcess<'a> {
 }
 
 impl<'a> CallerProcess<'a> {
+    /// Pins the caller's process and checks it is still the uid the bus vouched for. Without
+    /// a ProcessFD from the bus the pid is the one that connected: if that process exited and
+    /// the pid was reused, the process found here belongs to someone else, and every lookup
+    /// through it would describe a stranger. An identity mismatch is refused outright.
     pub fn new(caller: &'a Caller) -> Result<Self> {
         match &caller.pidfd {
-            Some(pidfd) if sys::pidfd_is_alive(pidfd.as_fd()) => Ok(CallerProcess { caller }),
-            _ => Err(gone(caller)),
+            Some(pidfd) if sys::pidfd_is_alive(pidfd.as_fd()) => {}
+            _ => return Err(gone(caller)),
         }
+        let process = CallerProcess { caller };
+        let euid = process.status_field("Uid:", 1)?;
+        if euid != caller.uid.0 {
+            tracing::warn!(uid = %caller.uid, pid = caller.pid, process_euid = euid, "refused: the pid no longer belongs to the caller");
+            return Err(Error::AccessDenied(format!(
+                "process {} is not the caller any more (uid {euid}, the bus says {})",
+                caller.pid, caller.uid
+            )));
+        }
+        Ok(process)
+    }
+
+    /// Field `index` (0 real, 1 effective, 2 saved, 3 filesystem) of a `Uid:`/`Gid:` line of
+    /// /proc/PID/status.
+    fn status_field(&self, line: &str, index: usize) -> Result<u32> {
+        let status = self.checked("status", std::fs::read_to_string)?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|rest| rest.split_whitespace().nth(index))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Error::Failed(format!(
+                    "cannot read the credentials of pid {}",
+                    self.caller.pid
+                ))
+            })
     }
 
     fn path(&self, entry: &str) -> PathBuf {
@@ -73,26 +104,10 @@ impl<'a> CallerProcess<'a> {
         self.checked("root", |p| File::open(p).map(OwnedFd::from))
     }
 
-    /// The caller's filesystem gid and supplementary groups now.
+    /// The caller's filesystem gid (from the process, checked to be the caller's) and its
+    /// supplementary groups as the bus vouched for them.
     fn fs_groups(&self) -> Result<(u32, Vec<u32>)> {
-        let status = self.checked("status", std::fs::read_to_string)?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::split_whitespace)
-        };
-        let fs_gid = field("Gid:")
-            .and_then(|mut f| f.nth(3))
-            .and_then(|g| g.parse().ok());
-        let groups = field("Groups:").map(|f| f.filter_map(|g| g.parse().ok()).collect());
-        match (fs_gid, groups) {
-            (Some(gid), Some(groups)) => Ok((gid, groups)),
-            _ => Err(Error::Failed(format!(
-                "cannot read the credentials of pid {}",
-                self.caller.pid
-            ))),
-        }
+        Ok((self.status_field("Gid:", 3)?, self.caller.gids.clone()))
     }
 }
 
