@@ -112,6 +112,33 @@ pub mod mount {
     pub const CHANGED_PARENT: u32 = 0x8;
 }
 
+/// Subtypes of [`RecordType::Device`]: the uevent actions.
+pub mod device {
+    pub const ADD: u8 = 0;
+    pub const REMOVE: u8 = 1;
+    pub const CHANGE: u8 = 2;
+    pub const MOVE: u8 = 3;
+    pub const ONLINE: u8 = 4;
+    pub const OFFLINE: u8 = 5;
+    pub const BIND: u8 = 6;
+    pub const UNBIND: u8 = 7;
+
+    /// The subtype of a uevent action name, e.g. "add".
+    pub fn from_action(action: &str) -> Option<u8> {
+        Some(match action {
+            "add" => ADD,
+            "remove" => REMOVE,
+            "change" => CHANGE,
+            "move" => MOVE,
+            "online" => ONLINE,
+            "offline" => OFFLINE,
+            "bind" => BIND,
+            "unbind" => UNBIND,
+            _ => return None,
+        })
+    }
+}
+
 /// How an attribute's value is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttrKind {
@@ -169,14 +196,44 @@ pub mod attr {
     /// u32: what changed (CHANGE), `mount::CHANGED_*` bits.
     pub const CHANGED: u16 = 0x001d;
 
+    // 0x0040..0x005f: devices. (MAJOR and MINOR above are used by devices too.)
+    /// str: the uevent action, e.g. "add" (also the subtype, kept for readers of the text).
+    pub const ACTION: u16 = 0x0040;
+    /// str: e.g. "block", "usb", "net".
+    pub const SUBSYSTEM: u16 = 0x0041;
+    /// str: e.g. "disk", "partition", "usb_device".
+    pub const DEVTYPE: u16 = 0x0042;
+    /// str: the kernel name, e.g. "loop0p1".
+    pub const SYSNAME: u16 = 0x0043;
+    /// str: the device's path in sysfs, e.g. "/sys/devices/virtual/block/loop0".
+    pub const SYSPATH: u16 = 0x0044;
+    /// str: the device node, e.g. "/dev/loop0".
+    pub const DEVNODE: u16 = 0x0045;
+    /// str: the bound driver, e.g. "usb-storage".
+    pub const DRIVER: u16 = 0x0046;
+    /// u64: the kernel's uevent sequence number.
+    pub const SEQNUM: u16 = 0x0047;
+    /// str: udev tags, colon-separated, e.g. "systemd:seat".
+    pub const TAGS: u16 = 0x0048;
+    /// str, repeated: one device property each, as "KEY=VALUE".
+    pub const PROPERTY: u16 = 0x0049;
+    /// str: the previous sysfs path (MOVE).
+    pub const OLD_SYSPATH: u16 = 0x004a;
+    /// str: "udev" (after udevd's rules) or "kernel" (raw uevents, no udevd running).
+    pub const EVENT_SOURCE: u16 = 0x004b;
+
     /// The layout of each known attribute; `None` for ids this version does not know.
     pub fn kind(id: u16) -> Option<super::AttrKind> {
         use super::AttrKind::*;
         Some(match id {
-            LOST_COUNT | FIRST_LOST_SEQ | LOST_TYPES | MOUNT_ID | PARENT_ID | MNT_NS => U64,
+            LOST_COUNT | FIRST_LOST_SEQ | LOST_TYPES | MOUNT_ID | PARENT_ID | MNT_NS | SEQNUM => {
+                U64
+            }
             TRUNCATED | MAJOR | MINOR | CHANGED => U32,
             OBJECT | REASON | ROOT | MOUNT_POINT | FS_TYPE | SOURCE | MOUNT_OPTIONS
-            | SUPER_OPTIONS | PROPAGATION | OLD_MOUNT_POINT => Str,
+            | SUPER_OPTIONS | PROPAGATION | OLD_MOUNT_POINT | ACTION | SUBSYSTEM | DEVTYPE
+            | SYSNAME | SYSPATH | DEVNODE | DRIVER | TAGS | PROPERTY | OLD_SYSPATH
+            | EVENT_SOURCE => Str,
             _ => return None,
         })
     }
@@ -184,7 +241,7 @@ pub mod attr {
 
 /// Stable names for types, subtypes and attributes (what `watchctl --json` prints).
 pub mod names {
-    use super::{RecordType, attr, key, meta, mount};
+    use super::{RecordType, attr, device, key, meta, mount};
 
     pub fn record_type(t: u32) -> Option<&'static str> {
         Some(match RecordType::from_u32(t)? {
@@ -215,6 +272,14 @@ pub mod names {
             (RecordType::Mount, mount::DETACH) => "detach",
             (RecordType::Mount, mount::MOVE) => "move",
             (RecordType::Mount, mount::CHANGE) => "change",
+            (RecordType::Device, device::ADD) => "add",
+            (RecordType::Device, device::REMOVE) => "remove",
+            (RecordType::Device, device::CHANGE) => "change",
+            (RecordType::Device, device::MOVE) => "move",
+            (RecordType::Device, device::ONLINE) => "online",
+            (RecordType::Device, device::OFFLINE) => "offline",
+            (RecordType::Device, device::BIND) => "bind",
+            (RecordType::Device, device::UNBIND) => "unbind",
             _ => return None,
         })
     }
@@ -241,6 +306,18 @@ pub mod names {
             attr::OLD_MOUNT_POINT => "old_mount_point",
             attr::MNT_NS => "mnt_ns",
             attr::CHANGED => "changed",
+            attr::ACTION => "action",
+            attr::SUBSYSTEM => "subsystem",
+            attr::DEVTYPE => "devtype",
+            attr::SYSNAME => "sysname",
+            attr::SYSPATH => "syspath",
+            attr::DEVNODE => "devnode",
+            attr::DRIVER => "driver",
+            attr::SEQNUM => "seqnum",
+            attr::TAGS => "tags",
+            attr::PROPERTY => "property",
+            attr::OLD_SYSPATH => "old_syspath",
+            attr::EVENT_SOURCE => "event_source",
             _ => return None,
         })
     }
@@ -974,10 +1051,8 @@ mod tests {
                 RecordType::Meta => 3,
                 RecordType::Key => 8,
                 RecordType::Mount => 4,
-                RecordType::Superblock
-                | RecordType::Device
-                | RecordType::File
-                | RecordType::Krb5 => 0,
+                RecordType::Device => 8,
+                RecordType::Superblock | RecordType::File | RecordType::Krb5 => 0,
             }
         };
         for t in RecordType::ALL {
@@ -1004,7 +1079,112 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 20);
+        assert_eq!(seen.len(), 32);
+    }
+
+    #[test]
+    fn device_subtypes_are_the_uevent_actions() {
+        let actions = [
+            ("add", device::ADD),
+            ("remove", device::REMOVE),
+            ("change", device::CHANGE),
+            ("move", device::MOVE),
+            ("online", device::ONLINE),
+            ("offline", device::OFFLINE),
+            ("bind", device::BIND),
+            ("unbind", device::UNBIND),
+        ];
+        for (i, (action, subtype)) in actions.into_iter().enumerate() {
+            assert_eq!(usize::from(subtype), i, "{action}");
+            assert_eq!(device::from_action(action), Some(subtype));
+            // The subtype's name is the action itself, so ACTION and the subtype agree.
+            assert_eq!(
+                names::subtype(RecordType::Device as u32, subtype),
+                Some(action)
+            );
+        }
+        for unknown in ["", "ADD", "Add", "add ", "exit", "attach"] {
+            assert_eq!(device::from_action(unknown), None, "{unknown:?}");
+        }
+    }
+
+    /// PROPERTY is the one attribute that repeats: every occurrence is there, in order,
+    /// after the fixed attributes, and `get` still gives the first.
+    #[test]
+    fn repeated_property_attributes_keep_their_order() {
+        let mut b = RecordBuilder::new(RecordType::Device, device::ADD, 0, TIME);
+        b.put_str(attr::ACTION, "add")
+            .unwrap()
+            .put_str(attr::SUBSYSTEM, "block")
+            .unwrap()
+            .put_u64(attr::SEQNUM, 4321)
+            .unwrap();
+        let properties = [
+            "ID_FS_TYPE=ext4",
+            "ID_FS_LABEL=",
+            "DM_NAME=a=b",
+            "ID_FS_TYPE=xfs",
+        ];
+        for p in properties {
+            b.put_str(attr::PROPERTY, p).unwrap();
+        }
+        let rec = b.finish();
+        let r = Record::parse(&rec).unwrap();
+        let got: Vec<&str> = r
+            .attrs()
+            .map(Result::unwrap)
+            .filter(|a| a.id == attr::PROPERTY)
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(got, properties);
+        assert_eq!(
+            r.get_str(attr::PROPERTY).as_deref(),
+            Some("ID_FS_TYPE=ext4")
+        );
+        assert_eq!(r.get_u64(attr::SEQNUM), Some(4321));
+    }
+
+    /// The daemon's policy for properties that do not fit, expressed with the builder: a
+    /// property is put whole or not at all, and the record still parses at full size.
+    #[test]
+    fn properties_left_out_whole_are_counted() {
+        let mut b = RecordBuilder::new(RecordType::Device, device::CHANGE, 0, TIME);
+        b.put_str(attr::ACTION, "change")
+            .unwrap()
+            .put_str(attr::SUBSYSTEM, "block")
+            .unwrap();
+        let reserve = ATTR_HEADER_LEN + 4; // room kept for TRUNCATED
+        let mut left_out = 0u32;
+        for i in 0..100 {
+            let p = format!("PROP_{i:02}={}", "v".repeat(60));
+            if pad4(ATTR_HEADER_LEN + p.len()) + reserve > b.room() {
+                left_out += 1;
+                continue;
+            }
+            b.put_str(attr::PROPERTY, &p).unwrap();
+        }
+        assert!(left_out > 0);
+        b.set_flags(FLAG_TRUNCATED);
+        b.put_u32(attr::TRUNCATED, left_out).unwrap();
+        let rec = b.finish();
+        assert!(rec.len() <= MAX_RECORD_LEN);
+        let r = Record::parse(&rec).unwrap();
+        assert_eq!(r.header.flags & FLAG_TRUNCATED, FLAG_TRUNCATED);
+        let kept = r
+            .attrs()
+            .map(Result::unwrap)
+            .filter(|a| a.id == attr::PROPERTY)
+            .count() as u32;
+        assert_eq!(kept + left_out, 100);
+        assert_eq!(r.get_u32(attr::TRUNCATED), Some(left_out));
+        // Every kept property is whole.
+        for a in r
+            .attrs()
+            .map(Result::unwrap)
+            .filter(|a| a.id == attr::PROPERTY)
+        {
+            assert_eq!(a.value.len(), "PROP_00=".len() + 60);
+        }
     }
 
     #[test]
@@ -1031,6 +1211,18 @@ mod tests {
             (attr::OLD_MOUNT_POINT, Str),
             (attr::MNT_NS, U64),
             (attr::CHANGED, U32),
+            (attr::ACTION, Str),
+            (attr::SUBSYSTEM, Str),
+            (attr::DEVTYPE, Str),
+            (attr::SYSNAME, Str),
+            (attr::SYSPATH, Str),
+            (attr::DEVNODE, Str),
+            (attr::DRIVER, Str),
+            (attr::SEQNUM, U64),
+            (attr::TAGS, Str),
+            (attr::PROPERTY, Str),
+            (attr::OLD_SYSPATH, Str),
+            (attr::EVENT_SOURCE, Str),
         ] {
             assert_eq!(attr::kind(id), Some(kind), "attribute {id:#06x}");
         }

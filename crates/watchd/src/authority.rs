@@ -26,18 +26,21 @@ const POLKIT_NAME: &str = "org.freedesktop.PolicyKit1";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     WatchMounts,
+    WatchDevices,
 }
 
 impl Action {
     pub fn for_kind(kind: Kind) -> Action {
         match kind {
             Kind::Mounts => Action::WatchMounts,
+            Kind::Devices => Action::WatchDevices,
         }
     }
 
     pub fn id(self) -> &'static str {
         match self {
             Action::WatchMounts => "org.watchd.Watchd1.watch-mounts",
+            Action::WatchDevices => "org.watchd.Watchd1.watch-devices",
         }
     }
 }

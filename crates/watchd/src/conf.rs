@@ -79,12 +79,29 @@ impl Default for PipeConf {
 #[serde(default, deny_unknown_fields)]
 pub struct Sources {
     pub mounts: bool,
+    pub devices: bool,
+    /// Where device events come from: "auto" (udev when udevd runs, else the kernel),
+    /// "udev" or "kernel".
+    pub device_events: DeviceEvents,
 }
 
 impl Default for Sources {
     fn default() -> Self {
-        Sources { mounts: true }
+        Sources {
+            mounts: true,
+            devices: true,
+            device_events: DeviceEvents::Auto,
+        }
     }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceEvents {
+    #[default]
+    Auto,
+    Udev,
+    Kernel,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,12 +6,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use watchd_proto::{RecordBuilder, RecordType};
 
+use crate::sources::devices::DeviceInfo;
 use crate::sources::mounts::MountChange;
 
 /// The object an event is about, in the terms watches match on.
 #[derive(Debug)]
 pub enum Subject {
     Mount(MountChange),
+    Device(Box<DeviceInfo>),
 }
 
 /// One change seen by a source.
@@ -45,6 +47,7 @@ impl Event {
                 RecordBuilder::new(self.record_type, self.subtype, self.flags, self.time_ns);
             match &*self.subject {
                 Subject::Mount(change) => change.encode(&mut builder),
+                Subject::Device(device) => device.encode(&mut builder, None),
             }
             builder.finish()
         })

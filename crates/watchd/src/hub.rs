@@ -243,7 +243,7 @@ impl Hub {
                 }
                 if sub.outlet.deliver(
                     watch.tag,
-                    event.record(),
+                    &watch.record_for(event),
                     event.record_type,
                     &mut scratch[..],
                 ) == Sent::ReaderGone
@@ -390,7 +390,7 @@ impl Hub {
         for event in snapshot.iter().filter(|e| watch.wants(e)) {
             if outlet.deliver(
                 watch.tag,
-                event.record(),
+                &watch.record_for(event),
                 event.record_type,
                 &mut scratch[..],
             ) == Sent::ReaderGone

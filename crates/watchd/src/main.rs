@@ -11,11 +11,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 use watchd::authority::Authority;
-use watchd::conf::{self, Config};
+use watchd::conf::{self, Config, DeviceEvents};
 use watchd::hub::Hub;
 use watchd::manager::Manager;
 use watchd::manager_bus::{BUS_NAME, MANAGER_PATH, ManagerObject, reap_ended};
 use watchd::sources::Source;
+use watchd::sources::devices::{DeviceSource, EventSource};
 use watchd::sources::mounts::MountSource;
 
 /// Gathers device, mount, key and file events and hands each D-Bus subscriber a packet pipe
@@ -94,6 +95,16 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     if config.sources.mounts {
         sources.push(MountSource::new(hub.clone()));
+    }
+    if config.sources.devices {
+        let events = match config.sources.device_events {
+            DeviceEvents::Auto => EventSource::detect(),
+            DeviceEvents::Udev => EventSource::Udev,
+            DeviceEvents::Kernel => EventSource::Kernel,
+        };
+        let devices = DeviceSource::start(hub.clone(), events)
+            .context("the device source needs libudev and a netlink socket (AF_NETLINK)")?;
+        sources.push(devices);
     }
     if sources.is_empty() {
         bail!("every source is disabled in the configuration: nothing to serve");

@@ -45,6 +45,14 @@ impl Manager {
         }
     }
 
+    /// Each source's kind and how it gets its events.
+    pub fn source_details(&self) -> std::collections::HashMap<String, String> {
+        self.sources
+            .iter()
+            .map(|s| (s.kind().name().to_owned(), s.describe()))
+            .collect()
+    }
+
     pub fn source_names(&self) -> Vec<String> {
         self.sources
             .iter()

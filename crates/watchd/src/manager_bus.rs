@@ -103,6 +103,13 @@ impl ManagerObject {
         self.manager.source_names()
     }
 
+    /// For each kind, how its source gets its events (e.g. devices from udev, or raw kernel
+    /// uevents when udevd is not running).
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn source_details(&self) -> HashMap<String, String> {
+        self.manager.source_details()
+    }
+
     /// Subscriptions alive now.
     #[zbus(property(emits_changed_signal = "false"))]
     fn subscriptions(&self) -> u32 {

@@ -11,6 +11,7 @@ use zbus::{OwnedVariant, Variant};
 
 use crate::error::{Error, Result};
 use crate::event::{Event, Subject};
+use crate::sources::devices::DeviceScope;
 use crate::sources::mounts::MountScope;
 
 /// The client-chosen number that marks every record a watch produces.
@@ -25,14 +26,16 @@ pub const MAX_OPTIONS: usize = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Mounts,
+    Devices,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 1] = [Kind::Mounts];
+    pub const ALL: [Kind; 2] = [Kind::Mounts, Kind::Devices];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Mounts => "mounts",
+            Kind::Devices => "devices",
         }
     }
 }
@@ -83,18 +86,22 @@ impl Filters {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     Mounts(MountScope),
+    Devices(DeviceScope),
 }
 
 impl Scope {
     pub fn kind(&self) -> Kind {
         match self {
             Scope::Mounts(_) => Kind::Mounts,
+            Scope::Devices(_) => Kind::Devices,
         }
     }
 
     fn covers(&self, subject: &Subject) -> bool {
         match (self, subject) {
             (Scope::Mounts(scope), Subject::Mount(change)) => scope.covers(change),
+            (Scope::Devices(scope), Subject::Device(device)) => scope.matcher.matches(device),
+            _ => false,
         }
     }
 }
@@ -116,6 +123,21 @@ impl Watch {
         self.filters
             .passes(event.record_type as u32, event.subtype, event.flags)
             && self.scope.covers(&event.subject)
+    }
+
+    /// The record this watch gets: the event's shared one, or its own when the watch asked
+    /// for a different encoding (a device watch's property subset).
+    pub fn record_for<'e>(&self, event: &'e Event) -> std::borrow::Cow<'e, [u8]> {
+        let custom = match (&self.scope, &*event.subject) {
+            (Scope::Devices(scope), Subject::Device(device)) => {
+                scope.matcher.custom_record(event, device)
+            }
+            _ => None,
+        };
+        custom.map_or(
+            std::borrow::Cow::Borrowed(event.record()),
+            std::borrow::Cow::Owned,
+        )
     }
 }
 
@@ -165,6 +187,14 @@ impl Options {
 
     pub fn take_bool(&mut self, key: &str) -> Result<Option<bool>> {
         self.take(key, "b", |v| bool::try_from(v).ok())
+    }
+
+    pub fn take_strings(&mut self, key: &str) -> Result<Option<Vec<String>>> {
+        self.take(key, "as", |v| {
+            v.try_clone()
+                .ok()
+                .and_then(|v| Vec::<String>::try_from(v).ok())
+        })
     }
 
     pub fn take_u32(&mut self, key: &str) -> Result<Option<u32>> {

@@ -47,7 +47,7 @@ fn an_explicit_config_that_does_not_exist_is_an_error() {
 
 #[test]
 fn disabling_every_source_is_refused_rather_than_serving_nothing() {
-    let config = ("none.toml", "[sources]\nmounts = false\n");
+    let config = ("none.toml", "[sources]\nmounts = false\ndevices = false\n");
     refuses(Some(config), &NO_BUS, &["every source is disabled"]);
 }
 

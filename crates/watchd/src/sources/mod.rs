@@ -2,8 +2,10 @@
 //! thread of its own and handing [`crate::event::Event`]s to [`crate::hub::Hub::publish`].
 //!
 //! - [`mounts`]: mount topology and option changes (mountinfo `POLLPRI` + diff).
+//! - [`devices`]: udev device events (libudev monitor), or raw kernel uevents.
 #![forbid(unsafe_code)]
 
+pub mod devices;
 pub mod mounts;
 
 use crate::error::Result;
@@ -13,6 +15,9 @@ use crate::watch::{Kind, Options, Scope};
 
 pub trait Source: Send + Sync {
     fn kind(&self) -> Kind;
+
+    /// How this source gets its events, for `watchctl status`.
+    fn describe(&self) -> String;
 
     /// Consumes this kind's options and returns what the watch will cover, checking that
     /// the objects named exist.

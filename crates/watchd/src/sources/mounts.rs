@@ -458,6 +458,10 @@ impl Source for MountSource {
         Kind::Mounts
     }
 
+    fn describe(&self) -> String {
+        "the caller's /proc/PID/mountinfo, re-read on every change (POLLPRI)".into()
+    }
+
     /// Mount watches are bound to the caller's own view of the mount tree.
     fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Scope> {
         let under = match options.take_string("path")? {

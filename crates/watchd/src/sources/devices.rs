@@ -1,0 +1,792 @@
+//! Devices, from libudev: the "udev" netlink group (events after systemd-udevd's rules, with
+//! all their properties), or the kernel's own uevent group when udevd is not running.
+//!
+//! One thread owns the monitor socket. Its kernel-side filter is the union of what the live
+//! watches ask for (subsystem/devtype, tag), so events nobody wants never wake the daemon;
+//! each watch then applies its full match (property globs, sysname glob) before anything is
+//! encoded. When the set of watches changes, the new socket is opened before the old one is
+//! drained, and events seen on both are passed on once (by sequence number).
+//!
+//! Initial state is an enumeration under the same matches, taken while the thread is held
+//! still. An event already queued on the socket at that moment may repeat what the snapshot
+//! shows (an add for a device it lists); it is never missing.
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, Weak};
+
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, device};
+
+use crate::error::{Error, Result};
+use crate::event::{Event, Fields, Subject};
+use crate::hub::Hub;
+use crate::identity::Caller;
+use crate::sources::Source;
+use crate::sys;
+use crate::watch::{Kind, MAX_FILTERS, Options, Scope};
+
+/// Longest glob or name a watch may give; real subsystem names and properties are short.
+const MAX_PATTERN_LEN: usize = 256;
+/// The monitor's receive buffer: a storm of uevents must not overflow the kernel socket
+/// while the daemon fans out (udevd itself asks for 128 MiB).
+const RECEIVE_BUFFER: usize = 128 * 1024 * 1024;
+
+/// Where device events come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    /// After systemd-udevd's rules, with its properties and tags.
+    Udev,
+    /// The kernel's raw uevents: no udevd is running.
+    Kernel,
+}
+
+impl EventSource {
+    /// udevd listens on /run/udev/control while it runs.
+    pub fn detect() -> EventSource {
+        if std::path::Path::new("/run/udev/control").exists() {
+            EventSource::Udev
+        } else {
+            EventSource::Kernel
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            EventSource::Udev => "udev",
+            EventSource::Kernel => "kernel",
+        }
+    }
+}
+
+/// Properties that have an attribute of their own and are not repeated as PROPERTY.
+const OWN_ATTRIBUTES: [&str; 11] = [
+    "ACTION",
+    "SUBSYSTEM",
+    "DEVTYPE",
+    "DEVPATH",
+    "DEVNAME",
+    "DRIVER",
+    "SEQNUM",
+    "MAJOR",
+    "MINOR",
+    "TAGS",
+    "DEVPATH_OLD",
+];
+
+/// One device event, or one device of a snapshot.
+#[derive(Debug)]
+pub struct DeviceInfo {
+    pub subtype: u8,
+    pub action: String,
+    pub subsystem: String,
+    pub devtype: Option<String>,
+    pub sysname: String,
+    pub syspath: String,
+    pub devnode: Option<String>,
+    pub driver: Option<String>,
+    pub seqnum: u64,
+    pub devnum: Option<(u32, u32)>,
+    pub tags: Vec<String>,
+    pub properties: Vec<(String, String)>,
+    pub old_syspath: Option<String>,
+    pub source: EventSource,
+}
+
+fn text(s: &std::ffi::OsStr) -> String {
+    s.to_string_lossy().into_owned()
+}
+
+impl DeviceInfo {
+    /// `action` is the event's (None for a device of a snapshot, which reads as "add").
+    fn from_device(
+        dev: &udev::Device,
+        action: Option<&str>,
+        seqnum: u64,
+        source: EventSource,
+    ) -> Option<DeviceInfo> {
+        let action = action.unwrap_or("add").to_owned();
+        let subtype = device::from_action(&action)?;
+        let property = |key: &str| dev.property_value(key).map(text);
+        let tags = property("TAGS").map(|t| {
+            t.split(':')
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
+        Some(DeviceInfo {
+            subtype,
+            action,
+            subsystem: dev.subsystem().map(text).unwrap_or_default(),
+            devtype: dev.devtype().map(text),
+            sysname: text(dev.sysname()),
+            syspath: dev.syspath().to_string_lossy().into_owned(),
+            devnode: dev.devnode().map(|p| p.to_string_lossy().into_owned()),
+            driver: dev.driver().map(text),
+            seqnum,
+            devnum: dev.devnum().map(|n| {
+                (
+                    nix::sys::stat::major(n) as u32,
+                    nix::sys::stat::minor(n) as u32,
+                )
+            }),
+            tags: tags.unwrap_or_default(),
+            properties: dev
+                .properties()
+                .map(|p| (text(p.name()), text(p.value())))
+                .collect(),
+            old_syspath: property("DEVPATH_OLD").map(|p| format!("/sys{p}")),
+            source,
+        })
+    }
+
+    /// Fixed fields first, then the properties in udev's order (all, or those in `include`);
+    /// what does not fit in the packet is left out whole and counted (TRUNCATED).
+    pub fn encode(&self, builder: &mut RecordBuilder, include: Option<&[String]>) {
+        let mut f = Fields::new(builder);
+        f.bytes(attr::ACTION, self.action.as_bytes());
+        f.bytes(attr::SUBSYSTEM, self.subsystem.as_bytes());
+        f.bytes(attr::SYSNAME, self.sysname.as_bytes());
+        f.bytes(attr::SYSPATH, self.syspath.as_bytes());
+        f.u64(attr::SEQNUM, self.seqnum);
+        f.bytes(attr::EVENT_SOURCE, self.source.name().as_bytes());
+        let optional = [
+            (attr::DEVTYPE, &self.devtype),
+            (attr::DEVNODE, &self.devnode),
+            (attr::DRIVER, &self.driver),
+            (attr::OLD_SYSPATH, &self.old_syspath),
+        ];
+        for (id, value) in optional {
+            if let Some(value) = value {
+                f.bytes(id, value.as_bytes());
+            }
+        }
+        if let Some((major, minor)) = self.devnum {
+            f.u32(attr::MAJOR, major);
+            f.u32(attr::MINOR, minor);
+        }
+        if !self.tags.is_empty() {
+            f.bytes(attr::TAGS, self.tags.join(":").as_bytes());
+        }
+        for (key, value) in &self.properties {
+            let wanted = match include {
+                Some(keys) => keys.iter().any(|k| k == key),
+                None => !OWN_ATTRIBUTES.contains(&key.as_str()),
+            };
+            if wanted {
+                f.bytes(attr::PROPERTY, format!("{key}={value}").as_bytes());
+            }
+        }
+        f.finish();
+    }
+
+    fn into_event(self, flags: u8) -> Event {
+        Event::new(
+            RecordType::Device,
+            self.subtype,
+            flags,
+            Arc::new(Subject::Device(Box::new(self))),
+        )
+    }
+}
+
+/// What one watch selects. Every field given must match; globs are fnmatch(3)'s, as in udev
+/// rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceMatch {
+    pub subsystem: Option<String>,
+    pub devtype: Option<String>,
+    pub tag: Option<String>,
+    /// (key glob, value glob): some property must match each.
+    pub properties: Vec<(String, String)>,
+    pub sysname: Option<String>,
+    /// Only these properties go into the records (None: all).
+    pub include: Option<Vec<String>>,
+}
+
+impl DeviceMatch {
+    pub fn matches(&self, d: &DeviceInfo) -> bool {
+        self.subsystem.as_ref().is_none_or(|s| *s == d.subsystem)
+            && self
+                .devtype
+                .as_ref()
+                .is_none_or(|t| Some(t) == d.devtype.as_ref())
+            && self.tag.as_ref().is_none_or(|t| d.tags.contains(t))
+            && self
+                .sysname
+                .as_ref()
+                .is_none_or(|g| sys::fnmatch(g, &d.sysname))
+            && self.properties.iter().all(|(key, value)| {
+                d.properties
+                    .iter()
+                    .any(|(k, v)| sys::fnmatch(key, k) && sys::fnmatch(value, v))
+            })
+    }
+
+    /// This watch's own record, when it asked for a subset of the properties.
+    pub fn custom_record(&self, event: &Event, d: &DeviceInfo) -> Option<Vec<u8>> {
+        let include = self.include.as_deref()?;
+        let mut builder = RecordBuilder::new(
+            RecordType::Device,
+            event.subtype,
+            event.flags,
+            event.time_ns,
+        );
+        d.encode(&mut builder, Some(include));
+        Some(builder.finish())
+    }
+
+    /// The part libudev can filter in the kernel: (subsystem, devtype) and tag.
+    fn socket_filter(&self) -> (Option<(String, Option<String>)>, Option<String>) {
+        (
+            self.subsystem.clone().map(|s| (s, self.devtype.clone())),
+            self.tag.clone(),
+        )
+    }
+}
+
+/// A device watch's scope: its match, and a lease that keeps the source's socket filter
+/// covering it for as long as the watch exists.
+#[derive(Clone)]
+pub struct DeviceScope {
+    pub matcher: Arc<DeviceMatch>,
+    pub lease: Option<Arc<FilterLease>>,
+}
+
+impl PartialEq for DeviceScope {
+    fn eq(&self, other: &Self) -> bool {
+        self.matcher == other.matcher
+    }
+}
+
+impl Eq for DeviceScope {}
+
+impl std::fmt::Debug for DeviceScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.matcher.fmt(f)
+    }
+}
+
+/// Held by each device watch; dropping it asks the monitor thread to recompute its filter.
+pub struct FilterLease {
+    matcher: Arc<DeviceMatch>,
+    shared: Weak<Shared>,
+}
+
+impl Drop for FilterLease {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.wake();
+        }
+    }
+}
+
+/// The kernel-side filter of the monitor socket: the union of the leases' filters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct SocketFilter {
+    /// Empty: no subsystem filter (some watch wants every subsystem).
+    subsystems: Vec<(String, Option<String>)>,
+    /// Empty: no tag filter.
+    tags: Vec<String>,
+}
+
+struct Shared {
+    source: EventSource,
+    leases: Mutex<Vec<Weak<FilterLease>>>,
+    /// Held while a batch of events is published and while a snapshot is taken.
+    publishing: Mutex<()>,
+    wake_write: OwnedFd,
+}
+
+impl Shared {
+    fn wake(&self) {
+        // A full pipe already means "wake up"; nothing else can fail here.
+        let _ = nix::unistd::write(&self.wake_write, &[1]);
+    }
+
+    /// None while no device watch exists: then no socket is open at all.
+    fn wanted_filter(&self) -> Option<SocketFilter> {
+        let mut leases = self.leases.lock().expect("device leases poisoned");
+        leases.retain(|l| l.strong_count() > 0);
+        let live: Vec<Arc<FilterLease>> = leases.iter().filter_map(Weak::upgrade).collect();
+        if live.is_empty() {
+            return None;
+        }
+        let filters: Vec<_> = live.iter().map(|l| l.matcher.socket_filter()).collect();
+        let mut union = SocketFilter::default();
+        if filters.iter().all(|(s, _)| s.is_some()) {
+            union.subsystems = filters.iter().filter_map(|(s, _)| s.clone()).collect();
+            union.subsystems.sort();
+            union.subsystems.dedup();
+        }
+        if filters.iter().all(|(_, t)| t.is_some()) {
+            union.tags = filters.iter().filter_map(|(_, t)| t.clone()).collect();
+            union.tags.sort();
+            union.tags.dedup();
+        }
+        Some(union)
+    }
+}
+
+pub struct DeviceSource {
+    shared: Arc<Shared>,
+}
+
+impl DeviceSource {
+    pub fn start(hub: Arc<Hub>, source: EventSource) -> io::Result<Arc<DeviceSource>> {
+        let (wake_read, wake_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let shared = Arc::new(Shared {
+            source,
+            leases: Mutex::new(Vec::new()),
+            publishing: Mutex::new(()),
+            wake_write,
+        });
+        let follower = shared.clone();
+        std::thread::Builder::new()
+            .name("devices".into())
+            .spawn(move || follow(&follower, &hub, wake_read))?;
+        tracing::info!(source = source.name(), "device source started");
+        Ok(Arc::new(DeviceSource { shared }))
+    }
+}
+
+fn open_monitor(source: EventSource, filter: &SocketFilter) -> io::Result<udev::MonitorSocket> {
+    let mut builder = match source {
+        EventSource::Udev => udev::MonitorBuilder::new()?,
+        EventSource::Kernel => udev::MonitorBuilder::new_kernel()?,
+    };
+    for (subsystem, devtype) in &filter.subsystems {
+        builder = match devtype {
+            Some(devtype) => builder.match_subsystem_devtype(subsystem, devtype)?,
+            None => builder.match_subsystem(subsystem)?,
+        };
+    }
+    for tag in &filter.tags {
+        builder = builder.match_tag(tag)?;
+    }
+    let socket = builder.listen()?;
+    // Needs CAP_NET_ADMIN; without it the kernel's default (rmem_max) must do.
+    let forced = nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::RcvBufForce,
+        &RECEIVE_BUFFER,
+    );
+    if forced.is_err() {
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::RcvBuf,
+            &RECEIVE_BUFFER,
+        );
+    }
+    Ok(socket)
+}
+
+/// Publishes what is waiting on `socket`; `seen` collects (or filters out) sequence numbers
+/// across a socket switch.
+fn drain(socket: &udev::MonitorSocket, hub: &Hub, shared: &Shared, seen: &mut Seen) {
+    let _held = shared
+        .publishing
+        .lock()
+        .expect("device publishing poisoned");
+    for event in socket.iter() {
+        let seqnum = event.sequence_number();
+        if !seen.first_time(seqnum) {
+            continue;
+        }
+        let dev = event.device();
+        let action = dev.action().map(text);
+        match DeviceInfo::from_device(&dev, action.as_deref(), seqnum, shared.source) {
+            Some(info) => hub.publish(&info.into_event(0)),
+            None => tracing::debug!(?action, "uevent with an action this version does not know"),
+        }
+    }
+}
+
+/// Sequence numbers delivered by the old socket during a switch, so the new one does not
+/// deliver them again.
+#[derive(Default)]
+struct Seen {
+    recording: bool,
+    numbers: HashSet<u64>,
+}
+
+impl Seen {
+    fn first_time(&mut self, seqnum: u64) -> bool {
+        if self.recording {
+            self.numbers.insert(seqnum);
+            true
+        } else {
+            !self.numbers.remove(&seqnum)
+        }
+    }
+}
+
+fn follow(shared: &Shared, hub: &Hub, wake: OwnedFd) {
+    let mut current: Option<(SocketFilter, udev::MonitorSocket)> = None;
+    let mut seen = Seen::default();
+    loop {
+        let wanted = shared.wanted_filter();
+        if wanted.as_ref() != current.as_ref().map(|(f, _)| f) {
+            let next = match &wanted {
+                None => None,
+                Some(filter) => match open_monitor(shared.source, filter) {
+                    Ok(socket) => Some((filter.clone(), socket)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot open the device monitor; retrying when watches change");
+                        None
+                    }
+                },
+            };
+            seen = Seen {
+                recording: true,
+                numbers: HashSet::new(),
+            };
+            if let Some((_, old)) = &current {
+                drain(old, hub, shared, &mut seen);
+            }
+            seen.recording = false;
+            tracing::debug!(filter = ?wanted, "device monitor filter");
+            current = next;
+        }
+        let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+        if let Some((_, socket)) = &current {
+            fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return tracing::error!(error = %e, "device source stopped: poll failed"),
+        }
+        let woken = fds[0].any().unwrap_or(false);
+        let readable = fds.get(1).is_some_and(|f| f.any().unwrap_or(false));
+        drop(fds);
+        if woken {
+            let mut buf = [0u8; 64];
+            while matches!(nix::unistd::read(&wake, &mut buf), Ok(n) if n > 0) {}
+        }
+        if readable && let Some((_, socket)) = &current {
+            drain(socket, hub, shared, &mut seen);
+        }
+    }
+}
+
+fn pattern(key: &str, value: String) -> Result<String> {
+    if value.is_empty() || value.len() > MAX_PATTERN_LEN {
+        return Err(Error::invalid(format!(
+            "option '{key}' must be 1 to {MAX_PATTERN_LEN} bytes long"
+        )));
+    }
+    Ok(value)
+}
+
+fn list(options: &mut Options, key: &str) -> Result<Vec<String>> {
+    let values = options.take_strings(key)?.unwrap_or_default();
+    if values.len() > MAX_FILTERS {
+        return Err(Error::invalid(format!(
+            "option '{key}': {} entries; at most {MAX_FILTERS}",
+            values.len()
+        )));
+    }
+    values.into_iter().map(|v| pattern(key, v)).collect()
+}
+
+impl Source for DeviceSource {
+    fn kind(&self) -> Kind {
+        Kind::Devices
+    }
+
+    fn describe(&self) -> String {
+        match self.shared.source {
+            EventSource::Udev => "udev monitor (events after udevd's rules)".into(),
+            EventSource::Kernel => {
+                "kernel uevents: udevd is not running, properties are the kernel's raw ones".into()
+            }
+        }
+    }
+
+    fn scope(&self, options: &mut Options, _caller: &Caller) -> Result<Scope> {
+        let (subsystem, devtype) = match options.take_string("subsystem")? {
+            None => (None, None),
+            Some(value) => {
+                let value = pattern("subsystem", value)?;
+                match value.split_once('/') {
+                    Some((s, t)) => (Some(s.to_owned()), Some(t.to_owned())),
+                    None => (Some(value), None),
+                }
+            }
+        };
+        let tag = options
+            .take_string("tag")?
+            .map(|t| pattern("tag", t))
+            .transpose()?;
+        let sysname = options
+            .take_string("sysname")?
+            .map(|s| pattern("sysname", s))
+            .transpose()?;
+        let properties = list(options, "property")?
+            .into_iter()
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+                _ => Err(Error::invalid(format!(
+                    "option 'property': '{p}' is not KEY=GLOB"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Absent: every property; an empty list: none, only the fixed fields.
+        let include = match options.take_strings("properties")? {
+            None => None,
+            Some(keys) => Some(
+                keys.into_iter()
+                    .map(|k| pattern("properties", k))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        let matcher = Arc::new(DeviceMatch {
+            subsystem,
+            devtype,
+            tag,
+            properties,
+            sysname,
+            include,
+        });
+        let lease = Arc::new(FilterLease {
+            matcher: matcher.clone(),
+            shared: Arc::downgrade(&self.shared),
+        });
+        self.shared
+            .leases
+            .lock()
+            .expect("device leases poisoned")
+            .push(Arc::downgrade(&lease));
+        self.shared.wake();
+        Ok(Scope::Devices(DeviceScope {
+            matcher,
+            lease: Some(lease),
+        }))
+    }
+
+    fn option_names(&self) -> &'static [&'static str] {
+        &["subsystem", "tag", "property", "sysname", "properties"]
+    }
+
+    fn with_snapshot(&self, scope: &Scope, then: &mut dyn FnMut(&[Event])) {
+        let Scope::Devices(DeviceScope { matcher, .. }) = scope else {
+            return then(&[]);
+        };
+        let _held = self
+            .shared
+            .publishing
+            .lock()
+            .expect("device publishing poisoned");
+        let snapshot = enumerate(matcher, self.shared.source).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot enumerate devices for an initial state");
+            Vec::new()
+        });
+        then(&snapshot);
+    }
+}
+
+fn enumerate(matcher: &DeviceMatch, source: EventSource) -> io::Result<Vec<Event>> {
+    let mut enumerator = udev::Enumerator::new()?;
+    if let Some(subsystem) = &matcher.subsystem {
+        enumerator.match_subsystem(subsystem)?;
+    }
+    if let Some(tag) = &matcher.tag {
+        enumerator.match_tag(tag)?;
+    }
+    Ok(enumerator
+        .scan_devices()?
+        .filter_map(|dev| DeviceInfo::from_device(&dev, None, 0, source))
+        .filter(|info| matcher.matches(info))
+        .map(|info| info.into_event(FLAG_SNAPSHOT))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use watchd_proto::{FLAG_TRUNCATED, MAX_RECORD_LEN, Record};
+
+    fn disk(properties: Vec<(&str, &str)>) -> DeviceInfo {
+        DeviceInfo {
+            subtype: device::ADD,
+            action: "add".into(),
+            subsystem: "block".into(),
+            devtype: Some("disk".into()),
+            sysname: "loop7".into(),
+            syspath: "/sys/devices/virtual/block/loop7".into(),
+            devnode: Some("/dev/loop7".into()),
+            driver: None,
+            seqnum: 4321,
+            devnum: Some((7, 7)),
+            tags: vec!["systemd".into()],
+            properties: properties
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            old_syspath: None,
+            source: EventSource::Udev,
+        }
+    }
+
+    fn encode(info: &DeviceInfo, include: Option<&[String]>) -> Vec<u8> {
+        let mut builder = RecordBuilder::new(RecordType::Device, info.subtype, 0, 1);
+        info.encode(&mut builder, include);
+        builder.finish()
+    }
+
+    #[test]
+    fn matches_subsystem_devtype_tag_sysname_and_property_globs() {
+        let d = disk(vec![("DM_NAME", "pool-tpool"), ("ID_FS_TYPE", "ext4")]);
+        let m = |f: fn(&mut DeviceMatch)| {
+            let mut m = DeviceMatch::default();
+            f(&mut m);
+            m.matches(&d)
+        };
+        assert!(m(|_| {}));
+        assert!(
+            m(|m| m.subsystem = Some("block".into())) && !m(|m| m.subsystem = Some("usb".into()))
+        );
+        assert!(
+            m(|m| m.devtype = Some("disk".into())) && !m(|m| m.devtype = Some("partition".into()))
+        );
+        assert!(m(|m| m.tag = Some("systemd".into())) && !m(|m| m.tag = Some("seat".into())));
+        assert!(m(|m| m.sysname = Some("loop*".into())) && !m(|m| m.sysname = Some("sd?".into())));
+        assert!(m(|m| m.properties = vec![("DM_*".into(), "*-tpool".into())]));
+        assert!(!m(
+            |m| m.properties = vec![("DM_NAME".into(), "other*".into())]
+        ));
+        assert!(!m(|m| m.properties = vec![
+            ("ID_FS_TYPE".into(), "ext4".into()),
+            ("DM_UUID".into(), "*".into())
+        ]));
+    }
+
+    #[test]
+    fn a_property_set_larger_than_a_packet_drops_whole_properties_and_counts_them() {
+        let values: Vec<String> = (0..400)
+            .map(|i| format!("value-{i:04}-{}", "x".repeat(20)))
+            .collect();
+        let keys: Vec<String> = (0..400).map(|i| format!("PROP_{i:04}")).collect();
+        let d = disk(
+            keys.iter()
+                .map(String::as_str)
+                .zip(values.iter().map(String::as_str))
+                .collect(),
+        );
+        let bytes = encode(&d, None);
+        assert!(bytes.len() <= MAX_RECORD_LEN);
+        let record = Record::parse(&bytes).unwrap();
+        assert_eq!(record.header.flags & FLAG_TRUNCATED, FLAG_TRUNCATED);
+        let kept: Vec<String> = record
+            .attrs()
+            .filter_map(|a| a.ok())
+            .filter(|a| a.id == attr::PROPERTY)
+            .map(|a| String::from_utf8(a.value.to_vec()).unwrap())
+            .collect();
+        let dropped = record.get_u32(attr::TRUNCATED).unwrap() as usize;
+        assert_eq!(
+            kept.len() + dropped,
+            400,
+            "every property is either whole in the record or counted"
+        );
+        assert_eq!(
+            kept[0],
+            format!("PROP_0000={}", values[0]),
+            "udev's order, first ones kept"
+        );
+        assert!(
+            kept.iter()
+                .all(|p| p.len() == "PROP_0000=".len() + values[0].len()),
+            "none is cut"
+        );
+        assert_eq!(
+            record.get_str(attr::SYSNAME).as_deref(),
+            Some("loop7"),
+            "fixed fields come first"
+        );
+    }
+
+    #[test]
+    fn own_attributes_are_not_repeated_as_properties_and_a_subset_is_honoured() {
+        let d = disk(vec![
+            ("ACTION", "add"),
+            ("DEVNAME", "/dev/loop7"),
+            ("ID_FS_TYPE", "ext4"),
+            ("DISKSEQ", "9"),
+        ]);
+        let props = |bytes: &[u8]| -> Vec<String> {
+            Record::parse(bytes)
+                .unwrap()
+                .attrs()
+                .filter_map(|a| a.ok())
+                .filter(|a| a.id == attr::PROPERTY)
+                .map(|a| String::from_utf8(a.value.to_vec()).unwrap())
+                .collect()
+        };
+        assert_eq!(props(&encode(&d, None)), ["ID_FS_TYPE=ext4", "DISKSEQ=9"]);
+        assert_eq!(
+            props(&encode(&d, Some(&["DISKSEQ".to_owned()]))),
+            ["DISKSEQ=9"]
+        );
+        assert!(
+            props(&encode(&d, Some(&[]))).is_empty(),
+            "an empty list means no properties"
+        );
+    }
+
+    #[test]
+    fn the_socket_filter_is_the_union_and_only_where_every_watch_has_one() {
+        let (wake_read, wake_write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        let shared = Arc::new(Shared {
+            source: EventSource::Udev,
+            leases: Mutex::new(Vec::new()),
+            publishing: Mutex::new(()),
+            wake_write,
+        });
+        let lease = |subsystem: Option<&str>, tag: Option<&str>| {
+            let matcher = Arc::new(DeviceMatch {
+                subsystem: subsystem.map(str::to_owned),
+                tag: tag.map(str::to_owned),
+                ..DeviceMatch::default()
+            });
+            let lease = Arc::new(FilterLease {
+                matcher,
+                shared: Arc::downgrade(&shared),
+            });
+            shared.leases.lock().unwrap().push(Arc::downgrade(&lease));
+            lease
+        };
+        assert_eq!(shared.wanted_filter(), None, "no watch, no socket");
+        let block = lease(Some("block"), Some("systemd"));
+        let usb = lease(Some("usb"), None);
+        let union = shared.wanted_filter().unwrap();
+        assert_eq!(
+            union.subsystems,
+            [("block".to_owned(), None), ("usb".to_owned(), None)]
+        );
+        assert!(
+            union.tags.is_empty(),
+            "the usb watch wants untagged devices too"
+        );
+        let everything = lease(None, None);
+        assert_eq!(shared.wanted_filter().unwrap(), SocketFilter::default());
+        drop((everything, usb));
+        let mut buf = [0u8; 8];
+        assert!(
+            nix::unistd::read(&wake_read, &mut buf).unwrap() > 0,
+            "a dropped watch wakes the thread"
+        );
+        let only_block = shared.wanted_filter().unwrap();
+        assert_eq!(
+            (only_block.subsystems.len(), only_block.tags.as_slice()),
+            (1, &["systemd".to_owned()][..])
+        );
+        drop(block);
+        assert_eq!(shared.wanted_filter(), None);
+    }
+}
