@@ -6,7 +6,9 @@
  * Written only from docs/protocol.md and watchd.h, as a check that they are enough.
  * Known string attributes print as-is, known numbers in decimal, anything else (an id
  * this program does not know, or a known id whose value has the wrong size) as
- * attr<decimal id>=<value bytes in hex>.
+ * attr<decimal id>=<value bytes in hex>. Attributes print in the record's order, and one
+ * that repeats prints each time: a device record's properties come out as
+ * property=KEY=VALUE property=KEY=VALUE ...
  *
  * Standard input is normally the read end of a subscription pipe, where each read()
  * returns exactly one record. It may also be a file or an ordinary pipe holding records

@@ -2,8 +2,9 @@
 //!
 //! The JSON form is generic: names come from `watchd_proto::names` and value layouts from
 //! `watchd_proto::attr::kind`, so attributes added to the protocol show up without changes
-//! here. The human form has words for META and mount records and falls back to
-//! `name=value` pairs for every other type.
+//! here. The one exception is the repeated `property` attribute of device records, which
+//! becomes a `properties` object (`{"KEY": "VALUE", …}`). The human form has words for META,
+//! mount and device records and falls back to `name=value` pairs for every other type.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -13,6 +14,9 @@ use watchd_client::Status;
 use watchd_proto::{
     Attr, AttrKind, FLAG_SNAPSHOT, FLAG_TRUNCATED, Record, RecordType, attr, meta, mount, names,
 };
+
+/// The JSON member that gathers a record's `property` attributes.
+const PROPERTIES: &str = "properties";
 
 /// A type's name, or its number when this version does not know it.
 fn type_name(t: u32) -> Cow<'static, str> {
@@ -50,53 +54,113 @@ fn attr_value(a: &Attr<'_>) -> Value {
     .unwrap_or_else(|| Value::from(hex(a.value)))
 }
 
-/// Writes a JSON object with its keys in the given order. A key given twice (an attribute
-/// that repeats) becomes one key whose value is the array of the values.
-fn json_object(fields: Vec<(Cow<'_, str>, Value)>) -> String {
-    let mut merged: Vec<(Cow<'_, str>, Value)> = Vec::with_capacity(fields.len());
-    for (key, value) in fields {
-        match merged.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, Value::Array(values))) => values.push(value),
-            Some((_, first)) => *first = Value::Array(vec![first.take(), value]),
-            None => merged.push((key, value)),
+/// A JSON object that keeps its members in the order they were added (serde_json's own map
+/// sorts them). A key pushed twice (an attribute that repeats) becomes one member whose
+/// value is the array of the values.
+#[derive(Debug, Default)]
+struct Object<'a> {
+    members: Vec<(Cow<'a, str>, Member<'a>)>,
+}
+
+#[derive(Debug)]
+enum Member<'a> {
+    Value(Value),
+    Object(Object<'a>),
+}
+
+impl<'a> Object<'a> {
+    fn push(&mut self, key: impl Into<Cow<'a, str>>, value: Value) {
+        let key = key.into();
+        let existing = self.members.iter_mut().find_map(|(k, m)| match m {
+            Member::Value(v) if *k == key => Some(v),
+            _ => None,
+        });
+        match existing {
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => *first = Value::Array(vec![first.take(), value]),
+            None => self.members.push((key, Member::Value(value))),
         }
     }
-    let mut out = String::from("{");
-    for (i, (key, value)) in merged.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+
+    /// The nested object under `key`, added (empty, at the end) the first time.
+    fn object(&mut self, key: &'a str) -> &mut Object<'a> {
+        let at = match self
+            .members
+            .iter()
+            .position(|(k, m)| k == key && matches!(m, Member::Object(_)))
+        {
+            Some(at) => at,
+            None => {
+                self.members
+                    .push((key.into(), Member::Object(Object::default())));
+                self.members.len() - 1
+            }
+        };
+        match &mut self.members[at].1 {
+            Member::Object(object) => object,
+            Member::Value(_) => unreachable!("position() found an object"),
         }
-        out.push_str(&Value::from(key.as_ref()).to_string());
-        out.push(':');
-        out.push_str(&value.to_string());
     }
-    out.push('}');
-    out
+
+    fn write(&self, out: &mut String) {
+        out.push('{');
+        for (i, (key, member)) in self.members.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&Value::from(key.as_ref()).to_string());
+            out.push(':');
+            match member {
+                Member::Value(value) => out.push_str(&value.to_string()),
+                Member::Object(object) => object.write(out),
+            }
+        }
+        out.push('}');
+    }
+
+    fn to_json(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
+    }
+}
+
+/// A `property` value, `KEY=VALUE`, as a member of the `properties` object: the key ends
+/// at the first `=`; a value without `=` (never written by watchd) has the value null.
+fn push_property(properties: &mut Object<'_>, a: &Attr<'_>) {
+    let text = String::from_utf8_lossy(a.value);
+    match text.split_once('=') {
+        Some((key, value)) => properties.push(key.to_owned(), Value::from(value)),
+        None => properties.push(text.into_owned(), Value::Null),
+    }
 }
 
 /// One record as one line of JSON (no newline): `type`, `event`, `tag`, `seq`, `time_ns`,
-/// `snapshot`, then every attribute by name.
+/// `snapshot`, then every attribute by name, in the record's order. The `property`
+/// attributes (device records) are gathered into one `properties` object, `{"KEY":
+/// "VALUE", …}` in their order, placed where the first of them was; a key that occurs twice
+/// gets the array of its values.
 pub fn json_line(record: &Record<'_>) -> String {
     let h = &record.header;
-    let mut fields: Vec<(Cow<'_, str>, Value)> = vec![
-        (
-            "type".into(),
-            Value::from(type_name(h.record_type).as_ref()),
-        ),
-        (
-            "event".into(),
-            Value::from(subtype_name(h.record_type, h.subtype).as_ref()),
-        ),
-        ("tag".into(), Value::from(h.tag)),
-        ("seq".into(), Value::from(h.seq)),
-        ("time_ns".into(), Value::from(h.time_ns)),
-        ("snapshot".into(), Value::from(h.flags & FLAG_SNAPSHOT != 0)),
-    ];
+    let mut object = Object::default();
+    object.push("type", Value::from(type_name(h.record_type).as_ref()));
+    object.push(
+        "event",
+        Value::from(subtype_name(h.record_type, h.subtype).as_ref()),
+    );
+    object.push("tag", Value::from(h.tag));
+    object.push("seq", Value::from(h.seq));
+    object.push("time_ns", Value::from(h.time_ns));
+    object.push("snapshot", Value::from(h.flags & FLAG_SNAPSHOT != 0));
     // Record::parse has checked the attribute chain, so no item is an error.
     for a in record.attrs().filter_map(Result::ok) {
-        fields.push((attr_name(a.id), attr_value(&a)));
+        if a.id == attr::PROPERTY {
+            push_property(object.object(PROPERTIES), &a);
+        } else {
+            object.push(attr_name(a.id), attr_value(&a));
+        }
     }
-    json_object(fields)
+    object.to_json()
 }
 
 /// `HH:MM:SS.mmm` of `time_ns` (nanoseconds since the epoch) at `utc_offset` seconds east.
@@ -248,6 +312,50 @@ fn describe_mount(record: &Record<'_>) -> String {
     line
 }
 
+/// `device ACTION  SUBSYSTEM[/DEVTYPE]  SYSNAME  [DEVNODE]  [from=OLD_SYSPATH]  [driver=…]
+/// [event_source=kernel]  [seq=N]`. Properties are left to `--json`.
+fn describe_device(record: &Record<'_>) -> String {
+    let h = &record.header;
+    let mut line = format!("device {:<7}", subtype_name(h.record_type, h.subtype));
+    let mut push = |field: String| {
+        line.push_str("  ");
+        line.push_str(&field);
+    };
+    let subsystem = record
+        .get(attr::SUBSYSTEM)
+        .map_or_else(|| "?".to_owned(), |a| text(&a));
+    match record.get(attr::DEVTYPE) {
+        Some(devtype) => push(format!("{subsystem}/{}", text(&devtype))),
+        None => push(subsystem),
+    }
+    push(
+        record
+            .get(attr::SYSNAME)
+            .map_or_else(|| "?".to_owned(), |a| text(&a)),
+    );
+    if let Some(devnode) = record.get(attr::DEVNODE) {
+        push(text(&devnode));
+    }
+    if let Some(old) = record.get(attr::OLD_SYSPATH) {
+        push(format!("from={}", text(&old)));
+    }
+    if let Some(driver) = record.get(attr::DRIVER) {
+        push(format!("driver={}", text(&driver)));
+    }
+    // Said only when it is not the usual udev: raw kernel events lack udev's properties.
+    if let Some(source) = record
+        .get(attr::EVENT_SOURCE)
+        .filter(|a| a.value != b"udev")
+    {
+        push(format!("event_source={}", text(&source)));
+    }
+    // Snapshot records describe a device, not an event: their seqnum is 0.
+    if let Some(seqnum) = record.get_u64(attr::SEQNUM).filter(|n| *n != 0) {
+        push(format!("seq={seqnum}"));
+    }
+    line
+}
+
 /// `type event  name=value …` for records without a form of their own.
 fn describe_generic(record: &Record<'_>) -> String {
     let h = &record.header;
@@ -277,17 +385,19 @@ pub fn human_line(record: &Record<'_>, utc_offset: i64) -> String {
     let body = match h.record_type() {
         Some(RecordType::Meta) => describe_meta(record).unwrap_or_else(|| describe_generic(record)),
         Some(RecordType::Mount) => describe_mount(record),
+        Some(RecordType::Device) => describe_device(record),
         _ => describe_generic(record),
     };
     line.push_str(body.trim_end());
     if h.flags & FLAG_TRUNCATED != 0 {
+        // What a device record leaves out is always properties.
+        let (one, many) = match h.record_type() {
+            Some(RecordType::Device) => ("property", "properties"),
+            _ => ("attribute", "attributes"),
+        };
         match record.get_u32(attr::TRUNCATED) {
             Some(n) => {
-                let _ = write!(
-                    line,
-                    "  [{} left out]",
-                    plural(n.into(), "attribute", "attributes")
-                );
+                let _ = write!(line, "  [{} left out]", plural(n.into(), one, many));
             }
             None => line.push_str("  [truncated]"),
         }
@@ -310,16 +420,13 @@ pub fn status_human(status: &Status) -> String {
 
 /// The status as one line of JSON (no newline).
 pub fn status_json(status: &Status) -> String {
-    json_object(vec![
-        ("version".into(), Value::from(status.version.as_str())),
-        ("sources".into(), Value::from(status.sources.clone())),
-        ("subscriptions".into(), Value::from(status.subscriptions)),
-        ("watches".into(), Value::from(status.watches)),
-        (
-            "authorization".into(),
-            Value::from(status.authorization.as_str()),
-        ),
-    ])
+    let mut object = Object::default();
+    object.push("version", Value::from(status.version.as_str()));
+    object.push("sources", Value::from(status.sources.clone()));
+    object.push("subscriptions", Value::from(status.subscriptions));
+    object.push("watches", Value::from(status.watches));
+    object.push("authorization", Value::from(status.authorization.as_str()));
+    object.to_json()
 }
 
 #[cfg(test)]
@@ -526,16 +633,327 @@ mod tests {
 
     #[test]
     fn truncated_records_say_so() {
-        let mut b = RecordBuilder::new(RecordType::Device, 0, 0, T);
+        let mut b = RecordBuilder::new(RecordType::File, 0, 0, T);
         b.put_u32(attr::TRUNCATED, 3).unwrap();
         b.set_flags(FLAG_TRUNCATED);
         let bytes = build(b, 1, 1);
         let record = parse(&bytes);
         assert_eq!(
             human_line(&record, 0),
-            "22:13:20.123  device 0  [3 attributes left out]"
+            "22:13:20.123  file 0  [3 attributes left out]"
         );
         assert!(json_line(&record).ends_with(r#","truncated":3}"#));
+
+        // The flag without the count still says something was left out.
+        let mut b = RecordBuilder::new(RecordType::File, 0, 0, T);
+        b.set_flags(FLAG_TRUNCATED);
+        let bytes = build(b, 1, 2);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  file 0  [truncated]"
+        );
+    }
+
+    /// A device record laid out as the daemon does: the fixed attributes, then one
+    /// `property` attribute per property.
+    struct Device {
+        subtype: u8,
+        flags: u8,
+        subsystem: &'static str,
+        devtype: Option<&'static str>,
+        sysname: &'static str,
+        syspath: &'static str,
+        seqnum: u64,
+        source: &'static str,
+        devnode: Option<&'static str>,
+        driver: Option<&'static str>,
+        old_syspath: Option<&'static str>,
+        devnum: Option<(u32, u32)>,
+        tags: Option<&'static str>,
+        properties: Vec<String>,
+        truncated: Option<u32>,
+    }
+
+    impl Device {
+        fn loop7(subtype: u8) -> Device {
+            Device {
+                subtype,
+                flags: 0,
+                subsystem: "block",
+                devtype: Some("disk"),
+                sysname: "loop7",
+                syspath: "/sys/devices/virtual/block/loop7",
+                seqnum: 4321,
+                source: "udev",
+                devnode: Some("/dev/loop7"),
+                driver: None,
+                old_syspath: None,
+                devnum: Some((7, 7)),
+                tags: Some("systemd"),
+                properties: vec!["DISKSEQ=12".into(), "ID_FS_TYPE=ext4".into()],
+                truncated: None,
+            }
+        }
+
+        fn build(&self, seq: u64) -> Vec<u8> {
+            let mut b = RecordBuilder::new(RecordType::Device, self.subtype, self.flags, T);
+            let action = names::subtype(RecordType::Device as u32, self.subtype).unwrap();
+            b.put_str(attr::ACTION, action).unwrap();
+            b.put_str(attr::SUBSYSTEM, self.subsystem).unwrap();
+            b.put_str(attr::SYSNAME, self.sysname).unwrap();
+            b.put_str(attr::SYSPATH, self.syspath).unwrap();
+            b.put_u64(attr::SEQNUM, self.seqnum).unwrap();
+            b.put_str(attr::EVENT_SOURCE, self.source).unwrap();
+            for (id, value) in [
+                (attr::DEVTYPE, self.devtype),
+                (attr::DEVNODE, self.devnode),
+                (attr::DRIVER, self.driver),
+                (attr::OLD_SYSPATH, self.old_syspath),
+            ] {
+                if let Some(value) = value {
+                    b.put_str(id, value).unwrap();
+                }
+            }
+            if let Some((major, minor)) = self.devnum {
+                b.put_u32(attr::MAJOR, major).unwrap();
+                b.put_u32(attr::MINOR, minor).unwrap();
+            }
+            if let Some(tags) = self.tags {
+                b.put_str(attr::TAGS, tags).unwrap();
+            }
+            for p in &self.properties {
+                b.put_str(attr::PROPERTY, p).unwrap();
+            }
+            if let Some(n) = self.truncated {
+                b.set_flags(FLAG_TRUNCATED);
+                b.put_u32(attr::TRUNCATED, n).unwrap();
+            }
+            build(b, 3, seq)
+        }
+    }
+
+    #[test]
+    fn device_add_and_remove_human() {
+        use watchd_proto::device;
+        let bytes = Device::loop7(device::ADD).build(1);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  device add      block/disk  loop7  /dev/loop7  seq=4321"
+        );
+
+        // A USB interface: no device type given, no node, a driver.
+        let usb = Device {
+            subsystem: "usb",
+            devtype: None,
+            sysname: "1-1:1.0",
+            syspath: "/sys/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0",
+            seqnum: 4400,
+            devnode: None,
+            driver: Some("usb-storage"),
+            devnum: None,
+            tags: None,
+            properties: vec!["INTERFACE=8/6/80".into()],
+            ..Device::loop7(device::REMOVE)
+        };
+        let bytes = usb.build(2);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  device remove   usb  1-1:1.0  driver=usb-storage  seq=4400"
+        );
+        let bytes = Device {
+            subtype: device::BIND,
+            devtype: Some("usb_interface"),
+            ..usb
+        }
+        .build(3);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  device bind     usb/usb_interface  1-1:1.0  driver=usb-storage  seq=4400"
+        );
+    }
+
+    #[test]
+    fn device_change_and_move_human() {
+        use watchd_proto::device;
+        let bytes = Device::loop7(device::CHANGE).build(1);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  device change   block/disk  loop7  /dev/loop7  seq=4321"
+        );
+
+        // A network interface renamed by udev.
+        let bytes = Device {
+            subtype: device::MOVE,
+            subsystem: "net",
+            devtype: None,
+            sysname: "enp0s3",
+            syspath: "/sys/devices/pci0000:00/0000:00:03.0/net/enp0s3",
+            seqnum: 2210,
+            devnode: None,
+            driver: None,
+            old_syspath: Some("/sys/devices/pci0000:00/0000:00:03.0/net/eth0"),
+            devnum: None,
+            tags: None,
+            properties: vec!["INTERFACE=enp0s3".into(), "IFINDEX=2".into()],
+            ..Device::loop7(device::MOVE)
+        }
+        .build(2);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  device move     net  enp0s3  from=/sys/devices/pci0000:00/0000:00:03.0/net/eth0  seq=2210"
+        );
+    }
+
+    #[test]
+    fn device_snapshot_and_kernel_source_human() {
+        use watchd_proto::device;
+        // A device of the initial state: its seqnum is 0, which is not shown.
+        let bytes = Device {
+            flags: FLAG_SNAPSHOT,
+            seqnum: 0,
+            ..Device::loop7(device::ADD)
+        }
+        .build(1);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  [snapshot] device add      block/disk  loop7  /dev/loop7"
+        );
+        // Raw kernel events (no udevd) say so; odd names are quoted.
+        let bytes = Device {
+            source: "kernel",
+            sysname: "odd name",
+            devnode: Some("/dev/odd name"),
+            tags: None,
+            ..Device::loop7(device::OFFLINE)
+        }
+        .build(2);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            r#"22:13:20.123  device offline  block/disk  "odd name"  "/dev/odd name"  event_source=kernel  seq=4321"#
+        );
+        // Whatever is missing shows as `?`, never as a shifted column.
+        let bytes = build(
+            RecordBuilder::new(RecordType::Device, device::UNBIND, 0, T),
+            3,
+            3,
+        );
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  device unbind   ?  ?"
+        );
+    }
+
+    #[test]
+    fn truncated_device_record_counts_properties() {
+        use watchd_proto::device;
+        let bytes = Device {
+            truncated: Some(12),
+            ..Device::loop7(device::CHANGE)
+        }
+        .build(1);
+        let record = parse(&bytes);
+        assert_eq!(
+            human_line(&record, 0),
+            "22:13:20.123  device change   block/disk  loop7  /dev/loop7  seq=4321  [12 properties left out]"
+        );
+        assert!(
+            json_line(&record)
+                .ends_with(r#","properties":{"DISKSEQ":"12","ID_FS_TYPE":"ext4"},"truncated":12}"#),
+            "{}",
+            json_line(&record)
+        );
+        let bytes = Device {
+            truncated: Some(1),
+            ..Device::loop7(device::CHANGE)
+        }
+        .build(2);
+        assert!(human_line(&parse(&bytes), 0).ends_with("  [1 property left out]"));
+    }
+
+    #[test]
+    fn device_json() {
+        use watchd_proto::device;
+        let bytes = Device::loop7(device::ADD).build(7);
+        let line = json_line(&parse(&bytes));
+        assert_eq!(
+            line,
+            r#"{"type":"device","event":"add","tag":3,"seq":7,"time_ns":1700000000123456789,"snapshot":false,"action":"add","subsystem":"block","sysname":"loop7","syspath":"/sys/devices/virtual/block/loop7","seqnum":4321,"event_source":"udev","devtype":"disk","devnode":"/dev/loop7","major":7,"minor":7,"tags":"systemd","properties":{"DISKSEQ":"12","ID_FS_TYPE":"ext4"}}"#
+        );
+        // It is JSON, and the properties object is what jq would index.
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["properties"]["ID_FS_TYPE"], "ext4");
+        assert!(v.get("property").is_none());
+
+        // Values keep everything after the first '=', empty values stay empty strings, the
+        // order is the record's, a key given twice collects its values in an array, and an
+        // entry without '=' has the value null.
+        let bytes = Device {
+            old_syspath: Some("/sys/devices/virtual/block/loop6"),
+            properties: vec![
+                "Z_LAST_IN_ALPHABET=1".into(),
+                "DM_UUID=CRYPT-LUKS2-abc=def".into(),
+                "ID_FS_LABEL=".into(),
+                "DUP=a".into(),
+                "NOEQUALS".into(),
+                "DUP=b".into(),
+                "A \"quoted\" key=tab\\there".into(),
+            ],
+            ..Device::loop7(device::MOVE)
+        }
+        .build(8);
+        let line = json_line(&parse(&bytes));
+        assert!(
+            line.ends_with(
+                r#""old_syspath":"/sys/devices/virtual/block/loop6","major":7,"minor":7,"tags":"systemd","properties":{"Z_LAST_IN_ALPHABET":"1","DM_UUID":"CRYPT-LUKS2-abc=def","ID_FS_LABEL":"","DUP":["a","b"],"NOEQUALS":null,"A \"quoted\" key":"tab\\there"}}"#
+            ),
+            "{line}"
+        );
+        serde_json::from_str::<Value>(&line).unwrap();
+
+        // No properties at all: no `properties` member.
+        let bytes = Device {
+            properties: Vec::new(),
+            ..Device::loop7(device::REMOVE)
+        }
+        .build(9);
+        assert!(json_line(&parse(&bytes)).ends_with(r#","tags":"systemd"}"#));
+    }
+
+    /// The `properties` object sits where the first `property` attribute was, and other
+    /// attributes, known or not, keep the generic form around it.
+    #[test]
+    fn properties_object_keeps_the_record_order() {
+        use watchd_proto::device;
+        let mut b = RecordBuilder::new(RecordType::Device, device::CHANGE, 0, T);
+        b.put_str(attr::SUBSYSTEM, "block").unwrap();
+        b.put_str(attr::PROPERTY, "A=1").unwrap();
+        b.put(0x0f00, &[0xab]).unwrap();
+        b.put_str(attr::PROPERTY, "B=2").unwrap();
+        b.put(0x0f00, &[0xcd]).unwrap();
+        b.put_u64(attr::SEQNUM, 5).unwrap();
+        let bytes = build(b, 1, 1);
+        assert!(json_line(&parse(&bytes)).ends_with(
+            r#""subsystem":"block","properties":{"A":"1","B":"2"},"attr_0x0f00":["ab","cd"],"seqnum":5}"#
+        ));
+        // No attribute or header field is called `properties`, so nothing can collide.
+        assert!((0..=u16::MAX).all(|id| names::attribute(id) != Some(PROPERTIES)));
+    }
+
+    /// The JSON lines docs/watchctl.md shows are what `json_line` prints.
+    #[test]
+    fn json_examples_in_the_manual_are_real() {
+        let manual = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/watchctl.md"),
+        )
+        .unwrap();
+        let examples: Vec<&str> = manual
+            .lines()
+            .filter(|l| l.starts_with("{\"type\":"))
+            .collect();
+        let mut device = Device::loop7(watchd_proto::device::ADD).build(7);
+        stamp(&mut device, 1, 7);
+        let expected = [json_line(&parse(&device)), json_line(&parse(&attach(0)))];
+        assert_eq!(examples, expected);
     }
 
     #[test]

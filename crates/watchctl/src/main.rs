@@ -62,6 +62,30 @@ enum WatchKind {
         #[command(flatten)]
         common: WatchArgs,
     },
+    /// Devices appearing, going away or changing (udev events): add, remove, change, move,
+    /// online, offline, bind, unbind
+    Devices {
+        /// Only devices of this subsystem, and of this device type when given: block,
+        /// block/partition, usb/usb_device
+        #[arg(long, value_name = "S[/DEVTYPE]", value_parser = parse_subsystem)]
+        subsystem: Option<String>,
+
+        /// Only devices with this udev tag, e.g. systemd, uaccess
+        #[arg(long, value_name = "T", value_parser = parse_nonempty)]
+        tag: Option<String>,
+
+        /// Only devices with a property matching KEY=GLOB (globs in key and value, e.g.
+        /// ID_FS_TYPE=ext*, DM_*=*); when repeated, every one must match
+        #[arg(long = "property", value_name = "K=GLOB", value_parser = parse_property)]
+        properties: Vec<String>,
+
+        /// Only devices whose kernel name matches this glob, e.g. sd*, loop[0-9]
+        #[arg(long, value_name = "GLOB", value_parser = parse_nonempty)]
+        sysname: Option<String>,
+
+        #[command(flatten)]
+        common: WatchArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -83,9 +107,71 @@ struct WatchArgs {
     #[arg(long, value_name = "N")]
     depth: Option<u32>,
 
-    /// Tag of the watch, carried by its records
-    #[arg(long, value_name = "T", default_value_t = 1)]
-    tag: u64,
+    /// Number the watch's records carry (the JSON tag field), not zero
+    #[arg(
+        long = "watch-tag",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    watch_tag: u64,
+}
+
+/// `--subsystem`: `S` or `S/DEVTYPE`, neither empty.
+fn parse_subsystem(value: &str) -> Result<String, String> {
+    let ok = match value.split_once('/') {
+        Some((subsystem, devtype)) => {
+            !subsystem.is_empty() && !devtype.is_empty() && !devtype.contains('/')
+        }
+        None => !value.is_empty(),
+    };
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("expected a subsystem, or SUBSYSTEM/DEVTYPE (e.g. block or block/partition)".into())
+    }
+}
+
+/// `--property`: `KEY=GLOB` with a key; the glob may be empty (an empty value).
+fn parse_property(value: &str) -> Result<String, String> {
+    match value.split_once('=') {
+        Some((key, _)) if !key.is_empty() => Ok(value.to_owned()),
+        _ => Err("expected KEY=GLOB, e.g. ID_FS_TYPE=ext4 or 'DM_*=*'".into()),
+    }
+}
+
+fn parse_nonempty(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+/// The `AddWatch` options of a `devices` watch: only those given are sent.
+fn device_options(
+    subsystem: Option<String>,
+    tag: Option<String>,
+    properties: Vec<String>,
+    sysname: Option<String>,
+    common: &WatchArgs,
+) -> WatchOptions {
+    let mut options = WatchOptions::new()
+        .initial(common.initial)
+        .interactive(common.interactive);
+    if let Some(subsystem) = subsystem {
+        options = options.option("subsystem", subsystem);
+    }
+    if let Some(tag) = tag {
+        options = options.option("tag", tag);
+    }
+    if !properties.is_empty() {
+        options = options.option("property", properties);
+    }
+    if let Some(sysname) = sysname {
+        options = options.option("sysname", sysname);
+    }
+    options
 }
 
 /// How a command that did not fail ended.
@@ -180,6 +266,19 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
             watch(cli.bus_address.as_deref(), "mounts", &options, &common).await
         }
+        Command::Watch {
+            kind:
+                WatchKind::Devices {
+                    subsystem,
+                    tag,
+                    properties,
+                    sysname,
+                    common,
+                },
+        } => {
+            let options = device_options(subsystem, tag, properties, sysname, &common);
+            watch(cli.bus_address.as_deref(), "devices", &options, &common).await
+        }
     }
 }
 
@@ -198,7 +297,9 @@ async fn watch(
         let subscription = client
             .subscribe(SubscribeOptions { depth: args.depth })
             .await?;
-        subscription.add_watch(args.tag, kind, options).await?;
+        subscription
+            .add_watch(args.watch_tag, kind, options)
+            .await?;
         print_events(subscription.into_events(), args).await
     };
     tokio::select! {
@@ -238,7 +339,7 @@ async fn print_events(
             Err(e) => return Err(e).context("stdout"),
         }
         let h = event.header();
-        if h.tag == args.tag && h.is(RecordType::Meta, meta::REMOVAL) {
+        if h.tag == args.watch_tag && h.is(RecordType::Meta, meta::REMOVAL) {
             // The watch has ended; nothing more will come for it.
             return Ok(Outcome::Done);
         }
@@ -291,7 +392,7 @@ mod tests {
             "--json",
             "--depth",
             "64",
-            "--tag",
+            "--watch-tag",
             "7",
             "--bus-address",
             "unix:path=/tmp/bus",
@@ -306,7 +407,7 @@ mod tests {
         };
         assert_eq!(path, Some(PathBuf::from("/mnt")));
         assert!(common.initial && common.json);
-        assert_eq!((common.depth, common.tag), (Some(64), 7));
+        assert_eq!((common.depth, common.watch_tag), (Some(64), 7));
 
         let cli = Cli::try_parse_from(["watchctl", "watch", "mounts"]).unwrap();
         let Command::Watch {
@@ -316,7 +417,142 @@ mod tests {
             panic!("not watch mounts")
         };
         assert_eq!((path, common.initial, common.json), (None, false, false));
-        assert_eq!((common.depth, common.tag), (None, 1));
+        assert_eq!((common.depth, common.watch_tag), (None, 1));
+    }
+
+    fn parse_devices(args: &[&str]) -> Result<(WatchOptions, WatchArgs), clap::Error> {
+        let cli = Cli::try_parse_from(["watchctl", "watch", "devices"].iter().chain(args))?;
+        let Command::Watch {
+            kind:
+                WatchKind::Devices {
+                    subsystem,
+                    tag,
+                    properties,
+                    sysname,
+                    common,
+                },
+        } = cli.command
+        else {
+            panic!("not watch devices")
+        };
+        Ok((
+            device_options(subsystem, tag, properties, sysname, &common),
+            common,
+        ))
+    }
+
+    /// The kind's own options as sent: (key, D-Bus signature, value as text).
+    fn sent(options: &WatchOptions) -> Vec<(String, String, String)> {
+        options
+            .extra()
+            .map(|(key, value)| {
+                let value = zbus::Variant::try_from(value).unwrap();
+                let signature = value.value_signature().to_string();
+                let text = match signature.as_str() {
+                    "s" => String::try_from(value).unwrap(),
+                    "as" => Vec::<String>::try_from(value).unwrap().join(" | "),
+                    other => panic!("{key}: unexpected signature {other}"),
+                };
+                (key.to_owned(), signature, text)
+            })
+            .collect()
+    }
+
+    fn triple(key: &str, signature: &str, value: &str) -> (String, String, String) {
+        (key.into(), signature.into(), value.into())
+    }
+
+    #[test]
+    fn watch_devices_arguments() {
+        let (options, common) = parse_devices(&[
+            "--subsystem",
+            "block/partition",
+            "--tag",
+            "systemd",
+            "--property",
+            "DM_*=*",
+            "--sysname",
+            "dm-*",
+            "--property",
+            "ID_FS_TYPE=ext4",
+            "--property",
+            "ID_FS_LABEL=",
+            "--initial",
+            "--json",
+            "--depth",
+            "128",
+            "--watch-tag",
+            "9",
+        ])
+        .unwrap();
+        assert!(options.initial && !options.interactive);
+        assert!(common.initial && common.json);
+        assert_eq!((common.depth, common.watch_tag), (Some(128), 9));
+        assert_eq!(
+            sent(&options),
+            [
+                // In key order (the options are a map); `property` keeps its order.
+                triple("property", "as", "DM_*=* | ID_FS_TYPE=ext4 | ID_FS_LABEL="),
+                triple("subsystem", "s", "block/partition"),
+                triple("sysname", "s", "dm-*"),
+                triple("tag", "s", "systemd"),
+            ]
+        );
+
+        // Nothing given, nothing sent.
+        let (options, common) = parse_devices(&[]).unwrap();
+        assert!(sent(&options).is_empty());
+        assert!(!options.initial && !common.json);
+        assert_eq!((common.depth, common.watch_tag), (None, 1));
+
+        let (options, _) = parse_devices(&["--subsystem", "net", "--interactive"]).unwrap();
+        assert!(options.interactive);
+        assert_eq!(sent(&options), [triple("subsystem", "s", "net")]);
+        let (options, _) = parse_devices(&["--property", "A=1"]).unwrap();
+        assert_eq!(sent(&options), [triple("property", "as", "A=1")]);
+    }
+
+    #[test]
+    fn watch_devices_refuses_malformed_filters() {
+        for args in [
+            &["--property", "NOEQUALS"][..],
+            &["--property", "=x"],
+            &["--subsystem", ""],
+            &["--subsystem", "/disk"],
+            &["--subsystem", "block/"],
+            &["--subsystem", "a/b/c"],
+            &["--tag", ""],
+            &["--sysname", ""],
+            &["--tag"],
+            &["--watch-tag", "0"],
+            &["--watch-tag", "x"],
+            &["--path", "/mnt"],
+        ] {
+            let err = parse_devices(args).map(|_| ()).unwrap_err();
+            assert!(
+                matches!(
+                    err.kind(),
+                    clap::error::ErrorKind::ValueValidation
+                        | clap::error::ErrorKind::InvalidValue
+                        | clap::error::ErrorKind::UnknownArgument
+                ),
+                "{args:?}: {err}"
+            );
+        }
+    }
+
+    /// `--tag` is the udev tag of `watch devices`; the watch's own number is `--watch-tag`
+    /// everywhere, and `watch mounts` has no `--tag`.
+    #[test]
+    fn watch_tag_is_its_own_option() {
+        let err = Cli::try_parse_from(["watchctl", "watch", "mounts", "--tag", "7"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        let (options, common) = parse_devices(&["--tag", "7"]).unwrap();
+        assert_eq!(common.watch_tag, 1);
+        assert_eq!(sent(&options), [triple("tag", "s", "7")]);
+        let err =
+            Cli::try_parse_from(["watchctl", "watch", "mounts", "--watch-tag", "0"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

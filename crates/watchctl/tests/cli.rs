@@ -15,6 +15,11 @@ fn usage_mistakes_exit_2_and_point_at_the_usage() {
         &["watch"][..],
         &["watch", "mounts", "--depth", "many"],
         &["frobnicate"],
+        // `--tag` is the udev tag of `watch devices`; the watch's number is `--watch-tag`.
+        &["watch", "mounts", "--tag", "7"],
+        &["watch", "mounts", "--watch-tag", "0"],
+        &["watch", "devices", "--property", "NO_EQUALS_SIGN"],
+        &["watch", "devices", "--subsystem", "block/"],
     ] {
         let out = watchctl(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

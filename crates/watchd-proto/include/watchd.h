@@ -82,6 +82,16 @@ extern "C" {
 #define WATCHD_MOUNT_MOVE 2u
 #define WATCHD_MOUNT_CHANGE 3u
 
+/* WATCHD_TYPE_DEVICE: the uevent actions (WATCHD_ATTR_ACTION holds the same as text) */
+#define WATCHD_DEVICE_ADD 0u
+#define WATCHD_DEVICE_REMOVE 1u
+#define WATCHD_DEVICE_CHANGE 2u
+#define WATCHD_DEVICE_MOVE 3u
+#define WATCHD_DEVICE_ONLINE 4u
+#define WATCHD_DEVICE_OFFLINE 5u
+#define WATCHD_DEVICE_BIND 6u
+#define WATCHD_DEVICE_UNBIND 7u
+
 /* Bits of WATCHD_ATTR_CHANGED: CHANGE records, and MOVE when more than the place changed. */
 #define WATCHD_MOUNT_CHANGED_OPTIONS 0x1u
 #define WATCHD_MOUNT_CHANGED_SUPER_OPTIONS 0x2u
@@ -113,6 +123,20 @@ extern "C" {
 #define WATCHD_ATTR_OLD_MOUNT_POINT 0x001bu /* str */
 #define WATCHD_ATTR_MNT_NS 0x001cu          /* u64 */
 #define WATCHD_ATTR_CHANGED 0x001du         /* u32, WATCHD_MOUNT_CHANGED_* */
+
+/* Devices, 0x0040..0x005f (they use WATCHD_ATTR_MAJOR and WATCHD_ATTR_MINOR too) */
+#define WATCHD_ATTR_ACTION 0x0040u       /* str, e.g. "add" */
+#define WATCHD_ATTR_SUBSYSTEM 0x0041u    /* str, e.g. "block" */
+#define WATCHD_ATTR_DEVTYPE 0x0042u      /* str, e.g. "partition" */
+#define WATCHD_ATTR_SYSNAME 0x0043u      /* str, e.g. "sda1" */
+#define WATCHD_ATTR_SYSPATH 0x0044u      /* str, e.g. "/sys/devices/virtual/block/loop0" */
+#define WATCHD_ATTR_DEVNODE 0x0045u      /* str, e.g. "/dev/sda1" */
+#define WATCHD_ATTR_DRIVER 0x0046u       /* str */
+#define WATCHD_ATTR_SEQNUM 0x0047u       /* u64, the kernel's uevent sequence number */
+#define WATCHD_ATTR_TAGS 0x0048u         /* str, udev tags joined by ':' */
+#define WATCHD_ATTR_PROPERTY 0x0049u     /* str "KEY=VALUE", REPEATED: one per property */
+#define WATCHD_ATTR_OLD_SYSPATH 0x004au  /* str, MOVE */
+#define WATCHD_ATTR_EVENT_SOURCE 0x004bu /* str, "udev" or "kernel" */
 
 /* ---- Layouts ------------------------------------------------------------------------ */
 
@@ -351,6 +375,24 @@ static inline const unsigned char *watchd_attr_find(const void *record, uint16_t
 }
 
 /*
+ * The next attribute after attr with this id, or NULL: with watchd_attr_find(), walks an
+ * attribute that repeats (WATCHD_ATTR_PROPERTY) in order:
+ *
+ *     for (a = watchd_attr_find(rec, id); a; a = watchd_attr_find_next(rec, a, id)) ...
+ */
+static inline const unsigned char *watchd_attr_find_next(const void *record,
+							 const unsigned char *attr, uint16_t id)
+{
+	const unsigned char *a;
+
+	for (a = watchd_attr_next(record, attr); a != NULL; a = watchd_attr_next(record, a)) {
+		if (watchd_attr_id(a) == id)
+			return a;
+	}
+	return NULL;
+}
+
+/*
  * Typed values. Return 0, or -EINVAL when the value has the wrong size (treat that
  * attribute as absent).
  */
@@ -392,6 +434,7 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_MOUNT_ID:
 	case WATCHD_ATTR_PARENT_ID:
 	case WATCHD_ATTR_MNT_NS:
+	case WATCHD_ATTR_SEQNUM:
 		return WATCHD_KIND_U64;
 	case WATCHD_ATTR_TRUNCATED:
 	case WATCHD_ATTR_MAJOR:
@@ -408,6 +451,17 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_SUPER_OPTIONS:
 	case WATCHD_ATTR_PROPAGATION:
 	case WATCHD_ATTR_OLD_MOUNT_POINT:
+	case WATCHD_ATTR_ACTION:
+	case WATCHD_ATTR_SUBSYSTEM:
+	case WATCHD_ATTR_DEVTYPE:
+	case WATCHD_ATTR_SYSNAME:
+	case WATCHD_ATTR_SYSPATH:
+	case WATCHD_ATTR_DEVNODE:
+	case WATCHD_ATTR_DRIVER:
+	case WATCHD_ATTR_TAGS:
+	case WATCHD_ATTR_PROPERTY:
+	case WATCHD_ATTR_OLD_SYSPATH:
+	case WATCHD_ATTR_EVENT_SOURCE:
 		return WATCHD_KIND_STR;
 	default:
 		return WATCHD_KIND_UNKNOWN;
@@ -437,6 +491,18 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_OLD_MOUNT_POINT: return "old_mount_point";
 	case WATCHD_ATTR_MNT_NS: return "mnt_ns";
 	case WATCHD_ATTR_CHANGED: return "changed";
+	case WATCHD_ATTR_ACTION: return "action";
+	case WATCHD_ATTR_SUBSYSTEM: return "subsystem";
+	case WATCHD_ATTR_DEVTYPE: return "devtype";
+	case WATCHD_ATTR_SYSNAME: return "sysname";
+	case WATCHD_ATTR_SYSPATH: return "syspath";
+	case WATCHD_ATTR_DEVNODE: return "devnode";
+	case WATCHD_ATTR_DRIVER: return "driver";
+	case WATCHD_ATTR_SEQNUM: return "seqnum";
+	case WATCHD_ATTR_TAGS: return "tags";
+	case WATCHD_ATTR_PROPERTY: return "property";
+	case WATCHD_ATTR_OLD_SYSPATH: return "old_syspath";
+	case WATCHD_ATTR_EVENT_SOURCE: return "event_source";
 	default: return NULL;
 	}
 }
@@ -461,6 +527,8 @@ static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
 	static const char *const key[] = {"instantiated", "updated", "linked", "unlinked",
 					  "cleared", "revoked", "invalidated", "setattr"};
 	static const char *const mount[] = {"attach", "detach", "move", "change"};
+	static const char *const device[] = {"add",    "remove",  "change", "move",
+					     "online", "offline", "bind",   "unbind"};
 
 	switch (type) {
 	case WATCHD_TYPE_META:
@@ -469,6 +537,8 @@ static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
 		return subtype < sizeof key / sizeof key[0] ? key[subtype] : NULL;
 	case WATCHD_TYPE_MOUNT:
 		return subtype < sizeof mount / sizeof mount[0] ? mount[subtype] : NULL;
+	case WATCHD_TYPE_DEVICE:
+		return subtype < sizeof device / sizeof device[0] ? device[subtype] : NULL;
 	default:
 		return NULL;
 	}

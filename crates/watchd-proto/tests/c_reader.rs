@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use common::{STRICT, compile_snippet, run, run_on_file, stdout_lines, watchd_dump};
 use watchd_proto::{
     AttrKind, FLAG_SNAPSHOT, FLAG_TRUNCATED, HEADER_LEN, MAX_RECORD_LEN, RecordBuilder, RecordType,
-    VERSION, attr, key, meta, mount, names, stamp,
+    VERSION, attr, device, key, meta, mount, names, stamp,
 };
 
 const TIME: u64 = 1_767_225_600_123_456_789;
@@ -140,6 +140,75 @@ fn sample() -> Vec<(Vec<u8>, &'static str)> {
         rec,
         "seq=13 type=1193046 subtype=255 tag=18446744073709551615 flags=2 attr18=0800 \
          truncated=2",
+    ));
+
+    // A device MOVE as the daemon lays it out: fixed attributes, then the repeated
+    // PROPERTY attribute, each printed on its own (values may hold '=' and spaces).
+    let mut b = RecordBuilder::new(RecordType::Device, device::MOVE, 0, TIME);
+    b.put_str(attr::ACTION, "move")
+        .unwrap()
+        .put_str(attr::SUBSYSTEM, "net")
+        .unwrap()
+        .put_str(attr::SYSNAME, "enp0s3")
+        .unwrap()
+        .put_str(
+            attr::SYSPATH,
+            "/sys/devices/pci0000:00/0000:00:03.0/net/enp0s3",
+        )
+        .unwrap()
+        .put_u64(attr::SEQNUM, 2210)
+        .unwrap()
+        .put_str(attr::EVENT_SOURCE, "udev")
+        .unwrap()
+        .put_str(attr::DRIVER, "e1000")
+        .unwrap()
+        .put_str(
+            attr::OLD_SYSPATH,
+            "/sys/devices/pci0000:00/0000:00:03.0/net/eth0",
+        )
+        .unwrap()
+        .put_str(attr::PROPERTY, "INTERFACE=enp0s3")
+        .unwrap()
+        .put_str(attr::PROPERTY, "ID_MODEL_FROM_DATABASE=82540EM Gigabit")
+        .unwrap()
+        .put_str(attr::PROPERTY, "ID_NET_LINK_FILE=")
+        .unwrap()
+        .put_str(attr::PROPERTY, "X=a=b")
+        .unwrap();
+    out.push((
+        stamped(&b, 2, 14),
+        "seq=14 type=4 subtype=3 tag=2 flags=0 action=move subsystem=net sysname=enp0s3 \
+         syspath=/sys/devices/pci0000:00/0000:00:03.0/net/enp0s3 seqnum=2210 \
+         event_source=udev driver=e1000 \
+         old_syspath=/sys/devices/pci0000:00/0000:00:03.0/net/eth0 \
+         property=INTERFACE=enp0s3 property=ID_MODEL_FROM_DATABASE=82540EM Gigabit \
+         property=ID_NET_LINK_FILE= property=X=a=b",
+    ));
+
+    // A truncated device ADD with a device number and tags.
+    let mut b = RecordBuilder::new(RecordType::Device, device::ADD, FLAG_TRUNCATED, TIME);
+    b.put_str(attr::ACTION, "add")
+        .unwrap()
+        .put_str(attr::SUBSYSTEM, "block")
+        .unwrap()
+        .put_str(attr::DEVTYPE, "disk")
+        .unwrap()
+        .put_str(attr::DEVNODE, "/dev/loop7")
+        .unwrap()
+        .put_u32(attr::MAJOR, 7)
+        .unwrap()
+        .put_u32(attr::MINOR, 7)
+        .unwrap()
+        .put_str(attr::TAGS, "systemd")
+        .unwrap()
+        .put_str(attr::PROPERTY, "DISKSEQ=12")
+        .unwrap()
+        .put_u32(attr::TRUNCATED, 40)
+        .unwrap();
+    out.push((
+        stamped(&b, 2, 15),
+        "seq=15 type=4 subtype=0 tag=2 flags=2 action=add subsystem=block devtype=disk \
+         devnode=/dev/loop7 major=7 minor=7 tags=systemd property=DISKSEQ=12 truncated=40",
     ));
 
     out
@@ -369,6 +438,9 @@ int main(void)
     P(WATCHD_KEY_UNLINKED); P(WATCHD_KEY_CLEARED); P(WATCHD_KEY_REVOKED);
     P(WATCHD_KEY_INVALIDATED); P(WATCHD_KEY_SETATTR);
     P(WATCHD_MOUNT_ATTACH); P(WATCHD_MOUNT_DETACH); P(WATCHD_MOUNT_MOVE); P(WATCHD_MOUNT_CHANGE);
+    P(WATCHD_DEVICE_ADD); P(WATCHD_DEVICE_REMOVE); P(WATCHD_DEVICE_CHANGE); P(WATCHD_DEVICE_MOVE);
+    P(WATCHD_DEVICE_ONLINE); P(WATCHD_DEVICE_OFFLINE); P(WATCHD_DEVICE_BIND);
+    P(WATCHD_DEVICE_UNBIND);
     P(WATCHD_MOUNT_CHANGED_OPTIONS); P(WATCHD_MOUNT_CHANGED_SUPER_OPTIONS);
     P(WATCHD_MOUNT_CHANGED_PROPAGATION); P(WATCHD_MOUNT_CHANGED_PARENT);
     P(WATCHD_ATTR_LOST_COUNT); P(WATCHD_ATTR_FIRST_LOST_SEQ); P(WATCHD_ATTR_LOST_TYPES);
@@ -377,6 +449,10 @@ int main(void)
     P(WATCHD_ATTR_ROOT); P(WATCHD_ATTR_MOUNT_POINT); P(WATCHD_ATTR_FS_TYPE); P(WATCHD_ATTR_SOURCE);
     P(WATCHD_ATTR_MOUNT_OPTIONS); P(WATCHD_ATTR_SUPER_OPTIONS); P(WATCHD_ATTR_PROPAGATION);
     P(WATCHD_ATTR_OLD_MOUNT_POINT); P(WATCHD_ATTR_MNT_NS); P(WATCHD_ATTR_CHANGED);
+    P(WATCHD_ATTR_ACTION); P(WATCHD_ATTR_SUBSYSTEM); P(WATCHD_ATTR_DEVTYPE); P(WATCHD_ATTR_SYSNAME);
+    P(WATCHD_ATTR_SYSPATH); P(WATCHD_ATTR_DEVNODE); P(WATCHD_ATTR_DRIVER); P(WATCHD_ATTR_SEQNUM);
+    P(WATCHD_ATTR_TAGS); P(WATCHD_ATTR_PROPERTY); P(WATCHD_ATTR_OLD_SYSPATH);
+    P(WATCHD_ATTR_EVENT_SOURCE);
 
     for (id = 0; id <= 0xffff; id++) {
         const char *name = watchd_attr_name((uint16_t)id);
@@ -435,6 +511,19 @@ int main(void)
             RecordType::Mount,
             &[mount::ATTACH, mount::DETACH, mount::MOVE, mount::CHANGE],
         ),
+        (
+            RecordType::Device,
+            &[
+                device::ADD,
+                device::REMOVE,
+                device::CHANGE,
+                device::MOVE,
+                device::ONLINE,
+                device::OFFLINE,
+                device::BIND,
+                device::UNBIND,
+            ],
+        ),
     ] {
         let type_name = names::record_type(t as u32).unwrap().to_uppercase();
         for &s in subtypes {
@@ -486,6 +575,55 @@ int main(void)
     let got: Vec<&str> = got.lines().collect();
     let want: Vec<&str> = want.lines().collect();
     assert_eq!(got, want);
+}
+
+/// watchd_attr_find_next() walks a repeated attribute in order, past other ids.
+#[test]
+fn header_walks_a_repeated_attribute() {
+    if !have_cc() {
+        return;
+    }
+    let bin = compile_snippet(
+        "repeated",
+        r#"#include <stdio.h>
+#include "watchd.h"
+
+int main(void)
+{
+    static unsigned char buf[WATCHD_MAX_RECORD_LEN];
+    size_t n = fread(buf, 1, sizeof buf, stdin);
+    const unsigned char *a;
+
+    if (watchd_record_validate(buf, n) != 0)
+        return 1;
+    for (a = watchd_attr_find(buf, WATCHD_ATTR_PROPERTY); a != NULL;
+         a = watchd_attr_find_next(buf, a, WATCHD_ATTR_PROPERTY))
+        printf("%.*s\n", (int)watchd_attr_value_len(a), (const char *)watchd_attr_value(a));
+    return 0;
+}
+"#,
+        STRICT,
+    );
+    let mut b = RecordBuilder::new(RecordType::Device, device::CHANGE, 0, TIME);
+    b.put_str(attr::PROPERTY, "A=1")
+        .unwrap()
+        .put_str(attr::SUBSYSTEM, "block")
+        .unwrap()
+        .put_str(attr::PROPERTY, "B=")
+        .unwrap()
+        .put(0x7fff, b"x")
+        .unwrap()
+        .put_str(attr::PROPERTY, "C=3=3")
+        .unwrap()
+        .put_u64(attr::SEQNUM, 1)
+        .unwrap();
+    assert_eq!(
+        stdout_lines(&run(&bin, &[], &stamped(&b, 1, 1))),
+        ["A=1", "B=", "C=3=3"]
+    );
+    // None at all: the loop does not run.
+    let b = RecordBuilder::new(RecordType::Device, device::CHANGE, 0, TIME);
+    assert!(stdout_lines(&run(&bin, &[], &stamped(&b, 1, 2))).is_empty());
 }
 
 /// watchd_record_validate() classifies bad packets as Record::parse does.

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use watchd_proto::{AttrKind, RecordBuilder, RecordType, attr, meta, mount, names, stamp};
+use watchd_proto::{AttrKind, RecordBuilder, RecordType, attr, device, meta, mount, names, stamp};
 
 fn protocol_md() -> String {
     std::fs::read_to_string(common::workspace_root().join("docs/protocol.md"))
@@ -53,7 +53,7 @@ fn quoted_output(prefix: &str) -> Vec<String> {
     found[0].lines().map(str::to_owned).collect()
 }
 
-/// Section 10's first record: a mount DETACH.
+/// Section 11's first record: a mount DETACH.
 fn example_detach() -> Vec<u8> {
     let mut b = RecordBuilder::new(
         RecordType::Mount,
@@ -90,7 +90,7 @@ fn example_detach() -> Vec<u8> {
     rec
 }
 
-/// Section 10's second record: the LOSS for records 43 to 47.
+/// Section 11's second record: the LOSS for records 43 to 47.
 fn example_loss() -> Vec<u8> {
     let mut b = RecordBuilder::new(RecordType::Meta, meta::LOSS, 0, 1_767_225_600_200_000_000);
     b.put_u64(attr::LOST_COUNT, 5)
@@ -102,6 +102,51 @@ fn example_loss() -> Vec<u8> {
     let mut rec = b.finish();
     stamp(&mut rec, 0, 48);
     rec
+}
+
+/// Section 11's third record: a device CHANGE with two properties, laid out as the daemon
+/// does (fixed attributes, then the properties).
+fn example_device() -> Vec<u8> {
+    let mut b = RecordBuilder::new(
+        RecordType::Device,
+        device::CHANGE,
+        0,
+        1_767_225_600_250_000_000,
+    );
+    b.put_str(attr::ACTION, "change")
+        .unwrap()
+        .put_str(attr::SUBSYSTEM, "block")
+        .unwrap()
+        .put_str(attr::SYSNAME, "loop7")
+        .unwrap()
+        .put_str(attr::SYSPATH, "/sys/devices/virtual/block/loop7")
+        .unwrap()
+        .put_u64(attr::SEQNUM, 4321)
+        .unwrap()
+        .put_str(attr::EVENT_SOURCE, "udev")
+        .unwrap()
+        .put_str(attr::DEVTYPE, "disk")
+        .unwrap()
+        .put_str(attr::DEVNODE, "/dev/loop7")
+        .unwrap()
+        .put_u32(attr::MAJOR, 7)
+        .unwrap()
+        .put_u32(attr::MINOR, 7)
+        .unwrap()
+        .put_str(attr::TAGS, "systemd")
+        .unwrap()
+        .put_str(attr::PROPERTY, "DISKSEQ=12")
+        .unwrap()
+        .put_str(attr::PROPERTY, "ID_FS_TYPE=ext4")
+        .unwrap();
+    let mut rec = b.finish();
+    stamp(&mut rec, 3, 49);
+    rec
+}
+
+/// Every record section 11 shows, in order.
+fn examples() -> [Vec<u8>; 3] {
+    [example_detach(), example_loss(), example_device()]
 }
 
 /// `hexdump -C` of `bytes`, without the final offset line.
@@ -133,10 +178,7 @@ fn hexdump_c(bytes: &[u8]) -> String {
 #[test]
 fn hex_dumps_are_what_the_crate_writes() {
     let dumps = blocks_of("hexdump");
-    assert_eq!(
-        dumps,
-        [hexdump_c(&example_detach()), hexdump_c(&example_loss())]
-    );
+    assert_eq!(dumps, examples().map(|rec| hexdump_c(&rec)));
 }
 
 /// The rows of the Markdown table whose first cell matches `first`, split into cells.
@@ -218,7 +260,7 @@ fn python_decoder_works_on_a_packet_pipe() {
     };
     let dir = common::scratch();
     std::fs::write(dir.join("watchd_decode.py"), decoder).expect("write decoder");
-    let records = [example_detach(), example_loss()];
+    let records = examples();
     let mut args = vec![dir.to_str().expect("UTF-8 path").to_owned()];
     for (i, rec) in records.iter().enumerate() {
         let path = dir.join(format!("example-{i}.bin"));
@@ -269,7 +311,60 @@ fn dump_output_on_the_page_is_real() {
     if !common::have("cc") {
         return;
     }
-    let input = [example_detach(), example_loss()].concat();
+    let input = examples().concat();
     let out = common::run_on_file(common::watchd_dump(), "examples.bin", &input);
     assert_eq!(common::stdout_lines(&out), quoted_output("seq="));
+}
+
+/// The text of the section whose heading starts with `heading`, up to the next `## `.
+fn section(heading: &str) -> String {
+    let text = protocol_md();
+    let start = text
+        .find(&format!("\n{heading}"))
+        .unwrap_or_else(|| panic!("no section {heading:?}"));
+    let rest = &text[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
+    rest[..end].to_owned()
+}
+
+/// Section 10 says which attributes device records carry: every name it lists must be an
+/// attribute, and every device attribute (and the shared ones they use) must be listed.
+#[test]
+fn device_section_lists_the_device_attributes() {
+    let text = section("## 10. Device records");
+    let table: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("| attribute "))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert!(!table.is_empty(), "no attribute table in section 10");
+    let mut listed = BTreeSet::new();
+    for row in table {
+        let first = row.split('|').nth(1).expect("a first cell");
+        for name in first.split('`').skip(1).step_by(2) {
+            assert!(
+                (0..=u16::MAX).any(|id| names::attribute(id) == Some(name)),
+                "section 10 lists {name:?}, which is not an attribute"
+            );
+            assert!(listed.insert(name.to_owned()), "{name} listed twice");
+        }
+    }
+    let mut expected: BTreeSet<String> = (attr::ACTION..=attr::EVENT_SOURCE)
+        .map(|id| names::attribute(id).expect("a device attribute").to_owned())
+        .collect();
+    for id in [attr::MAJOR, attr::MINOR, attr::TRUNCATED] {
+        expected.insert(names::attribute(id).unwrap().to_owned());
+    }
+    assert_eq!(listed, expected);
+
+    // The subtype table names each action once, with its number.
+    for s in 0..=u8::MAX {
+        let Some(name) = names::subtype(RecordType::Device as u32, s) else {
+            continue;
+        };
+        let cell = format!("`{name}` ({s})");
+        assert_eq!(text.matches(&cell).count(), 1, "{cell} in section 10");
+        assert_eq!(device::from_action(name), Some(s));
+    }
 }
