@@ -412,10 +412,14 @@ pub fn status_human(status: &Status) -> String {
     } else {
         status.sources.join(", ")
     };
-    format!(
+    let mut text = format!(
         "version:       {}\nsources:       {sources}\nsubscriptions: {}\nwatches:       {}\nauthorization: {}\n",
         status.version, status.subscriptions, status.watches, status.authorization
-    )
+    );
+    for (kind, detail) in &status.source_details {
+        text.push_str(&format!("  {kind}: {detail}\n"));
+    }
+    text
 }
 
 /// The status as one line of JSON (no newline).
@@ -426,6 +430,12 @@ pub fn status_json(status: &Status) -> String {
     object.push("subscriptions", Value::from(status.subscriptions));
     object.push("watches", Value::from(status.watches));
     object.push("authorization", Value::from(status.authorization.as_str()));
+    let details: serde_json::Map<String, Value> = status
+        .source_details
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+        .collect();
+    object.push("source_details", Value::Object(details));
     object.to_json()
 }
 
@@ -971,14 +981,15 @@ mod tests {
             subscriptions: 2,
             watches: 5,
             authorization: "polkit".into(),
+            source_details: [("devices".to_owned(), "kernel uevents".to_owned())].into(),
         };
         assert_eq!(
             status_json(&status),
-            r#"{"version":"0.1.0","sources":["mounts","keys"],"subscriptions":2,"watches":5,"authorization":"polkit"}"#
+            r#"{"version":"0.1.0","sources":["mounts","keys"],"subscriptions":2,"watches":5,"authorization":"polkit","source_details":{"devices":"kernel uevents"}}"#
         );
         assert_eq!(
             status_human(&status),
-            "version:       0.1.0\nsources:       mounts, keys\nsubscriptions: 2\nwatches:       5\nauthorization: polkit\n"
+            "version:       0.1.0\nsources:       mounts, keys\nsubscriptions: 2\nwatches:       5\nauthorization: polkit\n  devices: kernel uevents\n"
         );
     }
 }

@@ -44,6 +44,9 @@ pub struct Status {
     /// Who decides whether a caller may set a watch: polkit, or the fallback to the polkit
     /// actions file's defaults when polkitd is absent.
     pub authorization: String,
+    /// For each kind, how its source gets its events, e.g. `devices` → "udev monitor …" or
+    /// "kernel uevents: udevd is not running …".
+    pub source_details: std::collections::BTreeMap<String, String>,
 }
 
 /// Options of `Subscribe`; only those that are set are sent.
@@ -115,6 +118,7 @@ impl Client {
             subscriptions: manager.subscriptions().await?,
             watches: manager.watches().await?,
             authorization: manager.authorization().await?,
+            source_details: manager.source_details().await?.into_iter().collect(),
         })
     }
 

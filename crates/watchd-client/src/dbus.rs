@@ -38,6 +38,9 @@ pub(crate) trait Manager {
 
     #[zbus(property(emits_changed_signal = "false"))]
     fn authorization(&self) -> zbus::Result<String>;
+
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn source_details(&self) -> zbus::Result<HashMap<String, String>>;
 }
 
 #[zbus::proxy(

@@ -179,6 +179,11 @@ impl FakeManager {
     }
 
     #[zbus(property)]
+    fn source_details(&self) -> std::collections::HashMap<String, String> {
+        [("mounts".to_owned(), "fake".to_owned())].into()
+    }
+
+    #[zbus(property)]
     fn watches(&self) -> u32 {
         self.0
             .lock()

@@ -570,6 +570,13 @@ impl<'a> Record<'a> {
         self.attrs().filter_map(Result::ok).find(|a| a.id == id)
     }
 
+    /// Every attribute with this id, in order (repeated ones, such as `attr::PROPERTY`).
+    pub fn get_all(&self, id: u16) -> impl Iterator<Item = Attr<'a>> + use<'a> {
+        self.attrs()
+            .filter_map(Result::ok)
+            .filter(move |a| a.id == id)
+    }
+
     pub fn get_u32(&self, id: u16) -> Option<u32> {
         self.get(id)?.as_u32()
     }

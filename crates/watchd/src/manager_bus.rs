@@ -140,7 +140,10 @@ pub struct SubscriptionObject {
 impl SubscriptionObject {
     /// AddWatch: records of this watch carry `tag` (non-zero, unique in the subscription).
     /// Options: "initial" (b) current state first, then SYNC; "filters" (a(utuu)) type,
-    /// subtype mask, flags mask, flags value; plus the kind's own (mounts: "path" (s)).
+    /// subtype mask, flags mask, flags value; plus the kind's own. mounts: "path" (s).
+    /// devices: "subsystem" (s, "S" or "S/DEVTYPE"), "tag" (s), "property" (as, "KEY=GLOB",
+    /// all must match), "sysname" (s, glob), "properties" (as: only these properties in the
+    /// records; an empty list gives none; absent gives all).
     async fn add_watch(
         &self,
         tag: Tag,
