@@ -7,10 +7,12 @@
 
 mod authorization;
 mod bad_requests;
+mod devices;
 mod interfaces;
 mod mount_events;
 mod pipe_contract;
 mod polkit_files;
+mod udev_harness;
 
 use std::time::Duration;
 
@@ -46,6 +48,8 @@ fn main() -> std::process::ExitCode {
     trials.extend(interfaces::trials());
     trials.extend(authorization::trials());
     trials.extend(polkit_files::trials());
+    trials.extend(udev_harness::trials());
+    trials.extend(devices::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 

@@ -19,6 +19,7 @@ use watchd_client::{EventStream, SubscribeOptions, WatchOptions};
 
 pub use libtest_mimic::{Arguments, Failed, Trial};
 pub mod polkit;
+pub mod udev;
 
 /// Root is needed for mounts and for owning the bus name under the real policy. Outside CI
 /// a non-root run skips with the reason printed; in CI (CI=true) it fails.

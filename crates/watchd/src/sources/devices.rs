@@ -15,7 +15,9 @@
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -34,6 +36,9 @@ const MAX_PATTERN_LEN: usize = 256;
 /// The monitor's receive buffer: a storm of uevents must not overflow the kernel socket
 /// while the daemon fans out (udevd itself asks for 128 MiB).
 const RECEIVE_BUFFER: usize = 128 * 1024 * 1024;
+/// How long AddWatch waits for the monitor thread to cover a new watch (it takes well under
+/// a millisecond; this only bounds a stuck thread).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where device events come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -297,12 +302,56 @@ struct SocketFilter {
 struct Shared {
     source: EventSource,
     leases: Mutex<Vec<Weak<FilterLease>>>,
+    /// Bumped by each new watch after its lease is in `leases`.
+    requested: AtomicU64,
+    /// The newest request the monitor socket reflects; a new watch waits for it, so that no
+    /// event after AddWatch returns can slip past a socket that did not cover it yet.
+    applied: Mutex<u64>,
+    applied_changed: Condvar,
     /// Held while a batch of events is published and while a snapshot is taken.
     publishing: Mutex<()>,
     wake_write: OwnedFd,
 }
 
 impl Shared {
+    fn new(source: EventSource, wake_write: OwnedFd) -> Shared {
+        Shared {
+            source,
+            leases: Mutex::new(Vec::new()),
+            requested: AtomicU64::new(0),
+            applied: Mutex::new(0),
+            applied_changed: Condvar::new(),
+            publishing: Mutex::new(()),
+            wake_write,
+        }
+    }
+
+    /// Registers a watch's lease and returns once the monitor socket covers it.
+    fn add_lease(&self, lease: &Arc<FilterLease>) -> Result<()> {
+        self.leases
+            .lock()
+            .expect("device leases poisoned")
+            .push(Arc::downgrade(lease));
+        let request = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake();
+        let applied = self.applied.lock().expect("device monitor state poisoned");
+        let (applied, _) = self
+            .applied_changed
+            .wait_timeout_while(applied, APPLY_TIMEOUT, |applied| *applied < request)
+            .expect("device monitor state poisoned");
+        if *applied < request {
+            return Err(Error::Failed(
+                "the device monitor did not take up the watch in time".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn mark_applied(&self, request: u64) {
+        *self.applied.lock().expect("device monitor state poisoned") = request;
+        self.applied_changed.notify_all();
+    }
+
     fn wake(&self) {
         // A full pipe already means "wake up"; nothing else can fail here.
         let _ = nix::unistd::write(&self.wake_write, &[1]);
@@ -339,12 +388,7 @@ pub struct DeviceSource {
 impl DeviceSource {
     pub fn start(hub: Arc<Hub>, source: EventSource) -> io::Result<Arc<DeviceSource>> {
         let (wake_read, wake_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-        let shared = Arc::new(Shared {
-            source,
-            leases: Mutex::new(Vec::new()),
-            publishing: Mutex::new(()),
-            wake_write,
-        });
+        let shared = Arc::new(Shared::new(source, wake_write));
         let follower = shared.clone();
         std::thread::Builder::new()
             .name("devices".into())
@@ -429,6 +473,8 @@ fn follow(shared: &Shared, hub: &Hub, wake: OwnedFd) {
     let mut current: Option<(SocketFilter, udev::MonitorSocket)> = None;
     let mut seen = Seen::default();
     loop {
+        // Read before the leases: a lease added after this has a higher request number.
+        let request = shared.requested.load(Ordering::SeqCst);
         let wanted = shared.wanted_filter();
         if wanted.as_ref() != current.as_ref().map(|(f, _)| f) {
             let next = match &wanted {
@@ -452,6 +498,7 @@ fn follow(shared: &Shared, hub: &Hub, wake: OwnedFd) {
             tracing::debug!(filter = ?wanted, "device monitor filter");
             current = next;
         }
+        shared.mark_applied(request);
         let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
         if let Some((_, socket)) = &current {
             fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
@@ -556,12 +603,7 @@ impl Source for DeviceSource {
             matcher: matcher.clone(),
             shared: Arc::downgrade(&self.shared),
         });
-        self.shared
-            .leases
-            .lock()
-            .expect("device leases poisoned")
-            .push(Arc::downgrade(&lease));
-        self.shared.wake();
+        self.shared.add_lease(&lease)?;
         Ok(Scope::Devices(DeviceScope {
             matcher,
             lease: Some(lease),
@@ -742,12 +784,7 @@ mod tests {
     fn the_socket_filter_is_the_union_and_only_where_every_watch_has_one() {
         let (wake_read, wake_write) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
-        let shared = Arc::new(Shared {
-            source: EventSource::Udev,
-            leases: Mutex::new(Vec::new()),
-            publishing: Mutex::new(()),
-            wake_write,
-        });
+        let shared = Arc::new(Shared::new(EventSource::Udev, wake_write));
         let lease = |subsystem: Option<&str>, tag: Option<&str>| {
             let matcher = Arc::new(DeviceMatch {
                 subsystem: subsystem.map(str::to_owned),
