@@ -475,6 +475,10 @@ async fn bad_options() -> Result<()> {
             WatchOptions::new().option("subsytem", "block"),
             "'subsytem'",
         ),
+        (
+            WatchOptions::new().option("sysname", "loop[0-9"),
+            "not a valid glob",
+        ),
     ];
     for (options, needle) in cases {
         let result = sub.add_watch(1, "devices", &options).await;

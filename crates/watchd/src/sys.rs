@@ -119,16 +119,3 @@ pub fn pidfd_is_alive(pidfd: BorrowedFd<'_>) -> bool {
     };
     ret == 0
 }
-
-/// `fnmatch(3)` with no flags: the shell-style globs udev rules use ("sd*", "DM_*").
-/// A pattern or name with a NUL byte matches nothing.
-pub fn fnmatch(pattern: &str, name: &str) -> bool {
-    let (Ok(pattern), Ok(name)) = (
-        std::ffi::CString::new(pattern),
-        std::ffi::CString::new(name),
-    ) else {
-        return false;
-    };
-    // SAFETY: both are NUL-terminated strings that live across the call; fnmatch only reads.
-    unsafe { libc::fnmatch(pattern.as_ptr(), name.as_ptr(), 0) == 0 }
-}

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
+use glob::Pattern;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, device};
@@ -28,7 +29,6 @@ use crate::event::{Event, Fields, Subject};
 use crate::hub::Hub;
 use crate::identity::Caller;
 use crate::sources::Source;
-use crate::sys;
 use crate::watch::{Kind, MAX_FILTERS, Options, Scope};
 
 /// Longest glob or name a watch may give; real subsystem names and properties are short.
@@ -199,16 +199,16 @@ impl DeviceInfo {
     }
 }
 
-/// What one watch selects. Every field given must match; globs are fnmatch(3)'s, as in udev
-/// rules.
+/// What one watch selects. Every field given must match; globs are shell-style, as in udev
+/// rules (`*`, `?`, `[...]`), compiled when the watch is set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceMatch {
     pub subsystem: Option<String>,
     pub devtype: Option<String>,
     pub tag: Option<String>,
     /// (key glob, value glob): some property must match each.
-    pub properties: Vec<(String, String)>,
-    pub sysname: Option<String>,
+    pub properties: Vec<(Pattern, Pattern)>,
+    pub sysname: Option<Pattern>,
     /// Only these properties go into the records (None: all).
     pub include: Option<Vec<String>>,
 }
@@ -221,14 +221,11 @@ impl DeviceMatch {
                 .as_ref()
                 .is_none_or(|t| Some(t) == d.devtype.as_ref())
             && self.tag.as_ref().is_none_or(|t| d.tags.contains(t))
-            && self
-                .sysname
-                .as_ref()
-                .is_none_or(|g| sys::fnmatch(g, &d.sysname))
+            && self.sysname.as_ref().is_none_or(|g| g.matches(&d.sysname))
             && self.properties.iter().all(|(key, value)| {
                 d.properties
                     .iter()
-                    .any(|(k, v)| sys::fnmatch(key, k) && sys::fnmatch(value, v))
+                    .any(|(k, v)| key.matches(k) && value.matches(v))
             })
     }
 
@@ -529,6 +526,17 @@ fn pattern(key: &str, value: String) -> Result<String> {
     Ok(value)
 }
 
+/// A glob option, compiled once; a malformed one is refused with the pattern named.
+fn glob(key: &str, value: String) -> Result<Pattern> {
+    let value = pattern(key, value)?;
+    Pattern::new(&value).map_err(|e| {
+        Error::invalid(format!(
+            "option '{key}': '{value}' is not a valid glob: {}",
+            e.msg
+        ))
+    })
+}
+
 fn list(options: &mut Options, key: &str) -> Result<Vec<String>> {
     let values = options.take_strings(key)?.unwrap_or_default();
     if values.len() > MAX_FILTERS {
@@ -571,12 +579,15 @@ impl Source for DeviceSource {
             .transpose()?;
         let sysname = options
             .take_string("sysname")?
-            .map(|s| pattern("sysname", s))
+            .map(|s| glob("sysname", s))
             .transpose()?;
         let properties = list(options, "property")?
             .into_iter()
             .map(|p| match p.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+                Some((k, v)) if !k.is_empty() => Ok((
+                    glob("property", k.to_owned())?,
+                    glob("property", v.to_owned())?,
+                )),
                 _ => Err(Error::invalid(format!(
                     "option 'property': '{p}' is not KEY=GLOB"
                 ))),
@@ -696,14 +707,24 @@ mod tests {
             m(|m| m.devtype = Some("disk".into())) && !m(|m| m.devtype = Some("partition".into()))
         );
         assert!(m(|m| m.tag = Some("systemd".into())) && !m(|m| m.tag = Some("seat".into())));
-        assert!(m(|m| m.sysname = Some("loop*".into())) && !m(|m| m.sysname = Some("sd?".into())));
-        assert!(m(|m| m.properties = vec![("DM_*".into(), "*-tpool".into())]));
-        assert!(!m(
-            |m| m.properties = vec![("DM_NAME".into(), "other*".into())]
-        ));
+        assert!(
+            m(|m| m.sysname = Some(Pattern::new("loop*").unwrap()))
+                && !m(|m| m.sysname = Some(Pattern::new("sd?").unwrap()))
+        );
+        assert!(m(|m| m.properties = vec![(
+            Pattern::new("DM_*").unwrap(),
+            Pattern::new("*-tpool").unwrap()
+        )]));
+        assert!(!m(|m| m.properties = vec![(
+            Pattern::new("DM_NAME").unwrap(),
+            Pattern::new("other*").unwrap()
+        )]));
         assert!(!m(|m| m.properties = vec![
-            ("ID_FS_TYPE".into(), "ext4".into()),
-            ("DM_UUID".into(), "*".into())
+            (
+                Pattern::new("ID_FS_TYPE").unwrap(),
+                Pattern::new("ext4").unwrap()
+            ),
+            (Pattern::new("DM_UUID").unwrap(), Pattern::new("*").unwrap())
         ]));
     }
 
