@@ -9,6 +9,7 @@ mod authorization;
 mod bad_requests;
 mod devices;
 mod interfaces;
+mod krb5_harness;
 mod mount_events;
 mod pipe_contract;
 mod polkit_files;
@@ -50,6 +51,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(polkit_files::trials());
     trials.extend(udev_harness::trials());
     trials.extend(devices::trials());
+    trials.extend(krb5_harness::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use watchd_client::{EventStream, SubscribeOptions, WatchOptions};
 
 pub use libtest_mimic::{Arguments, Failed, Trial};
+pub mod krb5;
 pub mod polkit;
 pub mod udev;
 
