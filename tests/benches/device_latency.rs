@@ -28,12 +28,20 @@
 //!   events of each run are a warm-up and are not counted. Every record also carries the
 //!   daemon's own time stamp (CLOCK_REALTIME, taken once it has parsed the event, before it
 //!   encodes and fans out). That stamp splits watchd's latency in two.
+//! - **Reference**: the same paced events to 100 plain libudev monitors with a thread each,
+//!   and no watchd subscriber: what 100 programs would do without watchd, each opening its
+//!   own monitor and parsing every event itself.
 //! - **Storm**: 10,000 events sent back to back on one socket while a depth-256 subscriber
 //!   and the libudev monitor read. Reported: the time from the first `sendto()` to the last
 //!   event each reader gets, and events/s. Any loss (LOSS records, gaps in the sequence
 //!   numbers, events missing) is counted and printed.
 //!
-//! It takes about 40 s on 2 cores and prints markdown tables.
+//! For each run it also reports CPU time per event: the daemon's (`/proc/PID/stat`), this
+//! process's (`getrusage`: the sender, the monitors, the readers) and everyone else's (busy
+//! time in `/proc/stat`, less those two). The last one shows other programs disturbing the
+//! run; a latency run where they took more than a tenth of a CPU is flagged.
+//!
+//! It takes about 50 s on 2 cores and prints markdown tables.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};

@@ -241,6 +241,8 @@ async fn filters() -> Result<()> {
             vec![
                 format!("ID_VENDOR_ID={}", udev::USB_VENDOR_ID),
                 "ID_MODEL=*".to_owned(),
+                // Other tests inject this vendor too: only this test's events carry this.
+                format!("WATCHD_TEST=filters-{}", std::process::id()),
             ],
         ),
     )
@@ -259,17 +261,23 @@ async fn filters() -> Result<()> {
             .option("sysname", "9-7*"),
     )
     .await?;
-    // Another vendor, another subsystem, a tagged one, and ours.
-    let other_vendor =
-        InjectedEvent::usb_storage_add(9, 1, udev::next_seqnum()).set("ID_VENDOR_ID", "dead");
+    // Another vendor, another subsystem, a tagged one, and ours; all marked as this test's.
+    let mark = format!("filters-{}", std::process::id());
+    let other_vendor = InjectedEvent::usb_storage_add(9, 1, udev::next_seqnum())
+        .set("ID_VENDOR_ID", "dead")
+        .set("WATCHD_TEST", &mark);
     let other_subsystem = InjectedEvent::change(
         "watchd-e2e-other",
         "/devices/virtual/watchd-e2e-other/x",
-        &[("ID_VENDOR_ID", udev::USB_VENDOR_ID)],
+        &[
+            ("ID_VENDOR_ID", udev::USB_VENDOR_ID),
+            ("WATCHD_TEST", &mark),
+        ],
     );
-    let tagged =
-        InjectedEvent::usb_storage_add(9, 2, udev::next_seqnum()).set("TAGS", ":watchd-e2e-seat:");
-    let ours = InjectedEvent::usb_storage_add(9, 7, udev::next_seqnum());
+    let tagged = InjectedEvent::usb_storage_add(9, 2, udev::next_seqnum())
+        .set("TAGS", ":watchd-e2e-seat:")
+        .set("WATCHD_TEST", &mark);
+    let ours = InjectedEvent::usb_storage_add(9, 7, udev::next_seqnum()).set("WATCHD_TEST", &mark);
     udev::inject_many([&other_vendor, &other_subsystem, &tagged, &ours])?;
     let first = next(&mut by_property).await?;
     ensure!(
@@ -363,10 +371,24 @@ async fn storm() -> Result<()> {
 
     // A first, small storm brings the daemon to its working size; the big one must not grow
     // it. Both are sent from another thread while the fast subscriber reads.
+    // The fast reader is a test task on a possibly loaded machine: the sender stays at most
+    // WINDOW events ahead of it, so it provably keeps up (its pipe holds 256) while the
+    // stalled subscriber, which reads nothing, still faces the whole storm.
+    const WINDOW: usize = 200;
     let storm = std::sync::Arc::new(storm);
+    let consumed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let send = |range: std::ops::Range<usize>| {
-        let storm = storm.clone();
-        tokio::task::spawn_blocking(move || udev::inject_many(&storm[range]))
+        let (storm, consumed) = (storm.clone(), consumed.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let injector = udev::Injector::new()?;
+            for i in range {
+                while i >= consumed.load(std::sync::atomic::Ordering::Acquire) + WINDOW {
+                    std::thread::yield_now();
+                }
+                injector.send(&storm[i])?;
+            }
+            Ok(())
+        })
     };
     const WARMUP: usize = 1000;
     let mut rss_before = 0;
@@ -385,6 +407,7 @@ async fn storm() -> Result<()> {
                 e.record().get_u64(attr::SEQNUM) == Some(seqnums[i]),
                 "record {i} in the order sent"
             );
+            consumed.store(i + 1, std::sync::atomic::Ordering::Release);
         }
         sender.await??;
         if phase == 0 {
