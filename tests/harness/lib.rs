@@ -290,7 +290,13 @@ impl Daemon {
         let config_file = dir.join("watchd.toml");
         std::fs::write(&config_file, config)?;
         let log = dir.join("watchd.log");
-        let mut command = Command::new(watchd_bin());
+        // The daemon runs with the capabilities the shipped unit leaves it, not all of root's,
+        // so a test fails where the service would.
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--bounding-set=-all,{}", unit_capabilities()?))
+            .arg("--")
+            .arg(watchd_bin());
         if via_environment {
             command.env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address);
         } else {
@@ -344,6 +350,20 @@ impl Daemon {
     pub fn fd_count(&self) -> Result<usize> {
         Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
     }
+}
+
+/// `systemd/watchd.service`'s CapabilityBoundingSet as setpriv takes it: "+sys_ptrace,…".
+pub fn unit_capabilities() -> Result<String> {
+    let unit = std::fs::read_to_string(repo().join("systemd/watchd.service"))?;
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .context("the unit has no CapabilityBoundingSet=")?;
+    let caps: Vec<String> = line
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    Ok(caps.join(","))
 }
 
 /// One test's world: scratch directory, bus, daemon.

@@ -11,7 +11,9 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -32,7 +34,7 @@ impl<'a> CallerProcess<'a> {
     /// through it would describe a stranger. An identity mismatch is refused outright.
     pub fn new(caller: &'a Caller) -> Result<Self> {
         match &caller.pidfd {
-            Some(pidfd) if sys::pidfd_is_alive(pidfd.as_fd()) => {}
+            Some(pidfd) if pidfd_is_alive(pidfd.as_fd()) => {}
             _ => return Err(gone(caller)),
         }
         let process = CallerProcess { caller };
@@ -72,7 +74,7 @@ impl<'a> CallerProcess<'a> {
     fn checked<T>(&self, entry: &str, open: impl FnOnce(PathBuf) -> io::Result<T>) -> Result<T> {
         let opened = open(self.path(entry));
         let pidfd = self.caller.pidfd.as_ref().expect("checked in new");
-        if !sys::pidfd_is_alive(pidfd.as_fd()) {
+        if !pidfd_is_alive(pidfd.as_fd()) {
             return Err(gone(self.caller));
         }
         opened.map_err(|e| {
@@ -109,6 +111,14 @@ impl<'a> CallerProcess<'a> {
     fn fs_groups(&self) -> Result<(u32, Vec<u32>)> {
         Ok((self.status_field("Gid:", 3)?, self.caller.gids.clone()))
     }
+}
+
+/// Whether the process behind `pidfd` still runs, i.e. a pid looked up before this call
+/// still names the same process. A pidfd polls readable once its process has exited; unlike
+/// signal 0 this needs no permission over the process (the service has no CAP_KILL).
+fn pidfd_is_alive(pidfd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
 }
 
 fn gone(caller: &Caller) -> Error {

@@ -103,19 +103,3 @@ pub fn setgroups_this_thread(groups: &[u32]) -> io::Result<()> {
     // SAFETY: the kernel reads `groups.len()` gid_t values from a live slice.
     cvt(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) }).map(drop)
 }
-
-/// `pidfd_send_signal(2)` with signal 0: whether the process behind `pidfd` still exists,
-/// i.e. a pid looked up before this call still names the same process.
-pub fn pidfd_is_alive(pidfd: BorrowedFd<'_>) -> bool {
-    // SAFETY: signal 0 sends nothing; null siginfo is allowed; no memory is shared.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    ret == 0
-}
