@@ -502,6 +502,10 @@ async fn bad_options() -> Result<()> {
             WatchOptions::new().option("sysname", "loop[0-9"),
             "not a valid glob",
         ),
+        (
+            WatchOptions::new().option("properties", vec!["ID_FS_TYPE".to_owned(); 33]),
+            "at most",
+        ),
     ];
     for (options, needle) in cases {
         let result = sub.add_watch(1, "devices", &options).await;

@@ -143,14 +143,24 @@ impl Authority {
         })
     }
 
+    /// polkitd counts as present when it owns its name or the bus can start it (it is
+    /// usually bus-activated). Only a bus that says neither lets the fallback decide; if the
+    /// bus cannot be asked, polkit is asked, and its failure is a refusal, not a fallback.
     async fn polkit_present(&self) -> bool {
         let Ok(dbus) = zbus::fdo::DBusProxy::new(&self.bus).await else {
-            return false;
+            return true;
         };
         let Ok(name) = zbus::names::BusName::try_from(POLKIT_NAME) else {
-            return false;
+            return true;
         };
-        dbus.name_has_owner(name).await.unwrap_or(false)
+        match dbus.name_has_owner(name).await {
+            Ok(true) => true,
+            Ok(false) => match dbus.list_activatable_names().await {
+                Ok(names) => names.iter().any(|n| n.as_str() == POLKIT_NAME),
+                Err(_) => true,
+            },
+            Err(_) => true,
+        }
     }
 
     /// Who decides right now.
@@ -168,7 +178,7 @@ impl Authority {
         match (self.mode, self.decider().await) {
             (Mode::Auto, Decider::Polkit) => "polkit".into(),
             (Mode::Auto, Decider::Fallback) => {
-                "fallback: polkitd is not on the bus, the actions file's defaults decide".into()
+                "fallback: polkitd is neither running nor activatable on this bus; the actions file's defaults decide".into()
             }
             (Mode::Polkit, _) => "polkit (forced by the configuration)".into(),
             (Mode::Fallback, _) => {

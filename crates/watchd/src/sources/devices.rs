@@ -537,15 +537,23 @@ fn glob(key: &str, value: String) -> Result<Pattern> {
     })
 }
 
-fn list(options: &mut Options, key: &str) -> Result<Vec<String>> {
-    let values = options.take_strings(key)?.unwrap_or_default();
+/// A list option, absent or not: at most MAX_FILTERS entries, each a valid pattern. Each
+/// entry is looked at for every event, so the count is bounded like the filters'.
+fn list(options: &mut Options, key: &str) -> Result<Option<Vec<String>>> {
+    let Some(values) = options.take_strings(key)? else {
+        return Ok(None);
+    };
     if values.len() > MAX_FILTERS {
         return Err(Error::invalid(format!(
             "option '{key}': {} entries; at most {MAX_FILTERS}",
             values.len()
         )));
     }
-    values.into_iter().map(|v| pattern(key, v)).collect()
+    values
+        .into_iter()
+        .map(|v| pattern(key, v))
+        .collect::<Result<_>>()
+        .map(Some)
 }
 
 impl Source for DeviceSource {
@@ -582,6 +590,7 @@ impl Source for DeviceSource {
             .map(|s| glob("sysname", s))
             .transpose()?;
         let properties = list(options, "property")?
+            .unwrap_or_default()
             .into_iter()
             .map(|p| match p.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok((
@@ -594,14 +603,7 @@ impl Source for DeviceSource {
             })
             .collect::<Result<Vec<_>>>()?;
         // Absent: every property; an empty list: none, only the fixed fields.
-        let include = match options.take_strings("properties")? {
-            None => None,
-            Some(keys) => Some(
-                keys.into_iter()
-                    .map(|k| pattern("properties", k))
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-        };
+        let include = list(options, "properties")?;
         let matcher = Arc::new(DeviceMatch {
             subsystem,
             devtype,

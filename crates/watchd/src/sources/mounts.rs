@@ -25,7 +25,7 @@ use crate::access::{self, CallerProcess, MountView};
 use crate::error::{Error, Result};
 use crate::event::{Event, Fields, Subject};
 use crate::hub::Hub;
-use crate::identity::Caller;
+use crate::identity::{Caller, Uid};
 use crate::sources::Source;
 use crate::watch::{Kind, Options, Scope};
 
@@ -348,7 +348,7 @@ pub struct ViewLease {
 
 pub struct MountSource {
     hub: Arc<Hub>,
-    views: Mutex<HashMap<MountView, Weak<ViewLease>>>,
+    views: Mutex<HashMap<(Uid, MountView), Weak<ViewLease>>>,
     next_view: AtomicU64,
 }
 
@@ -363,18 +363,28 @@ impl MountSource {
     }
 
     /// The lease on the caller's view, shared with every other watch on it.
-    fn lease(&self, process: &CallerProcess<'_>) -> Result<Arc<ViewLease>> {
-        let key = process.mount_view()?;
+    /// Views are shared only between callers of one uid: a caller cannot plant a view (say,
+    /// by changing namespace while it is being opened) that another user's watches join.
+    fn lease(&self, process: &CallerProcess<'_>, uid: Uid) -> Result<Arc<ViewLease>> {
+        let view = process.mount_view()?;
+        // The open file pins the namespace it was opened in; the view read on both sides of
+        // the open proves it is the one `view` names.
+        let file = process.mountinfo()?;
+        if process.mount_view()? != view {
+            return Err(Error::Failed(
+                "the caller changed mount namespace while its watch was being set".into(),
+            ));
+        }
+        let key = (uid, view);
         let mut views = self.views.lock().expect("mount views poisoned");
         views.retain(|_, lease| lease.strong_count() > 0);
         if let Some(lease) = views.get(&key).and_then(Weak::upgrade) {
             return Ok(lease);
         }
         let origin = Origin {
-            ns: key.ns,
+            ns: view.ns,
             view: self.next_view.fetch_add(1, Ordering::Relaxed),
         };
-        let file = process.mountinfo()?;
         let mut table = Table {
             mounts: Vec::new(),
             file,
@@ -395,7 +405,8 @@ impl MountSource {
             .spawn(move || follow(&follower, &hub, stop_read))
             .map_err(|e| Error::Failed(format!("cannot start a thread: {e}")))?;
         tracing::info!(
-            ns = key.ns,
+            ns = origin.ns,
+            uid = %uid,
             view = origin.view,
             "following a mount namespace"
         );
@@ -468,7 +479,7 @@ impl Source for MountSource {
             None => None,
             Some(path) => Some(access::resolve_path(caller, &path)?),
         };
-        let lease = self.lease(&CallerProcess::new(caller)?)?;
+        let lease = self.lease(&CallerProcess::new(caller)?, caller.uid)?;
         Ok(Scope::Mounts(MountScope {
             view: lease.view.origin.view,
             under,
