@@ -8,7 +8,7 @@
 //! it ends the subscription and frees everything, without waiting for the next event.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -44,38 +44,91 @@ struct Outlet {
     pipe: Arc<OwnedFd>,
     next_seq: u64,
     loss: Option<Loss>,
+    /// Records kept for the pipe, stamped and in order: an initial state larger than the pipe,
+    /// and what arrives behind it. The pipe task writes them as the client reads.
+    backlog: VecDeque<Vec<u8>>,
+    backlog_bytes: usize,
 }
 
+/// What to do with a record the pipe cannot take right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Overflow {
+    /// A live event for a client that is not keeping up: count it as lost.
+    Drop,
+    /// Part of a state the client asked for (snapshot, SYNC): keep it in the backlog.
+    Keep,
+}
+
+/// The most a subscription's backlog may hold, as much as the largest pipe; what would go
+/// beyond is lost and counted like any other loss.
+const MAX_BACKLOG_BYTES: usize = 1 << 20;
+
 impl Outlet {
-    /// Sends `record` (tag and seq still zero) stamped for this subscriber, LOSS first if
-    /// one is owed. `scratch` is the hub's one packet buffer, reused for every write.
+    fn new(pipe: Arc<OwnedFd>) -> Outlet {
+        Outlet {
+            pipe,
+            next_seq: 1,
+            loss: None,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+        }
+    }
+
+    /// Sends `record` (tag and seq still zero) stamped for this subscriber, after whatever
+    /// is owed (backlog, then LOSS). `scratch` is the hub's one packet buffer.
     fn deliver(
         &mut self,
         tag: Tag,
         record: &[u8],
         record_type: RecordType,
         scratch: &mut [u8],
+        overflow: Overflow,
     ) -> Sent {
-        if self.loss.is_some() {
-            match self.flush_loss(scratch) {
-                Sent::Delivered => {}
-                Sent::Full => {
-                    let seq = self.take_seq();
-                    self.count_lost(seq, record_type);
-                    return Sent::Full;
-                }
-                Sent::ReaderGone => return Sent::ReaderGone,
-            }
+        let owed = self.flush(scratch);
+        if owed == Sent::ReaderGone {
+            return Sent::ReaderGone;
         }
         let seq = self.take_seq();
         let packet = &mut scratch[..record.len()];
         packet.copy_from_slice(record);
         stamp(packet, tag, seq);
-        let sent = pipe::send(&*self.pipe, packet);
-        if sent == Sent::Full {
+        // Behind anything still owed, the record can only wait (or be lost): never overtake.
+        let sent = if owed == Sent::Full {
+            Sent::Full
+        } else {
+            pipe::send(&*self.pipe, packet)
+        };
+        if sent == Sent::Full && !self.keep(packet, overflow) {
             self.count_lost(seq, record_type);
         }
         sent
+    }
+
+    /// Queues a stamped packet when it is wanted and fits; records behind a non-empty
+    /// backlog queue too, to keep the order. Nothing queues behind a loss: LOSS comes next.
+    fn keep(&mut self, packet: &[u8], overflow: Overflow) -> bool {
+        let wanted = overflow == Overflow::Keep || !self.backlog.is_empty();
+        if !wanted || self.loss.is_some() || self.backlog_bytes + packet.len() > MAX_BACKLOG_BYTES {
+            return false;
+        }
+        self.backlog_bytes += packet.len();
+        self.backlog.push_back(packet.to_vec());
+        true
+    }
+
+    /// Writes what is owed, backlog first, then the LOSS record. `Delivered` when nothing is
+    /// owed any more.
+    fn flush(&mut self, scratch: &mut [u8]) -> Sent {
+        while let Some(packet) = self.backlog.front() {
+            match pipe::send(&*self.pipe, packet) {
+                Sent::Delivered => {
+                    self.backlog_bytes -= packet.len();
+                    self.backlog.pop_front();
+                }
+                other => return other,
+            }
+        }
+        self.flush_loss(scratch)
     }
 
     /// Writes the owed LOSS record, if any. It takes a sequence number only once written,
@@ -246,6 +299,7 @@ impl Hub {
                     &watch.record_for(event),
                     event.record_type,
                     &mut scratch[..],
+                    Overflow::Drop,
                 ) == Sent::ReaderGone
                 {
                     gone.push(*id);
@@ -297,11 +351,7 @@ impl Hub {
                 caller,
                 owner,
                 depth,
-                outlet: Outlet {
-                    pipe: write_end,
-                    next_seq: 1,
-                    loss: None,
-                },
+                outlet: Outlet::new(write_end),
                 watches: Vec::new(),
                 _stop_task: stop_task,
             },
@@ -393,13 +443,20 @@ impl Hub {
                 &watch.record_for(event),
                 event.record_type,
                 &mut scratch[..],
+                Overflow::Keep,
             ) == Sent::ReaderGone
             {
                 return Sent::ReaderGone;
             }
         }
         let sync = RecordBuilder::new(RecordType::Meta, meta::SYNC, 0, now_ns()).finish();
-        outlet.deliver(watch.tag, &sync, RecordType::Meta, &mut scratch[..])
+        outlet.deliver(
+            watch.tag,
+            &sync,
+            RecordType::Meta,
+            &mut scratch[..],
+            Overflow::Keep,
+        )
     }
 
     pub fn remove_watch(&self, id: SubscriptionId, tag: Tag) -> Result<()> {
@@ -440,7 +497,7 @@ impl Hub {
         }
     }
 
-    /// Called by the pipe task when the pipe has room again.
+    /// Called by the pipe task when the pipe has room again: the backlog, then the LOSS.
     fn pipe_drained(&self, id: SubscriptionId) {
         let mut state = self.lock();
         let State {
@@ -451,7 +508,7 @@ impl Hub {
         let Some(sub) = subscriptions.get_mut(&id) else {
             return;
         };
-        if sub.outlet.flush_loss(&mut scratch[..]) == Sent::ReaderGone {
+        if sub.outlet.flush(&mut scratch[..]) == Sent::ReaderGone {
             self.end(&mut state, id, "reader closed");
         }
     }
@@ -568,6 +625,41 @@ mod tests {
         assert_eq!(loss.header.seq, 11, "LOSS takes the number after the gap");
         let next = Record::parse(&after[1]).unwrap();
         assert_eq!(next.header.seq, 12);
+    }
+
+    #[tokio::test]
+    async fn an_initial_state_larger_than_the_pipe_arrives_whole_then_sync_then_live_events() {
+        let (hub, _ended) = Hub::new(Limits::default());
+        let sub = hub
+            .subscribe(Caller::with_credentials(Uid(1000)), 4)
+            .unwrap();
+        let snapshot: Vec<Event> = (0..10)
+            .map(|i| crate::sources::mounts::tests::attach_event(7, &format!("/mnt/{i}")))
+            .collect();
+        hub.add_watch(sub.id, watch(3), Some(&snapshot)).unwrap();
+        // A live event while the backlog is still being written waits behind it.
+        hub.publish(&crate::sources::mounts::tests::attach_event(7, "/live"));
+        let mut got = Vec::new();
+        for _ in 0..500 {
+            got.extend(read_all(&sub.read_end));
+            if got.len() >= 12 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let records: Vec<Record> = got.iter().map(|p| Record::parse(p).unwrap()).collect();
+        let seqs: Vec<u64> = records.iter().map(|r| r.header.seq).collect();
+        assert_eq!(seqs, (1..=12).collect::<Vec<_>>(), "in order, nothing lost");
+        assert!(
+            records[..10]
+                .iter()
+                .all(|r| r.header.is(RecordType::Mount, mount::ATTACH))
+        );
+        assert!(records[10].header.is(RecordType::Meta, meta::SYNC) && records[10].header.tag == 3);
+        assert_eq!(
+            records[11].get_str(attr::MOUNT_POINT).as_deref(),
+            Some("/live")
+        );
     }
 
     #[tokio::test]
