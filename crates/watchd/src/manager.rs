@@ -2,6 +2,7 @@
 //! resync watches, each decision logged with who asked.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use zbus_polkit::policykit1::Subject;
@@ -10,7 +11,7 @@ use crate::authority::{Action, Authority};
 use crate::conf::Config;
 use crate::error::{Error, Result};
 use crate::hub::{Hub, NewSubscription, SubscriptionId};
-use crate::identity::Caller;
+use crate::identity::{Caller, Uid};
 use crate::sources::Source;
 use crate::watch::{Kind, Options, Tag, Watch};
 
@@ -19,11 +20,15 @@ pub struct Manager {
     pub authority: Authority,
     sources: Vec<Arc<dyn Source>>,
     config: Config,
+    object_checks: std::sync::Mutex<HashMap<Uid, Arc<tokio::sync::Semaphore>>>,
 }
+
+/// Object checks (path resolution, /proc lookups, snapshots) one uid may run at once.
+const OBJECT_CHECKS_PER_UID: usize = 4;
 
 /// Who asks, as the authority sees them.
 pub struct Request<'a> {
-    pub caller: &'a Caller,
+    pub caller: &'a Arc<Caller>,
     /// The polkit subject for the caller (its bus name, or its pidfd when the bus vouched).
     pub subject: Subject,
     /// The call carried ALLOW_INTERACTIVE_AUTHORIZATION: polkit may ask for a password.
@@ -42,6 +47,7 @@ impl Manager {
             authority,
             sources,
             config,
+            object_checks: Default::default(),
         }
     }
 
@@ -170,27 +176,55 @@ impl Manager {
             .await?;
         let initial = options.take_bool("initial")?.unwrap_or(false);
         let filters = options.take_filters()?;
-        let scope = source.scope(&mut options, caller)?;
-        let mut known = vec!["initial", "filters"];
-        known.extend(source.option_names());
-        options.finish(&format!("kind '{kind}'"), &known)?;
-        let watch = Watch {
-            tag,
-            filters,
-            scope,
-        };
-        if !initial {
-            return self.hub.add_watch(id, watch, None);
-        }
-        let mut result = Ok(());
-        let scope = watch.scope.clone();
-        let mut watch = Some(watch);
-        source.with_snapshot(&scope, &mut |snapshot| {
-            result = self
-                .hub
-                .add_watch(id, watch.take().expect("called once"), Some(snapshot));
+        // The caller's objects are looked at off the async workers: a path into a filesystem
+        // that never answers (a stuck FUSE server) then holds up this call and a blocking
+        // thread, not the daemon. Each uid gets a few such threads, so it can only stall
+        // itself.
+        let _slot = self.object_check_slot(caller.uid).await;
+        let (source, caller, hub, kind) = (
+            source.clone(),
+            Arc::clone(caller),
+            self.hub.clone(),
+            kind.to_owned(),
+        );
+        let work = tokio::task::spawn_blocking(move || -> Result<()> {
+            let scope = source.scope(&mut options, &caller)?;
+            let mut known = vec!["initial", "filters"];
+            known.extend(source.option_names());
+            options.finish(&format!("kind '{kind}'"), &known)?;
+            let watch = Watch {
+                tag,
+                filters,
+                scope,
+            };
+            if !initial {
+                return hub.add_watch(id, watch, None);
+            }
+            let mut result = Ok(());
+            let scope = watch.scope.clone();
+            let mut watch = Some(watch);
+            source.with_snapshot(&scope, &mut |snapshot| {
+                result = hub.add_watch(id, watch.take().expect("called once"), Some(snapshot));
+            });
+            result
         });
-        result
+        work.await
+            .map_err(|e| Error::Failed(format!("setting up the watch failed: {e}")))?
+    }
+
+    /// One of the few object-check threads this uid may occupy at a time.
+    async fn object_check_slot(&self, uid: Uid) -> tokio::sync::OwnedSemaphorePermit {
+        let semaphore = self
+            .object_checks
+            .lock()
+            .expect("object check slots poisoned")
+            .entry(uid)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(OBJECT_CHECKS_PER_UID)))
+            .clone();
+        semaphore
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     pub fn remove_watch(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {

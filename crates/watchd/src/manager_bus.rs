@@ -29,7 +29,7 @@ pub fn subscription_path(id: SubscriptionId) -> OwnedObjectPath {
 
 /// The caller as polkit should see it: by pidfd and uid when the bus vouched for the pidfd,
 /// otherwise by bus name (polkitd then asks the bus itself).
-fn request<'a>(caller: &'a Caller, header: &Header<'_>) -> Result<Request<'a>> {
+fn request<'a>(caller: &'a Arc<Caller>, header: &Header<'_>) -> Result<Request<'a>> {
     let subject = match (&caller.pidfd, caller.pidfd_from_bus) {
         (Some(pidfd), true) => Subject::new_for_owner(pidfd, caller.uid.0),
         _ => Subject::new_for_message_header(header),
@@ -152,7 +152,7 @@ impl SubscriptionObject {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
-        let caller = caller(conn, &header).await?;
+        let caller = Arc::new(caller(conn, &header).await?);
         let request = request(&caller, &header)?;
         self.manager
             .add_watch(self.id, request, tag, &kind, Options::new(options)?)

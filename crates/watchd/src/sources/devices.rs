@@ -301,9 +301,10 @@ struct Shared {
     leases: Mutex<Vec<Weak<FilterLease>>>,
     /// Bumped by each new watch after its lease is in `leases`.
     requested: AtomicU64,
-    /// The newest request the monitor socket reflects; a new watch waits for it, so that no
-    /// event after AddWatch returns can slip past a socket that did not cover it yet.
-    applied: Mutex<u64>,
+    /// The newest request the monitor thread has acted on, and why the socket does not cover
+    /// it if it could not be opened. A new watch waits for its request, so that no event
+    /// after AddWatch returns can slip past a socket that did not cover it yet.
+    applied: Mutex<(u64, Option<String>)>,
     applied_changed: Condvar,
     /// Held while a batch of events is published and while a snapshot is taken.
     publishing: Mutex<()>,
@@ -316,7 +317,7 @@ impl Shared {
             source,
             leases: Mutex::new(Vec::new()),
             requested: AtomicU64::new(0),
-            applied: Mutex::new(0),
+            applied: Mutex::new((0, None)),
             applied_changed: Condvar::new(),
             publishing: Mutex::new(()),
             wake_write,
@@ -334,18 +335,21 @@ impl Shared {
         let applied = self.applied.lock().expect("device monitor state poisoned");
         let (applied, _) = self
             .applied_changed
-            .wait_timeout_while(applied, APPLY_TIMEOUT, |applied| *applied < request)
+            .wait_timeout_while(applied, APPLY_TIMEOUT, |(done, _)| *done < request)
             .expect("device monitor state poisoned");
-        if *applied < request {
-            return Err(Error::Failed(
+        match &*applied {
+            (done, _) if *done < request => Err(Error::Failed(
                 "the device monitor did not take up the watch in time".into(),
-            ));
+            )),
+            (_, Some(why)) => Err(Error::Failed(format!(
+                "cannot open the device monitor: {why}"
+            ))),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    fn mark_applied(&self, request: u64) {
-        *self.applied.lock().expect("device monitor state poisoned") = request;
+    fn mark_applied(&self, request: u64, failure: Option<String>) {
+        *self.applied.lock().expect("device monitor state poisoned") = (request, failure);
         self.applied_changed.notify_all();
     }
 
@@ -473,29 +477,36 @@ fn follow(shared: &Shared, hub: &Hub, wake: OwnedFd) {
         // Read before the leases: a lease added after this has a higher request number.
         let request = shared.requested.load(Ordering::SeqCst);
         let wanted = shared.wanted_filter();
+        let mut failure = None;
         if wanted.as_ref() != current.as_ref().map(|(f, _)| f) {
+            // On failure the old socket stays: it still covers every watch but the new one,
+            // whose AddWatch then fails (and whose lease, dropped, wakes us to settle back).
             let next = match &wanted {
-                None => None,
-                Some(filter) => match open_monitor(shared.source, filter) {
-                    Ok(socket) => Some((filter.clone(), socket)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot open the device monitor; retrying when watches change");
-                        None
+                None => Ok(None),
+                Some(filter) => {
+                    open_monitor(shared.source, filter).map(|socket| Some((filter.clone(), socket)))
+                }
+            };
+            match next {
+                Ok(next) => {
+                    seen = Seen {
+                        recording: true,
+                        numbers: HashSet::new(),
+                    };
+                    if let Some((_, old)) = &current {
+                        drain(old, hub, shared, &mut seen);
                     }
-                },
-            };
-            seen = Seen {
-                recording: true,
-                numbers: HashSet::new(),
-            };
-            if let Some((_, old)) = &current {
-                drain(old, hub, shared, &mut seen);
+                    seen.recording = false;
+                    tracing::debug!(filter = ?wanted, "device monitor filter");
+                    current = next;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the device monitor with a new filter; keeping the old one");
+                    failure = Some(e.to_string());
+                }
             }
-            seen.recording = false;
-            tracing::debug!(filter = ?wanted, "device monitor filter");
-            current = next;
         }
-        shared.mark_applied(request);
+        shared.mark_applied(request, failure);
         let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
         if let Some((_, socket)) = &current {
             fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
