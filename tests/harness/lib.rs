@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use watchd_client::{EventStream, SubscribeOptions, WatchOptions};
 
 pub use libtest_mimic::{Arguments, Failed, Trial};
@@ -313,29 +313,8 @@ impl Daemon {
                 watchd_bin().display()
             )
         })?;
-        let conn = zbus::connection::Builder::address(bus.address.as_str())
-            .build()
-            .await?;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Err(e) = process.check_running() {
-                bail!(
-                    "{e:#}; its log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if dbus
-                .name_has_owner("org.watchd.Watchd1".try_into()?)
-                .await?
-            {
-                return Ok(Daemon { process, log });
-            }
-            if Instant::now() > deadline {
-                bail!("watchd did not take its bus name within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_bus_name(&bus.address, "org.watchd.Watchd1", &mut process, &log).await?;
+        Ok(Daemon { process, log })
     }
 
     pub fn pid(&self) -> u32 {
@@ -412,6 +391,39 @@ impl Env {
         let mut command = Command::new(watchctl_bin());
         command.arg("--bus-address").arg(&self.bus.address);
         command
+    }
+}
+
+/// Waits (10 s at most) until the process `process` owns `name` on the bus at `address`;
+/// fails at once, with the process's log, if it exits first.
+pub async fn wait_for_bus_name(
+    address: &str,
+    name: &str,
+    process: &mut Process,
+    log: &Path,
+) -> Result<()> {
+    let conn = zbus::connection::Builder::address(address).build().await?;
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if let Err(e) = process.check_running() {
+            bail!("{e:#}; its log:\n{}", log_text());
+        }
+        if dbus.name_has_owner(name.try_into()?).await? {
+            let owner = dbus
+                .get_connection_unix_process_id(name.try_into()?)
+                .await?;
+            ensure!(
+                owner == process.pid(),
+                "{name} on {address} belongs to PID {owner}, not to the process started"
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{name} was not taken within 10 s; the log:\n{}", log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

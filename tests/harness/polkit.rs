@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use zbus::Variant;
@@ -172,33 +171,7 @@ impl Polkit {
             )
         })?;
 
-        let conn = zbus::connection::Builder::address(bus_address)
-            .build()
-            .await?;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Err(e) = process.check_running() {
-                bail!("{e:#}; its log:\n{}", read_log(&log));
-            }
-            if dbus.name_has_owner(BUS_NAME.try_into()?).await? {
-                let owner = dbus
-                    .get_connection_unix_process_id(BUS_NAME.try_into()?)
-                    .await?;
-                ensure!(
-                    owner == process.pid(),
-                    "{BUS_NAME} on {bus_address} belongs to PID {owner}, not to this polkitd"
-                );
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "polkitd did not take {BUS_NAME} within 10 s; its log:\n{}",
-                    read_log(&log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::wait_for_bus_name(bus_address, BUS_NAME, &mut process, &log).await?;
         Ok(Polkit {
             process,
             log,
