@@ -37,9 +37,10 @@
 //!   numbers, events missing) is counted and printed.
 //!
 //! For each run it also reports CPU time per event: the daemon's (`/proc/PID/stat`), this
-//! process's (`getrusage`: the sender, the monitors, the readers) and everyone else's (busy
-//! time in `/proc/stat`, less those two). The last one shows other programs disturbing the
-//! run; a latency run where they took more than a tenth of a CPU is flagged.
+//! process's (`getrusage`: the sender, the monitors, the readers), everyone else's (busy
+//! time in `/proc/stat`, less those two) and the hypervisor's steal (`/proc/stat`). The last
+//! two show a run being disturbed; a latency run where they took more than a tenth of a CPU
+//! is flagged.
 //!
 //! It takes about 50 s on 2 cores and prints markdown tables.
 
@@ -368,12 +369,14 @@ impl Jitter {
 }
 
 /// CPU time used so far, in µs: by every CPU of the machine (busy, not idle or stolen), by
-/// this process (sender, monitors, readers) and by the daemon.
+/// this process (sender, monitors, readers) and by the daemon; and the time the hypervisor
+/// gave this machine's CPUs to someone else (steal).
 #[derive(Clone, Copy, Debug, Default)]
 struct CpuTimes {
     machine: u64,
     bench: u64,
     daemon: u64,
+    stolen: u64,
 }
 
 impl CpuTimes {
@@ -410,6 +413,7 @@ impl CpuTimes {
             .collect();
         Ok(CpuTimes {
             machine: ticks(busy),
+            stolen: ticks(*cpu.get(7).unwrap_or(&0)),
             bench: micros(usage.user_time()) + micros(usage.system_time()),
             daemon: ticks(fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0)),
         })
@@ -424,6 +428,8 @@ struct CpuPerEvent {
     bench: f64,
     /// Everything else on the machine: other programs disturbing the run.
     other: f64,
+    /// Time the hypervisor ran something else on this machine's CPUs.
+    stolen: f64,
 }
 
 impl CpuPerEvent {
@@ -436,11 +442,15 @@ impl CpuPerEvent {
             daemon: per_event(daemon),
             bench: per_event(bench),
             other: per_event(machine.saturating_sub(bench + daemon)),
+            stolen: per_event(after.stolen.saturating_sub(before.stolen)),
         }
     }
 
     fn show(&self) -> String {
-        format!("{:.0} / {:.0} / {:.0}", self.daemon, self.bench, self.other)
+        format!(
+            "{:.0} / {:.0} / {:.0} / {:.0}",
+            self.daemon, self.bench, self.other, self.stolen
+        )
     }
 }
 
@@ -933,12 +943,13 @@ impl LatencyRow {
         )
     }
 
-    /// Other programs used more than a tenth of a CPU while this row ran.
+    /// Other programs (or the hypervisor's steal) took more than a tenth of a CPU while
+    /// this row ran.
     fn disturbed(&self) -> Option<String> {
-        let share = self.cpu.other / (PACE.as_nanos() as f64 / 1000.0);
+        let share = (self.cpu.other + self.cpu.stolen) / (PACE.as_nanos() as f64 / 1000.0);
         (share > 0.1).then(|| {
             format!(
-                "other programs used {:.0}% of a CPU during the run with {}, {}: \
+                "other programs and steal took {:.0}% of a CPU during the run with {}, {}: \
                  its tail is theirs as much as watchd's; run again on a quiet machine",
                 share * 100.0,
                 self.subscribers,
@@ -1130,7 +1141,8 @@ fn report(machine: &Machine, rows: &[LatencyRow], reference: &MonitorsRow, storm
     println!(
         "\nWhere watchd's time goes (p50 / p99, µs; the daemon stamps each event once it has \
          parsed it), and CPU time per event during the run (µs: the daemon / this process: \
-         sender, libudev monitor and readers / everything else on the machine):\n"
+         sender, libudev monitor and readers / everything else on the machine / stolen by the \
+         hypervisor):\n"
     );
     println!(
         "| subscribers | reader | uevent → daemon's stamp (wake-up, recv, libudev parse) | stamp → read() (encode, pipe writes, reader wake-up) | max: libudev / watchd / added | CPU per event |"
