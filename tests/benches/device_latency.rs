@@ -223,45 +223,16 @@ async fn bench() -> Result<()> {
 // ---------------------------------------------------------------------------------------
 
 /// The daemon the harness starts is `target/<profile>/watchd`, beside this benchmark's
-/// directory. The harness refuses one older than its sources, with a hint for debug builds;
-/// this says what to run instead. Returns the profile.
+/// directory; the harness's freshness check, with the command to run instead. Returns the
+/// profile.
 fn check_daemon() -> Result<String> {
-    let exe = std::env::current_exe().context("current_exe")?;
-    let dir = exe
+    let daemon =
+        watchd_e2e::fresh_watchd().map_err(|e| anyhow!("{e:#}; build it first: {COMMAND}"))?;
+    Ok(daemon
         .parent()
-        .and_then(Path::parent)
-        .context("the benchmark is not in target/<profile>/deps")?;
-    let daemon = dir.join("watchd");
-    let built = std::fs::metadata(&daemon)
-        .and_then(|m| m.modified())
-        .map_err(|e| anyhow!("{}: {e}; build it first: {COMMAND}", daemon.display()))?;
-    let newest = ["crates/watchd/src", "crates/watchd-proto/src"]
-        .iter()
-        .filter_map(|dir| newest_file(&watchd_e2e::repo().join(dir)))
-        .max();
-    ensure!(
-        newest.is_none_or(|newest| newest <= built),
-        "{} is older than its sources; rebuild it: {COMMAND}",
-        daemon.display()
-    );
-    Ok(dir
-        .file_name()
+        .and_then(Path::file_name)
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default())
-}
-
-fn newest_file(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let time = if path.is_dir() {
-            newest_file(&path)
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(time);
-    }
-    newest
 }
 
 /// `count` subscriptions, each with one devices watch on `subsystem`; their pipes.

@@ -79,37 +79,46 @@ fn binary(name: &str) -> PathBuf {
 }
 
 pub fn watchd_bin() -> PathBuf {
-    fresh_binary("watchd", &["crates/watchd/src", "crates/watchd-proto/src"])
+    fresh_or_panic(fresh_watchd())
 }
 
 pub fn watchctl_bin() -> PathBuf {
-    fresh_binary(
+    fresh_or_panic(fresh_binary(
         "watchctl",
         &[
             "crates/watchctl/src",
             "crates/watchd-client/src",
             "crates/watchd-proto/src",
         ],
-    )
+    ))
+}
+
+/// The `watchd` beside this executable, if it exists and is at least as new as its sources.
+pub fn fresh_watchd() -> Result<PathBuf> {
+    fresh_binary("watchd", &["crates/watchd/src", "crates/watchd-proto/src"])
+}
+
+fn fresh_or_panic(binary: Result<PathBuf>) -> PathBuf {
+    binary.unwrap_or_else(|e| {
+        panic!("{e:#}: run `cargo build --workspace` (or `cargo test --workspace`)")
+    })
 }
 
 /// `cargo test -p watchd-e2e` does not rebuild the other packages' binaries, so a test could
 /// quietly run yesterday's daemon. A binary older than any of its sources is refused.
-fn fresh_binary(name: &str, sources: &[&str]) -> PathBuf {
+fn fresh_binary(name: &str, sources: &[&str]) -> Result<PathBuf> {
     let path = binary(name);
-    let built = std::fs::metadata(&path).and_then(|m| m.modified());
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("{} is missing", path.display()))?;
     let newest = sources
         .iter()
         .filter_map(|dir| newest_file(&repo().join(dir)))
         .max();
-    if let (Ok(built), Some(newest)) = (built, newest) {
-        assert!(
-            built >= newest,
-            "{} is older than its sources: run `cargo build --workspace` (or `cargo test --workspace`)",
-            path.display()
-        );
+    if newest.is_some_and(|newest| newest > built) {
+        bail!("{} is older than its sources", path.display());
     }
-    path
+    Ok(path)
 }
 
 fn newest_file(dir: &Path) -> Option<std::time::SystemTime> {

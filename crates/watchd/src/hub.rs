@@ -177,9 +177,8 @@ impl Outlet {
 }
 
 struct Subscription {
-    /// Who subscribed, as the bus reported them; kept for checks made at delivery.
+    /// Who subscribed, as the bus reported them.
     caller: Arc<Caller>,
-    owner: Uid,
     depth: u32,
     outlet: Outlet,
     watches: Vec<Watch>,
@@ -188,6 +187,10 @@ struct Subscription {
 }
 
 impl Subscription {
+    fn owner(&self) -> Uid {
+        self.caller.uid
+    }
+
     fn watch_mut(&mut self, tag: Tag) -> Option<&mut Watch> {
         self.watches.iter_mut().find(|w| w.tag == tag)
     }
@@ -222,11 +225,11 @@ impl State {
         let sub = self.subscriptions.remove(&id)?;
         let watches = sub.watches.len() as u32;
         self.watch_count -= watches;
-        let usage = self.usage(sub.owner);
+        let usage = self.usage(sub.owner());
         usage.subscriptions -= 1;
         usage.watches -= watches;
         if *usage == UidUsage::default() {
-            self.usage.remove(&sub.owner);
+            self.usage.remove(&sub.owner());
         }
         Some(sub)
     }
@@ -314,7 +317,7 @@ impl Hub {
 
     fn end(&self, state: &mut State, id: SubscriptionId, why: &str) {
         if let Some(sub) = state.remove(id) {
-            tracing::info!(subscription = id.0, uid = %sub.owner, reason = why, "subscription ended");
+            tracing::info!(subscription = id.0, uid = %sub.owner(), reason = why, "subscription ended");
             let _ = self.ended.send(id);
         }
     }
@@ -349,7 +352,6 @@ impl Hub {
             id,
             Subscription {
                 caller,
-                owner,
                 depth,
                 outlet: Outlet::new(write_end),
                 watches: Vec::new(),
@@ -376,7 +378,7 @@ impl Hub {
         let mut state = self.lock();
         let limits = &self.limits;
         let sub = state.subscriptions.get(&id).ok_or_else(|| gone(id))?;
-        let owner = sub.owner;
+        let owner = sub.owner();
         if sub.has_watch(watch.tag) {
             return Err(Error::DuplicateTag(format!(
                 "this subscription already has a watch tagged {}",
@@ -468,7 +470,7 @@ impl Hub {
             .position(|w| w.tag == tag)
             .ok_or_else(|| no_watch(tag))?;
         sub.watches.remove(at);
-        let owner = sub.owner;
+        let owner = sub.owner();
         state.watch_count -= 1;
         state.usage(owner).watches -= 1;
         Ok(())
