@@ -9,6 +9,8 @@ mod authorization;
 mod bad_requests;
 mod devices;
 mod interfaces;
+mod keys;
+mod krb5_events;
 mod krb5_harness;
 mod mount_events;
 mod pipe_contract;
@@ -52,6 +54,8 @@ fn main() -> std::process::ExitCode {
     trials.extend(udev_harness::trials());
     trials.extend(devices::trials());
     trials.extend(krb5_harness::trials());
+    trials.extend(keys::trials());
+    trials.extend(krb5_events::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 

@@ -94,6 +94,18 @@ pub mod key {
     pub const SETATTR: u8 = 7;
 }
 
+/// Subtypes of [`RecordType::Krb5`]: what happened to a Kerberos credential cache.
+pub mod krb5 {
+    /// A cache appeared (kinit into a new cache, or the first kinit of a collection).
+    pub const CREATED: u8 = 0;
+    /// A cache's credentials changed (kinit again, kinit -R, a new service ticket).
+    pub const CHANGED: u8 = 1;
+    /// Another cache of the collection became the primary one (kswitch).
+    pub const PRIMARY: u8 = 2;
+    /// A cache went away (kdestroy).
+    pub const DESTROYED: u8 = 3;
+}
+
 /// Subtypes of [`RecordType::Mount`].
 pub mod mount {
     /// A mount appeared.
@@ -222,6 +234,32 @@ pub mod attr {
     /// str: "udev" (after udevd's rules) or "kernel" (raw uevents, no udevd running).
     pub const EVENT_SOURCE: u16 = 0x004b;
 
+    // 0x0060..0x006f: keys.
+    /// u32: the serial of the key the record is about (the kernel's `key_id`).
+    pub const KEY_ID: u16 = 0x0060;
+    /// u32: LINKED, UNLINKED: the serial of the key linked or unlinked (the kernel's `aux`).
+    pub const AUX: u16 = 0x0061;
+    /// str: the key's type, e.g. "user", "keyring".
+    pub const KEY_TYPE: u16 = 0x0062;
+    /// str: the key's description, e.g. "krb_ccache:primary".
+    pub const DESCRIPTION: u16 = 0x0063;
+    /// u32: the key's owner.
+    pub const KEY_UID: u16 = 0x0064;
+    /// u32: the key's group.
+    pub const KEY_GID: u16 = 0x0065;
+    /// u32: the key's permissions (possessor, user, group, other: one byte each).
+    pub const PERM: u16 = 0x0066;
+    /// u32: the serial of the watched key or keyring the record was found under.
+    pub const WATCHED_KEY: u16 = 0x0067;
+
+    // 0x0070..0x007f: Kerberos credential caches.
+    /// str: the cache, as MIT krb5 names it, e.g. "KEYRING:persistent:1000:krb_ccache_x".
+    pub const CACHE: u16 = 0x0070;
+    /// str: the cache's default principal, e.g. "alice@EXAMPLE.ORG"; empty if unknown.
+    pub const PRINCIPAL: u16 = 0x0071;
+    /// str: the watched cache or collection, as the watch named it.
+    pub const COLLECTION: u16 = 0x0072;
+
     /// The layout of each known attribute; `None` for ids this version does not know.
     pub fn kind(id: u16) -> Option<super::AttrKind> {
         use super::AttrKind::*;
@@ -229,11 +267,12 @@ pub mod attr {
             LOST_COUNT | FIRST_LOST_SEQ | LOST_TYPES | MOUNT_ID | PARENT_ID | MNT_NS | SEQNUM => {
                 U64
             }
-            TRUNCATED | MAJOR | MINOR | CHANGED => U32,
+            TRUNCATED | MAJOR | MINOR | CHANGED | KEY_ID | AUX | KEY_UID | KEY_GID | PERM
+            | WATCHED_KEY => U32,
             OBJECT | REASON | ROOT | MOUNT_POINT | FS_TYPE | SOURCE | MOUNT_OPTIONS
             | SUPER_OPTIONS | PROPAGATION | OLD_MOUNT_POINT | ACTION | SUBSYSTEM | DEVTYPE
             | SYSNAME | SYSPATH | DEVNODE | DRIVER | TAGS | PROPERTY | OLD_SYSPATH
-            | EVENT_SOURCE => Str,
+            | EVENT_SOURCE | KEY_TYPE | DESCRIPTION | CACHE | PRINCIPAL | COLLECTION => Str,
             _ => return None,
         })
     }
@@ -241,7 +280,7 @@ pub mod attr {
 
 /// Stable names for types, subtypes and attributes (what `watchctl --json` prints).
 pub mod names {
-    use super::{RecordType, attr, device, key, meta, mount};
+    use super::{RecordType, attr, device, key, krb5, meta, mount};
 
     pub fn record_type(t: u32) -> Option<&'static str> {
         Some(match RecordType::from_u32(t)? {
@@ -280,6 +319,10 @@ pub mod names {
             (RecordType::Device, device::OFFLINE) => "offline",
             (RecordType::Device, device::BIND) => "bind",
             (RecordType::Device, device::UNBIND) => "unbind",
+            (RecordType::Krb5, krb5::CREATED) => "created",
+            (RecordType::Krb5, krb5::CHANGED) => "changed",
+            (RecordType::Krb5, krb5::PRIMARY) => "primary",
+            (RecordType::Krb5, krb5::DESTROYED) => "destroyed",
             _ => return None,
         })
     }
@@ -318,6 +361,17 @@ pub mod names {
             attr::PROPERTY => "property",
             attr::OLD_SYSPATH => "old_syspath",
             attr::EVENT_SOURCE => "event_source",
+            attr::KEY_ID => "key_id",
+            attr::AUX => "aux",
+            attr::KEY_TYPE => "key_type",
+            attr::DESCRIPTION => "description",
+            attr::KEY_UID => "key_uid",
+            attr::KEY_GID => "key_gid",
+            attr::PERM => "perm",
+            attr::WATCHED_KEY => "watched_key",
+            attr::CACHE => "cache",
+            attr::PRINCIPAL => "principal",
+            attr::COLLECTION => "collection",
             _ => return None,
         })
     }
@@ -1059,7 +1113,8 @@ mod tests {
                 RecordType::Key => 8,
                 RecordType::Mount => 4,
                 RecordType::Device => 8,
-                RecordType::Superblock | RecordType::File | RecordType::Krb5 => 0,
+                RecordType::Krb5 => 4,
+                RecordType::Superblock | RecordType::File => 0,
             }
         };
         for t in RecordType::ALL {
@@ -1086,7 +1141,7 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 32);
+        assert_eq!(seen.len(), 43);
     }
 
     #[test]

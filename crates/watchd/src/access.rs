@@ -108,7 +108,7 @@ impl<'a> CallerProcess<'a> {
 
     /// The caller's filesystem gid (from the process, checked to be the caller's) and its
     /// supplementary groups as the bus vouched for them.
-    fn fs_groups(&self) -> Result<(u32, Vec<u32>)> {
+    pub fn fs_groups(&self) -> Result<(u32, Vec<u32>)> {
         Ok((self.status_field("Gid:", 3)?, self.caller.gids.clone()))
     }
 }
@@ -133,39 +133,51 @@ pub struct MountView {
     pub root_ino: u64,
 }
 
-/// Resolves `path` (absolute, in the caller's root) as the caller would, and returns it in
-/// canonical form as the caller sees it (the form its mountinfo uses).
-pub fn resolve_path(caller: &Caller, path: &str) -> Result<Vec<u8>> {
-    let Some(relative) = path.strip_prefix('/') else {
-        return Err(Error::invalid(format!("path '{path}' must be absolute")));
-    };
-    let c_path = CString::new(if relative.is_empty() { "." } else { relative })
-        .map_err(|_| Error::invalid("a path cannot contain a NUL byte"))?;
+/// Runs `f` on a thread of its own whose fsuid, fsgid and groups are the caller's (root's
+/// file capabilities drop with fsuid), handing it the caller's root directory. The thread
+/// ends with those credentials; the daemon's other threads never wear them.
+pub fn as_caller<T: Send>(
+    caller: &Caller,
+    f: impl FnOnce(BorrowedFd<'_>) -> io::Result<T> + Send,
+) -> Result<io::Result<T>> {
     let process = CallerProcess::new(caller)?;
     let root = process.root()?;
     let (fs_gid, groups) = process.fs_groups()?;
     let uid = caller.uid.0;
-    let opened = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         scope
-            .spawn(|| -> io::Result<OwnedFd> {
-                // This thread takes the caller's file credentials and ends with them; the
-                // order matters: groups and gid while fsuid is still root's.
+            .spawn(|| -> io::Result<T> {
+                // The order matters: groups and gid while fsuid is still root's.
                 sys::setgroups_this_thread(&groups)?;
                 sys::setfsgid(fs_gid);
                 sys::setfsuid(uid);
                 if sys::setfsuid(u32::MAX) != uid {
                     return Err(io::Error::other("could not take the caller's fsuid"));
                 }
-                sys::openat2_path(
-                    root.as_fd(),
-                    &c_path,
-                    sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS,
-                )
+                f(root.as_fd())
             })
             .join()
-            .map_err(|_| Error::Failed("the path check panicked".into()))
+            .map_err(|_| Error::Failed("a check made as the caller panicked".into()))
+    })
+}
+
+/// Opens `path` (absolute, in the caller's root) as the caller would, with
+/// `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`, as an `O_PATH` handle.
+pub fn open_path(caller: &Caller, path: &str) -> Result<OwnedFd> {
+    let Some(relative) = path.strip_prefix('/') else {
+        return Err(Error::invalid(format!("path '{path}' must be absolute")));
+    };
+    let c_path = CString::new(if relative.is_empty() { "." } else { relative })
+        .map_err(|_| Error::invalid("a path cannot contain a NUL byte"))?;
+    let uid = caller.uid.0;
+    let opened = as_caller(caller, |root| {
+        sys::openat2_path(
+            root,
+            &c_path,
+            sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS,
+        )
     })?;
-    let handle = opened.map_err(|e| match e.raw_os_error() {
+    opened.map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
             Error::NotFound(format!("path '{path}' does not exist"))
         }
@@ -176,7 +188,13 @@ pub fn resolve_path(caller: &Caller, path: &str) -> Result<Vec<u8>> {
             Error::AccessDenied(format!("path '{path}' leads outside the caller's root"))
         }
         _ => Error::Failed(format!("cannot resolve path '{path}': {e}")),
-    })?;
+    })
+}
+
+/// Resolves `path` (absolute, in the caller's root) as the caller would, and returns it in
+/// canonical form as the caller sees it (the form its mountinfo uses).
+pub fn resolve_path(caller: &Caller, path: &str) -> Result<Vec<u8>> {
+    let handle = open_path(caller, path)?;
     caller_relative(caller, &handle)
 }
 

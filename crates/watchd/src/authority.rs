@@ -27,13 +27,20 @@ const POLKIT_NAME: &str = "org.freedesktop.PolicyKit1";
 pub enum Action {
     WatchMounts,
     WatchDevices,
+    WatchOwnKeys,
+    WatchOtherUsersKeys,
+    WatchKrb5,
 }
 
 impl Action {
+    /// The action for a kind's usual watch; a source may pick another from the options
+    /// (another user's keys).
     pub fn for_kind(kind: Kind) -> Action {
         match kind {
             Kind::Mounts => Action::WatchMounts,
             Kind::Devices => Action::WatchDevices,
+            Kind::Keys => Action::WatchOwnKeys,
+            Kind::Krb5 => Action::WatchKrb5,
         }
     }
 
@@ -41,6 +48,9 @@ impl Action {
         match self {
             Action::WatchMounts => "org.watchd.Watchd1.watch-mounts",
             Action::WatchDevices => "org.watchd.Watchd1.watch-devices",
+            Action::WatchOwnKeys => "org.watchd.Watchd1.watch-own-keys",
+            Action::WatchOtherUsersKeys => "org.watchd.Watchd1.watch-other-users-keys",
+            Action::WatchKrb5 => "org.watchd.Watchd1.watch-krb5",
         }
     }
 }

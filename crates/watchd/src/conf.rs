@@ -15,6 +15,23 @@ pub struct Config {
     pub limits: Limits,
     pub pipe: PipeConf,
     pub sources: Sources,
+    pub keys: KeysConf,
+}
+
+/// The key source's poller (kernels without watch queues).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConf {
+    /// How often every watched key tree is compared with its last state, in milliseconds.
+    pub poll_interval_ms: u32,
+}
+
+impl Default for KeysConf {
+    fn default() -> Self {
+        KeysConf {
+            poll_interval_ms: 1000,
+        }
+    }
 }
 
 /// Who decides whether a caller may set a watch.
@@ -80,6 +97,8 @@ impl Default for PipeConf {
 pub struct Sources {
     pub mounts: bool,
     pub devices: bool,
+    pub keys: bool,
+    pub krb5: bool,
     /// Where device events come from: "auto" (udev when udevd runs, else the kernel),
     /// "udev" or "kernel".
     pub device_events: DeviceEvents,
@@ -90,6 +109,8 @@ impl Default for Sources {
         Sources {
             mounts: true,
             devices: true,
+            keys: true,
+            krb5: true,
             device_events: DeviceEvents::Auto,
         }
     }
@@ -159,6 +180,12 @@ impl Config {
             return Err(format!(
                 "pipe.default_depth must be 2..=pipe.max_depth ({}), not {}",
                 p.max_depth, p.default_depth
+            ));
+        }
+        let interval = self.keys.poll_interval_ms;
+        if !(10..=60_000).contains(&interval) {
+            return Err(format!(
+                "keys.poll_interval_ms must be 10..=60000 milliseconds, not {interval}"
             ));
         }
         Ok(())

@@ -21,6 +21,8 @@ pub enum Error {
     DuplicateTag(String),
     /// The subscription has no watch with this tag.
     NoSuchWatch(String),
+    /// The object exists but is of a kind the daemon cannot watch (e.g. a KCM: cache).
+    NotSupported(String),
     /// The daemon could not do what was asked (e.g. the kernel refused a pipe).
     Failed(String),
 }

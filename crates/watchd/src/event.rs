@@ -7,6 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use watchd_proto::{RecordBuilder, RecordType};
 
 use crate::sources::devices::DeviceInfo;
+use crate::sources::keys::KeyChange;
+use crate::sources::krb5::Krb5Change;
 use crate::sources::mounts::MountChange;
 
 /// The object an event is about, in the terms watches match on.
@@ -14,6 +16,8 @@ use crate::sources::mounts::MountChange;
 pub enum Subject {
     Mount(MountChange),
     Device(Box<DeviceInfo>),
+    Key(KeyChange),
+    Krb5(Krb5Change),
 }
 
 /// One change seen by a source.
@@ -39,6 +43,11 @@ impl Event {
         }
     }
 
+    /// The watched object is gone: watches that get this record end with it.
+    pub fn ends_watch(&self) -> bool {
+        self.record_type == RecordType::Meta && self.subtype == watchd_proto::meta::REMOVAL
+    }
+
     /// The record, tag and sequence number zero; built on first use, then shared by every
     /// subscriber it goes to.
     pub fn record(&self) -> &[u8] {
@@ -48,6 +57,8 @@ impl Event {
             match &*self.subject {
                 Subject::Mount(change) => change.encode(&mut builder),
                 Subject::Device(device) => device.encode(&mut builder, None),
+                Subject::Key(change) => change.encode(&mut builder, self.record_type),
+                Subject::Krb5(change) => change.encode(&mut builder),
             }
             builder.finish()
         })

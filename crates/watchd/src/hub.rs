@@ -22,7 +22,7 @@ use crate::event::{Event, now_ns};
 use crate::identity::{Caller, Uid};
 use crate::pipe::{self, Sent};
 use crate::sys::{self, SharedFd};
-use crate::watch::{Tag, Watch};
+use crate::watch::{CredentialsSignal, Tag, Watch};
 
 /// Names a subscription for as long as it lives; never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -250,9 +250,23 @@ pub struct NewSubscription {
     pub depth: u32,
 }
 
+/// A D-Bus signal the hub asks the bus side to send, unicast to one subscriber.
+#[derive(Debug)]
+pub struct SignalNote {
+    pub subscription: SubscriptionId,
+    /// The subscriber's unique bus name.
+    pub destination: String,
+    pub signal: CredentialsSignal,
+}
+
+/// Signals waiting for the bus; beyond this, new ones are dropped (and logged) rather than
+/// held: the pipe has the same events, with loss accounting.
+pub const SIGNAL_QUEUE: usize = 1024;
+
 pub struct Hub {
     state: Mutex<State>,
     limits: Limits,
+    signals: std::sync::OnceLock<mpsc::Sender<SignalNote>>,
     /// Tells the bus side which subscriptions ended, so it can drop their objects.
     ended: mpsc::UnboundedSender<SubscriptionId>,
 }
@@ -272,9 +286,32 @@ impl Hub {
                 state: Mutex::new(state),
                 limits,
                 ended,
+                signals: std::sync::OnceLock::new(),
             }),
             ended_rx,
         )
+    }
+
+    /// Where watches that asked for D-Bus signals have them sent; set once by the bus side.
+    pub fn set_signal_sink(&self, sink: mpsc::Sender<SignalNote>) {
+        let _ = self.signals.set(sink);
+    }
+
+    fn signal(&self, subscription: SubscriptionId, destination: &str, signal: CredentialsSignal) {
+        let Some(sink) = self.signals.get() else {
+            return;
+        };
+        let note = SignalNote {
+            subscription,
+            destination: destination.to_owned(),
+            signal,
+        };
+        if sink.try_send(note).is_err() {
+            tracing::warn!(
+                subscription = subscription.0,
+                "signal queue full: a CredentialsCacheChanged signal was dropped"
+            );
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -284,15 +321,19 @@ impl Hub {
     }
 
     /// Offers `event` to every watch; the record is encoded only if some watch wants it.
+    /// A REMOVAL record ends each watch it goes to.
     pub fn publish(&self, event: &Event) {
         let mut state = self.lock();
         let State {
             subscriptions,
             scratch,
+            watch_count,
+            usage,
             ..
         } = &mut *state;
         let mut gone = Vec::new();
         for (id, sub) in subscriptions.iter_mut() {
+            let mut ended = Vec::new();
             for watch in &sub.watches {
                 if !watch.wants(event) {
                     continue;
@@ -308,6 +349,21 @@ impl Hub {
                     gone.push(*id);
                     break;
                 }
+                if let Some(signal) = watch.signal_for(event) {
+                    self.signal(*id, &sub.caller.bus_name, signal);
+                }
+                if event.ends_watch() {
+                    ended.push(watch.tag);
+                }
+            }
+            if !ended.is_empty() {
+                sub.watches.retain(|w| !ended.contains(&w.tag));
+                let n = ended.len() as u32;
+                *watch_count -= n;
+                if let Some(u) = usage.get_mut(&sub.caller.uid) {
+                    u.watches -= n;
+                }
+                tracing::info!(subscription = id.0, tags = ?ended, "watches ended: their object is gone");
             }
         }
         for id in gone {

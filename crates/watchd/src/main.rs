@@ -14,9 +14,11 @@ use watchd::authority::Authority;
 use watchd::conf::{self, Config, DeviceEvents};
 use watchd::hub::Hub;
 use watchd::manager::Manager;
-use watchd::manager_bus::{BUS_NAME, MANAGER_PATH, ManagerObject, reap_ended};
+use watchd::manager_bus::{BUS_NAME, MANAGER_PATH, ManagerObject, reap_ended, send_signals};
 use watchd::sources::Source;
 use watchd::sources::devices::{DeviceSource, EventSource};
+use watchd::sources::keys::{KeySource, Poller};
+use watchd::sources::krb5::Krb5Source;
 use watchd::sources::mounts::MountSource;
 
 /// Gathers device, mount, key and file events and hands each D-Bus subscriber a packet pipe
@@ -42,6 +44,12 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(anyhow::Error::new(e).context("configuration")),
     };
+    // A session keyring of our own, before any thread starts (threads inherit it): the
+    // daemon never searches keyrings it inherited from whoever started it. systemd's
+    // KeyringMode=private does the same for the service.
+    if let Err(e) = watchd::sys::keyctl_join_new_session_keyring() {
+        tracing::warn!(error = %e, "cannot join a new session keyring");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,6 +114,17 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
             .context("the device source needs libudev and a netlink socket (AF_NETLINK)")?;
         sources.push(devices);
     }
+    if config.sources.keys || config.sources.krb5 {
+        let interval = std::time::Duration::from_millis(config.keys.poll_interval_ms.into());
+        let poller = Poller::start(hub.clone(), interval)
+            .context("the key source needs keyctl(2), a thread keyring and inotify")?;
+        if config.sources.keys {
+            sources.push(KeySource::new(poller.clone()));
+        }
+        if config.sources.krb5 {
+            sources.push(Krb5Source::new(poller));
+        }
+    }
     if sources.is_empty() {
         bail!("every source is disabled in the configuration: nothing to serve");
     }
@@ -126,6 +145,9 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
     // Authorization asks polkitd over this same connection, so it comes before serving.
     let auth = &config.authorization;
     let authority = Authority::new(auth.mode, &auth.actions_file, conn.clone())?;
+    let (signals, signal_queue) = tokio::sync::mpsc::channel(watchd::hub::SIGNAL_QUEUE);
+    hub.set_signal_sink(signals);
+    tokio::spawn(send_signals(conn.clone(), signal_queue));
     let manager = Arc::new(Manager::new(hub, authority, sources, config));
     conn.object_server()
         .at(MANAGER_PATH, ManagerObject { manager })

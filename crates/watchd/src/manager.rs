@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use zbus_polkit::policykit1::Subject;
 
-use crate::authority::{Action, Authority};
+use crate::authority::Authority;
 use crate::conf::Config;
 use crate::error::{Error, Result};
 use crate::hub::{Hub, NewSubscription, SubscriptionId};
@@ -165,10 +165,13 @@ impl Manager {
             ));
         }
         let source = self.source(kind)?;
-        let action = Action::for_kind(source.kind());
-        let object = match options.peek_str("path") {
-            Some(path) => format!("{kind} at or under {path}"),
-            None => format!("{kind}, all"),
+        let action = source.action(&options, caller);
+        let object = match ["path", "key", "cache"]
+            .iter()
+            .find_map(|k| options.peek_str(k))
+        {
+            Some(named) => format!("{kind} {named}"),
+            None => format!("{kind}, default"),
         };
         let (subject, interactive) = (request.subject, request.interactive);
         self.authority

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use zbus::message::{Flags, Header};
-use zbus::object_server::ObjectServer;
+use zbus::object_server::{ObjectServer, SignalEmitter};
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
 use zbus_polkit::policykit1::Subject;
 
 use crate::error::{Error, Result};
-use crate::hub::SubscriptionId;
+use crate::hub::{SignalNote, SubscriptionId};
 use crate::identity::Caller;
 use crate::manager::{Manager, Request};
 use crate::watch::{Options, Tag};
@@ -143,7 +143,10 @@ impl SubscriptionObject {
     /// subtype mask, flags mask, flags value; plus the kind's own. mounts: "path" (s).
     /// devices: "subsystem" (s, "S" or "S/DEVTYPE"), "tag" (s), "property" (as, "KEY=GLOB",
     /// all must match), "sysname" (s, glob), "properties" (as: only these properties in the
-    /// records; an empty list gives none; absent gives all).
+    /// records; an empty list gives none; absent gives all). keys: "key" (s: "@user",
+    /// "@user-session", "@persistent" or a serial), "uid" (u: whose named keyring; another
+    /// user's needs the admin action), "nested" (b: every key inside too). krb5: "cache"
+    /// (s, default: the caller's default ccache), "signal" (b: also CredentialsCacheChanged).
     async fn add_watch(
         &self,
         tag: Tag,
@@ -190,6 +193,17 @@ impl SubscriptionObject {
             .map_or(0, |(_, depth)| depth)
     }
 
+    /// A credential cache of a krb5 watch added with "signal": true changed. Sent to the
+    /// subscriber alone (unicast). `what`: 0 created, 1 changed, 2 primary, 3 destroyed (the
+    /// krb5 record subtypes).
+    #[zbus(signal)]
+    async fn credentials_cache_changed(
+        emitter: &SignalEmitter<'_>,
+        cache: &str,
+        principal: &str,
+        what: u32,
+    ) -> zbus::Result<()>;
+
     /// The uid that owns this subscription.
     #[zbus(property(emits_changed_signal = "const"))]
     fn owner(&self) -> u32 {
@@ -210,6 +224,25 @@ pub async fn reap_ended(conn: Connection, mut ended: mpsc::UnboundedReceiver<Sub
             .await
         {
             tracing::debug!(path = %path, error = %e, "subscription object already gone");
+        }
+    }
+}
+
+/// Sends the signals the hub asks for, each to its subscriber alone.
+pub async fn send_signals(conn: Connection, mut notes: mpsc::Receiver<SignalNote>) {
+    while let Some(note) = notes.recv().await {
+        let signal = note.signal;
+        let sent = conn
+            .emit_signal(
+                Some(note.destination.as_str()),
+                subscription_path(note.subscription),
+                SUBSCRIPTION_INTERFACE,
+                "CredentialsCacheChanged",
+                &(signal.cache, signal.principal, signal.what),
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(destination = %note.destination, error = %e, "could not send CredentialsCacheChanged");
         }
     }
 }

@@ -103,3 +103,153 @@ pub fn setgroups_this_thread(groups: &[u32]) -> io::Result<()> {
     // SAFETY: the kernel reads `groups.len()` gid_t values from a live slice.
     cvt(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) }).map(drop)
 }
+
+/// A kernel key's serial number (`key_serial_t`). Negative values are the special ids
+/// (`KEY_SPEC_*`) that name a keyring of the calling thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeySerial(pub i32);
+
+impl std::fmt::Display for KeySerial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `KEY_SPEC_THREAD_KEYRING`: the calling thread's own keyring.
+pub const KEY_SPEC_THREAD_KEYRING: KeySerial = KeySerial(-1);
+/// `KEY_SPEC_SESSION_KEYRING`.
+pub const KEY_SPEC_SESSION_KEYRING: KeySerial = KeySerial(-3);
+/// `KEY_SPEC_USER_KEYRING`: the keyring of the thread's *real* uid.
+pub const KEY_SPEC_USER_KEYRING: KeySerial = KeySerial(-4);
+/// `KEY_SPEC_USER_SESSION_KEYRING`: the default session keyring of the thread's real uid.
+pub const KEY_SPEC_USER_SESSION_KEYRING: KeySerial = KeySerial(-5);
+
+const KEYCTL_GET_KEYRING_ID: libc::c_long = 0;
+const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+const KEYCTL_DESCRIBE: libc::c_long = 6;
+const KEYCTL_LINK: libc::c_long = 8;
+const KEYCTL_UNLINK: libc::c_long = 9;
+const KEYCTL_READ: libc::c_long = 11;
+const KEYCTL_GET_PERSISTENT: libc::c_long = 22;
+
+/// `keyctl(2)` with up to four integer arguments.
+fn keyctl(
+    op: libc::c_long,
+    a: libc::c_long,
+    b: libc::c_long,
+    c: libc::c_long,
+) -> io::Result<libc::c_long> {
+    // SAFETY: the operations called through here take only integers (serials, uids, flags);
+    // those that take buffers have their own wrappers below.
+    cvt(unsafe { libc::syscall(libc::SYS_keyctl, op, a, b, c, 0 as libc::c_long) })
+}
+
+/// `KEYCTL_GET_KEYRING_ID` (keyctl_get_keyring_ID(3)): the serial behind a special id,
+/// creating that keyring first when `create` is set.
+pub fn keyctl_get_keyring_id(id: KeySerial, create: bool) -> io::Result<KeySerial> {
+    keyctl(KEYCTL_GET_KEYRING_ID, id.0.into(), create.into(), 0).map(|s| KeySerial(s as i32))
+}
+
+/// `KEYCTL_JOIN_SESSION_KEYRING` (keyctl_join_session_keyring(3)) with no name: the calling
+/// thread gets a new anonymous session keyring of its own.
+pub fn keyctl_join_new_session_keyring() -> io::Result<KeySerial> {
+    keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0).map(|s| KeySerial(s as i32))
+}
+
+/// `KEYCTL_LINK` (keyctl_link(3)): links `key` into `keyring`.
+pub fn keyctl_link(key: KeySerial, keyring: KeySerial) -> io::Result<()> {
+    keyctl(KEYCTL_LINK, key.0.into(), keyring.0.into(), 0).map(drop)
+}
+
+/// `KEYCTL_UNLINK` (keyctl_unlink(3)): removes the link from `keyring` to `key`.
+pub fn keyctl_unlink(key: KeySerial, keyring: KeySerial) -> io::Result<()> {
+    keyctl(KEYCTL_UNLINK, key.0.into(), keyring.0.into(), 0).map(drop)
+}
+
+/// `KEYCTL_GET_PERSISTENT` (keyctl_get_persistent(3)): links `uid`'s persistent keyring
+/// into `into` and returns its serial. Creates the keyring when it does not exist and
+/// resets its expiry timer: call it once per watch, never per poll.
+pub fn keyctl_get_persistent(uid: u32, into: KeySerial) -> io::Result<KeySerial> {
+    keyctl(KEYCTL_GET_PERSISTENT, uid as libc::c_long, into.0.into(), 0)
+        .map(|s| KeySerial(s as i32))
+}
+
+/// `keyctl(2)` with a buffer: returns the length the kernel wanted to write, which can
+/// exceed `buf.len()` (then only `buf.len()` bytes were written).
+fn keyctl_into(op: libc::c_long, key: KeySerial, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into the live, exclusively
+    // borrowed buffer.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            op,
+            key.0 as libc::c_long,
+            buf.as_mut_ptr(),
+            buf.len(),
+            0 as libc::c_long,
+        )
+    })
+    .map(|n| n as usize)
+}
+
+/// Calls `keyctl_into` with `buf` grown until the answer fits; returns its length.
+fn keyctl_grow(op: libc::c_long, key: KeySerial, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        let capacity = buf.capacity().max(256);
+        buf.resize(capacity, 0);
+        let len = keyctl_into(op, key, buf)?;
+        if len <= buf.len() {
+            buf.truncate(len);
+            return Ok(len);
+        }
+        buf.reserve(len - buf.len());
+    }
+}
+
+/// `KEYCTL_DESCRIBE` (keyctl_describe(3)): "type;uid;gid;perm;description" into `buf`
+/// (the trailing NUL removed). Needs View permission.
+pub fn keyctl_describe(key: KeySerial, buf: &mut Vec<u8>) -> io::Result<()> {
+    keyctl_grow(KEYCTL_DESCRIBE, key, buf)?;
+    if buf.last() == Some(&0) {
+        buf.pop();
+    }
+    Ok(())
+}
+
+/// `KEYCTL_READ` (keyctl_read(3)): a key's payload, or a keyring's list of serials (native
+/// endian `i32`s), into `buf`. Needs Read permission, or Search on a possessed key.
+pub fn keyctl_read(key: KeySerial, buf: &mut Vec<u8>) -> io::Result<()> {
+    keyctl_grow(KEYCTL_READ, key, buf).map(drop)
+}
+
+/// `setresuid(2)` for the calling thread only (the raw call: glibc's wrapper changes every
+/// thread). `None` leaves that id as it is. Keyrings looked up by special id
+/// ([`KEY_SPEC_USER_KEYRING`]) belong to the thread's real uid.
+pub fn setresuid_this_thread(
+    real: Option<u32>,
+    effective: Option<u32>,
+    saved: Option<u32>,
+) -> io::Result<()> {
+    let id = |v: Option<u32>| v.map_or(-1 as libc::c_long, libc::c_long::from);
+    // SAFETY: takes integers, changes only this thread's credentials.
+    cvt(unsafe { libc::syscall(libc::SYS_setresuid, id(real), id(effective), id(saved)) }).map(drop)
+}
+
+/// `O_NOTIFICATION_PIPE` (= `O_EXCL`): asks `pipe2(2)` for a watch_queue notification pipe.
+const O_NOTIFICATION_PIPE: libc::c_int = libc::O_EXCL;
+
+/// Whether this kernel has watch queues (`CONFIG_WATCH_QUEUE`): `pipe2(O_NOTIFICATION_PIPE)`
+/// fails with ENOPKG where it does not.
+pub fn notification_pipes_supported() -> bool {
+    let mut fds = [-1 as libc::c_int; 2];
+    // SAFETY: the kernel writes two descriptors into the array, which we close at once.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), O_NOTIFICATION_PIPE | libc::O_CLOEXEC) };
+    if ret != 0 {
+        return false;
+    }
+    for fd in fds {
+        // SAFETY: fresh descriptors that nothing else owns.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    true
+}

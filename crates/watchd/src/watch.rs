@@ -12,6 +12,8 @@ use zbus::{OwnedVariant, Variant};
 use crate::error::{Error, Result};
 use crate::event::{Event, Subject};
 use crate::sources::devices::DeviceScope;
+use crate::sources::keys::KeyScope;
+use crate::sources::krb5::Krb5Scope;
 use crate::sources::mounts::MountScope;
 
 /// The client-chosen number that marks every record a watch produces.
@@ -27,15 +29,19 @@ pub const MAX_OPTIONS: usize = 32;
 pub enum Kind {
     Mounts,
     Devices,
+    Keys,
+    Krb5,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Mounts, Kind::Devices];
+    pub const ALL: [Kind; 4] = [Kind::Mounts, Kind::Devices, Kind::Keys, Kind::Krb5];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Mounts => "mounts",
             Kind::Devices => "devices",
+            Kind::Keys => "keys",
+            Kind::Krb5 => "krb5",
         }
     }
 }
@@ -87,6 +93,8 @@ impl Filters {
 pub enum Scope {
     Mounts(MountScope),
     Devices(DeviceScope),
+    Keys(KeyScope),
+    Krb5(Krb5Scope),
 }
 
 impl Scope {
@@ -94,13 +102,17 @@ impl Scope {
         match self {
             Scope::Mounts(_) => Kind::Mounts,
             Scope::Devices(_) => Kind::Devices,
+            Scope::Keys(_) => Kind::Keys,
+            Scope::Krb5(_) => Kind::Krb5,
         }
     }
 
-    fn covers(&self, subject: &Subject) -> bool {
-        match (self, subject) {
+    fn covers(&self, event: &Event) -> bool {
+        match (self, &*event.subject) {
             (Scope::Mounts(scope), Subject::Mount(change)) => scope.covers(change),
             (Scope::Devices(scope), Subject::Device(device)) => scope.matcher.matches(device),
+            (Scope::Keys(scope), Subject::Key(change)) => scope.covers(change, event.record_type),
+            (Scope::Krb5(scope), Subject::Krb5(change)) => scope.covers(change),
             _ => false,
         }
     }
@@ -122,7 +134,21 @@ impl Watch {
     pub fn wants(&self, event: &Event) -> bool {
         self.filters
             .passes(event.record_type as u32, event.subtype, event.flags)
-            && self.scope.covers(&event.subject)
+            && self.scope.covers(event)
+    }
+
+    /// The `CredentialsCacheChanged` signal this watch wants sent for `event`, if any.
+    pub fn signal_for(&self, event: &Event) -> Option<CredentialsSignal> {
+        match (&self.scope, &*event.subject) {
+            (Scope::Krb5(scope), Subject::Krb5(change)) if scope.signal => {
+                Some(CredentialsSignal {
+                    cache: change.change.cache.clone(),
+                    principal: change.change.principal.clone(),
+                    what: u32::from(change.change.subtype),
+                })
+            }
+            _ => None,
+        }
     }
 
     /// The record this watch gets: the event's shared one, or its own when the watch asked
@@ -139,6 +165,15 @@ impl Watch {
             std::borrow::Cow::Owned,
         )
     }
+}
+
+/// The body of the `CredentialsCacheChanged` D-Bus signal: (cache, principal, what), with
+/// `what` the krb5 record subtype.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialsSignal {
+    pub cache: String,
+    pub principal: String,
+    pub what: u32,
 }
 
 /// The `a{sv}` a client sent. Every key must be consumed by someone who understands it;
@@ -183,6 +218,11 @@ impl Options {
     /// A string option's value without consuming it (for the log), if it is one.
     pub fn peek_str(&self, key: &str) -> Option<&str> {
         self.map.get(key).and_then(|v| <&str>::try_from(v).ok())
+    }
+
+    /// A `u` option's value without consuming it (to choose the polkit action).
+    pub fn peek_u32(&self, key: &str) -> Option<u32> {
+        self.map.get(key).and_then(|v| u32::try_from(v).ok())
     }
 
     pub fn take_bool(&mut self, key: &str) -> Result<Option<bool>> {

@@ -3,11 +3,16 @@
 //!
 //! - [`mounts`]: mount topology and option changes (mountinfo `POLLPRI` + diff).
 //! - [`devices`]: udev device events (libudev monitor), or raw kernel uevents.
+//! - [`keys`]: kernel keys and keyrings, followed by one poller thread.
+//! - [`krb5`]: Kerberos credential caches, in keyrings (through the key poller) or files.
 #![forbid(unsafe_code)]
 
 pub mod devices;
+pub mod keys;
+pub mod krb5;
 pub mod mounts;
 
+use crate::authority::Action;
 use crate::error::Result;
 use crate::event::Event;
 use crate::identity::Caller;
@@ -18,6 +23,12 @@ pub trait Source: Send + Sync {
 
     /// How this source gets its events, for `watchctl status`.
     fn describe(&self) -> String;
+
+    /// The polkit action that guards a watch with these options (checked before any object
+    /// is looked at, so it may only peek at the options).
+    fn action(&self, _options: &Options, _caller: &Caller) -> Action {
+        Action::for_kind(self.kind())
+    }
 
     /// Consumes this kind's options and returns what the watch will cover, checking that
     /// the objects named exist.

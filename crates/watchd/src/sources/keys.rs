@@ -1,0 +1,1419 @@
+//! Kernel keys and keyrings: what a key watch covers, and the poller that follows every
+//! watched key tree on kernels without watch queues (`CONFIG_WATCH_QUEUE`).
+//!
+//! **Possession.** Root gets no bypass of key permissions: a key's owner usually has View
+//! only, and everything else needs *possession*, i.e. reaching the key from the calling
+//! thread's own keyrings. The poller thread therefore links each watched key or keyring into
+//! its *thread* keyring, which only that thread possesses: check threads, which run as the
+//! caller, never gain possession through the daemon. A user's persistent keyring is linked
+//! by `KEYCTL_GET_PERSISTENT` once per root (it creates the keyring and resets its expiry, so
+//! never per poll); a user's `@user` keyring is found by switching the thread's real uid for
+//! a moment, as the kernel names it by real uid. When the last watch of a root goes, its
+//! links go too: nothing stays alive for a user nobody watches.
+//!
+//! **Polling.** Every interval the thread walks each root's tree (describe, list keyrings,
+//! read payloads it may read and keep only a keyed digest of them) with the watching user's
+//! credentials, and turns the difference with the last walk into the kernel's notification
+//! subtypes ([`diff`]). Keys inside a nested watch are linked into the thread keyring while
+//! they are in the tree: a key that disappears but is still alive was *unlinked*, one that
+//! is gone while we held it was *invalidated*.
+//!
+//! **Delivery.** A record reaches a watch only if the watch's viewer may view the key it is
+//! about, judged on the key's permissions as last seen ([`Viewer::may_view`]), so a chmod
+//! or chown takes effect at the next poll.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, key, meta};
+
+use crate::access;
+use crate::error::{Error, Result};
+use crate::event::{Event, Fields, Subject};
+use crate::hub::Hub;
+use crate::identity::Caller;
+use crate::sources::Source;
+use crate::sources::krb5::{self, FileWatches, KeyringCollection};
+use crate::sys::{self, KeySerial};
+use crate::watch::{Kind, Options, Scope};
+
+/// Permission bit View, in each of the four permission bytes.
+const KEY_VIEW: u32 = 0x01;
+/// Group permissions: all six bits of the group byte.
+const KEY_GROUP_ALL: u32 = 0x3f00;
+/// Most keys one tree walk visits: a watch on a huge keyring costs a bounded amount.
+pub const MAX_TREE_KEYS: usize = 4096;
+/// Payloads MIT krb5 keeps its collection's bookkeeping in: kept whole (they hold names,
+/// not secrets) so that credential-cache events can name the cache and principal.
+const KEPT_PAYLOADS: [&str; 2] = [krb5::PRIMARY_KEY, krb5::PRINCIPAL_KEY];
+
+/// One key as `KEYCTL_DESCRIBE` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub serial: KeySerial,
+    pub key_type: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub perm: u32,
+    pub description: String,
+}
+
+impl KeyInfo {
+    /// Parses "type;uid;gid;perm;description" (the description may itself contain ';').
+    pub fn parse(serial: KeySerial, text: &[u8]) -> Option<KeyInfo> {
+        let text = std::str::from_utf8(text).ok()?;
+        let mut fields = text.splitn(5, ';');
+        Some(KeyInfo {
+            serial,
+            key_type: fields.next()?.to_owned(),
+            uid: fields.next()?.parse().ok()?,
+            gid: fields.next()?.parse().ok()?,
+            perm: u32::from_str_radix(fields.next()?, 16).ok()?,
+            description: fields.next()?.to_owned(),
+        })
+    }
+
+    /// What a key that can no longer be described is known by.
+    fn unknown(serial: KeySerial) -> KeyInfo {
+        KeyInfo {
+            serial,
+            key_type: String::new(),
+            uid: u32::MAX,
+            gid: u32::MAX,
+            perm: 0,
+            description: String::new(),
+        }
+    }
+
+    pub fn is_keyring(&self) -> bool {
+        self.key_type == "keyring"
+    }
+}
+
+/// Whose eyes a watch sees keys with: the kernel's `key_task_permission`, less the
+/// possession the daemon cannot know the caller has, which `possessor` stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Viewer {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The watch is on the caller's own keyring (or set by an administrator), whose keys
+    /// the caller possesses: possessor permissions count.
+    pub possessor: bool,
+}
+
+impl Viewer {
+    pub fn may_view(&self, key: &KeyInfo) -> bool {
+        let perm = key.perm;
+        let mut granted = if key.uid == self.uid {
+            perm >> 16
+        } else if perm & KEY_GROUP_ALL != 0
+            && (key.gid == self.gid || self.groups.contains(&key.gid))
+        {
+            perm >> 8
+        } else {
+            perm
+        };
+        if self.possessor {
+            granted |= perm >> 24;
+        }
+        granted & KEY_VIEW != 0
+    }
+}
+
+/// A key that is still listed but cannot be used: not yet instantiated, negative,
+/// invalidated (until the garbage collector unlinks it), revoked or expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    Live,
+    Revoked,
+    Unavailable,
+}
+
+/// One key of a walked tree.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub info: Arc<KeyInfo>,
+    pub condition: Condition,
+    /// A keyed digest of the payload, for keys the walk may read.
+    pub digest: Option<u64>,
+    /// The payload itself, only for the krb5 bookkeeping keys ([`KEPT_PAYLOADS`]).
+    pub content: Option<Arc<[u8]>>,
+    /// A keyring's members, for keyrings the walk may read.
+    pub children: Option<Vec<KeySerial>>,
+}
+
+/// A watched key and, for nested watches, everything below it, as one walk found it.
+#[derive(Clone, Debug, Default)]
+pub struct Tree {
+    pub nodes: HashMap<KeySerial, Node>,
+    /// Walk order: the root first, then breadth first.
+    pub order: Vec<KeySerial>,
+}
+
+impl Tree {
+    pub fn node(&self, serial: KeySerial) -> Option<&Node> {
+        self.nodes.get(&serial)
+    }
+
+    /// The keyring `parent`'s member keyring or key with this type and description.
+    pub fn child(&self, parent: KeySerial, key_type: &str, description: &str) -> Option<&Node> {
+        self.node(parent)?
+            .children
+            .as_ref()?
+            .iter()
+            .filter_map(|c| self.node(*c))
+            .find(|n| n.info.key_type == key_type && n.info.description == description)
+    }
+}
+
+/// What `KEYCTL_DESCRIBE` says of a key that has gone from where it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Still alive somewhere: it was unlinked.
+    Alive,
+    /// No longer usable (ENOKEY, EKEYREVOKED, EKEYEXPIRED).
+    Gone,
+}
+
+/// One notification, in the kernel's terms: about `key`, with `aux` for (un)links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub subtype: u8,
+    pub key: Arc<KeyInfo>,
+    pub aux: Option<KeySerial>,
+}
+
+/// The notifications that turn tree `old` into tree `new`. `probe` tells what became of a
+/// key that left a keyring; `held` whether the poller held a link to it (then a gone key
+/// was invalidated, since our link would otherwise keep it alive).
+pub fn diff(
+    old: &Tree,
+    new: &Tree,
+    probe: &mut dyn FnMut(KeySerial) -> Probe,
+    held: &dyn Fn(KeySerial) -> bool,
+) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let notice = |subtype, key: &Arc<KeyInfo>, aux| Notice {
+        subtype,
+        key: key.clone(),
+        aux,
+    };
+    for serial in &new.order {
+        let n = &new.nodes[serial];
+        let Some(o) = old.nodes.get(serial) else {
+            continue;
+        };
+        match (o.condition, n.condition) {
+            (Condition::Unavailable, Condition::Live) => {
+                out.push(notice(key::INSTANTIATED, &n.info, None))
+            }
+            (Condition::Live, Condition::Revoked) => out.push(notice(key::REVOKED, &n.info, None)),
+            (Condition::Live, Condition::Unavailable) => {
+                out.push(notice(key::INVALIDATED, &n.info, None))
+            }
+            _ => {}
+        }
+        if n.condition == Condition::Live && o.condition == Condition::Live {
+            if (o.info.uid, o.info.gid, o.info.perm) != (n.info.uid, n.info.gid, n.info.perm) {
+                out.push(notice(key::SETATTR, &n.info, None));
+            }
+            if o.digest.is_some() && n.digest.is_some() && o.digest != n.digest {
+                out.push(notice(key::UPDATED, &n.info, None));
+            }
+        }
+        let (Some(was), Some(now)) = (&o.children, &n.children) else {
+            continue;
+        };
+        let now_set: HashSet<_> = now.iter().collect();
+        let was_set: HashSet<_> = was.iter().collect();
+        let mut unlinked = Vec::new();
+        for child in was.iter().filter(|c| !now_set.contains(c)) {
+            let before = old.nodes.get(child);
+            if before.is_some_and(|b| b.condition != Condition::Live) {
+                // Already reported (revoked, invalidated): the collector just tidied up.
+                continue;
+            }
+            match probe(*child) {
+                Probe::Gone if held(*child) => {
+                    let info = before
+                        .map_or_else(|| Arc::new(KeyInfo::unknown(*child)), |b| b.info.clone());
+                    out.push(notice(key::INVALIDATED, &info, None));
+                }
+                _ => unlinked.push(*child),
+            }
+        }
+        if now.is_empty() && unlinked.len() >= 2 && unlinked.len() == was.len() {
+            out.push(notice(key::CLEARED, &n.info, None));
+        } else {
+            for child in unlinked {
+                out.push(notice(key::UNLINKED, &n.info, Some(child)));
+            }
+        }
+        for child in now.iter().filter(|c| !was_set.contains(c)) {
+            out.push(notice(key::LINKED, &n.info, Some(*child)));
+        }
+    }
+    out
+}
+
+/// The state of a tree as SNAPSHOT notices: each key instantiated, then each keyring's links.
+pub fn snapshot(tree: &Tree) -> Vec<Notice> {
+    let live = |s: &KeySerial| tree.nodes.get(s).filter(|n| n.condition == Condition::Live);
+    let mut out: Vec<Notice> = tree
+        .order
+        .iter()
+        .filter_map(live)
+        .map(|n| Notice {
+            subtype: key::INSTANTIATED,
+            key: n.info.clone(),
+            aux: None,
+        })
+        .collect();
+    for node in tree.order.iter().filter_map(live) {
+        for child in node.children.iter().flatten() {
+            out.push(Notice {
+                subtype: key::LINKED,
+                key: node.info.clone(),
+                aux: Some(*child),
+            });
+        }
+    }
+    out
+}
+
+/// Names a followed root (and, for krb5 watches, its collection) for as long as it lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RootId(pub u64);
+
+/// A key event as watches match it and records carry it.
+#[derive(Debug)]
+pub struct KeyChange {
+    pub root: RootId,
+    /// The serial the watch named (its root).
+    pub watched: KeySerial,
+    pub notice: Notice,
+}
+
+impl KeyChange {
+    pub fn encode(&self, builder: &mut RecordBuilder, record_type: RecordType) {
+        let key = &self.notice.key;
+        let mut f = Fields::new(builder);
+        f.u32(attr::KEY_ID, key.serial.0 as u32);
+        if let Some(aux) = self.notice.aux {
+            f.u32(attr::AUX, aux.0 as u32);
+        }
+        f.u32(attr::WATCHED_KEY, self.watched.0 as u32);
+        if record_type == RecordType::Meta {
+            f.bytes(attr::OBJECT, format!("key {}", self.watched).as_bytes());
+            f.bytes(attr::REASON, b"the watched key is gone");
+        } else {
+            f.u32(attr::KEY_UID, key.uid);
+            f.u32(attr::KEY_GID, key.gid);
+            f.u32(attr::PERM, key.perm);
+            f.bytes(attr::KEY_TYPE, key.key_type.as_bytes());
+            f.bytes(attr::DESCRIPTION, key.description.as_bytes());
+        }
+        f.finish();
+    }
+}
+
+/// Which key a watch names, before it is looked up.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Anchor {
+    /// `@user` of this uid.
+    User(u32),
+    /// `@user-session` of this uid.
+    UserSession(u32),
+    /// `@persistent` of this uid.
+    Persistent(u32),
+    /// A key by serial.
+    Serial(KeySerial),
+}
+
+impl Anchor {
+    fn parse(spec: &str, uid: u32) -> Result<Anchor> {
+        Ok(match spec {
+            "@user" | "@u" => Anchor::User(uid),
+            "@user-session" | "@us" => Anchor::UserSession(uid),
+            "@persistent" => Anchor::Persistent(uid),
+            _ => match spec.parse::<i32>() {
+                Ok(serial) if serial > 0 => Anchor::Serial(KeySerial(serial)),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "key '{spec}' is neither @user, @user-session, @persistent nor a key \
+                         serial (a positive number)"
+                    )));
+                }
+            },
+        })
+    }
+
+    fn owner(&self) -> Option<u32> {
+        match self {
+            Anchor::User(uid) | Anchor::UserSession(uid) | Anchor::Persistent(uid) => Some(*uid),
+            Anchor::Serial(_) => None,
+        }
+    }
+}
+
+/// What a root is: the anchor it follows, whose eyes it sees with, how deep, and for krb5
+/// watches the collection inside it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RootRequest {
+    pub anchor: Anchor,
+    pub viewer: Viewer,
+    pub nested: bool,
+    pub collection: Option<KeyringCollection>,
+}
+
+/// Which key events a watch covers.
+#[derive(Clone)]
+pub struct KeyScope {
+    pub root: RootId,
+    pub watched: KeySerial,
+    pub nested: bool,
+    pub viewer: Viewer,
+    /// Keeps the root followed while the watch exists.
+    pub lease: Arc<RootLease>,
+}
+
+impl PartialEq for KeyScope {
+    fn eq(&self, other: &Self) -> bool {
+        (self.root, self.nested) == (other.root, other.nested)
+    }
+}
+
+impl Eq for KeyScope {}
+
+impl std::fmt::Debug for KeyScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyScope")
+            .field("root", &self.root)
+            .field("watched", &self.watched)
+            .field("nested", &self.nested)
+            .finish()
+    }
+}
+
+impl KeyScope {
+    pub fn covers(&self, change: &KeyChange, record_type: RecordType) -> bool {
+        change.root == self.root
+            && (record_type == RecordType::Meta || self.viewer.may_view(&change.notice.key))
+    }
+}
+
+/// Held by every watch on a root; when the last one goes, the poller drops the root.
+pub struct RootLease {
+    pub id: RootId,
+    pub serial: KeySerial,
+    wake: Waker,
+}
+
+impl Drop for RootLease {
+    fn drop(&mut self) {
+        // This runs under the hub's lock (a watch being removed), so it only posts a note.
+        self.wake.send(Command::Release(self.id));
+    }
+}
+
+/// Posts commands to the poller thread and wakes it.
+#[derive(Clone)]
+pub struct Waker {
+    commands: mpsc::Sender<Command>,
+    pipe: Arc<OwnedFd>,
+}
+
+impl Waker {
+    pub fn send(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            // A full pipe already holds a wake-up.
+            let _ = nix::unistd::write(&*self.pipe, &[1]);
+        }
+    }
+}
+
+/// Work for the poller thread, which alone possesses what it has linked.
+pub enum Command {
+    Register {
+        request: RootRequest,
+        reply: mpsc::SyncSender<Result<Arc<RootLease>>>,
+    },
+    Release(RootId),
+    WatchFiles {
+        request: krb5::FileRequest,
+        reply: mpsc::SyncSender<Result<Arc<krb5::FileLease>>>,
+    },
+    ReleaseFiles(RootId),
+}
+
+/// The credentials the poller thread has taken, to switch only when they change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ThreadCreds {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+impl ThreadCreds {
+    fn root() -> ThreadCreds {
+        ThreadCreds {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        }
+    }
+
+    fn of(viewer: &Viewer) -> ThreadCreds {
+        ThreadCreds {
+            uid: viewer.uid,
+            gid: viewer.gid,
+            groups: viewer.groups.clone(),
+        }
+    }
+}
+
+/// One followed root.
+struct Root {
+    request: RootRequest,
+    serial: KeySerial,
+    lease: Weak<RootLease>,
+    tree: Tree,
+    /// Serials of this tree the thread keyring holds a link to on this root's behalf.
+    holding: HashSet<KeySerial>,
+    /// The root key is gone: REMOVAL was sent, nothing more to poll.
+    gone: bool,
+    /// For krb5 watches: the collection as last seen.
+    collection: krb5::Collection,
+}
+
+/// Everything the poller follows. Lock order: this, then the hub.
+pub struct Registry {
+    roots: HashMap<RootId, Root>,
+    by_request: HashMap<RootRequest, RootId>,
+    /// Links the thread keyring holds, counted by the roots that want them.
+    held: HashMap<KeySerial, u32>,
+    pub files: FileWatches,
+    next_id: u64,
+}
+
+impl Registry {
+    /// A followed credential-cache collection, keyring or file, and its watched name.
+    pub fn collection(&self, id: RootId) -> Option<(&krb5::Collection, &String)> {
+        match self.roots.get(&id) {
+            Some(root) => root
+                .request
+                .collection
+                .as_ref()
+                .map(|spec| (&root.collection, &spec.name)),
+            None => self.files.collection(id),
+        }
+    }
+
+    pub fn allocate_id(&mut self) -> RootId {
+        self.next_id += 1;
+        RootId(self.next_id)
+    }
+}
+
+/// The poller: one thread for every key and credential-cache watch.
+pub struct Poller {
+    pub registry: Mutex<Registry>,
+    waker: Waker,
+    interval: Duration,
+}
+
+/// Everything only the poller thread touches.
+struct ThreadState {
+    creds: ThreadCreds,
+    buf: Vec<u8>,
+    digests: std::hash::RandomState,
+    wake_read: OwnedFd,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Poller {
+    /// Starts the thread and its thread keyring.
+    pub fn start(hub: Arc<Hub>, interval: Duration) -> io::Result<Arc<Poller>> {
+        let (wake_read, wake_write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
+        let (commands, receiver) = mpsc::channel();
+        let poller = Arc::new(Poller {
+            registry: Mutex::new(Registry {
+                roots: HashMap::new(),
+                by_request: HashMap::new(),
+                held: HashMap::new(),
+                files: FileWatches::new()?,
+                next_id: 0,
+            }),
+            waker: Waker {
+                commands,
+                pipe: Arc::new(wake_write),
+            },
+            interval,
+        });
+        let (ready_tx, ready) = mpsc::sync_channel(1);
+        let thread_poller = poller.clone();
+        std::thread::Builder::new()
+            .name("keys".into())
+            .spawn(move || {
+                let keyring = sys::keyctl_get_keyring_id(sys::KEY_SPEC_THREAD_KEYRING, true);
+                let failed = keyring
+                    .as_ref()
+                    .err()
+                    .map(|e| io::Error::new(e.kind(), e.to_string()));
+                let _ = ready_tx.send(keyring.map(drop));
+                if failed.is_some() {
+                    return;
+                }
+                let state = ThreadState {
+                    creds: ThreadCreds::root(),
+                    buf: Vec::with_capacity(4096),
+                    digests: std::hash::RandomState::new(),
+                    wake_read,
+                    commands: receiver,
+                };
+                thread_poller.run(&hub, state);
+            })?;
+        ready
+            .recv()
+            .map_err(|_| io::Error::other("the key thread did not start"))??;
+        Ok(poller)
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().expect("key registry poisoned")
+    }
+
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    /// Follows `request`'s root (shared with watches asking the same), linking it first.
+    pub fn register(&self, request: RootRequest) -> Result<Arc<RootLease>> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.waker.send(Command::Register { request, reply });
+        answer
+            .recv()
+            .map_err(|_| Error::Failed("the key source has stopped".into()))?
+    }
+
+    pub fn watch_files(&self, request: krb5::FileRequest) -> Result<Arc<krb5::FileLease>> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.waker.send(Command::WatchFiles { request, reply });
+        answer
+            .recv()
+            .map_err(|_| Error::Failed("the key source has stopped".into()))?
+    }
+
+    /// Calls `then` with the root's keys as SNAPSHOT events, the registry held still.
+    pub fn with_root<T>(
+        &self,
+        id: RootId,
+        then: impl FnOnce(Option<(&Tree, &krb5::Collection, KeySerial)>) -> T,
+    ) -> T {
+        let registry = self.lock();
+        then(
+            registry
+                .roots
+                .get(&id)
+                .map(|r| (&r.tree, &r.collection, r.serial)),
+        )
+    }
+
+    fn run(&self, hub: &Hub, mut state: ThreadState) {
+        let mut next_tick = Instant::now() + self.interval;
+        let inotify = match self.lock().files.fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!(error = %e, "key poller cannot start; key watches stop");
+                return;
+            }
+        };
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut fds = [
+                PollFd::new(state.wake_read.as_fd(), PollFlags::POLLIN),
+                PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
+            ];
+            let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1)
+                .unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "key poller cannot poll; key watches stop");
+                    return;
+                }
+            }
+            let files_ready = fds[1]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+            let mut drain = [0u8; 64];
+            while matches!(nix::unistd::read(&state.wake_read, &mut drain), Ok(n) if n > 0) {}
+            while let Ok(command) = state.commands.try_recv() {
+                self.handle(hub, &mut state, command);
+            }
+            if files_ready {
+                self.lock().files.on_ready(hub);
+            }
+            if Instant::now() >= next_tick {
+                self.tick(hub, &mut state);
+                next_tick += self.interval;
+                let now = Instant::now();
+                if next_tick < now {
+                    // A tick that ran long skips the ticks it overlapped.
+                    next_tick = now + self.interval;
+                }
+            }
+        }
+    }
+
+    fn handle(&self, hub: &Hub, state: &mut ThreadState, command: Command) {
+        match command {
+            Command::Register { request, reply } => {
+                let mut registry = self.lock();
+                let result = self.register_here(&mut registry, state, request);
+                drop(registry);
+                let _ = reply.send(result);
+            }
+            Command::Release(id) => {
+                let mut registry = self.lock();
+                let unused = registry
+                    .roots
+                    .get(&id)
+                    .is_some_and(|r| r.lease.strong_count() == 0);
+                if unused {
+                    let root = registry.roots.remove(&id).expect("checked");
+                    if registry.by_request.get(&root.request) == Some(&id) {
+                        registry.by_request.remove(&root.request);
+                    }
+                    for serial in &root.holding {
+                        unhold(&mut registry.held, *serial);
+                    }
+                    tracing::info!(root = id.0, key = %root.serial, "stopped following a key");
+                }
+            }
+            Command::WatchFiles { request, reply } => {
+                let mut registry = self.lock();
+                let id = registry.allocate_id();
+                let result = registry.files.add(id, request, self.waker.clone(), hub);
+                let _ = reply.send(result);
+            }
+            Command::ReleaseFiles(id) => self.lock().files.release(id),
+        }
+    }
+
+    fn register_here(
+        &self,
+        registry: &mut Registry,
+        state: &mut ThreadState,
+        request: RootRequest,
+    ) -> Result<Arc<RootLease>> {
+        if let Some(lease) = registry
+            .by_request
+            .get(&request)
+            .and_then(|id| registry.roots.get(id))
+            .filter(|root| !root.gone)
+            .and_then(|root| root.lease.upgrade())
+        {
+            return Ok(lease);
+        }
+        let (serial, linked) = resolve(&request, state)?;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let mut members = Vec::new();
+            let _ = sys::keyctl_read(sys::KEY_SPEC_THREAD_KEYRING, &mut members);
+            tracing::debug!(key = %serial, linked, held = members.len() / 4, "thread keyring after lookup");
+        }
+        let id = registry.allocate_id();
+        let mut holding = HashSet::new();
+        if linked {
+            // The link the lookup made is counted like any other.
+            *registry.held.entry(serial).or_insert(0) += 1;
+            holding.insert(serial);
+        }
+        let mut root = Root {
+            serial,
+            lease: Weak::new(),
+            tree: Tree::default(),
+            holding,
+            gone: false,
+            collection: krb5::Collection::default(),
+            request: request.clone(),
+        };
+        state.take_creds(&ThreadCreds::of(&request.viewer));
+        let tree = walk(serial, request.nested, &Tree::default(), state);
+        state.take_creds(&ThreadCreds::root());
+        let tree = tree.map_err(|e| {
+            for s in &root.holding {
+                unhold(&mut registry.held, *s);
+            }
+            match e.raw_os_error() {
+                Some(libc::ENOKEY) => Error::NotFound(format!("key {serial} does not exist")),
+                Some(libc::EACCES) => Error::AccessDenied(format!(
+                    "uid {} may not view key {serial}",
+                    request.viewer.uid
+                )),
+                _ => Error::Failed(format!("cannot read key {serial}: {e}")),
+            }
+        })?;
+        hold_tree(
+            &mut registry.held,
+            &mut root.holding,
+            &tree,
+            serial,
+            request.nested,
+        );
+        if let Some(spec) = &request.collection {
+            root.collection = krb5::Collection::from_keyring(&tree, serial, spec);
+        }
+        root.tree = tree;
+        let lease = Arc::new(RootLease {
+            id,
+            serial,
+            wake: self.waker.clone(),
+        });
+        root.lease = Arc::downgrade(&lease);
+        tracing::info!(root = id.0, key = %serial, uid = request.viewer.uid, nested = request.nested, "following a key");
+        registry.by_request.insert(request, id);
+        registry.roots.insert(id, root);
+        Ok(lease)
+    }
+
+    /// One poll of every root: walk, compare, publish.
+    fn tick(&self, hub: &Hub, state: &mut ThreadState) {
+        let mut registry = self.lock();
+        let Registry { roots, held, .. } = &mut *registry;
+        let mut order: Vec<RootId> = roots.keys().copied().collect();
+        // Roots of one viewer together: the thread switches credentials once per viewer.
+        order.sort_by_key(|id| roots[id].request.viewer.uid);
+        for id in order {
+            let root = roots.get_mut(&id).expect("listed above");
+            if root.gone {
+                continue;
+            }
+            state.take_creds(&ThreadCreds::of(&root.request.viewer));
+            let walked = walk(root.serial, root.request.nested, &root.tree, state);
+            let new = match walked {
+                Ok(tree) => tree,
+                Err(e) if is_gone(&e) => {
+                    root.gone = true;
+                    let notice = Notice {
+                        subtype: meta::REMOVAL,
+                        key: root.tree.node(root.serial).map_or_else(
+                            || Arc::new(KeyInfo::unknown(root.serial)),
+                            |n| n.info.clone(),
+                        ),
+                        aux: None,
+                    };
+                    tracing::info!(root = id.0, key = %root.serial, "a watched key is gone");
+                    publish_key(hub, id, root.serial, RecordType::Meta, notice);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(root = id.0, key = %root.serial, error = %e, "key walk failed; keeping the last state");
+                    continue;
+                }
+            };
+            let holding = &root.holding;
+            let notices = diff(&root.tree, &new, &mut |s| probe(s, &mut state.buf), &|s| {
+                holding.contains(&s)
+            });
+            hold_tree(
+                held,
+                &mut root.holding,
+                &new,
+                root.serial,
+                root.request.nested,
+            );
+            for notice in notices {
+                publish_key(hub, id, root.serial, RecordType::Key, notice);
+            }
+            if let Some(spec) = &root.request.collection {
+                let collection = krb5::Collection::from_keyring(&new, root.serial, spec);
+                for change in root.collection.diff(&collection) {
+                    krb5::publish(hub, id, &spec.name, change);
+                }
+                root.collection = collection;
+            }
+            root.tree = new;
+        }
+        state.take_creds(&ThreadCreds::root());
+    }
+}
+
+fn publish_key(
+    hub: &Hub,
+    root: RootId,
+    watched: KeySerial,
+    record_type: RecordType,
+    notice: Notice,
+) {
+    let subtype = notice.subtype;
+    let change = KeyChange {
+        root,
+        watched,
+        notice,
+    };
+    hub.publish(&Event::new(
+        record_type,
+        subtype,
+        0,
+        Arc::new(Subject::Key(change)),
+    ));
+}
+
+/// The key is no longer usable at all: the watch ends.
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOKEY) | Some(libc::EKEYEXPIRED)
+    )
+}
+
+fn probe(serial: KeySerial, buf: &mut Vec<u8>) -> Probe {
+    match sys::keyctl_describe(serial, buf) {
+        Ok(()) => Probe::Alive,
+        Err(_) => Probe::Gone,
+    }
+}
+
+/// Links into the thread keyring whatever this root's tree has that it did not hold yet, and
+/// lets go of what left it. A key we may not link is simply not held.
+fn hold_tree(
+    held: &mut HashMap<KeySerial, u32>,
+    holding: &mut HashSet<KeySerial>,
+    tree: &Tree,
+    root: KeySerial,
+    nested: bool,
+) {
+    let wanted: HashSet<KeySerial> = if nested {
+        tree.nodes
+            .iter()
+            .filter(|(_, n)| n.condition == Condition::Live)
+            .map(|(s, _)| *s)
+            .collect()
+    } else {
+        HashSet::from([root])
+    };
+    let root_held = holding.contains(&root);
+    let new: Vec<KeySerial> = wanted
+        .iter()
+        .filter(|s| !holding.contains(s))
+        .copied()
+        .collect();
+    for serial in &new {
+        if *serial == root && !root_held {
+            // The root's link is made by the lookup; one we could not make then is not
+            // retried (the caller's rights did not allow it).
+            continue;
+        }
+        let count = held.entry(*serial).or_insert(0);
+        if *count == 0 && sys::keyctl_link(*serial, sys::KEY_SPEC_THREAD_KEYRING).is_err() {
+            held.remove(serial);
+            continue;
+        }
+        *count += 1;
+        holding.insert(*serial);
+    }
+    let released: Vec<KeySerial> = holding
+        .iter()
+        .filter(|s| **s != root && !wanted.contains(s))
+        .copied()
+        .collect();
+    for serial in released {
+        holding.remove(&serial);
+        unhold(held, serial);
+    }
+}
+
+fn unhold(held: &mut HashMap<KeySerial, u32>, serial: KeySerial) {
+    let Some(count) = held.get_mut(&serial) else {
+        return;
+    };
+    *count -= 1;
+    if *count == 0 {
+        held.remove(&serial);
+        // ENOKEY when the key is already gone (its links went with it).
+        let _ = sys::keyctl_unlink(serial, sys::KEY_SPEC_THREAD_KEYRING);
+    }
+}
+
+impl ThreadState {
+    fn take_creds(&mut self, wanted: &ThreadCreds) {
+        if self.creds == *wanted {
+            return;
+        }
+        // Groups and gid while fsuid is still root's; back to root in the reverse order.
+        if wanted.uid != 0 {
+            sys::setfsuid(0);
+        }
+        let _ = sys::setgroups_this_thread(&wanted.groups);
+        sys::setfsgid(wanted.gid);
+        sys::setfsuid(wanted.uid);
+        self.creds = wanted.clone();
+    }
+}
+
+/// Looks up the root key as its viewer and links it into the thread keyring. Returns the
+/// serial and whether the link was made.
+fn resolve(request: &RootRequest, state: &mut ThreadState) -> Result<(KeySerial, bool)> {
+    let denied = |e: io::Error, what: &str| match e.raw_os_error() {
+        Some(libc::ENOKEY) => Error::NotFound(format!("{what} does not exist")),
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            Error::AccessDenied(format!("uid {} may not watch {what}", request.viewer.uid))
+        }
+        _ => Error::Failed(format!("cannot look up {what}: {e}")),
+    };
+    match &request.anchor {
+        Anchor::Persistent(uid) => {
+            state.take_creds(&ThreadCreds::root());
+            let serial = sys::keyctl_get_persistent(*uid, sys::KEY_SPEC_THREAD_KEYRING)
+                .map_err(|e| denied(e, &format!("the persistent keyring of uid {uid}")))?;
+            Ok((serial, true))
+        }
+        Anchor::User(uid) | Anchor::UserSession(uid) => {
+            let (special, what) = match request.anchor {
+                Anchor::User(_) => (sys::KEY_SPEC_USER_KEYRING, "user"),
+                _ => (sys::KEY_SPEC_USER_SESSION_KEYRING, "user session"),
+            };
+            state.take_creds(&ThreadCreds::root());
+            let result = with_real_uid(*uid, || {
+                let serial = sys::keyctl_get_keyring_id(special, true)?;
+                sys::keyctl_link(serial, sys::KEY_SPEC_THREAD_KEYRING)?;
+                Ok(serial)
+            });
+            let serial =
+                result.map_err(|e| denied(e, &format!("the {what} keyring of uid {uid}")))?;
+            Ok((serial, true))
+        }
+        Anchor::Serial(serial) => {
+            state.take_creds(&ThreadCreds::of(&request.viewer));
+            let viewable = sys::keyctl_describe(*serial, &mut state.buf);
+            let linked =
+                viewable.is_ok() && sys::keyctl_link(*serial, sys::KEY_SPEC_THREAD_KEYRING).is_ok();
+            state.take_creds(&ThreadCreds::root());
+            viewable.map_err(|e| denied(e, &format!("key {serial}")))?;
+            Ok((*serial, linked))
+        }
+    }
+}
+
+/// Runs `f` with the thread's real uid and fsuid set to `uid` (effective uid and
+/// capabilities stay root's), then restores both.
+fn with_real_uid<T>(uid: u32, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    sys::setresuid_this_thread(Some(uid), None, None)?;
+    sys::setfsuid(uid);
+    let result = f();
+    sys::setfsuid(0);
+    sys::setresuid_this_thread(Some(0), None, None)
+        .expect("the key thread cannot take back real uid 0 (it keeps CAP_SETUID)");
+    result
+}
+
+/// Walks the tree under `root` with the thread's current credentials: the root, its
+/// members, and for nested walks everything below, breadth first, at most
+/// [`MAX_TREE_KEYS`]. Keys the walk may not view are left out. Fails only when the root
+/// itself cannot be described (and is not merely revoked).
+fn walk(root: KeySerial, nested: bool, old: &Tree, state: &mut ThreadState) -> io::Result<Tree> {
+    let mut tree = Tree::default();
+    let mut queue = VecDeque::from([root]);
+    while let Some(serial) = queue.pop_front() {
+        if tree.nodes.contains_key(&serial) || tree.nodes.len() >= MAX_TREE_KEYS {
+            continue;
+        }
+        let known = || {
+            old.node(serial)
+                .map_or_else(|| Arc::new(KeyInfo::unknown(serial)), |n| n.info.clone())
+        };
+        let (info, condition) = match sys::keyctl_describe(serial, &mut state.buf) {
+            Ok(()) => match KeyInfo::parse(serial, &state.buf) {
+                Some(info) => (reuse(old, info), Condition::Live),
+                None => continue,
+            },
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EKEYREVOKED) => (known(), Condition::Revoked),
+                Some(libc::ENOKEY) | Some(libc::EKEYEXPIRED) if serial != root => {
+                    (known(), Condition::Unavailable)
+                }
+                Some(libc::EACCES) if serial != root => continue,
+                _ if serial == root && e.raw_os_error() != Some(libc::EKEYREVOKED) => {
+                    return Err(e);
+                }
+                _ => continue,
+            },
+        };
+        let mut node = Node {
+            info,
+            condition,
+            digest: None,
+            content: None,
+            children: None,
+        };
+        let expand = serial == root || nested;
+        if condition == Condition::Live && expand {
+            if node.info.is_keyring() {
+                if sys::keyctl_read(serial, &mut state.buf).is_ok() {
+                    let members: Vec<KeySerial> = state
+                        .buf
+                        .chunks_exact(4)
+                        .map(|c| KeySerial(i32::from_ne_bytes(c.try_into().expect("4 bytes"))))
+                        .collect();
+                    if nested {
+                        queue.extend(members.iter().copied());
+                    }
+                    node.children = Some(members);
+                }
+            } else if sys::keyctl_read(serial, &mut state.buf).is_ok() {
+                node.digest = Some(state.digests.hash_one(&state.buf));
+                if KEPT_PAYLOADS.contains(&node.info.description.as_str()) {
+                    node.content = Some(Arc::from(state.buf.as_slice()));
+                }
+                // Payloads can be secrets (tickets, passwords): none stays in our memory.
+                state.buf.fill(0);
+            }
+        }
+        tree.order.push(serial);
+        tree.nodes.insert(serial, node);
+    }
+    Ok(tree)
+}
+
+/// The old tree's `Arc` when nothing changed, so unchanged keys cost no allocation.
+fn reuse(old: &Tree, info: KeyInfo) -> Arc<KeyInfo> {
+    match old.node(info.serial) {
+        Some(n) if *n.info == info => n.info.clone(),
+        _ => Arc::new(info),
+    }
+}
+
+/// The `keys` kind.
+pub struct KeySource {
+    poller: Arc<Poller>,
+}
+
+impl KeySource {
+    pub fn new(poller: Arc<Poller>) -> Arc<KeySource> {
+        Arc::new(KeySource { poller })
+    }
+}
+
+/// What the caller may view of key `serial`, asked of the kernel as the caller (its fsuid,
+/// fsgid and groups, and none of the daemon's possession).
+fn check_viewable(caller: &Caller, serial: KeySerial) -> Result<()> {
+    let described = access::as_caller(caller, |_| {
+        let mut buf = Vec::new();
+        sys::keyctl_describe(serial, &mut buf)
+    })?;
+    described.map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOKEY) => Error::NotFound(format!("key {serial} does not exist")),
+        Some(libc::EACCES) => {
+            Error::AccessDenied(format!("uid {} may not view key {serial}", caller.uid))
+        }
+        Some(libc::EKEYREVOKED) => Error::NotFound(format!("key {serial} has been revoked")),
+        _ => Error::Failed(format!("cannot describe key {serial}: {e}")),
+    })
+}
+
+/// The caller's eyes: its uid, fsgid and groups.
+pub fn viewer_of(caller: &Caller, possessor: bool) -> Result<Viewer> {
+    let (gid, groups) = access::CallerProcess::new(caller)?.fs_groups()?;
+    Ok(Viewer {
+        uid: caller.uid.0,
+        gid,
+        groups,
+        possessor,
+    })
+}
+
+impl Source for KeySource {
+    fn kind(&self) -> Kind {
+        Kind::Keys
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "poller every {} ms (this kernel has no watch queues)",
+            self.poller.interval().as_millis()
+        )
+    }
+
+    fn action(&self, options: &Options, caller: &Caller) -> crate::authority::Action {
+        match options.peek_u32("uid") {
+            Some(uid) if uid != caller.uid.0 => crate::authority::Action::WatchOtherUsersKeys,
+            _ => crate::authority::Action::WatchOwnKeys,
+        }
+    }
+
+    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Scope> {
+        let spec = options
+            .take_string("key")?
+            .unwrap_or_else(|| "@user".into());
+        let uid = options.take_u32("uid")?;
+        let nested = options.take_bool("nested")?.unwrap_or(false);
+        let anchor = Anchor::parse(&spec, uid.unwrap_or(caller.uid.0))?;
+        let viewer = match (&anchor, uid) {
+            (Anchor::Serial(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "option 'uid' names whose @user, @user-session or @persistent to watch; \
+                     a key serial needs none",
+                ));
+            }
+            (Anchor::Serial(serial), None) => {
+                check_viewable(caller, *serial)?;
+                viewer_of(caller, false)?
+            }
+            // Authorized by the admin action: everything in that user's tree.
+            (_, Some(other)) if other != caller.uid.0 => Viewer {
+                uid: other,
+                gid: u32::MAX,
+                groups: Vec::new(),
+                possessor: true,
+            },
+            _ => viewer_of(caller, true)?,
+        };
+        debug_assert!(anchor.owner().is_none_or(|o| o == viewer.uid));
+        let lease = self.poller.register(RootRequest {
+            anchor,
+            viewer: viewer.clone(),
+            nested,
+            collection: None,
+        })?;
+        Ok(Scope::Keys(KeyScope {
+            root: lease.id,
+            watched: lease.serial,
+            nested,
+            viewer,
+            lease,
+        }))
+    }
+
+    fn option_names(&self) -> &'static [&'static str] {
+        &["key", "uid", "nested"]
+    }
+
+    fn with_snapshot(&self, scope: &Scope, then: &mut dyn FnMut(&[Event])) {
+        let Scope::Keys(scope) = scope else {
+            return then(&[]);
+        };
+        self.poller.with_root(scope.root, |root| {
+            let events: Vec<Event> = root
+                .map(|(tree, _, serial)| {
+                    snapshot(tree)
+                        .into_iter()
+                        .map(|notice| {
+                            let subtype = notice.subtype;
+                            let change = KeyChange {
+                                root: scope.root,
+                                watched: serial,
+                                notice,
+                            };
+                            Event::new(
+                                RecordType::Key,
+                                subtype,
+                                FLAG_SNAPSHOT,
+                                Arc::new(Subject::Key(change)),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            then(&events)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(serial: i32, key_type: &str, perm: u32) -> Arc<KeyInfo> {
+        Arc::new(KeyInfo {
+            serial: KeySerial(serial),
+            key_type: key_type.into(),
+            uid: 1000,
+            gid: 1000,
+            perm,
+            description: format!("k{serial}"),
+        })
+    }
+
+    fn node(serial: i32, children: Option<Vec<i32>>, digest: Option<u64>) -> Node {
+        let key_type = if children.is_some() {
+            "keyring"
+        } else {
+            "user"
+        };
+        Node {
+            info: info(serial, key_type, 0x3f010000),
+            condition: Condition::Live,
+            digest,
+            content: None,
+            children: children.map(|c| c.into_iter().map(KeySerial).collect()),
+        }
+    }
+
+    fn tree(nodes: Vec<Node>) -> Tree {
+        let order = nodes.iter().map(|n| n.info.serial).collect();
+        Tree {
+            nodes: nodes.into_iter().map(|n| (n.info.serial, n)).collect(),
+            order,
+        }
+    }
+
+    fn subtypes(notices: &[Notice]) -> Vec<(u8, i32, Option<i32>)> {
+        notices
+            .iter()
+            .map(|n| (n.subtype, n.key.serial.0, n.aux.map(|a| a.0)))
+            .collect()
+    }
+
+    fn run(old: &Tree, new: &Tree, alive: &[i32], held: &[i32]) -> Vec<(u8, i32, Option<i32>)> {
+        let mut probe = |s: KeySerial| {
+            if alive.contains(&s.0) {
+                Probe::Alive
+            } else {
+                Probe::Gone
+            }
+        };
+        subtypes(&diff(old, new, &mut probe, &|s| held.contains(&s.0)))
+    }
+
+    #[test]
+    fn describe_text_parses_with_semicolons_in_the_description() {
+        let k = KeyInfo::parse(KeySerial(5), b"user;1000;1000;3f010000;a;b").unwrap();
+        assert_eq!(
+            (k.uid, k.perm, k.description.as_str()),
+            (1000, 0x3f01_0000, "a;b")
+        );
+        assert!(KeyInfo::parse(KeySerial(5), b"user;x;1000;3f010000;a").is_none());
+    }
+
+    #[test]
+    fn key_changes_map_to_the_kernel_subtypes() {
+        let old = tree(vec![
+            node(1, Some(vec![2, 3, 4]), None),
+            node(2, None, Some(7)),
+            node(3, None, Some(1)),
+            node(4, None, Some(1)),
+        ]);
+        let mut updated = node(2, None, Some(8));
+        let mut chmod = node(3, None, Some(1));
+        Arc::make_mut(&mut chmod.info).perm = 0x3f030000;
+        let mut revoked = node(4, None, Some(1));
+        revoked.condition = Condition::Revoked;
+        updated.children = None;
+        let new = tree(vec![
+            node(1, Some(vec![2, 3, 4, 5]), None),
+            updated,
+            chmod,
+            revoked,
+            node(5, None, Some(3)),
+        ]);
+        assert_eq!(
+            run(&old, &new, &[], &[]),
+            vec![
+                (key::LINKED, 1, Some(5)),
+                (key::UPDATED, 2, None),
+                (key::SETATTR, 3, None),
+                (key::REVOKED, 4, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_that_left_is_unlinked_if_alive_and_invalidated_if_we_held_it() {
+        let old = tree(vec![
+            node(1, Some(vec![2, 3]), None),
+            node(2, None, Some(1)),
+            node(3, None, Some(1)),
+        ]);
+        let new = tree(vec![node(1, Some(vec![]), None)]);
+        // One alive, one gone while held: no "cleared", since one was invalidated.
+        assert_eq!(
+            run(&old, &new, &[2], &[3]),
+            vec![(key::INVALIDATED, 3, None), (key::UNLINKED, 1, Some(2))]
+        );
+        // Gone but never held: it may just have died with its last link.
+        assert_eq!(run(&old, &new, &[2], &[]), vec![(key::CLEARED, 1, None)]);
+    }
+
+    #[test]
+    fn a_keyring_that_lost_several_keys_at_once_was_cleared_one_key_was_unlinked() {
+        let old = tree(vec![node(1, Some(vec![2, 3]), None)]);
+        let new = tree(vec![node(1, Some(vec![]), None)]);
+        assert_eq!(
+            run(&old, &new, &[2, 3], &[2, 3]),
+            vec![(key::CLEARED, 1, None)]
+        );
+        let old = tree(vec![node(1, Some(vec![2]), None)]);
+        assert_eq!(
+            run(&old, &new, &[2], &[2]),
+            vec![(key::UNLINKED, 1, Some(2))]
+        );
+    }
+
+    #[test]
+    fn an_invalidated_key_still_listed_is_reported_once() {
+        let old = tree(vec![node(1, Some(vec![2]), None), node(2, None, Some(1))]);
+        let mut dead = node(2, None, None);
+        dead.condition = Condition::Unavailable;
+        let listed = tree(vec![node(1, Some(vec![2]), None), dead]);
+        assert_eq!(
+            run(&old, &listed, &[], &[2]),
+            vec![(key::INVALIDATED, 2, None)]
+        );
+        let collected = tree(vec![node(1, Some(vec![]), None)]);
+        assert_eq!(run(&listed, &collected, &[], &[2]), vec![]);
+    }
+
+    #[test]
+    fn viewers_get_exactly_one_of_user_group_other_plus_possessor() {
+        let mut key = (*info(9, "user", 0x3f010000)).clone();
+        let owner = Viewer {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![],
+            possessor: false,
+        };
+        let stranger = Viewer {
+            uid: 1001,
+            gid: 1001,
+            groups: vec![],
+            possessor: false,
+        };
+        assert!(owner.may_view(&key));
+        assert!(!stranger.may_view(&key));
+        key.perm = 0x3f000100;
+        let member = Viewer {
+            uid: 1001,
+            gid: 1001,
+            groups: vec![1000],
+            possessor: false,
+        };
+        assert!(
+            !owner.may_view(&key),
+            "the owner's byte is used, not the group's"
+        );
+        assert!(member.may_view(&key));
+        key.perm = 0x01000000;
+        assert!(!owner.may_view(&key));
+        assert!(
+            Viewer {
+                possessor: true,
+                ..owner
+            }
+            .may_view(&key)
+        );
+    }
+}

@@ -1,0 +1,456 @@
+//! Key watches: real keys in uid 1000's user keyring, changed with `keyctl` as that user,
+//! seen through the daemon's poller in the kernel's own vocabulary; and what another user
+//! can and cannot see of them.
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use watchd_client::{Client, EventStream, SubscribeOptions, WatchOptions};
+use watchd_e2e::polkit::{OTHER_UID, TEST_UID, as_user, connect_as_user};
+use watchd_e2e::{Env, Process, Trial};
+use watchd_proto::{RecordType, attr, key, meta};
+
+use crate::{error_name, expect_silence, next_within, trial};
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        trial(
+            "keys::operations_in_the_user_keyring_arrive_as_the_kernels_subtypes",
+            operations_arrive_as_kernel_subtypes,
+        ),
+        trial(
+            "keys::another_user_can_neither_watch_nor_receive_them",
+            another_user_cannot_watch_or_receive,
+        ),
+        trial(
+            "keys::initial_state_lists_the_tree",
+            initial_state_lists_the_tree,
+        ),
+        trial(
+            "keys::persistent_keyrings_are_linked_once_and_let_go",
+            persistent_keyrings_linked_once_and_let_go,
+        ),
+        trial("keys::bad_key_options_are_refused", bad_key_options),
+    ]
+}
+
+/// The poll interval the tests run the daemon with.
+const INTERVAL: Duration = Duration::from_millis(250);
+const CONFIG: &str = "[keys]\npoll_interval_ms = 250\n";
+/// A record must follow the change within one interval; the rest is scheduling slack.
+const WITHIN: Duration = Duration::from_millis(1250);
+
+/// uid 1000's user keyring is one per machine: one test at a time changes it.
+static USER_KEYRING: Mutex<()> = Mutex::new(());
+
+/// Runs `script` as `uid` in a fresh session keyring that links the user's `@u`, so that
+/// the user possesses its own keys (as in a login session) and may update, revoke or
+/// setperm them. Returns stdout, trimmed.
+fn keyctl_as(uid: u32, script: &str) -> Result<String> {
+    let mut command = Command::new("keyctl");
+    command.args([
+        "session",
+        "-",
+        "sh",
+        "-c",
+        &format!("keyctl link @u @s >/dev/null && {script}"),
+    ]);
+    as_user(&mut command, uid);
+    let out = command
+        .output()
+        .context("running keyctl (package keyutils)")?;
+    ensure!(
+        out.status.success(),
+        "keyctl as uid {uid}: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn serial(text: &str) -> Result<u32> {
+    text.lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("not a key serial: {text:?}"))
+}
+
+async fn client_as(env: &Env, uid: u32) -> Result<(Client, Process)> {
+    let (conn, holder) = connect_as_user(&env.bus.address, uid).await?;
+    Ok((Client::from_connection(conn), holder))
+}
+
+/// The next record must be a key record `subtype` about `key_id` (with `aux`), arriving
+/// within [`WITHIN`] of `since`.
+async fn expect_key(
+    stream: &mut EventStream,
+    what: &str,
+    since: Instant,
+    subtype: u8,
+    key_id: u32,
+    aux: Option<u32>,
+) -> Result<()> {
+    let event = next_within(stream, WITHIN + Duration::from_secs(2)).await?;
+    let elapsed = since.elapsed();
+    let record = event.record();
+    let got = (
+        event.header().record_type,
+        event.header().subtype,
+        record.get_u32(attr::KEY_ID),
+        record.get_u32(attr::AUX),
+    );
+    if got != (RecordType::Key as u32, subtype, Some(key_id), aux) {
+        bail!(
+            "{what}: expected key subtype {subtype} key {key_id} aux {aux:?}, got type {} \
+             subtype {} key {:?} aux {:?} ({:?})",
+            got.0,
+            got.1,
+            got.2,
+            got.3,
+            record.get_str(attr::DESCRIPTION)
+        );
+    }
+    ensure!(
+        elapsed <= WITHIN,
+        "{what}: arrived after {elapsed:?}, more than one {INTERVAL:?} poll interval and slack"
+    );
+    println!("{what}: {} ms", elapsed.as_millis());
+    Ok(())
+}
+
+async fn watch_user_keyring(client: &Client, options: WatchOptions) -> Result<EventStream> {
+    let sub = client.subscribe(SubscribeOptions::default()).await?;
+    sub.add_watch(1, "keys", &options.option("key", "@user"))
+        .await?;
+    Ok(sub.into_events())
+}
+
+async fn operations_arrive_as_kernel_subtypes() -> Result<()> {
+    let _one_at_a_time = USER_KEYRING.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::start_with_config("keys-ops", CONFIG).await?;
+    let (client, _holder) = client_as(&env, OTHER_UID).await?;
+    let user = serial(&keyctl_as(
+        OTHER_UID,
+        "keyctl show @u | head -2 | tail -1 | awk '{print $1}'",
+    )?)?;
+    let mut events =
+        watch_user_keyring(&client, WatchOptions::new().option("nested", true)).await?;
+    let cleanup = Cleanup(Vec::new());
+    let mut cleanup = cleanup;
+
+    let t = Instant::now();
+    let ring = serial(&keyctl_as(OTHER_UID, "keyctl newring watchd-test-ring @u")?)?;
+    cleanup.0.push(ring);
+    expect_key(&mut events, "newring", t, key::LINKED, user, Some(ring)).await?;
+
+    let t = Instant::now();
+    let k1 = serial(&keyctl_as(
+        OTHER_UID,
+        "keyctl add user watchd-test-k1 one @u",
+    )?)?;
+    cleanup.0.push(k1);
+    expect_key(&mut events, "add", t, key::LINKED, user, Some(k1)).await?;
+
+    let t = Instant::now();
+    keyctl_as(OTHER_UID, &format!("keyctl update {k1} two"))?;
+    expect_key(&mut events, "update", t, key::UPDATED, k1, None).await?;
+
+    let t = Instant::now();
+    keyctl_as(OTHER_UID, &format!("keyctl link {k1} {ring}"))?;
+    expect_key(&mut events, "link", t, key::LINKED, ring, Some(k1)).await?;
+
+    let t = Instant::now();
+    keyctl_as(OTHER_UID, &format!("keyctl unlink {k1} {ring}"))?;
+    expect_key(&mut events, "unlink", t, key::UNLINKED, ring, Some(k1)).await?;
+
+    let t = Instant::now();
+    keyctl_as(OTHER_UID, &format!("keyctl setperm {k1} 0x3f0b0000"))?;
+    expect_key(&mut events, "setperm", t, key::SETATTR, k1, None).await?;
+
+    let t = Instant::now();
+    keyctl_as(OTHER_UID, &format!("keyctl revoke {k1}"))?;
+    expect_key(&mut events, "revoke", t, key::REVOKED, k1, None).await?;
+
+    let k2 = serial(&keyctl_as(
+        OTHER_UID,
+        "keyctl add user watchd-test-k2 x @u",
+    )?)?;
+    cleanup.0.push(k2);
+    expect_key(
+        &mut events,
+        "add k2",
+        Instant::now(),
+        key::LINKED,
+        user,
+        Some(k2),
+    )
+    .await?;
+    let t = Instant::now();
+    keyctl_as(OTHER_UID, &format!("keyctl invalidate {k2}"))?;
+    expect_key(&mut events, "invalidate", t, key::INVALIDATED, k2, None).await?;
+
+    let both = keyctl_as(
+        OTHER_UID,
+        &format!(
+            "keyctl add user watchd-test-k3 a {ring} && keyctl add user watchd-test-k4 b {ring}"
+        ),
+    )?;
+    let added: Vec<u32> = both.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    ensure!(added.len() == 2, "two keys added: {both:?}");
+    // Both may land in one poll or two; either way, two links into the ring.
+    let mut linked = Vec::new();
+    while linked.len() < 2 {
+        let event = next_within(&mut events, WITHIN * 2).await?;
+        let r = event.record();
+        ensure!(
+            event.header().is(RecordType::Key, key::LINKED)
+                && r.get_u32(attr::KEY_ID) == Some(ring),
+            "expected links into the ring, got subtype {} key {:?}",
+            event.header().subtype,
+            r.get_u32(attr::KEY_ID)
+        );
+        linked.extend(r.get_u32(attr::AUX));
+    }
+    linked.sort();
+    let mut expected = added.clone();
+    expected.sort();
+    ensure!(linked == expected, "linked {linked:?}, added {expected:?}");
+    let t = Instant::now();
+    keyctl_as(OTHER_UID, &format!("keyctl clear {ring}"))?;
+    expect_key(&mut events, "clear", t, key::CLEARED, ring, None).await?;
+    drop(cleanup);
+    Ok(())
+}
+
+/// Unlinks the test's keys from uid 1000's user keyring, whatever happened.
+struct Cleanup(Vec<u32>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for serial in &self.0 {
+            let _ = keyctl_as(
+                OTHER_UID,
+                &format!("keyctl unlink {serial} @u 2>/dev/null; true"),
+            );
+        }
+    }
+}
+
+async fn another_user_cannot_watch_or_receive() -> Result<()> {
+    let _one_at_a_time = USER_KEYRING.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::start_with_config("keys-other", CONFIG).await?;
+    let k = serial(&keyctl_as(
+        OTHER_UID,
+        "keyctl add user watchd-test-private secret @u",
+    )?)?;
+    let _cleanup = Cleanup(vec![k]);
+    let (stranger, _holder) = client_as(&env, TEST_UID).await?;
+    let sub = stranger.subscribe(SubscribeOptions::default()).await?;
+
+    // By serial: the kernel, asked as uid 1001, says no.
+    let by_serial = sub
+        .add_watch(1, "keys", &WatchOptions::new().option("key", k.to_string()))
+        .await;
+    ensure!(
+        error_name(by_serial)? == "org.watchd.Watchd1.Error.AccessDenied",
+        "uid 1001 watched uid 1000's key by serial"
+    );
+    // By naming uid 1000's keyring: the admin action, which an unprivileged caller lacks.
+    let by_uid = sub
+        .add_watch(
+            2,
+            "keys",
+            &WatchOptions::new()
+                .option("key", "@user")
+                .option("uid", OTHER_UID),
+        )
+        .await;
+    ensure!(
+        error_name(by_uid)? == "org.watchd.Watchd1.Error.AccessDenied",
+        "uid 1001 watched uid 1000's user keyring"
+    );
+    ensure!(
+        env.daemon
+            .log()
+            .contains("org.watchd.Watchd1.watch-other-users-keys"),
+        "the refusal names the admin action:\n{}",
+        env.daemon.log()
+    );
+
+    // Its own user keyring, nested: uid 1000's changes never show up there.
+    sub.add_watch(
+        3,
+        "keys",
+        &WatchOptions::new()
+            .option("key", "@user")
+            .option("nested", true),
+    )
+    .await?;
+    let mut events = sub.into_events();
+    keyctl_as(OTHER_UID, &format!("keyctl update {k} changed"))?;
+    let k2 = serial(&keyctl_as(
+        OTHER_UID,
+        "keyctl add user watchd-test-other x @u",
+    )?)?;
+    let _cleanup2 = Cleanup(vec![k2]);
+    expect_silence(&mut events, INTERVAL * 4).await?;
+
+    // And uid 1000 itself does see its own key by serial.
+    let (owner, _holder2) = client_as(&env, OTHER_UID).await?;
+    let sub = owner.subscribe(SubscribeOptions::default()).await?;
+    sub.add_watch(1, "keys", &WatchOptions::new().option("key", k.to_string()))
+        .await?;
+    let mut events = sub.into_events();
+    let t = Instant::now();
+    keyctl_as(OTHER_UID, &format!("keyctl setperm {k} 0x3f030000"))?;
+    expect_key(&mut events, "owner's setperm", t, key::SETATTR, k, None).await?;
+    Ok(())
+}
+
+async fn initial_state_lists_the_tree() -> Result<()> {
+    let _one_at_a_time = USER_KEYRING.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::start_with_config("keys-initial", CONFIG).await?;
+    let ring = serial(&keyctl_as(
+        OTHER_UID,
+        "keyctl newring watchd-test-initial @u",
+    )?)?;
+    // New keyrings give their owner View only: the owner (and so the daemon, which looks as
+    // the owner) could not list this one without possessing it.
+    keyctl_as(OTHER_UID, &format!("keyctl setperm {ring} 0x3f3f0000"))?;
+    let inner = serial(&keyctl_as(
+        OTHER_UID,
+        &format!("keyctl add user watchd-test-inner v {ring}"),
+    )?)?;
+    let _cleanup = Cleanup(vec![ring]);
+    let (client, _holder) = client_as(&env, OTHER_UID).await?;
+    let sub = client
+        .subscribe(SubscribeOptions { depth: Some(64) })
+        .await?;
+    sub.add_watch(
+        7,
+        "keys",
+        &WatchOptions::new()
+            .option("key", ring.to_string())
+            .option("nested", true)
+            .initial(true),
+    )
+    .await?;
+    let mut events = sub.into_events();
+    let mut seen = Vec::new();
+    loop {
+        let event = next_within(&mut events, Duration::from_secs(5)).await?;
+        let h = event.header();
+        if h.is(RecordType::Meta, meta::SYNC) {
+            ensure!(h.tag == 7, "SYNC carries the watch's tag");
+            break;
+        }
+        ensure!(event.is_snapshot(), "initial records are SNAPSHOT");
+        let r = event.record();
+        seen.push((h.subtype, r.get_u32(attr::KEY_ID), r.get_u32(attr::AUX)));
+    }
+    ensure!(
+        seen == vec![
+            (key::INSTANTIATED, Some(ring), None),
+            (key::INSTANTIATED, Some(inner), None),
+            (key::LINKED, Some(ring), Some(inner)),
+        ],
+        "initial state {seen:?}"
+    );
+    Ok(())
+}
+
+/// The usage count of uid's persistent keyring as /proc/keys shows it to a root process
+/// that possesses it (for a moment, through a session keyring of its own), and its serial.
+///
+/// Keyring links are put after an RCU grace period and dead session keyrings by the key
+/// garbage collector, so each reading leaves a reference behind for a moment: read twice,
+/// half a second apart, and keep the second.
+fn persistent_usage(uid: u32) -> Result<(u32, u32)> {
+    persistent_usage_once(uid)?;
+    std::thread::sleep(Duration::from_millis(500));
+    persistent_usage_once(uid)
+}
+
+fn persistent_usage_once(uid: u32) -> Result<(u32, u32)> {
+    let out = Command::new("keyctl")
+        .args([
+            "session",
+            "-",
+            "sh",
+            "-c",
+            &format!(
+                "k=$(keyctl get_persistent @s {uid}) && grep \"^$(printf %08x $k) \" /proc/keys && echo $k"
+            ),
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let mut lines = text.lines();
+    let line = lines.next().context("no /proc/keys line")?;
+    let usage = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|u| u.parse().ok())
+        .with_context(|| format!("usage in {line:?}"))?;
+    Ok((usage, serial(lines.next().context("no serial")?)?))
+}
+
+async fn persistent_keyrings_linked_once_and_let_go() -> Result<()> {
+    let _claim = watchd_e2e::krb5::PersistentCollection::claim(OTHER_UID)?;
+    let env = Env::start_with_config("keys-persistent", CONFIG).await?;
+    let (before, persistent) = persistent_usage(OTHER_UID)?;
+    let (client, _holder) = client_as(&env, OTHER_UID).await?;
+    let sub = client.subscribe(SubscribeOptions::default()).await?;
+    sub.add_watch(1, "keys", &WatchOptions::new().option("key", "@persistent"))
+        .await?;
+    std::thread::sleep(INTERVAL * 3);
+    let (during, same) = persistent_usage(OTHER_UID)?;
+    ensure!(same == persistent, "the same persistent keyring");
+    ensure!(
+        during == before + 1,
+        "while watched, the daemon holds exactly one link (usage {before} → {during})\n{}",
+        env.daemon.log()
+    );
+    sub.remove_watch(1).await?;
+    std::thread::sleep(INTERVAL * 3);
+    let (after, _) = persistent_usage(OTHER_UID)?;
+    ensure!(
+        after == before,
+        "after the watch, the daemon's link is gone (usage {before} → {during} → {after})"
+    );
+    Ok(())
+}
+
+async fn bad_key_options() -> Result<()> {
+    let env = Env::start_with_config("keys-bad", CONFIG).await?;
+    let (client, _holder) = client_as(&env, OTHER_UID).await?;
+    let sub = client.subscribe(SubscribeOptions::default()).await?;
+    let cases: [(WatchOptions, &str); 5] = [
+        (
+            WatchOptions::new().option("key", "@nope"),
+            "InvalidArgument",
+        ),
+        (WatchOptions::new().option("key", "-4"), "InvalidArgument"),
+        (WatchOptions::new().option("key", 7u32), "InvalidArgument"),
+        (
+            WatchOptions::new()
+                .option("key", "12345")
+                .option("uid", OTHER_UID),
+            "InvalidArgument",
+        ),
+        (WatchOptions::new().option("key", "999999999"), "NotFound"),
+    ];
+    for (tag, (options, expected)) in (1..).zip(cases) {
+        let got = error_name(sub.add_watch(tag, "keys", &options).await)?;
+        ensure!(
+            got == format!("org.watchd.Watchd1.Error.{expected}"),
+            "case {tag}: expected {expected}, got {got}"
+        );
+    }
+    Ok(())
+}
