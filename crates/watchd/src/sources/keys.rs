@@ -1142,8 +1142,15 @@ impl Source for KeySource {
     }
 
     fn describe(&self) -> String {
+        // Kernel watch queues would make polling unnecessary; the backend for them is not
+        // written yet, so say which case this is.
+        let queues = if sys::notification_pipes_supported() {
+            "kernel watch queues present but not used yet"
+        } else {
+            "this kernel has no watch queues"
+        };
         format!(
-            "poller every {} ms (this kernel has no watch queues)",
+            "poller every {} ms ({queues})",
             self.poller.interval().as_millis()
         )
     }
