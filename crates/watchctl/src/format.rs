@@ -4,7 +4,8 @@
 //! `watchd_proto::attr::kind`, so attributes added to the protocol show up without changes
 //! here. The one exception is the repeated `property` attribute of device records, which
 //! becomes a `properties` object (`{"KEY": "VALUE", …}`). The human form has words for META,
-//! mount and device records and falls back to `name=value` pairs for every other type.
+//! mount, device, key and krb5 records and falls back to `name=value` pairs for every other
+//! type (and for key and krb5 subtypes this version does not know).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -356,6 +357,68 @@ fn describe_device(record: &Record<'_>) -> String {
     line
 }
 
+/// `key EVENT  key=ID  [aux=ID]  type=T  desc=D  perm=0xPERM  uid=U  gid=G  [watched=ID]`:
+/// `aux` for linked/unlinked, `perm` in hex as `/proc/keys` shows it, `watched` (the key
+/// the watch names) only when the record is about another key, one inside it.
+fn describe_key(record: &Record<'_>) -> String {
+    let h = &record.header;
+    let mut line = format!("key {:<12}", subtype_name(h.record_type, h.subtype));
+    let mut push = |field: String| {
+        line.push_str("  ");
+        line.push_str(&field);
+    };
+    let key_id = record.get_u32(attr::KEY_ID);
+    if let Some(id) = key_id {
+        push(format!("key={id}"));
+    }
+    if let Some(aux) = record.get_u32(attr::AUX) {
+        push(format!("aux={aux}"));
+    }
+    if let Some(key_type) = record.get(attr::KEY_TYPE) {
+        push(format!("type={}", text(&key_type)));
+    }
+    if let Some(description) = record.get(attr::DESCRIPTION) {
+        push(format!("desc={}", text(&description)));
+    }
+    if let Some(perm) = record.get_u32(attr::PERM) {
+        push(format!("perm=0x{perm:08x}"));
+    }
+    if let Some(uid) = record.get_u32(attr::KEY_UID) {
+        push(format!("uid={uid}"));
+    }
+    if let Some(gid) = record.get_u32(attr::KEY_GID) {
+        push(format!("gid={gid}"));
+    }
+    if let Some(watched) = record
+        .get_u32(attr::WATCHED_KEY)
+        .filter(|w| Some(*w) != key_id)
+    {
+        push(format!("watched={watched}"));
+    }
+    line
+}
+
+/// `krb5 EVENT  cache=NAME  [principal=P]`: the principal when known (not empty). The
+/// collection is the watched name, which the user gave; it is left to `--json`.
+fn describe_krb5(record: &Record<'_>) -> String {
+    let h = &record.header;
+    let mut line = format!("krb5 {:<9}", subtype_name(h.record_type, h.subtype));
+    let mut push = |field: String| {
+        line.push_str("  ");
+        line.push_str(&field);
+    };
+    push(format!(
+        "cache={}",
+        record
+            .get(attr::CACHE)
+            .map_or_else(|| "?".to_owned(), |a| text(&a))
+    ));
+    if let Some(principal) = record.get(attr::PRINCIPAL).filter(|a| !a.value.is_empty()) {
+        push(format!("principal={}", text(&principal)));
+    }
+    line
+}
+
 /// `type event  name=value …` for records without a form of their own.
 fn describe_generic(record: &Record<'_>) -> String {
     let h = &record.header;
@@ -386,6 +449,13 @@ pub fn human_line(record: &Record<'_>, utc_offset: i64) -> String {
         Some(RecordType::Meta) => describe_meta(record).unwrap_or_else(|| describe_generic(record)),
         Some(RecordType::Mount) => describe_mount(record),
         Some(RecordType::Device) => describe_device(record),
+        // A subtype from a newer daemon may carry attributes these forms leave out.
+        Some(RecordType::Key) if names::subtype(h.record_type, h.subtype).is_some() => {
+            describe_key(record)
+        }
+        Some(RecordType::Krb5) if names::subtype(h.record_type, h.subtype).is_some() => {
+            describe_krb5(record)
+        }
         _ => describe_generic(record),
     };
     line.push_str(body.trim_end());
@@ -949,6 +1019,182 @@ mod tests {
         assert!((0..=u16::MAX).all(|id| names::attribute(id) != Some(PROPERTIES)));
     }
 
+    /// A key record laid out as the daemon does: every attribute but `aux` always (in the
+    /// daemon's order), `aux` for linked and unlinked.
+    struct Key {
+        subtype: u8,
+        flags: u8,
+        key_id: u32,
+        aux: Option<u32>,
+        key_type: &'static str,
+        description: &'static str,
+        uid: u32,
+        gid: u32,
+        perm: u32,
+        watched: u32,
+    }
+
+    impl Key {
+        /// The `_krb` keyring of uid 1000's persistent keyring gaining a cache keyring.
+        fn krb_linked() -> Key {
+            Key {
+                subtype: watchd_proto::key::LINKED,
+                flags: 0,
+                key_id: 123_456,
+                aux: Some(654_321),
+                key_type: "keyring",
+                description: "_krb",
+                uid: 1000,
+                gid: 1000,
+                perm: 0x3f01_0000,
+                watched: 123_456,
+            }
+        }
+
+        fn build(&self, seq: u64) -> Vec<u8> {
+            let mut b = RecordBuilder::new(RecordType::Key, self.subtype, self.flags, T);
+            b.put_u32(attr::KEY_ID, self.key_id).unwrap();
+            if let Some(aux) = self.aux {
+                b.put_u32(attr::AUX, aux).unwrap();
+            }
+            b.put_u32(attr::WATCHED_KEY, self.watched).unwrap();
+            b.put_u32(attr::KEY_UID, self.uid).unwrap();
+            b.put_u32(attr::KEY_GID, self.gid).unwrap();
+            b.put_u32(attr::PERM, self.perm).unwrap();
+            b.put_str(attr::KEY_TYPE, self.key_type).unwrap();
+            b.put_str(attr::DESCRIPTION, self.description).unwrap();
+            build(b, 1, seq)
+        }
+    }
+
+    #[test]
+    fn key_records_human() {
+        use watchd_proto::key;
+        let bytes = Key::krb_linked().build(5);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  key linked        key=123456  aux=654321  type=keyring  desc=_krb  perm=0x3f010000  uid=1000  gid=1000"
+        );
+
+        // The initial state: a key found under the watched keyring says which (`watched`),
+        // and the permissions keep all eight hex digits.
+        let bytes = Key {
+            subtype: key::INSTANTIATED,
+            flags: FLAG_SNAPSHOT,
+            key_id: 777,
+            aux: None,
+            key_type: "user",
+            description: "krb_ccache:primary",
+            perm: 0x0001_0000,
+            ..Key::krb_linked()
+        }
+        .build(6);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  [snapshot] key instantiated  key=777  type=user  desc=krb_ccache:primary  perm=0x00010000  uid=1000  gid=1000  watched=123456"
+        );
+
+        // A keyring emptied has no `aux`; an odd description is quoted.
+        let bytes = Key {
+            subtype: key::CLEARED,
+            aux: None,
+            description: "my keys",
+            ..Key::krb_linked()
+        }
+        .build(7);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            r#"22:13:20.123  key cleared       key=123456  type=keyring  desc="my keys"  perm=0x3f010000  uid=1000  gid=1000"#
+        );
+
+        // Every subtype this version knows has the key form; `setattr` fits the column too.
+        for subtype in 0..=key::SETATTR {
+            let bytes = Key {
+                subtype,
+                ..Key::krb_linked()
+            }
+            .build(8);
+            let line = human_line(&parse(&bytes), 0);
+            let name = names::subtype(RecordType::Key as u32, subtype).unwrap();
+            assert!(
+                line.starts_with(&format!("22:13:20.123  key {name:<12}  key=123456  ")),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_record_json() {
+        let bytes = Key::krb_linked().build(5);
+        let line = json_line(&parse(&bytes));
+        assert_eq!(
+            line,
+            r#"{"type":"key","event":"linked","tag":1,"seq":5,"time_ns":1700000000123456789,"snapshot":false,"key_id":123456,"aux":654321,"watched_key":123456,"key_uid":1000,"key_gid":1000,"perm":1057030144,"key_type":"keyring","description":"_krb"}"#
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["perm"], 0x3f01_0000);
+    }
+
+    fn krb5_record(subtype: u8, flags: u8, cache: &str, principal: &str) -> Vec<u8> {
+        let mut b = RecordBuilder::new(RecordType::Krb5, subtype, flags, T);
+        b.put_str(attr::CACHE, cache).unwrap();
+        b.put_str(attr::PRINCIPAL, principal).unwrap();
+        b.put_str(attr::COLLECTION, "KEYRING:persistent:1000")
+            .unwrap();
+        build(b, 1, 3)
+    }
+
+    #[test]
+    fn krb5_records_human() {
+        use watchd_proto::krb5;
+        let bytes = krb5_record(
+            krb5::CHANGED,
+            0,
+            "KEYRING:persistent:1000:1000",
+            "alice@WATCHD.TEST",
+        );
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  krb5 changed    cache=KEYRING:persistent:1000:1000  principal=alice@WATCHD.TEST"
+        );
+        let bytes = krb5_record(
+            krb5::PRIMARY,
+            FLAG_SNAPSHOT,
+            "KEYRING:persistent:1000:krb_ccache_AbCd",
+            "bob@WATCHD.TEST",
+        );
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  [snapshot] krb5 primary    cache=KEYRING:persistent:1000:krb_ccache_AbCd  principal=bob@WATCHD.TEST"
+        );
+        // An unknown principal (empty) is not shown.
+        let bytes = krb5_record(krb5::DESTROYED, 0, "FILE:/tmp/krb5cc_1000", "");
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  krb5 destroyed  cache=FILE:/tmp/krb5cc_1000"
+        );
+        // A subtype from a newer daemon: every attribute, generically.
+        let bytes = krb5_record(9, 0, "FILE:/tmp/x", "a@B");
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  krb5 9        cache=FILE:/tmp/x  principal=a@B  collection=KEYRING:persistent:1000"
+        );
+    }
+
+    #[test]
+    fn krb5_record_json() {
+        let bytes = krb5_record(
+            watchd_proto::krb5::CREATED,
+            FLAG_SNAPSHOT,
+            "KEYRING:persistent:1000:1000",
+            "alice@WATCHD.TEST",
+        );
+        assert_eq!(
+            json_line(&parse(&bytes)),
+            r#"{"type":"krb5","event":"created","tag":1,"seq":3,"time_ns":1700000000123456789,"snapshot":true,"cache":"KEYRING:persistent:1000:1000","principal":"alice@WATCHD.TEST","collection":"KEYRING:persistent:1000"}"#
+        );
+    }
+
     /// The JSON lines docs/watchctl.md shows are what `json_line` prints.
     #[test]
     fn json_examples_in_the_manual_are_real() {
@@ -962,7 +1208,18 @@ mod tests {
             .collect();
         let mut device = Device::loop7(watchd_proto::device::ADD).build(7);
         stamp(&mut device, 1, 7);
-        let expected = [json_line(&parse(&device)), json_line(&parse(&attach(0)))];
+        let krb5 = krb5_record(
+            watchd_proto::krb5::CHANGED,
+            0,
+            "KEYRING:persistent:1000:1000",
+            "alice@WATCHD.TEST",
+        );
+        let expected = [
+            json_line(&parse(&device)),
+            json_line(&parse(&attach(0))),
+            json_line(&parse(&Key::krb_linked().build(5))),
+            json_line(&parse(&krb5)),
+        ];
         assert_eq!(examples, expected);
     }
 

@@ -7,6 +7,7 @@
 mod format;
 mod sys;
 
+use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +87,45 @@ enum WatchKind {
         #[command(flatten)]
         common: WatchArgs,
     },
+    /// A key or keyring changing: instantiated, updated, linked, unlinked, cleared, revoked,
+    /// invalidated, setattr (the kernel's key notifications)
+    Keys {
+        /// The key or keyring to watch: @user (your user keyring), @user-session (your user
+        /// session keyring), @persistent (your persistent keyring, where MIT krb5 keeps
+        /// KEYRING:persistent caches), or a key's serial number as `keyctl show` prints it
+        #[arg(
+            value_name = "SPEC",
+            default_value = KEY_SPEC_DEFAULT,
+            value_parser = parse_key_spec
+        )]
+        spec: String,
+
+        /// Whose keyring @user, @user-session or @persistent means [default: yours];
+        /// another user's needs an administrator's authorization. Not with a key serial
+        #[arg(long, value_name = "UID")]
+        uid: Option<u32>,
+
+        /// Also watch the keys in the keyrings linked into it, and in those linked into
+        /// them (the whole tree)
+        #[arg(long)]
+        nested: bool,
+
+        #[command(flatten)]
+        common: WatchArgs,
+    },
+    /// Kerberos credential caches being created (kinit), changed (kinit again, kinit -R,
+    /// new tickets), made primary (kswitch) or destroyed (kdestroy)
+    Krb5 {
+        /// The cache or collection to watch, as MIT krb5 names it, e.g.
+        /// KEYRING:persistent:1000 or FILE:/tmp/krb5cc_1000 [default: $KRB5CCNAME when set
+        /// and not empty, as MIT krb5 would use it for this process; else the daemon uses
+        /// krb5.conf's default_ccache_name for your uid]
+        #[arg(long, value_name = "NAME", value_parser = parse_nonempty)]
+        cache: Option<String>,
+
+        #[command(flatten)]
+        common: WatchArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +180,41 @@ fn parse_property(value: &str) -> Result<String, String> {
     }
 }
 
+/// What `watch keys` watches when no SPEC is given.
+const KEY_SPEC_DEFAULT: &str = "@user";
+
+/// The keyrings `watch keys` names with `@`: the daemon resolves them for the caller (or
+/// for `--uid`).
+const KEY_SPECS: [&str; 3] = ["@user", "@user-session", "@persistent"];
+
+/// `watch keys SPEC`: one of [`KEY_SPECS`], or a key serial (a positive decimal number that
+/// fits the kernel's `key_serial_t`), sent in its canonical form.
+fn parse_key_spec(value: &str) -> Result<String, String> {
+    if KEY_SPECS.contains(&value) {
+        return Ok(value.to_owned());
+    }
+    const EXPECTED: &str = "expected @user, @user-session, @persistent or a key serial number";
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return match value.parse::<i32>() {
+            Ok(serial) if serial > 0 => Ok(serial.to_string()),
+            Ok(_) => Err(format!("{EXPECTED}: key serial numbers start at 1")),
+            Err(_) => Err(format!(
+                "{EXPECTED}: a key serial number is at most {}",
+                i32::MAX
+            )),
+        };
+    }
+    let hint = match value {
+        "@u" => " (keyctl's @u is @user here)",
+        "@us" => " (keyctl's @us is @user-session here)",
+        _ if value.starts_with('-') => " (the kernel's negative special ids are not accepted)",
+        _ => "",
+    };
+    Err(format!(
+        "{EXPECTED}, e.g. 123456789 as `keyctl show` prints it{hint}"
+    ))
+}
+
 fn parse_nonempty(value: &str) -> Result<String, String> {
     if value.is_empty() {
         Err("must not be empty".into())
@@ -170,6 +245,64 @@ fn device_options(
     }
     if let Some(sysname) = sysname {
         options = options.option("sysname", sysname);
+    }
+    options
+}
+
+/// The `AddWatch` options of a `keys` watch: `key` always, `uid` and `nested` when given.
+/// `--uid` says whose `@` keyring is meant, so it makes no sense with a serial.
+fn key_options(
+    spec: String,
+    uid: Option<u32>,
+    nested: bool,
+    common: &WatchArgs,
+) -> anyhow::Result<WatchOptions> {
+    if uid.is_some() && !spec.starts_with('@') {
+        bail!(
+            "--uid names whose @user, @user-session or @persistent to watch; a key serial needs none"
+        );
+    }
+    let mut options = WatchOptions::new()
+        .initial(common.initial)
+        .interactive(common.interactive)
+        .option("key", spec);
+    if let Some(uid) = uid {
+        options = options.option("uid", uid);
+    }
+    if nested {
+        options = options.option("nested", true);
+    }
+    Ok(options)
+}
+
+/// The environment variable MIT krb5 takes the default credential cache's name from.
+const KRB5CCNAME: &str = "KRB5CCNAME";
+
+/// The cache a `krb5` watch names: `--cache`, else `$KRB5CCNAME` (`env`) when it is set and
+/// not empty, else none (the daemon then uses krb5.conf's default for the caller's uid).
+fn krb5_cache(cache: Option<String>, env: Option<OsString>) -> anyhow::Result<Option<String>> {
+    if cache.is_some() {
+        return Ok(cache);
+    }
+    match env.filter(|value| !value.is_empty()) {
+        None => Ok(None),
+        Some(value) => match value.into_string() {
+            Ok(value) => Ok(Some(value)),
+            Err(value) => bail!(
+                "${KRB5CCNAME} is not valid UTF-8 ({}); name the cache with --cache",
+                value.to_string_lossy()
+            ),
+        },
+    }
+}
+
+/// The `AddWatch` options of a `krb5` watch: `cache` when there is one.
+fn krb5_options(cache: Option<String>, common: &WatchArgs) -> WatchOptions {
+    let mut options = WatchOptions::new()
+        .initial(common.initial)
+        .interactive(common.interactive);
+    if let Some(cache) = cache {
+        options = options.option("cache", cache);
     }
     options
 }
@@ -278,6 +411,25 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         } => {
             let options = device_options(subsystem, tag, properties, sysname, &common);
             watch(cli.bus_address.as_deref(), "devices", &options, &common).await
+        }
+        Command::Watch {
+            kind:
+                WatchKind::Keys {
+                    spec,
+                    uid,
+                    nested,
+                    common,
+                },
+        } => {
+            let options = key_options(spec, uid, nested, &common)?;
+            watch(cli.bus_address.as_deref(), "keys", &options, &common).await
+        }
+        Command::Watch {
+            kind: WatchKind::Krb5 { cache, common },
+        } => {
+            let cache = krb5_cache(cache, std::env::var_os(KRB5CCNAME))?;
+            let options = krb5_options(cache, &common);
+            watch(cli.bus_address.as_deref(), "krb5", &options, &common).await
         }
     }
 }
@@ -451,6 +603,8 @@ mod tests {
                 let text = match signature.as_str() {
                     "s" => String::try_from(value).unwrap(),
                     "as" => Vec::<String>::try_from(value).unwrap().join(" | "),
+                    "u" => u32::try_from(value).unwrap().to_string(),
+                    "b" => bool::try_from(value).unwrap().to_string(),
                     other => panic!("{key}: unexpected signature {other}"),
                 };
                 (key.to_owned(), signature, text)
@@ -553,6 +707,244 @@ mod tests {
         let err =
             Cli::try_parse_from(["watchctl", "watch", "mounts", "--watch-tag", "0"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    fn parse_keys(args: &[&str]) -> Result<(WatchOptions, WatchArgs), clap::Error> {
+        let cli = Cli::try_parse_from(["watchctl", "watch", "keys"].iter().chain(args))?;
+        let Command::Watch {
+            kind:
+                WatchKind::Keys {
+                    spec,
+                    uid,
+                    nested,
+                    common,
+                },
+        } = cli.command
+        else {
+            panic!("not watch keys")
+        };
+        Ok((key_options(spec, uid, nested, &common).unwrap(), common))
+    }
+
+    #[test]
+    fn watch_keys_arguments() {
+        // The default: the caller's user keyring, nothing else.
+        let (options, common) = parse_keys(&[]).unwrap();
+        assert_eq!(sent(&options), [triple("key", "s", "@user")]);
+        assert!(!options.initial && !options.interactive && !common.json);
+        assert_eq!((common.depth, common.watch_tag), (None, 1));
+
+        for spec in ["@user", "@user-session", "@persistent"] {
+            let (options, _) = parse_keys(&[spec]).unwrap();
+            assert_eq!(sent(&options), [triple("key", "s", spec)]);
+        }
+
+        let (options, common) = parse_keys(&[
+            "@persistent",
+            "--uid",
+            "1000",
+            "--nested",
+            "--initial",
+            "--json",
+            "--interactive",
+            "--depth",
+            "64",
+            "--watch-tag",
+            "5",
+        ])
+        .unwrap();
+        assert!(options.initial && options.interactive && common.json);
+        assert_eq!((common.depth, common.watch_tag), (Some(64), 5));
+        assert_eq!(
+            sent(&options),
+            [
+                triple("key", "s", "@persistent"),
+                triple("nested", "b", "true"),
+                triple("uid", "u", "1000"),
+            ]
+        );
+
+        // A serial goes as its decimal text, in canonical form; options may come first.
+        let (options, _) = parse_keys(&["--nested", "0123456789"]).unwrap();
+        assert_eq!(
+            sent(&options),
+            [
+                triple("key", "s", "123456789"),
+                triple("nested", "b", "true")
+            ]
+        );
+        let (options, _) = parse_keys(&["--uid", "0", "@user-session"]).unwrap();
+        assert_eq!(
+            sent(&options),
+            [triple("key", "s", "@user-session"), triple("uid", "u", "0")]
+        );
+        let (options, _) = parse_keys(&["2147483647"]).unwrap();
+        assert_eq!(sent(&options), [triple("key", "s", "2147483647")]);
+    }
+
+    #[test]
+    fn watch_keys_refuses_what_is_not_a_key() {
+        for (spec, says) in [
+            ("@u", "keyctl's @u is @user here"),
+            ("@us", "keyctl's @us is @user-session here"),
+            (
+                "@s",
+                "expected @user, @user-session, @persistent or a key serial number",
+            ),
+            ("@User", "expected @user"),
+            ("user", "expected @user"),
+            ("", "expected @user"),
+            ("0", "key serial numbers start at 1"),
+            ("2147483648", "a key serial number is at most 2147483647"),
+            ("99999999999999999999", "at most 2147483647"),
+            ("+5", "expected @user"),
+            ("0x1e240", "expected @user"),
+            ("12 34", "expected @user"),
+        ] {
+            let err = parse_keys(&[spec]).map(|_| ()).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{spec:?}"
+            );
+            assert!(err.to_string().contains(says), "{spec:?}: {err}");
+        }
+        // The kernel's negative special ids (-4 is KEY_SPEC_USER_KEYRING) are refused too.
+        let err = parse_keys(&["--", "-4"]).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("negative special ids"), "{err}");
+
+        for args in [
+            &["--uid", "-1"][..],
+            &["--uid", "alice"],
+            &["--uid"],
+            &["--nested", "yes"],
+            &["--cache", "FILE:/tmp/x"],
+            &["@user", "@persistent"],
+        ] {
+            let err = parse_keys(args).map(|_| ()).unwrap_err();
+            assert!(
+                matches!(
+                    err.kind(),
+                    clap::error::ErrorKind::ValueValidation
+                        | clap::error::ErrorKind::InvalidValue
+                        | clap::error::ErrorKind::UnknownArgument
+                ),
+                "{args:?}: {err}"
+            );
+        }
+    }
+
+    /// `--uid` says whose `@` keyring; with a serial it is refused before the daemon is
+    /// asked (the daemon would refuse it too).
+    #[test]
+    fn watch_keys_refuses_uid_with_a_serial() {
+        let cli =
+            Cli::try_parse_from(["watchctl", "watch", "keys", "42", "--uid", "1000"]).unwrap();
+        let Command::Watch {
+            kind:
+                WatchKind::Keys {
+                    spec,
+                    uid,
+                    nested,
+                    common,
+                },
+        } = cli.command
+        else {
+            panic!("not watch keys")
+        };
+        let err = key_options(spec, uid, nested, &common).unwrap_err();
+        assert_eq!(
+            error_line(&err),
+            "--uid names whose @user, @user-session or @persistent to watch; a key serial needs none"
+        );
+    }
+
+    /// `watch krb5` with `args`, as if `$KRB5CCNAME` were `env`.
+    fn parse_krb5(
+        args: &[&str],
+        env: Option<&str>,
+    ) -> Result<(WatchOptions, WatchArgs), clap::Error> {
+        let cli = Cli::try_parse_from(["watchctl", "watch", "krb5"].iter().chain(args))?;
+        let Command::Watch {
+            kind: WatchKind::Krb5 { cache, common },
+        } = cli.command
+        else {
+            panic!("not watch krb5")
+        };
+        let cache = krb5_cache(cache, env.map(OsString::from)).unwrap();
+        Ok((krb5_options(cache, &common), common))
+    }
+
+    #[test]
+    fn watch_krb5_arguments() {
+        // No --cache, no $KRB5CCNAME: no cache option, the daemon picks krb5.conf's default.
+        let (options, common) = parse_krb5(&[], None).unwrap();
+        assert!(sent(&options).is_empty());
+        assert!(!options.initial && !common.json);
+        assert_eq!((common.depth, common.watch_tag), (None, 1));
+        // Set but empty is unset, for MIT krb5 too.
+        let (options, _) = parse_krb5(&[], Some("")).unwrap();
+        assert!(sent(&options).is_empty());
+
+        // $KRB5CCNAME is what MIT krb5 would use for this process, so it is what is watched.
+        let (options, _) = parse_krb5(&[], Some("KEYRING:persistent:1000")).unwrap();
+        assert_eq!(
+            sent(&options),
+            [triple("cache", "s", "KEYRING:persistent:1000")]
+        );
+        // --cache wins over it.
+        let (options, common) = parse_krb5(
+            &[
+                "--cache",
+                "FILE:/tmp/krb5cc_1000",
+                "--initial",
+                "--json",
+                "--watch-tag",
+                "3",
+            ],
+            Some("KEYRING:persistent:1000"),
+        )
+        .unwrap();
+        assert_eq!(
+            sent(&options),
+            [triple("cache", "s", "FILE:/tmp/krb5cc_1000")]
+        );
+        assert!(options.initial && common.json);
+        assert_eq!(common.watch_tag, 3);
+
+        for args in [
+            &["--cache", ""][..],
+            &["--cache"],
+            &["--nested"],
+            &["@user"],
+        ] {
+            let err = parse_krb5(args, None).map(|_| ()).unwrap_err();
+            assert!(
+                matches!(
+                    err.kind(),
+                    clap::error::ErrorKind::ValueValidation
+                        | clap::error::ErrorKind::InvalidValue
+                        | clap::error::ErrorKind::UnknownArgument
+                ),
+                "{args:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn krb5_cache_from_the_environment_must_be_text() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(b"FILE:/tmp/krb5cc_\xff".to_vec());
+        let err = krb5_cache(None, Some(bad.clone())).unwrap_err();
+        assert_eq!(
+            error_line(&err),
+            "$KRB5CCNAME is not valid UTF-8 (FILE:/tmp/krb5cc_\u{fffd}); name the cache with --cache"
+        );
+        // --cache makes the environment irrelevant.
+        assert_eq!(
+            krb5_cache(Some("FILE:/x".into()), Some(bad)).unwrap(),
+            Some("FILE:/x".to_owned())
+        );
     }
 
     #[test]

@@ -76,6 +76,12 @@ extern "C" {
 #define WATCHD_KEY_INVALIDATED 6u
 #define WATCHD_KEY_SETATTR 7u
 
+/* WATCHD_TYPE_KRB5: what happened to a Kerberos credential cache */
+#define WATCHD_KRB5_CREATED 0u   /* a cache appeared (kinit into a new cache) */
+#define WATCHD_KRB5_CHANGED 1u   /* its credentials changed (kinit again, kinit -R) */
+#define WATCHD_KRB5_PRIMARY 2u   /* it became the collection's primary cache (kswitch) */
+#define WATCHD_KRB5_DESTROYED 3u /* it went away (kdestroy) */
+
 /* WATCHD_TYPE_MOUNT */
 #define WATCHD_MOUNT_ATTACH 0u
 #define WATCHD_MOUNT_DETACH 1u
@@ -137,6 +143,21 @@ extern "C" {
 #define WATCHD_ATTR_PROPERTY 0x0049u     /* str "KEY=VALUE", REPEATED: one per property */
 #define WATCHD_ATTR_OLD_SYSPATH 0x004au  /* str, MOVE */
 #define WATCHD_ATTR_EVENT_SOURCE 0x004bu /* str, "udev" or "kernel" */
+
+/* Keys, 0x0060..0x006f */
+#define WATCHD_ATTR_KEY_ID 0x0060u      /* u32, the key's serial (LINKED, UNLINKED: the keyring's) */
+#define WATCHD_ATTR_AUX 0x0061u         /* u32, LINKED, UNLINKED: the serial of the key */
+#define WATCHD_ATTR_KEY_TYPE 0x0062u    /* str, e.g. "keyring", "user" */
+#define WATCHD_ATTR_DESCRIPTION 0x0063u /* str, e.g. "krb_ccache:primary" */
+#define WATCHD_ATTR_KEY_UID 0x0064u     /* u32, the key's owner */
+#define WATCHD_ATTR_KEY_GID 0x0065u     /* u32, the key's group */
+#define WATCHD_ATTR_PERM 0x0066u        /* u32, possessor/user/group/other bytes, high to low */
+#define WATCHD_ATTR_WATCHED_KEY 0x0067u /* u32, the watched key or keyring it was found under */
+
+/* Kerberos credential caches, 0x0070..0x007f */
+#define WATCHD_ATTR_CACHE 0x0070u      /* str, e.g. "KEYRING:persistent:1000:krb_ccache_AbCd" */
+#define WATCHD_ATTR_PRINCIPAL 0x0071u  /* str, e.g. "alice@EXAMPLE.ORG"; empty if unknown */
+#define WATCHD_ATTR_COLLECTION 0x0072u /* str, the watched cache or collection, as named */
 
 /* ---- Layouts ------------------------------------------------------------------------ */
 
@@ -440,6 +461,12 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_MAJOR:
 	case WATCHD_ATTR_MINOR:
 	case WATCHD_ATTR_CHANGED:
+	case WATCHD_ATTR_KEY_ID:
+	case WATCHD_ATTR_AUX:
+	case WATCHD_ATTR_KEY_UID:
+	case WATCHD_ATTR_KEY_GID:
+	case WATCHD_ATTR_PERM:
+	case WATCHD_ATTR_WATCHED_KEY:
 		return WATCHD_KIND_U32;
 	case WATCHD_ATTR_OBJECT:
 	case WATCHD_ATTR_REASON:
@@ -462,6 +489,11 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_PROPERTY:
 	case WATCHD_ATTR_OLD_SYSPATH:
 	case WATCHD_ATTR_EVENT_SOURCE:
+	case WATCHD_ATTR_KEY_TYPE:
+	case WATCHD_ATTR_DESCRIPTION:
+	case WATCHD_ATTR_CACHE:
+	case WATCHD_ATTR_PRINCIPAL:
+	case WATCHD_ATTR_COLLECTION:
 		return WATCHD_KIND_STR;
 	default:
 		return WATCHD_KIND_UNKNOWN;
@@ -503,6 +535,17 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_PROPERTY: return "property";
 	case WATCHD_ATTR_OLD_SYSPATH: return "old_syspath";
 	case WATCHD_ATTR_EVENT_SOURCE: return "event_source";
+	case WATCHD_ATTR_KEY_ID: return "key_id";
+	case WATCHD_ATTR_AUX: return "aux";
+	case WATCHD_ATTR_KEY_TYPE: return "key_type";
+	case WATCHD_ATTR_DESCRIPTION: return "description";
+	case WATCHD_ATTR_KEY_UID: return "key_uid";
+	case WATCHD_ATTR_KEY_GID: return "key_gid";
+	case WATCHD_ATTR_PERM: return "perm";
+	case WATCHD_ATTR_WATCHED_KEY: return "watched_key";
+	case WATCHD_ATTR_CACHE: return "cache";
+	case WATCHD_ATTR_PRINCIPAL: return "principal";
+	case WATCHD_ATTR_COLLECTION: return "collection";
 	default: return NULL;
 	}
 }
@@ -529,6 +572,7 @@ static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
 	static const char *const mount[] = {"attach", "detach", "move", "change"};
 	static const char *const device[] = {"add",    "remove",  "change", "move",
 					     "online", "offline", "bind",   "unbind"};
+	static const char *const krb5[] = {"created", "changed", "primary", "destroyed"};
 
 	switch (type) {
 	case WATCHD_TYPE_META:
@@ -539,6 +583,8 @@ static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
 		return subtype < sizeof mount / sizeof mount[0] ? mount[subtype] : NULL;
 	case WATCHD_TYPE_DEVICE:
 		return subtype < sizeof device / sizeof device[0] ? device[subtype] : NULL;
+	case WATCHD_TYPE_KRB5:
+		return subtype < sizeof krb5 / sizeof krb5[0] ? krb5[subtype] : NULL;
 	default:
 		return NULL;
 	}

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use common::{STRICT, compile_snippet, run, run_on_file, stdout_lines, watchd_dump};
 use watchd_proto::{
     AttrKind, FLAG_SNAPSHOT, FLAG_TRUNCATED, HEADER_LEN, MAX_RECORD_LEN, RecordBuilder, RecordType,
-    VERSION, attr, device, key, meta, mount, names, stamp,
+    VERSION, attr, device, key, krb5, meta, mount, names, stamp,
 };
 
 const TIME: u64 = 1_767_225_600_123_456_789;
@@ -437,6 +437,8 @@ int main(void)
     P(WATCHD_KEY_INSTANTIATED); P(WATCHD_KEY_UPDATED); P(WATCHD_KEY_LINKED);
     P(WATCHD_KEY_UNLINKED); P(WATCHD_KEY_CLEARED); P(WATCHD_KEY_REVOKED);
     P(WATCHD_KEY_INVALIDATED); P(WATCHD_KEY_SETATTR);
+    P(WATCHD_KRB5_CREATED); P(WATCHD_KRB5_CHANGED); P(WATCHD_KRB5_PRIMARY);
+    P(WATCHD_KRB5_DESTROYED);
     P(WATCHD_MOUNT_ATTACH); P(WATCHD_MOUNT_DETACH); P(WATCHD_MOUNT_MOVE); P(WATCHD_MOUNT_CHANGE);
     P(WATCHD_DEVICE_ADD); P(WATCHD_DEVICE_REMOVE); P(WATCHD_DEVICE_CHANGE); P(WATCHD_DEVICE_MOVE);
     P(WATCHD_DEVICE_ONLINE); P(WATCHD_DEVICE_OFFLINE); P(WATCHD_DEVICE_BIND);
@@ -453,6 +455,10 @@ int main(void)
     P(WATCHD_ATTR_SYSPATH); P(WATCHD_ATTR_DEVNODE); P(WATCHD_ATTR_DRIVER); P(WATCHD_ATTR_SEQNUM);
     P(WATCHD_ATTR_TAGS); P(WATCHD_ATTR_PROPERTY); P(WATCHD_ATTR_OLD_SYSPATH);
     P(WATCHD_ATTR_EVENT_SOURCE);
+    P(WATCHD_ATTR_KEY_ID); P(WATCHD_ATTR_AUX); P(WATCHD_ATTR_KEY_TYPE);
+    P(WATCHD_ATTR_DESCRIPTION); P(WATCHD_ATTR_KEY_UID); P(WATCHD_ATTR_KEY_GID);
+    P(WATCHD_ATTR_PERM); P(WATCHD_ATTR_WATCHED_KEY);
+    P(WATCHD_ATTR_CACHE); P(WATCHD_ATTR_PRINCIPAL); P(WATCHD_ATTR_COLLECTION);
 
     for (id = 0; id <= 0xffff; id++) {
         const char *name = watchd_attr_name((uint16_t)id);
@@ -506,6 +512,10 @@ int main(void)
                 key::INVALIDATED,
                 key::SETATTR,
             ],
+        ),
+        (
+            RecordType::Krb5,
+            &[krb5::CREATED, krb5::CHANGED, krb5::PRIMARY, krb5::DESTROYED],
         ),
         (
             RecordType::Mount,
