@@ -38,6 +38,10 @@ pub fn trials() -> Vec<Trial> {
             "interfaces::a_c_reader_built_from_the_protocol_doc_decodes_live_records",
             c_reader,
         ),
+        trial(
+            "interfaces::the_pygobject_example_prints_credentials_cache_signals",
+            pygobject_signal_example,
+        ),
     ]
 }
 
@@ -341,6 +345,88 @@ async fn c_reader() -> Result<()> {
     ensure!(
         line.contains(&format!("mount_point={}", target.display())),
         "{line}"
+    );
+    Ok(())
+}
+
+/// A FILE credential cache as MIT writes it (version 4, empty header), holding only the
+/// default principal `name@realm`: enough for the daemon to name the cache's principal.
+fn file_ccache(name: &str, realm: &str) -> Vec<u8> {
+    let mut out = vec![5, 4, 0, 0];
+    out.extend(1u32.to_be_bytes()); // KRB5_NT_PRINCIPAL
+    out.extend(1u32.to_be_bytes()); // one component
+    for part in [realm, name] {
+        out.extend((part.len() as u32).to_be_bytes());
+        out.extend(part.as_bytes());
+    }
+    out
+}
+
+/// docs/examples/krb5-signal.py, run as uid 1000 against the daemon, prints the signals for
+/// a FILE cache being created and destroyed.
+async fn pygobject_signal_example() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use watchd_e2e::polkit::{OTHER_UID, as_user};
+
+    let env = Env::start("pygobject").await?;
+    let dir = env.scratch.join("ccache");
+    std::fs::create_dir(&dir)?;
+    std::fs::set_permissions(&env.scratch.path, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))?;
+    let cache = dir.join("krb5cc_1000");
+    let name = format!("FILE:{}", cache.display());
+    // Debian's python3, which has PyGObject (python3-gi); not whichever python3 is first
+    // in PATH.
+    let mut command = Command::new("/usr/bin/python3");
+    command
+        .arg(repo().join("docs/examples/krb5-signal.py"))
+        .arg(&name)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus.address)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    as_user(&mut command, OTHER_UID);
+    let mut example = Process::spawn(command, "krb5-signal.py")?;
+    let stdout = example.child().stdout.take().context("stdout")?;
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // The example has set its watch once the daemon holds one.
+    let client = env.client().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while client.status().await?.watches < 1 {
+        example.check_running()?;
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the example set no watch"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next_line = |what: &str| -> Result<String> {
+        lines
+            .recv_timeout(Duration::from_secs(10))
+            .with_context(|| format!("the example printed nothing for {what}"))
+    };
+    std::fs::write(&cache, file_ccache("alice", "WATCHD.TEST"))?;
+    std::os::unix::fs::chown(&cache, Some(OTHER_UID), Some(OTHER_UID))?;
+    // Written, then chowned: the first write is root's file and does not count.
+    std::fs::write(&cache, file_ccache("alice", "WATCHD.TEST"))?;
+    let created = next_line("created")?;
+    ensure!(
+        created.contains("created")
+            && created.contains(&name)
+            && created.contains("alice@WATCHD.TEST"),
+        "created: {created:?}"
+    );
+    std::fs::remove_file(&cache)?;
+    let destroyed = next_line("destroyed")?;
+    ensure!(
+        destroyed.contains("destroyed") && destroyed.contains(&name),
+        "destroyed: {destroyed:?}"
     );
     Ok(())
 }
