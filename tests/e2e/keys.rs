@@ -3,7 +3,6 @@
 //! can and cannot see of them.
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -43,7 +42,7 @@ const CONFIG: &str = "[keys]\npoll_interval_ms = 250\n";
 const WITHIN: Duration = Duration::from_millis(1250);
 
 /// uid 1000's user keyring is one per machine: one test at a time changes it.
-static USER_KEYRING: Mutex<()> = Mutex::new(());
+static USER_KEYRING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs `script` as `uid` in a fresh session keyring that links the user's `@u`, so that
 /// the user possesses its own keys (as in a login session) and may update, revoke or
@@ -127,7 +126,7 @@ async fn watch_user_keyring(client: &Client, options: WatchOptions) -> Result<Ev
 }
 
 async fn operations_arrive_as_kernel_subtypes() -> Result<()> {
-    let _one_at_a_time = USER_KEYRING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = USER_KEYRING.lock().await;
     let env = Env::start_with_config("keys-ops", CONFIG).await?;
     let (client, _holder) = client_as(&env, OTHER_UID).await?;
     let user = serial(&keyctl_as(
@@ -238,7 +237,7 @@ impl Drop for Cleanup {
 }
 
 async fn another_user_cannot_watch_or_receive() -> Result<()> {
-    let _one_at_a_time = USER_KEYRING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = USER_KEYRING.lock().await;
     let env = Env::start_with_config("keys-other", CONFIG).await?;
     let k = serial(&keyctl_as(
         OTHER_UID,
@@ -309,7 +308,7 @@ async fn another_user_cannot_watch_or_receive() -> Result<()> {
 }
 
 async fn initial_state_lists_the_tree() -> Result<()> {
-    let _one_at_a_time = USER_KEYRING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = USER_KEYRING.lock().await;
     let env = Env::start_with_config("keys-initial", CONFIG).await?;
     let ring = serial(&keyctl_as(
         OTHER_UID,
