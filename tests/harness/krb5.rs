@@ -529,6 +529,17 @@ pub fn persistent_keyring(uid: u32) -> Result<Key> {
     Key::parse_tree(&text).with_context(|| format!("parsing keyctl show:\n{text}"))
 }
 
+/// Invalidates `uid`'s persistent keyring, as its expiry (3 days without
+/// `KEYCTL_GET_PERSISTENT`) or an administrator's `keyctl invalidate` would: the caches in
+/// it go with it, and the next `kinit` makes a new persistent keyring (a new serial).
+/// Returns the serial invalidated.
+pub fn invalidate_persistent_keyring(uid: u32) -> Result<i32> {
+    let out = in_possession(uid, r#"echo "$P" && exec keyctl invalidate "$P""#)?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("keyctl get_persistent printed {out:?}"))
+}
+
 /// The payload of key `serial`, read by root in possession of `uid`'s persistent keyring
 /// (so only keys reachable from it).
 pub fn read_key(uid: u32, serial: i32) -> Result<Vec<u8>> {

@@ -296,6 +296,18 @@ impl Daemon {
         config: &str,
         via_environment: bool,
     ) -> Result<Daemon> {
+        Daemon::start_with_env(bus, dir, config, via_environment, &[]).await
+    }
+
+    /// [`Daemon::start`] with `env` added to the daemon's environment (e.g. `KRB5_CONFIG`,
+    /// which names the krb5.conf it takes a caller's default credential cache from).
+    pub async fn start_with_env(
+        bus: &Bus,
+        dir: &Path,
+        config: &str,
+        via_environment: bool,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Daemon> {
         let config_file = dir.join("watchd.toml");
         std::fs::write(&config_file, config)?;
         let log = dir.join("watchd.log");
@@ -315,6 +327,7 @@ impl Daemon {
             .arg("--config")
             .arg(&config_file)
             .env("WATCHD_LOG", "debug")
+            .envs(env.iter().copied())
             .stderr(std::fs::File::create(&log)?);
         let mut process = Process::spawn(command, "watchd").with_context(|| {
             format!(
@@ -367,9 +380,18 @@ impl Env {
     }
 
     pub async fn start_with_config(label: &str, config: &str) -> Result<Env> {
+        Env::start_with_config_and_env(label, config, &[]).await
+    }
+
+    /// [`Env::start_with_config`], the daemon started with `env` added to its environment.
+    pub async fn start_with_config_and_env(
+        label: &str,
+        config: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Env> {
         let scratch = Scratch::new(label)?;
         let bus = Bus::start(&scratch.path)?;
-        let daemon = Daemon::start(&bus, &scratch.path, config, false).await?;
+        let daemon = Daemon::start_with_env(&bus, &scratch.path, config, false, env).await?;
         Ok(Env {
             daemon,
             bus,

@@ -47,7 +47,10 @@ fn an_explicit_config_that_does_not_exist_is_an_error() {
 
 #[test]
 fn disabling_every_source_is_refused_rather_than_serving_nothing() {
-    let config = ("none.toml", "[sources]\nmounts = false\ndevices = false\nkeys = false\nkrb5 = false\n");
+    let config = (
+        "none.toml",
+        "[sources]\nmounts = false\ndevices = false\nkeys = false\nkrb5 = false\n",
+    );
     refuses(Some(config), &NO_BUS, &["every source is disabled"]);
 }
 
@@ -63,5 +66,9 @@ fn an_unreachable_bus_is_named_in_the_error() {
 #[test]
 fn a_poll_interval_out_of_range_is_refused_naming_the_key() {
     let config = ("fast.toml", "[keys]\npoll_interval_ms = 1\n");
-    refuses(Some(config), &NO_BUS, &["fast.toml", "keys.poll_interval_ms"]);
+    refuses(
+        Some(config),
+        &NO_BUS,
+        &["fast.toml", "keys.poll_interval_ms"],
+    );
 }

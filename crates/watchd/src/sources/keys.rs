@@ -806,6 +806,13 @@ impl Poller {
             let walked = walk(root.serial, root.request.nested, &root.tree, state);
             let new = match walked {
                 Ok(tree) => tree,
+                Err(e) if is_gone(&e) && root.request.collection.is_some() => {
+                    // A credential-cache collection outlives its keyring (a persistent
+                    // keyring expires, kdestroy -A may leave none): follow the anchor's new
+                    // keyring, once, and report the caches that went and came.
+                    follow_replaced_anchor(hub, id, root, held, state);
+                    continue;
+                }
                 Err(e) if is_gone(&e) => {
                     root.gone = true;
                     let notice = Notice {
@@ -850,6 +857,47 @@ impl Poller {
         }
         state.take_creds(&ThreadCreds::root());
     }
+}
+
+/// Re-resolves a krb5 root whose keyring is gone and reports the collection's difference.
+fn follow_replaced_anchor(
+    hub: &Hub,
+    id: RootId,
+    root: &mut Root,
+    held: &mut HashMap<KeySerial, u32>,
+    state: &mut ThreadState,
+) {
+    let spec = root.request.collection.clone().expect("krb5 roots only");
+    for serial in root.holding.drain() {
+        unhold(held, serial);
+    }
+    let found = resolve(&root.request, state);
+    let (serial, tree) = match found {
+        Ok((serial, linked)) => {
+            if linked {
+                *held.entry(serial).or_insert(0) += 1;
+                root.holding.insert(serial);
+            }
+            state.take_creds(&ThreadCreds::of(&root.request.viewer));
+            let tree =
+                walk(serial, root.request.nested, &Tree::default(), state).unwrap_or_default();
+            hold_tree(held, &mut root.holding, &tree, serial, root.request.nested);
+            (serial, tree)
+        }
+        Err(e) => {
+            tracing::warn!(root = id.0, error = ?e, "a followed collection's keyring is gone and cannot be found again");
+            root.gone = true;
+            (root.serial, Tree::default())
+        }
+    };
+    tracing::info!(root = id.0, old = %root.serial, new = %serial, "a followed collection's keyring was replaced");
+    let collection = krb5::Collection::from_keyring(&tree, serial, &spec);
+    for change in root.collection.diff(&collection) {
+        krb5::publish(hub, id, &spec.name, change);
+    }
+    root.serial = serial;
+    root.collection = collection;
+    root.tree = tree;
 }
 
 fn publish_key(
