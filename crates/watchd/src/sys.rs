@@ -192,34 +192,39 @@ fn keyctl_into(op: libc::c_long, key: KeySerial, buf: &mut [u8]) -> io::Result<u
     .map(|n| n as usize)
 }
 
-/// Calls `keyctl_into` with `buf` grown until the answer fits; returns its length.
+/// Calls `keyctl_into` with `buf` grown until the answer fits; returns its length. The
+/// answer is `buf[..len]`; the buffer keeps its size, so a poll loop reusing it writes no
+/// zeros of its own.
 fn keyctl_grow(op: libc::c_long, key: KeySerial, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.len() < 256 {
+        buf.resize(256, 0);
+    }
     loop {
-        let capacity = buf.capacity().max(256);
-        buf.resize(capacity, 0);
         let len = keyctl_into(op, key, buf)?;
         if len <= buf.len() {
-            buf.truncate(len);
             return Ok(len);
         }
-        buf.reserve(len - buf.len());
+        // A keyring's list is refused (EINVAL) into a buffer whose size is not a whole
+        // number of serials.
+        buf.resize(len.next_multiple_of(8), 0);
     }
 }
 
-/// `KEYCTL_DESCRIBE` (keyctl_describe(3)): "type;uid;gid;perm;description" into `buf`
-/// (the trailing NUL removed). Needs View permission.
-pub fn keyctl_describe(key: KeySerial, buf: &mut Vec<u8>) -> io::Result<()> {
-    keyctl_grow(KEYCTL_DESCRIBE, key, buf)?;
-    if buf.last() == Some(&0) {
-        buf.pop();
-    }
-    Ok(())
+/// `KEYCTL_DESCRIBE` (keyctl_describe(3)): "type;uid;gid;perm;description" in
+/// `buf[..len]`, the trailing NUL left out. Needs View permission.
+pub fn keyctl_describe(key: KeySerial, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let len = keyctl_grow(KEYCTL_DESCRIBE, key, buf)?;
+    Ok(if len > 0 && buf[len - 1] == 0 {
+        len - 1
+    } else {
+        len
+    })
 }
 
 /// `KEYCTL_READ` (keyctl_read(3)): a key's payload, or a keyring's list of serials (native
-/// endian `i32`s), into `buf`. Needs Read permission, or Search on a possessed key.
-pub fn keyctl_read(key: KeySerial, buf: &mut Vec<u8>) -> io::Result<()> {
-    keyctl_grow(KEYCTL_READ, key, buf).map(drop)
+/// endian `i32`s), in `buf[..len]`. Needs Read permission, or Search on a possessed key.
+pub fn keyctl_read(key: KeySerial, buf: &mut Vec<u8>) -> io::Result<usize> {
+    keyctl_grow(KEYCTL_READ, key, buf)
 }
 
 /// `setresuid(2)` for the calling thread only (the raw call: glibc's wrapper changes every

@@ -16,7 +16,7 @@
 //! credentials, and turns the difference with the last walk into the kernel's notification
 //! subtypes ([`diff`]). Keys inside a nested watch are linked into the thread keyring while
 //! they are in the tree: a key that disappears but is still alive was *unlinked*, one that
-//! is gone while we held it was *invalidated*.
+//! is gone while we held it was *invalidated*. One key per name can be held ([`Holds`]).
 //!
 //! **Delivery.** A record reaches a watch only if the watch's viewer may view the key it is
 //! about, judged on the key's permissions as last seen ([`Viewer::may_view`]), so a chmod
@@ -355,13 +355,6 @@ impl Anchor {
             },
         })
     }
-
-    fn owner(&self) -> Option<u32> {
-        match self {
-            Anchor::User(uid) | Anchor::UserSession(uid) | Anchor::Persistent(uid) => Some(*uid),
-            Anchor::Serial(_) => None,
-        }
-    }
 }
 
 /// What a root is: the anchor it follows, whose eyes it sees with, how deep, and for krb5
@@ -499,7 +492,7 @@ pub struct Registry {
     roots: HashMap<RootId, Root>,
     by_request: HashMap<RootRequest, RootId>,
     /// Links the thread keyring holds, counted by the roots that want them.
-    held: HashMap<KeySerial, u32>,
+    holds: Holds,
     pub files: FileWatches,
     next_id: u64,
 }
@@ -549,7 +542,7 @@ impl Poller {
             registry: Mutex::new(Registry {
                 roots: HashMap::new(),
                 by_request: HashMap::new(),
-                held: HashMap::new(),
+                holds: Holds::default(),
                 files: FileWatches::new()?,
                 next_id: 0,
             }),
@@ -662,7 +655,7 @@ impl Poller {
             let mut drain = [0u8; 64];
             while matches!(nix::unistd::read(&state.wake_read, &mut drain), Ok(n) if n > 0) {}
             while let Ok(command) = state.commands.try_recv() {
-                self.handle(hub, &mut state, command);
+                self.handle(&mut state, command);
             }
             if files_ready {
                 self.lock().files.on_ready(hub);
@@ -679,7 +672,7 @@ impl Poller {
         }
     }
 
-    fn handle(&self, hub: &Hub, state: &mut ThreadState, command: Command) {
+    fn handle(&self, state: &mut ThreadState, command: Command) {
         match command {
             Command::Register { request, reply } => {
                 let mut registry = self.lock();
@@ -699,7 +692,7 @@ impl Poller {
                         registry.by_request.remove(&root.request);
                     }
                     for serial in &root.holding {
-                        unhold(&mut registry.held, *serial);
+                        registry.holds.release(*serial);
                     }
                     tracing::info!(root = id.0, key = %root.serial, "stopped following a key");
                 }
@@ -707,7 +700,7 @@ impl Poller {
             Command::WatchFiles { request, reply } => {
                 let mut registry = self.lock();
                 let id = registry.allocate_id();
-                let result = registry.files.add(id, request, self.waker.clone(), hub);
+                let result = registry.files.add(id, request, self.waker.clone());
                 let _ = reply.send(result);
             }
             Command::ReleaseFiles(id) => self.lock().files.release(id),
@@ -730,45 +723,41 @@ impl Poller {
             return Ok(lease);
         }
         let (serial, linked) = resolve(&request, state)?;
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let mut members = Vec::new();
-            let _ = sys::keyctl_read(sys::KEY_SPEC_THREAD_KEYRING, &mut members);
-            tracing::debug!(key = %serial, linked, held = members.len() / 4, "thread keyring after lookup");
-        }
+        state.take_creds(&ThreadCreds::of(&request.viewer));
+        let walked = walk(serial, request.nested, &Tree::default(), state);
+        state.take_creds(&ThreadCreds::root());
+        let tree = match walked {
+            Ok(tree) => tree,
+            Err(e) => {
+                if linked && !registry.holds.contains(serial) {
+                    let _ = sys::keyctl_unlink(serial, sys::KEY_SPEC_THREAD_KEYRING);
+                }
+                return Err(match e.raw_os_error() {
+                    Some(libc::ENOKEY) => Error::NotFound(format!("key {serial} does not exist")),
+                    Some(libc::EACCES) => Error::AccessDenied(format!(
+                        "uid {} may not view key {serial}",
+                        request.viewer.uid
+                    )),
+                    _ => Error::Failed(format!("cannot read key {serial}: {e}")),
+                });
+            }
+        };
         let id = registry.allocate_id();
-        let mut holding = HashSet::new();
-        if linked {
-            // The link the lookup made is counted like any other.
-            *registry.held.entry(serial).or_insert(0) += 1;
-            holding.insert(serial);
-        }
         let mut root = Root {
             serial,
             lease: Weak::new(),
             tree: Tree::default(),
-            holding,
+            holding: HashSet::new(),
             gone: false,
             collection: krb5::Collection::default(),
             request: request.clone(),
         };
-        state.take_creds(&ThreadCreds::of(&request.viewer));
-        let tree = walk(serial, request.nested, &Tree::default(), state);
-        state.take_creds(&ThreadCreds::root());
-        let tree = tree.map_err(|e| {
-            for s in &root.holding {
-                unhold(&mut registry.held, *s);
-            }
-            match e.raw_os_error() {
-                Some(libc::ENOKEY) => Error::NotFound(format!("key {serial} does not exist")),
-                Some(libc::EACCES) => Error::AccessDenied(format!(
-                    "uid {} may not view key {serial}",
-                    request.viewer.uid
-                )),
-                _ => Error::Failed(format!("cannot read key {serial}: {e}")),
-            }
-        })?;
+        if linked {
+            registry.holds.adopt(serial, &tree);
+            root.holding.insert(serial);
+        }
         hold_tree(
-            &mut registry.held,
+            &mut registry.holds,
             &mut root.holding,
             &tree,
             serial,
@@ -793,7 +782,7 @@ impl Poller {
     /// One poll of every root: walk, compare, publish.
     fn tick(&self, hub: &Hub, state: &mut ThreadState) {
         let mut registry = self.lock();
-        let Registry { roots, held, .. } = &mut *registry;
+        let Registry { roots, holds, .. } = &mut *registry;
         let mut order: Vec<RootId> = roots.keys().copied().collect();
         // Roots of one viewer together: the thread switches credentials once per viewer.
         order.sort_by_key(|id| roots[id].request.viewer.uid);
@@ -810,7 +799,7 @@ impl Poller {
                     // A credential-cache collection outlives its keyring (a persistent
                     // keyring expires, kdestroy -A may leave none): follow the anchor's new
                     // keyring, once, and report the caches that went and came.
-                    follow_replaced_anchor(hub, id, root, held, state);
+                    follow_replaced_anchor(hub, id, root, holds, state);
                     continue;
                 }
                 Err(e) if is_gone(&e) => {
@@ -834,10 +823,10 @@ impl Poller {
             };
             let holding = &root.holding;
             let notices = diff(&root.tree, &new, &mut |s| probe(s, &mut state.buf), &|s| {
-                holding.contains(&s)
+                holding.contains(&s) && holds.contains(s)
             });
             hold_tree(
-                held,
+                holds,
                 &mut root.holding,
                 &new,
                 root.serial,
@@ -864,24 +853,24 @@ fn follow_replaced_anchor(
     hub: &Hub,
     id: RootId,
     root: &mut Root,
-    held: &mut HashMap<KeySerial, u32>,
+    holds: &mut Holds,
     state: &mut ThreadState,
 ) {
     let spec = root.request.collection.clone().expect("krb5 roots only");
     for serial in root.holding.drain() {
-        unhold(held, serial);
+        holds.release(serial);
     }
     let found = resolve(&root.request, state);
     let (serial, tree) = match found {
         Ok((serial, linked)) => {
-            if linked {
-                *held.entry(serial).or_insert(0) += 1;
-                root.holding.insert(serial);
-            }
             state.take_creds(&ThreadCreds::of(&root.request.viewer));
             let tree =
                 walk(serial, root.request.nested, &Tree::default(), state).unwrap_or_default();
-            hold_tree(held, &mut root.holding, &tree, serial, root.request.nested);
+            if linked {
+                holds.adopt(serial, &tree);
+                root.holding.insert(serial);
+            }
+            hold_tree(holds, &mut root.holding, &tree, serial, root.request.nested);
             (serial, tree)
         }
         Err(e) => {
@@ -931,15 +920,90 @@ fn is_gone(e: &io::Error) -> bool {
 
 fn probe(serial: KeySerial, buf: &mut Vec<u8>) -> Probe {
     match sys::keyctl_describe(serial, buf) {
-        Ok(()) => Probe::Alive,
+        Ok(_) => Probe::Alive,
         Err(_) => Probe::Gone,
+    }
+}
+
+/// A key's name as a keyring indexes it.
+type KeyName = (String, String);
+
+fn name_of(tree: &Tree, serial: KeySerial) -> Option<KeyName> {
+    tree.node(serial)
+        .map(|n| (n.info.key_type.clone(), n.info.description.clone()))
+}
+
+/// The links the poller's thread keyring holds, each counted by the roots that want it.
+///
+/// A keyring keeps one link per (type, description), and `KEYCTL_UNLINK` removes whatever
+/// holds that name: so a name is held for one key at a time. A second key of the same name
+/// (every krb5 cache has a `__krb5_princ__`) is not held; its disappearance then reads as
+/// unlinked, never as invalidated. Linking it anyway would displace the first, and every
+/// displaced key would cost the kernel a search of all our keyrings at each describe.
+#[derive(Default)]
+struct Holds {
+    by_serial: HashMap<KeySerial, (u32, KeyName)>,
+    by_name: HashMap<KeyName, KeySerial>,
+}
+
+impl Holds {
+    /// Whether the thread keyring's link under this key's name is this key's.
+    fn contains(&self, serial: KeySerial) -> bool {
+        self.by_serial
+            .get(&serial)
+            .is_some_and(|(_, name)| self.by_name.get(name) == Some(&serial))
+    }
+
+    /// Links `serial` (or counts one more root wanting it); false when it cannot be held.
+    fn hold(&mut self, serial: KeySerial, name: KeyName) -> bool {
+        if let Some((count, _)) = self.by_serial.get_mut(&serial) {
+            *count += 1;
+            return true;
+        }
+        if self.by_name.contains_key(&name)
+            || sys::keyctl_link(serial, sys::KEY_SPEC_THREAD_KEYRING).is_err()
+        {
+            return false;
+        }
+        self.by_name.insert(name.clone(), serial);
+        self.by_serial.insert(serial, (1, name));
+        true
+    }
+
+    /// Counts the link a lookup made itself (`KEYCTL_GET_PERSISTENT`, or linking `@user`),
+    /// which may have displaced a held key of the same name.
+    fn adopt(&mut self, serial: KeySerial, tree: &Tree) {
+        if let Some((count, _)) = self.by_serial.get_mut(&serial) {
+            *count += 1;
+            return;
+        }
+        let name = name_of(tree, serial).unwrap_or_default();
+        self.by_name.insert(name.clone(), serial);
+        self.by_serial.insert(serial, (1, name));
+    }
+
+    /// One root less wants `serial`; the last one unlinks it, if the name is still its own.
+    fn release(&mut self, serial: KeySerial) {
+        let Some((count, _)) = self.by_serial.get_mut(&serial) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        let (_, name) = self.by_serial.remove(&serial).expect("present");
+        if self.by_name.get(&name) == Some(&serial) {
+            self.by_name.remove(&name);
+            // ENOKEY when the key is already gone (its links went with it).
+            let _ = sys::keyctl_unlink(serial, sys::KEY_SPEC_THREAD_KEYRING);
+        }
     }
 }
 
 /// Links into the thread keyring whatever this root's tree has that it did not hold yet, and
 /// lets go of what left it. A key we may not link is simply not held.
 fn hold_tree(
-    held: &mut HashMap<KeySerial, u32>,
+    holds: &mut Holds,
     holding: &mut HashSet<KeySerial>,
     tree: &Tree,
     root: KeySerial,
@@ -954,25 +1018,17 @@ fn hold_tree(
     } else {
         HashSet::from([root])
     };
-    let root_held = holding.contains(&root);
-    let new: Vec<KeySerial> = wanted
-        .iter()
-        .filter(|s| !holding.contains(s))
-        .copied()
-        .collect();
-    for serial in &new {
-        if *serial == root && !root_held {
-            // The root's link is made by the lookup; one we could not make then is not
-            // retried (the caller's rights did not allow it).
+    for serial in &wanted {
+        // The root's link is made by the lookup; one we could not make then is not retried
+        // (the caller's rights did not allow it).
+        if *serial == root || holding.contains(serial) {
             continue;
         }
-        let count = held.entry(*serial).or_insert(0);
-        if *count == 0 && sys::keyctl_link(*serial, sys::KEY_SPEC_THREAD_KEYRING).is_err() {
-            held.remove(serial);
-            continue;
+        if let Some(name) = name_of(tree, *serial)
+            && holds.hold(*serial, name)
+        {
+            holding.insert(*serial);
         }
-        *count += 1;
-        holding.insert(*serial);
     }
     let released: Vec<KeySerial> = holding
         .iter()
@@ -981,19 +1037,7 @@ fn hold_tree(
         .collect();
     for serial in released {
         holding.remove(&serial);
-        unhold(held, serial);
-    }
-}
-
-fn unhold(held: &mut HashMap<KeySerial, u32>, serial: KeySerial) {
-    let Some(count) = held.get_mut(&serial) else {
-        return;
-    };
-    *count -= 1;
-    if *count == 0 {
-        held.remove(&serial);
-        // ENOKEY when the key is already gone (its links went with it).
-        let _ = sys::keyctl_unlink(serial, sys::KEY_SPEC_THREAD_KEYRING);
+        holds.release(serial);
     }
 }
 
@@ -1085,7 +1129,7 @@ fn walk(root: KeySerial, nested: bool, old: &Tree, state: &mut ThreadState) -> i
                 .map_or_else(|| Arc::new(KeyInfo::unknown(serial)), |n| n.info.clone())
         };
         let (info, condition) = match sys::keyctl_describe(serial, &mut state.buf) {
-            Ok(()) => match KeyInfo::parse(serial, &state.buf) {
+            Ok(len) => match KeyInfo::parse(serial, &state.buf[..len]) {
                 Some(info) => (reuse(old, info), Condition::Live),
                 None => continue,
             },
@@ -1111,9 +1155,8 @@ fn walk(root: KeySerial, nested: bool, old: &Tree, state: &mut ThreadState) -> i
         let expand = serial == root || nested;
         if condition == Condition::Live && expand {
             if node.info.is_keyring() {
-                if sys::keyctl_read(serial, &mut state.buf).is_ok() {
-                    let members: Vec<KeySerial> = state
-                        .buf
+                if let Ok(len) = sys::keyctl_read(serial, &mut state.buf) {
+                    let members: Vec<KeySerial> = state.buf[..len]
                         .chunks_exact(4)
                         .map(|c| KeySerial(i32::from_ne_bytes(c.try_into().expect("4 bytes"))))
                         .collect();
@@ -1122,13 +1165,14 @@ fn walk(root: KeySerial, nested: bool, old: &Tree, state: &mut ThreadState) -> i
                     }
                     node.children = Some(members);
                 }
-            } else if sys::keyctl_read(serial, &mut state.buf).is_ok() {
-                node.digest = Some(state.digests.hash_one(&state.buf));
+            } else if let Ok(len) = sys::keyctl_read(serial, &mut state.buf) {
+                let payload = &mut state.buf[..len];
+                node.digest = Some(state.digests.hash_one(&*payload));
                 if KEPT_PAYLOADS.contains(&node.info.description.as_str()) {
-                    node.content = Some(Arc::from(state.buf.as_slice()));
+                    node.content = Some(Arc::from(&*payload));
                 }
                 // Payloads can be secrets (tickets, passwords): none stays in our memory.
-                state.buf.fill(0);
+                payload.fill(0);
             }
         }
         tree.order.push(serial);
@@ -1163,7 +1207,7 @@ fn check_viewable(caller: &Caller, serial: KeySerial) -> Result<()> {
         let mut buf = Vec::new();
         sys::keyctl_describe(serial, &mut buf)
     })?;
-    described.map_err(|e| match e.raw_os_error() {
+    described.map(drop).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOKEY) => Error::NotFound(format!("key {serial} does not exist")),
         Some(libc::EACCES) => {
             Error::AccessDenied(format!("uid {} may not view key {serial}", caller.uid))
@@ -1237,7 +1281,6 @@ impl Source for KeySource {
             },
             _ => viewer_of(caller, true)?,
         };
-        debug_assert!(anchor.owner().is_none_or(|o| o == viewer.uid));
         let lease = self.poller.register(RootRequest {
             anchor,
             viewer: viewer.clone(),

@@ -375,13 +375,7 @@ impl FileWatches {
             .map(|w| (&w.collection, &w.request.name))
     }
 
-    pub fn add(
-        &mut self,
-        id: RootId,
-        request: FileRequest,
-        wake: Waker,
-        _hub: &Hub,
-    ) -> Result<Arc<FileLease>> {
+    pub fn add(&mut self, id: RootId, request: FileRequest, wake: Waker) -> Result<Arc<FileLease>> {
         // The directory was opened as the caller; the watch goes on that very inode.
         let path = format!("/proc/self/fd/{}", request.dir.as_raw_fd());
         let mask = AddWatchFlags::IN_CREATE
