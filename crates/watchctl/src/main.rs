@@ -666,6 +666,19 @@ mod tests {
         assert_eq!(sent(&options), [triple("property", "as", "A=1")]);
     }
 
+    /// A command line clap refuses as malformed: a bad value or an unknown argument.
+    fn assert_usage_error(err: &clap::Error, args: &[&str]) {
+        assert!(
+            matches!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation
+                    | clap::error::ErrorKind::InvalidValue
+                    | clap::error::ErrorKind::UnknownArgument
+            ),
+            "{args:?}: {err}"
+        );
+    }
+
     #[test]
     fn watch_devices_refuses_malformed_filters() {
         for args in [
@@ -683,15 +696,7 @@ mod tests {
             &["--path", "/mnt"],
         ] {
             let err = parse_devices(args).map(|_| ()).unwrap_err();
-            assert!(
-                matches!(
-                    err.kind(),
-                    clap::error::ErrorKind::ValueValidation
-                        | clap::error::ErrorKind::InvalidValue
-                        | clap::error::ErrorKind::UnknownArgument
-                ),
-                "{args:?}: {err}"
-            );
+            assert_usage_error(&err, args);
         }
     }
 
@@ -822,15 +827,7 @@ mod tests {
             &["@user", "@persistent"],
         ] {
             let err = parse_keys(args).map(|_| ()).unwrap_err();
-            assert!(
-                matches!(
-                    err.kind(),
-                    clap::error::ErrorKind::ValueValidation
-                        | clap::error::ErrorKind::InvalidValue
-                        | clap::error::ErrorKind::UnknownArgument
-                ),
-                "{args:?}: {err}"
-            );
+            assert_usage_error(&err, args);
         }
     }
 
@@ -919,15 +916,7 @@ mod tests {
             &["@user"],
         ] {
             let err = parse_krb5(args, None).map(|_| ()).unwrap_err();
-            assert!(
-                matches!(
-                    err.kind(),
-                    clap::error::ErrorKind::ValueValidation
-                        | clap::error::ErrorKind::InvalidValue
-                        | clap::error::ErrorKind::UnknownArgument
-                ),
-                "{args:?}: {err}"
-            );
+            assert_usage_error(&err, args);
         }
     }
 
