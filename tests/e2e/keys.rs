@@ -31,6 +31,10 @@ pub fn trials() -> Vec<Trial> {
             "keys::persistent_keyrings_are_linked_once_and_let_go",
             persistent_keyrings_linked_once_and_let_go,
         ),
+        trial(
+            "keys::same_named_keys_of_two_watched_keyrings_are_each_reported_invalidated",
+            same_named_keys_each_invalidated,
+        ),
         trial("keys::bad_key_options_are_refused", bad_key_options),
     ]
 }
@@ -219,6 +223,41 @@ async fn operations_arrive_as_kernel_subtypes() -> Result<()> {
     keyctl_as(OTHER_UID, &format!("keyctl clear {ring}"))?;
     expect_key(&mut events, "clear", t, key::CLEARED, ring, None).await?;
     drop(cleanup);
+    Ok(())
+}
+
+/// Two watched keyrings each hold a key of the same name, as every krb5 cache holds a
+/// `__krb5_princ__`. The daemon holds a link to each (one keyring of its own per watched
+/// root), so each one's invalidation reads as invalidated, not as a mere unlink.
+async fn same_named_keys_each_invalidated() -> Result<()> {
+    let _one_at_a_time = USER_KEYRING.lock().await;
+    let env = Env::start_with_config("keys-same-name", CONFIG).await?;
+    let (client, _holder) = client_as(&env, OTHER_UID).await?;
+    let made = keyctl_as(
+        OTHER_UID,
+        "a=$(keyctl newring watchd-test-a @u) && b=$(keyctl newring watchd-test-b @u) && \
+         echo $a && echo $b && keyctl add user watchd-test-same one $a && \
+         keyctl add user watchd-test-same two $b",
+    )?;
+    let serials: Vec<u32> = made.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let [ring_a, ring_b, key_a, key_b] = serials[..] else {
+        bail!("two keyrings and two keys made: {made:?}");
+    };
+    let _cleanup = Cleanup(vec![ring_a, ring_b]);
+    let sub = client.subscribe(SubscribeOptions::default()).await?;
+    for (tag, ring) in [(1, ring_a), (2, ring_b)] {
+        let options = WatchOptions::new()
+            .option("key", ring.to_string())
+            .option("nested", true);
+        sub.add_watch(tag, "keys", &options).await?;
+    }
+    let mut events = sub.into_events();
+    for key in [key_b, key_a] {
+        let t = Instant::now();
+        keyctl_as(OTHER_UID, &format!("keyctl invalidate {key}"))?;
+        expect_key(&mut events, "invalidate", t, key::INVALIDATED, key, None).await?;
+    }
+    expect_silence(&mut events, INTERVAL * 2).await?;
     Ok(())
 }
 

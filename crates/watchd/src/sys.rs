@@ -126,6 +126,7 @@ pub const KEY_SPEC_USER_SESSION_KEYRING: KeySerial = KeySerial(-5);
 
 const KEYCTL_GET_KEYRING_ID: libc::c_long = 0;
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+const KEYCTL_SETPERM: libc::c_long = 5;
 const KEYCTL_DESCRIBE: libc::c_long = 6;
 const KEYCTL_LINK: libc::c_long = 8;
 const KEYCTL_UNLINK: libc::c_long = 9;
@@ -172,6 +173,34 @@ pub fn keyctl_unlink(key: KeySerial, keyring: KeySerial) -> io::Result<()> {
 pub fn keyctl_get_persistent(uid: u32, into: KeySerial) -> io::Result<KeySerial> {
     keyctl(KEYCTL_GET_PERSISTENT, uid as libc::c_long, into.0.into(), 0)
         .map(|s| KeySerial(s as i32))
+}
+
+/// `KEYCTL_SETPERM` (keyctl_setperm(3)): replaces `key`'s permission mask. Needs SetAttr.
+pub fn keyctl_setperm(key: KeySerial, perm: u32) -> io::Result<()> {
+    keyctl(KEYCTL_SETPERM, key.0.into(), perm.into(), 0).map(drop)
+}
+
+/// `add_key(2)`: creates (or updates) the key `key_type`/`description` with `payload` in
+/// `keyring` and returns its serial. Needs Write on the keyring.
+pub fn add_key(
+    key_type: &CStr,
+    description: &CStr,
+    payload: &[u8],
+    keyring: KeySerial,
+) -> io::Result<KeySerial> {
+    // SAFETY: both strings are NUL-terminated and the payload pointer is valid for its
+    // length; the kernel only reads them.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            key_type.as_ptr(),
+            description.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            keyring.0 as libc::c_long,
+        )
+    })
+    .map(|s| KeySerial(s as i32))
 }
 
 /// `keyctl(2)` with a buffer: returns the length the kernel wanted to write, which can

@@ -3,18 +3,22 @@
 //!
 //! **Possession.** Root gets no bypass of key permissions: a key's owner usually has View
 //! only, and everything else needs *possession*, i.e. reaching the key from the calling
-//! thread's own keyrings. The poller thread therefore links each watched key or keyring into
-//! its *thread* keyring, which only that thread possesses: check threads, which run as the
-//! caller, never gain possession through the daemon. A user's persistent keyring is linked
-//! by `KEYCTL_GET_PERSISTENT` once per root (it creates the keyring and resets its expiry, so
-//! never per poll); a user's `@user` keyring is found by switching the thread's real uid for
-//! a moment, as the kernel names it by real uid. When the last watch of a root goes, its
-//! links go too: nothing stays alive for a user nobody watches.
+//! thread's own keyrings. The poller thread gives each followed root a keyring of its own
+//! (its [`WalkRing`]) that links the root and, for nested watches, the keys of its tree;
+//! the thread keyring links only the ring of the root being walked, because every key call
+//! searches the thread's keyrings and one shared keyring made that search cross every root.
+//! Check threads, which run as the caller, never gain possession through the daemon. A
+//! user's persistent keyring is linked by `KEYCTL_GET_PERSISTENT` once per root (it creates
+//! the keyring and resets its expiry, so never per poll); a user's `@user` keyring is found
+//! by switching the thread's real uid for a moment, as the kernel names it by real uid. A
+//! key by serial is linked with the caller's rights plus possession of its user keyrings.
+//! When the last watch of a root goes, its ring goes, and with it every link it held:
+//! nothing stays alive for a user nobody watches.
 //!
 //! **Polling.** Every interval the thread walks each root's tree (describe, list keyrings,
 //! read payloads it may read and keep only a keyed digest of them) with the watching user's
 //! credentials, and turns the difference with the last walk into the kernel's notification
-//! subtypes ([`diff`]). Keys inside a nested watch are linked into the thread keyring while
+//! subtypes ([`diff`]). Keys inside a nested watch are linked into the root's ring while
 //! they are in the tree: a key that disappears but is still alive was *unlinked*, one that
 //! is gone while we held it was *invalidated*. One key per name can be held ([`Holds`]).
 //!
@@ -24,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::{CStr, CString};
 use std::hash::BuildHasher;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -68,16 +73,7 @@ pub struct KeyInfo {
 impl KeyInfo {
     /// Parses "type;uid;gid;perm;description" (the description may itself contain ';').
     pub fn parse(serial: KeySerial, text: &[u8]) -> Option<KeyInfo> {
-        let text = std::str::from_utf8(text).ok()?;
-        let mut fields = text.splitn(5, ';');
-        Some(KeyInfo {
-            serial,
-            key_type: fields.next()?.to_owned(),
-            uid: fields.next()?.parse().ok()?,
-            gid: fields.next()?.parse().ok()?,
-            perm: u32::from_str_radix(fields.next()?, 16).ok()?,
-            description: fields.next()?.to_owned(),
-        })
+        Described::parse(text).map(|d| d.into_info(serial))
     }
 
     /// What a key that can no longer be described is known by.
@@ -94,6 +90,52 @@ impl KeyInfo {
 
     pub fn is_keyring(&self) -> bool {
         self.key_type == "keyring"
+    }
+}
+
+/// `KEYCTL_DESCRIBE`'s answer, borrowed from the buffer: comparing it with what is known
+/// costs no allocation.
+#[derive(PartialEq, Eq)]
+struct Described<'a> {
+    key_type: &'a str,
+    uid: u32,
+    gid: u32,
+    perm: u32,
+    description: &'a str,
+}
+
+impl<'a> Described<'a> {
+    fn parse(text: &'a [u8]) -> Option<Described<'a>> {
+        let text = std::str::from_utf8(text).ok()?;
+        let mut fields = text.splitn(5, ';');
+        Some(Described {
+            key_type: fields.next()?,
+            uid: fields.next()?.parse().ok()?,
+            gid: fields.next()?.parse().ok()?,
+            perm: u32::from_str_radix(fields.next()?, 16).ok()?,
+            description: fields.next()?,
+        })
+    }
+
+    fn of(info: &'a KeyInfo) -> Described<'a> {
+        Described {
+            key_type: &info.key_type,
+            uid: info.uid,
+            gid: info.gid,
+            perm: info.perm,
+            description: &info.description,
+        }
+    }
+
+    fn into_info(self, serial: KeySerial) -> KeyInfo {
+        KeyInfo {
+            serial,
+            key_type: self.key_type.to_owned(),
+            uid: self.uid,
+            gid: self.gid,
+            perm: self.perm,
+            description: self.description.to_owned(),
+        }
     }
 }
 
@@ -232,6 +274,9 @@ pub fn diff(
         let (Some(was), Some(now)) = (&o.children, &n.children) else {
             continue;
         };
+        if was == now {
+            continue;
+        }
         let now_set: HashSet<_> = now.iter().collect();
         let was_set: HashSet<_> = was.iter().collect();
         let mut unlinked = Vec::new();
@@ -479,8 +524,10 @@ struct Root {
     serial: KeySerial,
     lease: Weak<RootLease>,
     tree: Tree,
-    /// Serials of this tree the thread keyring holds a link to on this root's behalf.
-    holding: HashSet<KeySerial>,
+    /// The keyring that gives the thread possession of this tree while it walks it.
+    walk_ring: WalkRing,
+    /// The links `walk_ring` holds to keys of this tree.
+    holds: Holds,
     /// The root key is gone: REMOVAL was sent, nothing more to poll.
     gone: bool,
     /// For krb5 watches: the collection as last seen.
@@ -491,8 +538,6 @@ struct Root {
 pub struct Registry {
     roots: HashMap<RootId, Root>,
     by_request: HashMap<RootRequest, RootId>,
-    /// Links the thread keyring holds, counted by the roots that want them.
-    holds: Holds,
     pub files: FileWatches,
     next_id: u64,
 }
@@ -526,6 +571,10 @@ pub struct Poller {
 /// Everything only the poller thread touches.
 struct ThreadState {
     creds: ThreadCreds,
+    /// The unsearchable keyring that keeps every root's [`WalkRing`] alive.
+    store: KeySerial,
+    /// The walk ring linked into the thread keyring now.
+    possessed: Option<KeySerial>,
     buf: Vec<u8>,
     digests: std::hash::RandomState,
     wake_read: OwnedFd,
@@ -542,7 +591,6 @@ impl Poller {
             registry: Mutex::new(Registry {
                 roots: HashMap::new(),
                 by_request: HashMap::new(),
-                holds: Holds::default(),
                 files: FileWatches::new()?,
                 next_id: 0,
             }),
@@ -557,17 +605,20 @@ impl Poller {
         std::thread::Builder::new()
             .name("keys".into())
             .spawn(move || {
-                let keyring = sys::keyctl_get_keyring_id(sys::KEY_SPEC_THREAD_KEYRING, true);
-                let failed = keyring
-                    .as_ref()
-                    .err()
-                    .map(|e| io::Error::new(e.kind(), e.to_string()));
-                let _ = ready_tx.send(keyring.map(drop));
-                if failed.is_some() {
+                let store = make_store();
+                let _ = ready_tx.send(store.as_ref().map(drop).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot make the key thread's keyrings: {e}"),
+                    )
+                }));
+                let Ok(store) = store else {
                     return;
-                }
+                };
                 let state = ThreadState {
                     creds: ThreadCreds::root(),
+                    store,
+                    possessed: None,
                     buf: Vec::with_capacity(4096),
                     digests: std::hash::RandomState::new(),
                     wake_read,
@@ -691,9 +742,7 @@ impl Poller {
                     if registry.by_request.get(&root.request) == Some(&id) {
                         registry.by_request.remove(&root.request);
                     }
-                    for serial in &root.holding {
-                        registry.holds.release(*serial);
-                    }
+                    state.drop_walk_ring(&root.walk_ring);
                     tracing::info!(root = id.0, key = %root.serial, "stopped following a key");
                 }
             }
@@ -722,16 +771,25 @@ impl Poller {
         {
             return Ok(lease);
         }
-        let (serial, linked) = resolve(&request, state)?;
-        state.take_creds(&ThreadCreds::of(&request.viewer));
-        let walked = walk(serial, request.nested, &Tree::default(), state);
+        let id = registry.allocate_id();
         state.take_creds(&ThreadCreds::root());
-        let tree = match walked {
-            Ok(tree) => tree,
+        let walk_ring = state
+            .make_walk_ring(id)
+            .map_err(|e| Error::Failed(format!("cannot make a keyring to follow keys in: {e}")))?;
+        let walked = resolve(&request, state, walk_ring.ring).map(|(serial, linked)| {
+            state.take_creds(&ThreadCreds::of(&request.viewer));
+            let walked = walk(serial, request.nested, &Tree::default(), state);
+            state.take_creds(&ThreadCreds::root());
+            (serial, linked, walked)
+        });
+        let (serial, linked, tree) = match walked {
+            Ok((serial, linked, Ok(tree))) => (serial, linked, tree),
             Err(e) => {
-                if linked && !registry.holds.contains(serial) {
-                    let _ = sys::keyctl_unlink(serial, sys::KEY_SPEC_THREAD_KEYRING);
-                }
+                state.drop_walk_ring(&walk_ring);
+                return Err(e);
+            }
+            Ok((serial, _, Err(e))) => {
+                state.drop_walk_ring(&walk_ring);
                 return Err(match e.raw_os_error() {
                     Some(libc::ENOKEY) => Error::NotFound(format!("key {serial} does not exist")),
                     Some(libc::EACCES) => Error::AccessDenied(format!(
@@ -742,27 +800,22 @@ impl Poller {
                 });
             }
         };
-        let id = registry.allocate_id();
         let mut root = Root {
             serial,
             lease: Weak::new(),
             tree: Tree::default(),
-            holding: HashSet::new(),
+            holds: Holds::new(walk_ring.ring),
+            walk_ring,
             gone: false,
             collection: krb5::Collection::default(),
             request: request.clone(),
         };
         if linked {
-            registry.holds.adopt(serial, &tree);
-            root.holding.insert(serial);
+            root.holds.adopt(serial, &tree);
         }
-        hold_tree(
-            &mut registry.holds,
-            &mut root.holding,
-            &tree,
-            serial,
-            request.nested,
-        );
+        state.take_creds(&ThreadCreds::of(&request.viewer));
+        hold_tree(&mut root.holds, &tree, serial, request.nested);
+        state.take_creds(&ThreadCreds::root());
         if let Some(spec) = &request.collection {
             root.collection = krb5::Collection::from_keyring(&tree, serial, spec);
         }
@@ -782,7 +835,7 @@ impl Poller {
     /// One poll of every root: walk, compare, publish.
     fn tick(&self, hub: &Hub, state: &mut ThreadState) {
         let mut registry = self.lock();
-        let Registry { roots, holds, .. } = &mut *registry;
+        let roots = &mut registry.roots;
         let mut order: Vec<RootId> = roots.keys().copied().collect();
         // Roots of one viewer together: the thread switches credentials once per viewer.
         order.sort_by_key(|id| roots[id].request.viewer.uid);
@@ -792,6 +845,10 @@ impl Poller {
                 continue;
             }
             state.take_creds(&ThreadCreds::of(&root.request.viewer));
+            if let Err(e) = state.possess(root.walk_ring.ring) {
+                tracing::debug!(root = id.0, error = %e, "cannot take the root's walk keyring; keeping the last state");
+                continue;
+            }
             let walked = walk(root.serial, root.request.nested, &root.tree, state);
             let new = match walked {
                 Ok(tree) => tree,
@@ -799,7 +856,7 @@ impl Poller {
                     // A credential-cache collection outlives its keyring (a persistent
                     // keyring expires, kdestroy -A may leave none): follow the anchor's new
                     // keyring, once, and report the caches that went and came.
-                    follow_replaced_anchor(hub, id, root, holds, state);
+                    follow_replaced_anchor(hub, id, root, state);
                     continue;
                 }
                 Err(e) if is_gone(&e) => {
@@ -821,17 +878,13 @@ impl Poller {
                     continue;
                 }
             };
-            let holding = &root.holding;
+            let holds = &root.holds;
             let notices = diff(&root.tree, &new, &mut |s| probe(s, &mut state.buf), &|s| {
-                holding.contains(&s) && holds.contains(s)
+                holds.contains(s)
             });
-            hold_tree(
-                holds,
-                &mut root.holding,
-                &new,
-                root.serial,
-                root.request.nested,
-            );
+            if !same_members(&root.tree, &new) {
+                hold_tree(&mut root.holds, &new, root.serial, root.request.nested);
+            }
             for notice in notices {
                 publish_key(hub, id, root.serial, RecordType::Key, notice);
             }
@@ -849,28 +902,19 @@ impl Poller {
 }
 
 /// Re-resolves a krb5 root whose keyring is gone and reports the collection's difference.
-fn follow_replaced_anchor(
-    hub: &Hub,
-    id: RootId,
-    root: &mut Root,
-    holds: &mut Holds,
-    state: &mut ThreadState,
-) {
+fn follow_replaced_anchor(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) {
     let spec = root.request.collection.clone().expect("krb5 roots only");
-    for serial in root.holding.drain() {
-        holds.release(serial);
-    }
-    let found = resolve(&root.request, state);
+    root.holds.release_all();
+    let found = resolve(&root.request, state, root.walk_ring.ring);
     let (serial, tree) = match found {
         Ok((serial, linked)) => {
             state.take_creds(&ThreadCreds::of(&root.request.viewer));
             let tree =
                 walk(serial, root.request.nested, &Tree::default(), state).unwrap_or_default();
             if linked {
-                holds.adopt(serial, &tree);
-                root.holding.insert(serial);
+                root.holds.adopt(serial, &tree);
             }
-            hold_tree(holds, &mut root.holding, &tree, serial, root.request.nested);
+            hold_tree(&mut root.holds, &tree, serial, root.request.nested);
             (serial, tree)
         }
         Err(e) => {
@@ -933,82 +977,78 @@ fn name_of(tree: &Tree, serial: KeySerial) -> Option<KeyName> {
         .map(|n| (n.info.key_type.clone(), n.info.description.clone()))
 }
 
-/// The links the poller's thread keyring holds, each counted by the roots that want it.
+/// The links a root's walk ring holds to keys of its tree.
 ///
 /// A keyring keeps one link per (type, description), and `KEYCTL_UNLINK` removes whatever
 /// holds that name: so a name is held for one key at a time. A second key of the same name
-/// (every krb5 cache has a `__krb5_princ__`) is not held; its disappearance then reads as
-/// unlinked, never as invalidated. Linking it anyway would displace the first, and every
-/// displaced key would cost the kernel a search of all our keyrings at each describe.
-#[derive(Default)]
+/// in one tree (two krb5 caches each have a `__krb5_princ__`) is not held; its
+/// disappearance then reads as unlinked, never as invalidated. Linking it anyway would
+/// displace the first.
 struct Holds {
-    by_serial: HashMap<KeySerial, (u32, KeyName)>,
+    ring: KeySerial,
+    by_serial: HashMap<KeySerial, KeyName>,
     by_name: HashMap<KeyName, KeySerial>,
 }
 
 impl Holds {
-    /// Whether the thread keyring's link under this key's name is this key's.
+    fn new(ring: KeySerial) -> Holds {
+        Holds {
+            ring,
+            by_serial: HashMap::new(),
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// Whether the ring's link under this key's name is this key's.
     fn contains(&self, serial: KeySerial) -> bool {
         self.by_serial
             .get(&serial)
-            .is_some_and(|(_, name)| self.by_name.get(name) == Some(&serial))
+            .is_some_and(|name| self.by_name.get(name) == Some(&serial))
     }
 
-    /// Links `serial` (or counts one more root wanting it); false when it cannot be held.
+    /// Links `serial` into the ring; false when it cannot be held.
     fn hold(&mut self, serial: KeySerial, name: KeyName) -> bool {
-        if let Some((count, _)) = self.by_serial.get_mut(&serial) {
-            *count += 1;
+        if self.by_serial.contains_key(&serial) {
             return true;
         }
-        if self.by_name.contains_key(&name)
-            || sys::keyctl_link(serial, sys::KEY_SPEC_THREAD_KEYRING).is_err()
-        {
+        if self.by_name.contains_key(&name) || sys::keyctl_link(serial, self.ring).is_err() {
             return false;
         }
         self.by_name.insert(name.clone(), serial);
-        self.by_serial.insert(serial, (1, name));
+        self.by_serial.insert(serial, name);
         true
     }
 
-    /// Counts the link a lookup made itself (`KEYCTL_GET_PERSISTENT`, or linking `@user`),
-    /// which may have displaced a held key of the same name.
+    /// Counts the link a lookup made itself (`KEYCTL_GET_PERSISTENT`, or linking `@user`).
     fn adopt(&mut self, serial: KeySerial, tree: &Tree) {
-        if let Some((count, _)) = self.by_serial.get_mut(&serial) {
-            *count += 1;
-            return;
-        }
         let name = name_of(tree, serial).unwrap_or_default();
         self.by_name.insert(name.clone(), serial);
-        self.by_serial.insert(serial, (1, name));
+        self.by_serial.insert(serial, name);
     }
 
-    /// One root less wants `serial`; the last one unlinks it, if the name is still its own.
+    /// Unlinks `serial`, if the name is still its own.
     fn release(&mut self, serial: KeySerial) {
-        let Some((count, _)) = self.by_serial.get_mut(&serial) else {
+        let Some(name) = self.by_serial.remove(&serial) else {
             return;
         };
-        *count -= 1;
-        if *count > 0 {
-            return;
-        }
-        let (_, name) = self.by_serial.remove(&serial).expect("present");
         if self.by_name.get(&name) == Some(&serial) {
             self.by_name.remove(&name);
             // ENOKEY when the key is already gone (its links went with it).
-            let _ = sys::keyctl_unlink(serial, sys::KEY_SPEC_THREAD_KEYRING);
+            let _ = sys::keyctl_unlink(serial, self.ring);
+        }
+    }
+
+    fn release_all(&mut self) {
+        let held: Vec<KeySerial> = self.by_serial.keys().copied().collect();
+        for serial in held {
+            self.release(serial);
         }
     }
 }
 
-/// Links into the thread keyring whatever this root's tree has that it did not hold yet, and
+/// Links into the walk ring whatever this root's tree has that it did not hold yet, and
 /// lets go of what left it. A key we may not link is simply not held.
-fn hold_tree(
-    holds: &mut Holds,
-    holding: &mut HashSet<KeySerial>,
-    tree: &Tree,
-    root: KeySerial,
-    nested: bool,
-) {
+fn hold_tree(holds: &mut Holds, tree: &Tree, root: KeySerial, nested: bool) {
     let wanted: HashSet<KeySerial> = if nested {
         tree.nodes
             .iter()
@@ -1021,27 +1061,120 @@ fn hold_tree(
     for serial in &wanted {
         // The root's link is made by the lookup; one we could not make then is not retried
         // (the caller's rights did not allow it).
-        if *serial == root || holding.contains(serial) {
+        if *serial == root || holds.by_serial.contains_key(serial) {
             continue;
         }
-        if let Some(name) = name_of(tree, *serial)
-            && holds.hold(*serial, name)
-        {
-            holding.insert(*serial);
+        if let Some(name) = name_of(tree, *serial) {
+            holds.hold(*serial, name);
         }
     }
-    let released: Vec<KeySerial> = holding
-        .iter()
+    let released: Vec<KeySerial> = holds
+        .by_serial
+        .keys()
         .filter(|s| **s != root && !wanted.contains(s))
         .copied()
         .collect();
     for serial in released {
-        holding.remove(&serial);
         holds.release(serial);
     }
 }
 
+/// Whether two walks found the same keys in the same conditions: then the holds stay.
+fn same_members(old: &Tree, new: &Tree) -> bool {
+    old.order == new.order
+        && new
+            .nodes
+            .iter()
+            .all(|(s, n)| old.nodes.get(s).is_some_and(|o| o.condition == n.condition))
+}
+
+/// Every key permission of the possessor (`KEY_POS_ALL`).
+const KEY_POS_ALL: u32 = 0x3f00_0000;
+/// The possessor's Search permission.
+const KEY_POS_SEARCH: u32 = 0x0800_0000;
+/// The owner's View and Link permissions.
+const KEY_USR_VIEW_LINK: u32 = 0x0011_0000;
+/// The owner's View and Write permissions.
+const KEY_USR_VIEW_WRITE: u32 = 0x0005_0000;
+/// What every walk ring is called: the thread keyring holds one link per name, so linking
+/// a root's ring displaces the ring linked before it.
+const WALK_RING_NAME: &CStr = c"watchd:walk";
+
+/// A root's possession anchor. Every key call makes the kernel search the calling thread's
+/// keyrings for the key, to tell whether the caller possesses it; with every root's keys
+/// linked into one thread keyring, keys of the same name (every krb5 cache has a
+/// `__krb5_princ__`) made each search descend into all the roots: quadratic. So each root
+/// has a keyring of its own, `ring`, holding the root and its tree, and the thread keyring
+/// links only the ring of the root being walked. `holder`, named after the root, keeps the
+/// ring alive in the thread's store, which grants no Search: no lookup descends into it.
+struct WalkRing {
+    holder: KeySerial,
+    ring: KeySerial,
+}
+
+/// Makes the thread's store: a keyring in the thread keyring without Search permission.
+fn make_store() -> io::Result<KeySerial> {
+    let store = sys::add_key(
+        c"keyring",
+        c"watchd:roots",
+        &[],
+        sys::KEY_SPEC_THREAD_KEYRING,
+    )?;
+    // A keyring without Search is not possessed even from the thread keyring (the
+    // kernel's lookup needs Search on what it finds), so its owner, root, may write it.
+    sys::keyctl_setperm(store, (KEY_POS_ALL & !KEY_POS_SEARCH) | KEY_USR_VIEW_WRITE)?;
+    Ok(store)
+}
+
 impl ThreadState {
+    /// Makes root `id`'s walk ring (as root: the store is root's).
+    fn make_walk_ring(&mut self, id: RootId) -> io::Result<WalkRing> {
+        let name = CString::new(format!("watchd:root:{}", id.0)).expect("no NUL in digits");
+        // Made in the thread keyring, where we possess it, then moved to the store.
+        let holder = sys::add_key(c"keyring", &name, &[], sys::KEY_SPEC_THREAD_KEYRING)?;
+        let made = (|| -> io::Result<KeySerial> {
+            let ring = sys::add_key(c"keyring", WALK_RING_NAME, &[], holder)?;
+            // Linking it into the thread keyring later happens without possession: the
+            // owner (root) needs Link.
+            sys::keyctl_setperm(ring, KEY_POS_ALL | KEY_USR_VIEW_LINK)?;
+            sys::keyctl_link(holder, self.store)?;
+            Ok(ring)
+        })();
+        let _ = sys::keyctl_unlink(holder, sys::KEY_SPEC_THREAD_KEYRING);
+        Ok(WalkRing {
+            holder,
+            ring: made?,
+        })
+    }
+
+    /// Lets go of a walk ring: with it go the links it held.
+    fn drop_walk_ring(&mut self, walk_ring: &WalkRing) {
+        if self.possessed == Some(walk_ring.ring) {
+            let _ = sys::keyctl_unlink(walk_ring.ring, sys::KEY_SPEC_THREAD_KEYRING);
+            self.possessed = None;
+        }
+        let _ = sys::keyctl_unlink(walk_ring.holder, self.store);
+    }
+
+    /// Links `ring` into the thread keyring, displacing the ring linked before.
+    fn possess(&mut self, ring: KeySerial) -> io::Result<()> {
+        if self.possessed == Some(ring) {
+            return Ok(());
+        }
+        // The ring grants Link to its owner, root: link with fsuid 0 for a moment.
+        let uid = self.creds.uid;
+        if uid != 0 {
+            sys::setfsuid(0);
+        }
+        let linked = sys::keyctl_link(ring, sys::KEY_SPEC_THREAD_KEYRING);
+        if uid != 0 {
+            sys::setfsuid(uid);
+        }
+        linked?;
+        self.possessed = Some(ring);
+        Ok(())
+    }
+
     fn take_creds(&mut self, wanted: &ThreadCreds) {
         if self.creds == *wanted {
             return;
@@ -1057,9 +1190,13 @@ impl ThreadState {
     }
 }
 
-/// Looks up the root key as its viewer and links it into the thread keyring. Returns the
-/// serial and whether the link was made.
-fn resolve(request: &RootRequest, state: &mut ThreadState) -> Result<(KeySerial, bool)> {
+/// Looks up the root key as its viewer and links it into the root's walk `ring`. Returns
+/// the serial and whether the link was made.
+fn resolve(
+    request: &RootRequest,
+    state: &mut ThreadState,
+    ring: KeySerial,
+) -> Result<(KeySerial, bool)> {
     let denied = |e: io::Error, what: &str| match e.raw_os_error() {
         Some(libc::ENOKEY) => Error::NotFound(format!("{what} does not exist")),
         Some(libc::EACCES) | Some(libc::EPERM) => {
@@ -1067,10 +1204,13 @@ fn resolve(request: &RootRequest, state: &mut ThreadState) -> Result<(KeySerial,
         }
         _ => Error::Failed(format!("cannot look up {what}: {e}")),
     };
+    state
+        .possess(ring)
+        .map_err(|e| Error::Failed(format!("cannot take a keyring to follow keys in: {e}")))?;
     match &request.anchor {
         Anchor::Persistent(uid) => {
             state.take_creds(&ThreadCreds::root());
-            let serial = sys::keyctl_get_persistent(*uid, sys::KEY_SPEC_THREAD_KEYRING)
+            let serial = sys::keyctl_get_persistent(*uid, ring)
                 .map_err(|e| denied(e, &format!("the persistent keyring of uid {uid}")))?;
             Ok((serial, true))
         }
@@ -1082,7 +1222,7 @@ fn resolve(request: &RootRequest, state: &mut ThreadState) -> Result<(KeySerial,
             state.take_creds(&ThreadCreds::root());
             let result = with_real_uid(*uid, || {
                 let serial = sys::keyctl_get_keyring_id(special, true)?;
-                sys::keyctl_link(serial, sys::KEY_SPEC_THREAD_KEYRING)?;
+                sys::keyctl_link(serial, ring)?;
                 Ok(serial)
             });
             let serial =
@@ -1092,13 +1232,57 @@ fn resolve(request: &RootRequest, state: &mut ThreadState) -> Result<(KeySerial,
         Anchor::Serial(serial) => {
             state.take_creds(&ThreadCreds::of(&request.viewer));
             let viewable = sys::keyctl_describe(*serial, &mut state.buf);
-            let linked =
-                viewable.is_ok() && sys::keyctl_link(*serial, sys::KEY_SPEC_THREAD_KEYRING).is_ok();
             state.take_creds(&ThreadCreds::root());
             viewable.map_err(|e| denied(e, &format!("key {serial}")))?;
-            Ok((*serial, linked))
+            Ok((
+                *serial,
+                link_as_possessed(*serial, ring, &request.viewer, state),
+            ))
         }
     }
+}
+
+/// Links key `serial` into `ring` with the rights its viewer has in a login session: its
+/// own, plus possession of what its user and user-session keyrings reach (a key's owner
+/// usually has View only, and Link needs possession). Those keyrings are linked into the
+/// ring for the moment of the link and unlinked after it. False when it cannot be linked:
+/// the walk then sees only what the viewer's permissions show.
+fn link_as_possessed(
+    serial: KeySerial,
+    ring: KeySerial,
+    viewer: &Viewer,
+    state: &mut ThreadState,
+) -> bool {
+    let link_as_viewer = |state: &mut ThreadState| {
+        state.take_creds(&ThreadCreds::of(viewer));
+        let linked = sys::keyctl_link(serial, ring).is_ok();
+        state.take_creds(&ThreadCreds::root());
+        linked
+    };
+    if link_as_viewer(state) {
+        return true;
+    }
+    for special in [
+        sys::KEY_SPEC_USER_KEYRING,
+        sys::KEY_SPEC_USER_SESSION_KEYRING,
+    ] {
+        let lent = with_real_uid(viewer.uid, || {
+            let keyring = sys::keyctl_get_keyring_id(special, false)?;
+            sys::keyctl_link(keyring, ring)?;
+            Ok(keyring)
+        });
+        let Ok(keyring) = lent else {
+            continue;
+        };
+        let linked = link_as_viewer(state);
+        if keyring != serial {
+            let _ = sys::keyctl_unlink(keyring, ring);
+        }
+        if linked {
+            return true;
+        }
+    }
+    false
 }
 
 /// Runs `f` with the thread's real uid and fsuid set to `uid` (effective uid and
@@ -1118,7 +1302,10 @@ fn with_real_uid<T>(uid: u32, f: impl FnOnce() -> io::Result<T>) -> io::Result<T
 /// [`MAX_TREE_KEYS`]. Keys the walk may not view are left out. Fails only when the root
 /// itself cannot be described (and is not merely revoked).
 fn walk(root: KeySerial, nested: bool, old: &Tree, state: &mut ThreadState) -> io::Result<Tree> {
-    let mut tree = Tree::default();
+    let mut tree = Tree {
+        nodes: HashMap::with_capacity(old.nodes.len()),
+        order: Vec::with_capacity(old.order.len()),
+    };
     let mut queue = VecDeque::from([root]);
     while let Some(serial) = queue.pop_front() {
         if tree.nodes.contains_key(&serial) || tree.nodes.len() >= MAX_TREE_KEYS {
@@ -1129,8 +1316,8 @@ fn walk(root: KeySerial, nested: bool, old: &Tree, state: &mut ThreadState) -> i
                 .map_or_else(|| Arc::new(KeyInfo::unknown(serial)), |n| n.info.clone())
         };
         let (info, condition) = match sys::keyctl_describe(serial, &mut state.buf) {
-            Ok(len) => match KeyInfo::parse(serial, &state.buf[..len]) {
-                Some(info) => (reuse(old, info), Condition::Live),
+            Ok(len) => match Described::parse(&state.buf[..len]) {
+                Some(described) => (reuse(old, serial, described), Condition::Live),
                 None => continue,
             },
             Err(e) => match e.raw_os_error() {
@@ -1182,10 +1369,10 @@ fn walk(root: KeySerial, nested: bool, old: &Tree, state: &mut ThreadState) -> i
 }
 
 /// The old tree's `Arc` when nothing changed, so unchanged keys cost no allocation.
-fn reuse(old: &Tree, info: KeyInfo) -> Arc<KeyInfo> {
-    match old.node(info.serial) {
-        Some(n) if *n.info == info => n.info.clone(),
-        _ => Arc::new(info),
+fn reuse(old: &Tree, serial: KeySerial, described: Described<'_>) -> Arc<KeyInfo> {
+    match old.node(serial) {
+        Some(n) if Described::of(&n.info) == described => n.info.clone(),
+        _ => Arc::new(described.into_info(serial)),
     }
 }
 
