@@ -318,11 +318,11 @@ pub fn sleeper_as_user(uid: u32) -> Result<Process> {
 
 /// A bus connection of `uid`: the socket is connected by a child process running as `uid`
 /// (dbus-daemon records the uid and PID of whoever called connect(2)), which then runs
-/// `sleep`, so the connection's ProcessID stays a live process of that uid while the
+/// `sleep infinity`, so the connection's ProcessID stays a live process of that uid while the
 /// returned [`Process`] lives. The test owns the connection itself.
 pub async fn connect_as_user(bus_address: &str, uid: u32) -> Result<(zbus::Connection, Process)> {
     let mut command = Command::new("sleep");
-    command.arg("300").stdin(Stdio::null());
+    command.arg("infinity").stdin(Stdio::null());
     as_user(&mut command, uid);
     connect_from(bus_address, command, uid).await
 }
