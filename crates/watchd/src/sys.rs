@@ -6,6 +6,9 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+mod watch_queue;
+pub use watch_queue::*;
+
 /// Turns a `-1` return into the thread's errno.
 fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret == -1 {
