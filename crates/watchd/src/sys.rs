@@ -274,19 +274,3 @@ pub fn setresuid_this_thread(
 
 /// `O_NOTIFICATION_PIPE` (= `O_EXCL`): asks `pipe2(2)` for a watch_queue notification pipe.
 const O_NOTIFICATION_PIPE: libc::c_int = libc::O_EXCL;
-
-/// Whether this kernel has watch queues (`CONFIG_WATCH_QUEUE`): `pipe2(O_NOTIFICATION_PIPE)`
-/// fails with ENOPKG where it does not.
-pub fn notification_pipes_supported() -> bool {
-    let mut fds = [-1 as libc::c_int; 2];
-    // SAFETY: the kernel writes two descriptors into the array, which we close at once.
-    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), O_NOTIFICATION_PIPE | libc::O_CLOEXEC) };
-    if ret != 0 {
-        return false;
-    }
-    for fd in fds {
-        // SAFETY: fresh descriptors that nothing else owns.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    }
-    true
-}

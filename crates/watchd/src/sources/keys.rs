@@ -45,6 +45,7 @@ use crate::event::{Event, Fields, Subject};
 use crate::hub::Hub;
 use crate::identity::Caller;
 use crate::sources::Source;
+use crate::sources::key_queue::{KeyQueue, QueueRecord};
 use crate::sources::krb5::{self, FileWatches, KeyringCollection};
 use crate::sys::{self, KeySerial};
 use crate::watch::{Kind, Options, Scope};
@@ -53,6 +54,8 @@ use crate::watch::{Kind, Options, Scope};
 const KEY_VIEW: u32 = 0x01;
 /// Group permissions: all six bits of the group byte.
 const KEY_GROUP_ALL: u32 = 0x3f00;
+/// Notes the watch queue holds before the kernel drops some (and says so): its maximum.
+const QUEUE_NOTES: u32 = sys::WATCH_QUEUE_MAX_NOTES;
 /// Most keys one tree walk visits: a watch on a huge keyring costs a bounded amount.
 pub const MAX_TREE_KEYS: usize = 4096;
 /// Payloads MIT krb5 keeps its collection's bookkeeping in: kept whole (they hold names,
@@ -528,6 +531,11 @@ struct Root {
     walk_ring: WalkRing,
     /// The links `walk_ring` holds to keys of this tree.
     holds: Holds,
+    /// Keys of this tree the kernel's watch queue reports on for it.
+    queued: HashSet<KeySerial>,
+    /// Polled at the interval although a watch queue runs: a key of the tree could not be
+    /// watched (the kernel caps a user's watches at its open-file limit).
+    polled: bool,
     /// The root key is gone: REMOVAL was sent, nothing more to poll.
     gone: bool,
     /// For krb5 watches: the collection as last seen.
@@ -566,6 +574,9 @@ pub struct Poller {
     pub registry: Mutex<Registry>,
     waker: Waker,
     interval: Duration,
+    /// The kernel's watch queue tells of changes; the interval is only for keys it could
+    /// not watch.
+    queue_backed: bool,
 }
 
 /// Everything only the poller thread touches.
@@ -575,6 +586,10 @@ struct ThreadState {
     store: KeySerial,
     /// The walk ring linked into the thread keyring now.
     possessed: Option<KeySerial>,
+    /// The kernel's watch queue, where the kernel has one.
+    queue: Option<KeyQueue>,
+    /// How many roots want each key watched in the queue.
+    queue_users: HashMap<KeySerial, u32>,
     buf: Vec<u8>,
     digests: std::hash::RandomState,
     wake_read: OwnedFd,
@@ -584,6 +599,14 @@ struct ThreadState {
 impl Poller {
     /// Starts the thread and its thread keyring.
     pub fn start(hub: Arc<Hub>, interval: Duration) -> io::Result<Arc<Poller>> {
+        let queue = match KeyQueue::open(QUEUE_NOTES) {
+            Ok(queue) => Some(queue),
+            Err(e) if e.raw_os_error() == Some(libc::ENOPKG) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "the kernel has watch queues but one cannot be opened; polling keys instead");
+                None
+            }
+        };
         let (wake_read, wake_write) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
         let (commands, receiver) = mpsc::channel();
@@ -599,6 +622,7 @@ impl Poller {
                 pipe: Arc::new(wake_write),
             },
             interval,
+            queue_backed: queue.is_some(),
         });
         let (ready_tx, ready) = mpsc::sync_channel(1);
         let thread_poller = poller.clone();
@@ -619,6 +643,8 @@ impl Poller {
                     creds: ThreadCreds::root(),
                     store,
                     possessed: None,
+                    queue,
+                    queue_users: HashMap::new(),
                     buf: Vec::with_capacity(4096),
                     digests: std::hash::RandomState::new(),
                     wake_read,
@@ -632,8 +658,16 @@ impl Poller {
         Ok(poller)
     }
 
-    pub fn interval(&self) -> Duration {
-        self.interval
+    /// How key changes are found, for `watchctl status`.
+    pub fn backend(&self) -> String {
+        if self.queue_backed {
+            "the kernel's watch queue".into()
+        } else {
+            format!(
+                "a poll every {} ms (this kernel has no watch queues)",
+                self.interval.as_millis()
+            )
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -686,13 +720,24 @@ impl Poller {
             }
         };
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            let mut fds = [
+            // With a watch queue, the thread sleeps until something happens, unless a root
+            // has keys the queue could not watch.
+            let ticking = !self.queue_backed || self.lock().roots.values().any(|r| r.polled);
+            let timeout = if ticking {
+                let wait = next_tick.saturating_duration_since(Instant::now());
+                PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1)
+                    .unwrap_or(PollTimeout::MAX)
+            } else {
+                PollTimeout::NONE
+            };
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+            let mut fds = vec![
                 PollFd::new(state.wake_read.as_fd(), PollFlags::POLLIN),
                 PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
             ];
-            let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1)
-                .unwrap_or(PollTimeout::MAX);
+            if let Some(queue) = &state.queue {
+                fds.push(PollFd::new(queue.as_fd(), PollFlags::POLLIN));
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
@@ -700,9 +745,9 @@ impl Poller {
                     return;
                 }
             }
-            let files_ready = fds[1]
-                .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+            let files_ready = ready(&fds[1]);
+            let notes_ready = fds.get(2).is_some_and(ready);
+            drop(fds);
             let mut drain = [0u8; 64];
             while matches!(nix::unistd::read(&state.wake_read, &mut drain), Ok(n) if n > 0) {}
             while let Ok(command) = state.commands.try_recv() {
@@ -711,7 +756,12 @@ impl Poller {
             if files_ready {
                 self.lock().files.on_ready(hub);
             }
-            if Instant::now() >= next_tick {
+            if notes_ready {
+                self.on_notes(hub, &mut state);
+            }
+            if !ticking {
+                next_tick = Instant::now() + self.interval;
+            } else if Instant::now() >= next_tick {
                 self.tick(hub, &mut state);
                 next_tick += self.interval;
                 let now = Instant::now();
@@ -738,10 +788,17 @@ impl Poller {
                     .get(&id)
                     .is_some_and(|r| r.lease.strong_count() == 0);
                 if unused {
-                    let root = registry.roots.remove(&id).expect("checked");
+                    let mut root = registry.roots.remove(&id).expect("checked");
                     if registry.by_request.get(&root.request) == Some(&id) {
                         registry.by_request.remove(&root.request);
                     }
+                    // Unwatching needs View, as the viewer with the root's possession.
+                    state.take_creds(&ThreadCreds::of(&root.request.viewer));
+                    if state.possess(root.walk_ring.ring).is_ok() {
+                        root.gone = true;
+                        queue_tree(id, &mut root, state);
+                    }
+                    state.take_creds(&ThreadCreds::root());
                     state.drop_walk_ring(&root.walk_ring);
                     tracing::info!(root = id.0, key = %root.serial, "stopped following a key");
                 }
@@ -806,6 +863,8 @@ impl Poller {
             tree: Tree::default(),
             holds: Holds::new(walk_ring.ring),
             walk_ring,
+            queued: HashSet::new(),
+            polled: false,
             gone: false,
             collection: krb5::Collection::default(),
             request: request.clone(),
@@ -813,13 +872,16 @@ impl Poller {
         if linked {
             root.holds.adopt(serial, &tree);
         }
-        state.take_creds(&ThreadCreds::of(&request.viewer));
-        hold_tree(&mut root.holds, &tree, serial, request.nested);
-        state.take_creds(&ThreadCreds::root());
         if let Some(spec) = &request.collection {
             root.collection = krb5::Collection::from_keyring(&tree, serial, spec);
         }
         root.tree = tree;
+        state.take_creds(&ThreadCreds::of(&request.viewer));
+        hold_tree(&mut root.holds, &root.tree, serial, request.nested);
+        // A change between the walk and the watch is missed only until the tree's next
+        // note: no watch of the hub's can see this root before this call returns.
+        queue_tree(id, &mut root, state);
+        state.take_creds(&ThreadCreds::root());
         let lease = Arc::new(RootLease {
             id,
             serial,
@@ -832,73 +894,187 @@ impl Poller {
         Ok(lease)
     }
 
+    /// Reads the watch queue and walks the roots it names (all of them after a loss).
+    fn on_notes(&self, hub: &Hub, state: &mut ThreadState) {
+        let mut notes = Vec::new();
+        if let Some(queue) = state.queue.as_mut()
+            && let Err(e) = queue.drain(&mut notes)
+        {
+            tracing::warn!(error = %e, "cannot read the key watch queue; walking every root");
+            notes.push(QueueRecord::Loss);
+        }
+        let mut changed = HashSet::new();
+        let mut everything = false;
+        for note in &notes {
+            match note {
+                QueueRecord::Key { serial, .. }
+                | QueueRecord::Removed {
+                    serial: Some(serial),
+                } => {
+                    changed.insert(*serial);
+                }
+                QueueRecord::Removed { serial: None } | QueueRecord::Loss => everything = true,
+            }
+        }
+        if changed.is_empty() && !everything {
+            return;
+        }
+        let mut registry = self.lock();
+        let roots = &mut registry.roots;
+        let dirty: Vec<RootId> = roots
+            .iter()
+            .filter(|(_, r)| everything || r.queued.iter().any(|s| changed.contains(s)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dirty {
+            poll_root(hub, id, roots.get_mut(&id).expect("listed above"), state);
+        }
+        state.take_creds(&ThreadCreds::root());
+    }
+
     /// One poll of every root: walk, compare, publish.
     fn tick(&self, hub: &Hub, state: &mut ThreadState) {
         let mut registry = self.lock();
         let roots = &mut registry.roots;
-        let mut order: Vec<RootId> = roots.keys().copied().collect();
+        let mut order: Vec<RootId> = roots
+            .iter()
+            .filter(|(_, r)| !self.queue_backed || r.polled)
+            .map(|(id, _)| *id)
+            .collect();
         // Roots of one viewer together: the thread switches credentials once per viewer.
         order.sort_by_key(|id| roots[id].request.viewer.uid);
         for id in order {
-            let root = roots.get_mut(&id).expect("listed above");
-            if root.gone {
-                continue;
-            }
-            state.take_creds(&ThreadCreds::of(&root.request.viewer));
-            if let Err(e) = state.possess(root.walk_ring.ring) {
-                tracing::debug!(root = id.0, error = %e, "cannot take the root's walk keyring; keeping the last state");
-                continue;
-            }
-            let walked = walk(root.serial, root.request.nested, &root.tree, state);
-            let new = match walked {
-                Ok(tree) => tree,
-                Err(e) if is_gone(&e) && root.request.collection.is_some() => {
-                    // A credential-cache collection outlives its keyring (a persistent
-                    // keyring expires, kdestroy -A may leave none): follow the anchor's new
-                    // keyring, once, and report the caches that went and came.
-                    follow_replaced_anchor(hub, id, root, state);
-                    continue;
-                }
-                Err(e) if is_gone(&e) => {
-                    root.gone = true;
-                    let notice = Notice {
-                        subtype: meta::REMOVAL,
-                        key: root.tree.node(root.serial).map_or_else(
-                            || Arc::new(KeyInfo::unknown(root.serial)),
-                            |n| n.info.clone(),
-                        ),
-                        aux: None,
-                    };
-                    tracing::info!(root = id.0, key = %root.serial, "a watched key is gone");
-                    publish_key(hub, id, root.serial, RecordType::Meta, notice);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(root = id.0, key = %root.serial, error = %e, "key walk failed; keeping the last state");
-                    continue;
-                }
-            };
-            let holds = &root.holds;
-            let notices = diff(&root.tree, &new, &mut |s| probe(s, &mut state.buf), &|s| {
-                holds.contains(s)
-            });
-            if !same_members(&root.tree, &new) {
-                hold_tree(&mut root.holds, &new, root.serial, root.request.nested);
-            }
-            for notice in notices {
-                publish_key(hub, id, root.serial, RecordType::Key, notice);
-            }
-            if let Some(spec) = &root.request.collection {
-                let collection = krb5::Collection::from_keyring(&new, root.serial, spec);
-                for change in root.collection.diff(&collection) {
-                    krb5::publish(hub, id, &spec.name, change);
-                }
-                root.collection = collection;
-            }
-            root.tree = new;
+            poll_root(hub, id, roots.get_mut(&id).expect("listed above"), state);
         }
         state.take_creds(&ThreadCreds::root());
     }
+}
+
+/// Walks one root, publishes what changed since the last walk, keeps the new tree, and
+/// has the watch queue (if any) report on exactly the keys of that tree.
+fn poll_root(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) {
+    // Keys new to the tree are watched after the walk that found them: one more walk
+    // catches what changed in between.
+    for _ in 0..2 {
+        walk_and_publish(hub, id, root, state);
+        if !queue_tree(id, root, state) {
+            break;
+        }
+    }
+}
+
+/// Has the watch queue report on the keys of `root`'s tree, and no longer on keys that left
+/// it. True when a key was newly watched. A key the kernel refuses to watch for lack of
+/// room (a user's watches are capped at its open-file limit) puts the root on the poll.
+fn queue_tree(id: RootId, root: &mut Root, state: &mut ThreadState) -> bool {
+    let ThreadState {
+        queue: Some(queue),
+        queue_users,
+        ..
+    } = state
+    else {
+        return false;
+    };
+    let wanted: HashSet<KeySerial> = if root.gone {
+        HashSet::new()
+    } else {
+        root.tree.nodes.keys().copied().collect()
+    };
+    let mut added = false;
+    for serial in wanted.difference(&root.queued).copied().collect::<Vec<_>>() {
+        let users = queue_users.entry(serial).or_insert(0);
+        if *users == 0 {
+            match queue.watch(serial) {
+                // EBUSY: the kernel still has our watch (its removal note is on its way).
+                Ok(()) => added = true,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    queue_users.remove(&serial);
+                    if e.raw_os_error() == Some(libc::EAGAIN) && !root.polled {
+                        tracing::warn!(root = id.0, key = %serial, "the kernel has no room for more key watches; polling this root");
+                        root.polled = true;
+                    }
+                    continue;
+                }
+            }
+        }
+        *users += 1;
+        root.queued.insert(serial);
+    }
+    let left: Vec<KeySerial> = root.queued.difference(&wanted).copied().collect();
+    for serial in left {
+        root.queued.remove(&serial);
+        if let Some(users) = queue_users.get_mut(&serial) {
+            *users -= 1;
+            if *users == 0 {
+                queue_users.remove(&serial);
+                // Fails when the key is gone (its watch went with it) or no longer viewable
+                // without the link we just dropped; then its notes name no root and are
+                // ignored until the key is destroyed.
+                let _ = queue.unwatch(serial);
+            }
+        }
+    }
+    added
+}
+
+/// [`poll_root`]'s walk and comparison.
+fn walk_and_publish(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) {
+    if root.gone {
+        return;
+    }
+    state.take_creds(&ThreadCreds::of(&root.request.viewer));
+    if let Err(e) = state.possess(root.walk_ring.ring) {
+        tracing::debug!(root = id.0, error = %e, "cannot take the root's walk keyring; keeping the last state");
+        return;
+    }
+    let walked = walk(root.serial, root.request.nested, &root.tree, state);
+    let new = match walked {
+        Ok(tree) => tree,
+        Err(e) if is_gone(&e) && root.request.collection.is_some() => {
+            // A credential-cache collection outlives its keyring (a persistent keyring
+            // expires, kdestroy -A may leave none): follow the anchor's new keyring, once,
+            // and report the caches that went and came.
+            follow_replaced_anchor(hub, id, root, state);
+            return;
+        }
+        Err(e) if is_gone(&e) => {
+            root.gone = true;
+            let notice = Notice {
+                subtype: meta::REMOVAL,
+                key: root.tree.node(root.serial).map_or_else(
+                    || Arc::new(KeyInfo::unknown(root.serial)),
+                    |n| n.info.clone(),
+                ),
+                aux: None,
+            };
+            tracing::info!(root = id.0, key = %root.serial, "a watched key is gone");
+            publish_key(hub, id, root.serial, RecordType::Meta, notice);
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(root = id.0, key = %root.serial, error = %e, "key walk failed; keeping the last state");
+            return;
+        }
+    };
+    let holds = &root.holds;
+    let notices = diff(&root.tree, &new, &mut |s| probe(s, &mut state.buf), &|s| {
+        holds.contains(s)
+    });
+    if !same_members(&root.tree, &new) {
+        hold_tree(&mut root.holds, &new, root.serial, root.request.nested);
+    }
+    for notice in notices {
+        publish_key(hub, id, root.serial, RecordType::Key, notice);
+    }
+    if let Some(spec) = &root.request.collection {
+        let collection = krb5::Collection::from_keyring(&new, root.serial, spec);
+        for change in root.collection.diff(&collection) {
+            krb5::publish(hub, id, &spec.name, change);
+        }
+        root.collection = collection;
+    }
+    root.tree = new;
 }
 
 /// Re-resolves a krb5 root whose keyring is gone and reports the collection's difference.
@@ -1421,17 +1597,7 @@ impl Source for KeySource {
     }
 
     fn describe(&self) -> String {
-        // Kernel watch queues would make polling unnecessary; the backend for them is not
-        // written yet, so say which case this is.
-        let queues = if sys::notification_pipes_supported() {
-            "kernel watch queues present but not used yet"
-        } else {
-            "this kernel has no watch queues"
-        };
-        format!(
-            "poller every {} ms ({queues})",
-            self.poller.interval().as_millis()
-        )
+        format!("changes found by {}", self.poller.backend())
     }
 
     fn action(&self, options: &Options, caller: &Caller) -> crate::authority::Action {

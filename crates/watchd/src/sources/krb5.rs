@@ -727,8 +727,8 @@ impl Source for Krb5Source {
 
     fn describe(&self) -> String {
         format!(
-            "KEYRING caches by the key poller (every {} ms), FILE and DIR caches by inotify",
-            self.poller.interval().as_millis()
+            "KEYRING caches by {}, FILE and DIR caches by inotify",
+            self.poller.backend()
         )
     }
 
