@@ -182,15 +182,16 @@ pub fn run(binary: &Path, args: &[&str]) -> Result<VmOutput> {
     })
 }
 
-/// The program's status and the lines between [`BEGIN`] and [`EXIT`].
+/// The program's status and the lines between [`BEGIN`] and [`EXIT`]. The BIOS's terminal
+/// escapes (clear screen) can precede the first line.
 fn program_output(console: &str) -> Option<(i32, String)> {
     let mut lines = console
         .lines()
-        .skip_while(|l| l.trim_end() != BEGIN)
+        .skip_while(|l| !l.trim_end().ends_with(BEGIN))
         .skip(1);
     let mut output = String::new();
     for line in lines.by_ref() {
-        if let Some(status) = line.trim_end().strip_prefix(EXIT) {
+        if let Some((_, status)) = line.split_once(EXIT) {
             return Some((status.trim().parse().ok()?, output));
         }
         output.push_str(line);
@@ -381,7 +382,9 @@ fn build_kernel(package: &str, version: &str, dir: &Path) -> Result<()> {
         );
     }
 
-    let work = dir.with_extension("build");
+    let mut work = dir.as_os_str().to_owned();
+    work.push(".build");
+    let work = PathBuf::from(work);
     let _remove = RemoveOnDrop(work.clone());
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
@@ -642,5 +645,86 @@ impl Cpio {
         let pad = len.next_multiple_of(4) - len;
         self.out.write_all(&[0; 3][..pad])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_output_after_bios_escapes() {
+        let console = "SeaBIOS\nBooting from ROM...\n\x1bc\x1b[?7l\x1b[2JWATCHD-VM-BEGIN\n\
+                       ok one\nFAIL two: why\nWATCHD-VM-EXIT 1\nreboot: Restarting system\n";
+        assert_eq!(
+            program_output(console),
+            Some((1, "ok one\nFAIL two: why\n".to_owned()))
+        );
+        assert_eq!(program_output("WATCHD-VM-BEGIN\nok one\n"), None);
+        assert_eq!(program_output("Kernel panic\n"), None);
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    /// The archive as the kernel reads it: 110-byte headers, names and data padded to 4.
+    #[test]
+    fn cpio_newc_layout() {
+        let dir = std::env::temp_dir().join(format!("watchd-vm-cpio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _remove = RemoveOnDrop(dir.clone());
+        let path = dir.join("a.cpio");
+        let mut cpio = Cpio::create(&path).unwrap();
+        cpio.file("lib/x/f", b"hello", 0o644).unwrap();
+        cpio.char_device("dev/console", 5, 1).unwrap();
+        cpio.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+
+        let mut entries = Vec::new();
+        let mut at = 0;
+        loop {
+            let header = std::str::from_utf8(&bytes[at..at + 110]).unwrap();
+            assert_eq!(&header[..6], "070701");
+            let field = |i: usize| u32::from_str_radix(&header[6 + 8 * i..14 + 8 * i], 16).unwrap();
+            let (mode, size, rdev, name_size) =
+                (field(1), field(6), (field(9), field(10)), field(11));
+            let name_at = at + 110;
+            let name = std::str::from_utf8(&bytes[name_at..name_at + name_size as usize - 1])
+                .unwrap()
+                .to_owned();
+            assert_eq!(bytes[name_at + name_size as usize - 1], 0);
+            let data_at = (name_at + name_size as usize).next_multiple_of(4);
+            let data = bytes[data_at..data_at + size as usize].to_vec();
+            at = (data_at + size as usize).next_multiple_of(4);
+            if name == "TRAILER!!!" {
+                break;
+            }
+            entries.push((name, mode, data, rdev));
+        }
+        assert_eq!(at, bytes.len());
+        let dir_mode = libc::S_IFDIR | 0o755;
+        assert_eq!(
+            entries,
+            [
+                ("lib".to_owned(), dir_mode, vec![], (0, 0)),
+                ("lib/x".to_owned(), dir_mode, vec![], (0, 0)),
+                (
+                    "lib/x/f".to_owned(),
+                    libc::S_IFREG | 0o644,
+                    b"hello".to_vec(),
+                    (0, 0)
+                ),
+                ("dev".to_owned(), dir_mode, vec![], (0, 0)),
+                (
+                    "dev/console".to_owned(),
+                    libc::S_IFCHR | 0o600,
+                    vec![],
+                    (5, 1)
+                ),
+            ]
+        );
     }
 }
