@@ -9,7 +9,7 @@
 //!   `linux-config-6.1`). `apt-get download linux-source-6.1` (the version `linux-source`
 //!   depends on), `tinyconfig` plus [`KERNEL_OPTIONS`] (a serial console, initramfs, ELF,
 //!   proc/sys/devtmpfs, futexes, keys, watch queues, key notifications), `make bzImage`
-//!   under `nice`: about 5 minutes on 2 cores. Only the bzImage and its `.config` are kept,
+//!   under `nice`: 3.5 minutes on the test machines' 2 cores (with another build running). Only the bzImage and its `.config` are kept,
 //!   in `target/vm/kernel/<package>_<version>/`, and reused while the fragment and the
 //!   package version stay the same; the source (1.5 GB unpacked) and objects are removed.
 //!   `WATCHD_VM_KERNEL=/path/to/bzImage` uses a kernel of one's own instead.
@@ -20,7 +20,7 @@
 //!   qemu (`-no-reboot`; a panic does too, `panic=-1`).
 //! - **qemu** runs with KVM only where it works: `/dev/kvm` exists on the test machines but
 //!   their CPUs have no vmx/svm, and qemu then hangs in the BIOS. Elsewhere it emulates
-//!   (TCG, about 15 s for a boot and a short program). `WATCHD_VM_ACCEL=tcg|kvm` forces one.
+//!   (TCG: 3 s from starting qemu to its exit for the watch-queue probe). `WATCHD_VM_ACCEL=tcg|kvm` forces one.
 //!   It is killed by its PID after [`BOOT_LIMIT`]. Each run's files live in
 //!   `target/vm/run-<pid>-<n>/`, removed afterwards.
 //!
@@ -74,7 +74,7 @@ pub const BEGIN: &str = "WATCHD-VM-BEGIN";
 /// The line `/init` prints after it, followed by a space and the exit status.
 pub const EXIT: &str = "WATCHD-VM-EXIT";
 
-/// How long one boot, run and power-off may take (emulated: ~15 s here).
+/// How long one boot, run and power-off may take (emulated: ~3 s here).
 pub const BOOT_LIMIT: Duration = Duration::from_secs(300);
 /// How long each step of the kernel build may take.
 const BUILD_LIMIT: Duration = Duration::from_secs(45 * 60);
