@@ -9,6 +9,7 @@ mod authorization;
 mod bad_requests;
 mod devices;
 mod interfaces;
+mod key_watch_queue;
 mod keys;
 mod krb5_events;
 mod krb5_harness;
@@ -56,6 +57,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(krb5_harness::trials());
     trials.extend(keys::trials());
     trials.extend(krb5_events::trials());
+    trials.extend(key_watch_queue::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 

@@ -7,6 +7,7 @@
 //! - [`Env`]: one bus plus one daemon, and a scratch directory that is unmounted and
 //!   removed afterwards.
 //! - [`mounts`]: mount, remount, move and unmount with the syscalls themselves.
+//! - [`vm`]: a qemu VM booting a kernel that has what this machine's lacks (watch queues).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use libtest_mimic::{Arguments, Failed, Trial};
 pub mod krb5;
 pub mod polkit;
 pub mod udev;
+pub mod vm;
 
 /// Root is needed for mounts and for owning the bus name under the real policy. Outside CI
 /// a non-root run skips with the reason printed; in CI (CI=true) it fails.

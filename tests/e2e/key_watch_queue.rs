@@ -1,0 +1,80 @@
+//! The kernel's key notifications (watch queues), read by `watchd::sources::key_queue`.
+//! The test machines' kernel has no `CONFIG_WATCH_QUEUE`, so `watch-queue-probe` runs in a
+//! VM booting a kernel that has it (`watchd_e2e::vm`): it makes real key changes — add,
+//! update, link, unlink, setperm, revoke, invalidate, clear, unwatch, an overflowing queue —
+//! and checks each note `KeyQueue` reads, serials included. The first run builds the
+//! kernel (minutes); later runs reuse it from `target/vm/`.
+
+use std::path::Path;
+
+use anyhow::{Result, bail, ensure};
+use watchd_e2e::{Trial, vm};
+
+pub fn trials() -> Vec<Trial> {
+    vec![Trial::test(
+        "key_watch_queue::kernel_key_notifications_are_read_by_key_queue_in_a_vm",
+        || notifications_in_a_vm().map_err(|e| format!("{e:#}").into()),
+    )]
+}
+
+/// `watch-queue-probe`'s exit status for a kernel without watch queues.
+const NO_WATCH_QUEUES: i32 = 3;
+
+/// Every check the probe makes; each must print `ok NAME`.
+const CHECKS: &[&str] = &[
+    "watch_posts_nothing",
+    "add_key_links_into_watched_keyring",
+    "update",
+    "add_key_of_an_existing_name_updates_in_place",
+    "add_key_of_an_existing_name_is_an_update",
+    "a_key_outside_the_watched_tree_is_not_reported",
+    "link",
+    "unlink",
+    "setperm",
+    "revoke",
+    "add_key_again",
+    "invalidate_then_destroyed",
+    "clear_then_unlinked_key_destroyed",
+    "unwatch_ends_the_watch",
+    "unwatching_twice_is_refused",
+    "overflow_is_reported_as_loss",
+];
+
+fn notifications_in_a_vm() -> Result<()> {
+    let probe = Path::new(env!("CARGO_BIN_EXE_watch-queue-probe"));
+    let out = match vm::run(probe, &[]) {
+        Ok(out) => out,
+        Err(e) if e.downcast_ref::<vm::Unavailable>().is_some() => {
+            if std::env::var_os("CI").is_some() {
+                bail!("{e:#}: .ci/run installs these, so CI does not skip this test");
+            }
+            eprintln!("SKIP: key_watch_queue: no VM here: {e:#}");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    eprintln!(
+        "key_watch_queue: the VM ({}) booted, ran the probe and powered off in {:.1?}",
+        out.accel, out.elapsed
+    );
+    ensure!(
+        out.status != NO_WATCH_QUEUES,
+        "the VM's kernel has no watch queues:\n{}",
+        out.output
+    );
+    ensure!(
+        out.status == 0,
+        "watch-queue-probe exited with {}:\n{}",
+        out.status,
+        out.output
+    );
+    for check in CHECKS {
+        let line = format!("ok {check}");
+        ensure!(
+            out.output.lines().any(|l| l == line),
+            "the probe did not report `{line}`:\n{}",
+            out.output
+        );
+    }
+    Ok(())
+}
