@@ -8,10 +8,12 @@
 //!   `user-mode-linux`, 6.1 and 6.12 alike, ship `# CONFIG_WATCH_QUEUE is not set` (see
 //!   `linux-config-6.1`). `apt-get download linux-source-6.1` (the version `linux-source`
 //!   depends on), `tinyconfig` plus [`KERNEL_OPTIONS`] (a serial console, initramfs, ELF,
-//!   proc/sys/devtmpfs, futexes, keys, watch queues, key notifications), `make bzImage`
-//!   under `nice`: 3.5 minutes on the test machines' 2 cores (with another build running). Only the bzImage and its `.config` are kept,
-//!   in `target/vm/kernel/<package>_<version>/`, and reused while the fragment and the
-//!   package version stay the same; the source (1.5 GB unpacked) and objects are removed.
+//!   proc/sys/devtmpfs, futexes, keys, watch queues, key notifications, and for the daemon
+//!   unix sockets, epoll, eventfd, timerfd, signalfd and inotify), `make bzImage` under
+//!   `nice`: 3.5 minutes on the test machines' 2 cores (with another build running). Only
+//!   the bzImage and its `.config` are kept, in `target/vm/kernel/<package>_<version>/`,
+//!   and reused while the fragment and the package version stay the same; the source
+//!   (1.5 GB unpacked) and objects are removed.
 //!   `WATCHD_VM_KERNEL=/path/to/bzImage` uses a kernel of one's own instead.
 //! - **The initramfs** is written by [`Cpio`] (newc format, no tool needed): busybox
 //!   (`busybox-static`), the program, the shared libraries `ldd` names for either, a
@@ -63,6 +65,18 @@ pub const KERNEL_OPTIONS: &[&str] = &[
     "KEYS",
     "WATCH_QUEUE",
     "KEY_NOTIFICATIONS",
+    // For the daemon itself (watchd-vm-probe): dbus-daemon and tokio's sockets, tokio's
+    // epoll, eventfd and timers, the key poller's inotify (FILE credential caches).
+    "NET",
+    "UNIX",
+    "EPOLL",
+    "EVENTFD",
+    "TIMERFD",
+    "SIGNALFD",
+    "INOTIFY_USER",
+    "POSIX_TIMERS",
+    "FILE_LOCKING",
+    "SHMEM",
 ];
 /// Options turned off: the initramfs is not compressed, so no decompressors.
 const KERNEL_OPTIONS_OFF: &[&str] = &[
@@ -114,6 +128,20 @@ pub struct VmOutput {
 /// and returns what it did. Fails with [`Unavailable`] when qemu, busybox or the kernel's
 /// build tools are missing.
 pub fn run(binary: &Path, args: &[&str]) -> Result<VmOutput> {
+    run_with(binary, args, &Guest::default())
+}
+
+/// What else the VM's initramfs holds besides the program.
+#[derive(Default)]
+pub struct Guest<'a> {
+    /// Programs copied in (with the shared libraries `ldd` names): path in the VM, path here.
+    pub programs: Vec<(&'a str, &'a Path)>,
+    /// Files written in: path in the VM, contents.
+    pub files: Vec<(&'a str, &'a [u8])>,
+}
+
+/// [`run`], with `guest`'s programs and files in the initramfs too.
+pub fn run_with(binary: &Path, args: &[&str], guest: &Guest<'_>) -> Result<VmOutput> {
     let qemu = tool("qemu-system-x86_64", "qemu-system-x86")?;
     let busybox = tool("busybox", "busybox-static")?;
     let kernel = kernel()?;
@@ -126,7 +154,7 @@ pub fn run(binary: &Path, args: &[&str]) -> Result<VmOutput> {
     )));
     std::fs::create_dir_all(&dir.0)?;
     let initramfs = dir.0.join("initramfs.cpio");
-    write_initramfs(&initramfs, &busybox, binary, args)?;
+    write_initramfs(&initramfs, &busybox, binary, args, guest)?;
 
     let accel = accelerators();
     let console_path = dir.0.join("console.log");
@@ -502,9 +530,15 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// The initramfs: busybox, `binary` as `/program`, their libraries, `/dev/console`, `/init`.
-fn write_initramfs(path: &Path, busybox: &Path, binary: &Path, args: &[&str]) -> Result<()> {
+fn write_initramfs(
+    path: &Path,
+    busybox: &Path,
+    binary: &Path,
+    args: &[&str],
+    guest: &Guest<'_>,
+) -> Result<()> {
     let mut cpio = Cpio::create(path)?;
-    for dir in ["bin", "dev", "proc", "sys", "tmp"] {
+    for dir in ["bin", "dev", "proc", "run", "sys", "tmp"] {
         cpio.dir(dir)?;
     }
     cpio.char_device("dev/console", 5, 1)?;
@@ -512,6 +546,15 @@ fn write_initramfs(path: &Path, busybox: &Path, binary: &Path, args: &[&str]) ->
     cpio.file_from("program", binary, 0o755)?;
     let mut libraries = shared_libraries(binary)?;
     libraries.extend(shared_libraries(busybox)?);
+    for (name, source) in &guest.programs {
+        cpio.file_from(name.trim_start_matches('/'), source, 0o755)?;
+        libraries.extend(shared_libraries(source)?);
+    }
+    for (name, data) in &guest.files {
+        cpio.file(name.trim_start_matches('/'), data, 0o644)?;
+    }
+    libraries.sort();
+    libraries.dedup();
     for library in libraries {
         let name = library.to_string_lossy().trim_start_matches('/').to_owned();
         cpio.file_from(&name, &library, 0o755)?;

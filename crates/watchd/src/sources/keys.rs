@@ -795,8 +795,8 @@ impl Poller {
                     // Unwatching needs View, as the viewer with the root's possession.
                     state.take_creds(&ThreadCreds::of(&root.request.viewer));
                     if state.possess(root.walk_ring.ring).is_ok() {
-                        root.gone = true;
-                        queue_tree(id, &mut root, state);
+                        let Root { queued, polled, .. } = &mut root;
+                        queue_tree(id, queued, polled, &Tree::default(), state);
                     }
                     state.take_creds(&ThreadCreds::root());
                     state.drop_walk_ring(&root.walk_ring);
@@ -880,7 +880,7 @@ impl Poller {
         hold_tree(&mut root.holds, &root.tree, serial, request.nested);
         // A change between the walk and the watch is missed only until the tree's next
         // note: no watch of the hub's can see this root before this call returns.
-        queue_tree(id, &mut root, state);
+        queue_tree(id, &mut root.queued, &mut root.polled, &root.tree, state);
         state.take_creds(&ThreadCreds::root());
         let lease = Arc::new(RootLease {
             id,
@@ -953,20 +953,42 @@ impl Poller {
 /// Walks one root, publishes what changed since the last walk, keeps the new tree, and
 /// has the watch queue (if any) report on exactly the keys of that tree.
 fn poll_root(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) {
-    // Keys new to the tree are watched after the walk that found them: one more walk
-    // catches what changed in between.
-    for _ in 0..2 {
-        walk_and_publish(hub, id, root, state);
-        if !queue_tree(id, root, state) {
-            break;
+    let Some(mut new) = walk_root(hub, id, root, state) else {
+        // Gone (nothing more to watch), replaced (watch the new tree) or unreadable.
+        let tree = if root.gone {
+            Tree::default()
+        } else {
+            std::mem::take(&mut root.tree)
+        };
+        queue_tree(id, &mut root.queued, &mut root.polled, &tree, state);
+        if !root.gone {
+            root.tree = tree;
         }
+        return;
+    };
+    // Keys new to the tree are watched before anything about them is published (a client
+    // may act on a record at once); one more walk catches what changed before the watch.
+    if queue_tree(id, &mut root.queued, &mut root.polled, &new, state)
+        && let Ok(again) = walk(root.serial, root.request.nested, &new, state)
+    {
+        new = again;
+        queue_tree(id, &mut root.queued, &mut root.polled, &new, state);
     }
+    publish_changes(hub, id, root, new, state);
 }
 
-/// Has the watch queue report on the keys of `root`'s tree, and no longer on keys that left
-/// it. True when a key was newly watched. A key the kernel refuses to watch for lack of
-/// room (a user's watches are capped at its open-file limit) puts the root on the poll.
-fn queue_tree(id: RootId, root: &mut Root, state: &mut ThreadState) -> bool {
+/// Has the watch queue report on the keys of `tree` for a root (`queued` is what it
+/// reports on already), and no longer on keys that left it. True when the tree may have
+/// changed unseen: a key was newly watched, or vanished before it could be. A key the
+/// kernel refuses to watch for lack of room (a user's watches are capped at its open-file
+/// limit) puts the root on the poll (`polled`).
+fn queue_tree(
+    id: RootId,
+    queued: &mut HashSet<KeySerial>,
+    polled: &mut bool,
+    tree: &Tree,
+    state: &mut ThreadState,
+) -> bool {
     let ThreadState {
         queue: Some(queue),
         queue_users,
@@ -975,35 +997,36 @@ fn queue_tree(id: RootId, root: &mut Root, state: &mut ThreadState) -> bool {
     else {
         return false;
     };
-    let wanted: HashSet<KeySerial> = if root.gone {
-        HashSet::new()
-    } else {
-        root.tree.nodes.keys().copied().collect()
-    };
-    let mut added = false;
-    for serial in wanted.difference(&root.queued).copied().collect::<Vec<_>>() {
+    let wanted: HashSet<KeySerial> = tree.nodes.keys().copied().collect();
+    let mut unseen = false;
+    for serial in wanted.difference(queued).copied().collect::<Vec<_>>() {
         let users = queue_users.entry(serial).or_insert(0);
         if *users == 0 {
             match queue.watch(serial) {
                 // EBUSY: the kernel still has our watch (its removal note is on its way).
-                Ok(()) => added = true,
+                Ok(()) => unseen = true,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => {
                     queue_users.remove(&serial);
-                    if e.raw_os_error() == Some(libc::EAGAIN) && !root.polled {
-                        tracing::warn!(root = id.0, key = %serial, "the kernel has no room for more key watches; polling this root");
-                        root.polled = true;
+                    if e.raw_os_error() == Some(libc::EAGAIN) {
+                        if !*polled {
+                            tracing::warn!(root = id.0, key = %serial, "the kernel has no room for more key watches; polling this root");
+                        }
+                        *polled = true;
+                    } else {
+                        // Revoked, invalidated or gone since the walk.
+                        unseen = true;
                     }
                     continue;
                 }
             }
         }
         *users += 1;
-        root.queued.insert(serial);
+        queued.insert(serial);
     }
-    let left: Vec<KeySerial> = root.queued.difference(&wanted).copied().collect();
+    let left: Vec<KeySerial> = queued.difference(&wanted).copied().collect();
     for serial in left {
-        root.queued.remove(&serial);
+        queued.remove(&serial);
         if let Some(users) = queue_users.get_mut(&serial) {
             *users -= 1;
             if *users == 0 {
@@ -1015,18 +1038,19 @@ fn queue_tree(id: RootId, root: &mut Root, state: &mut ThreadState) -> bool {
             }
         }
     }
-    added
+    unseen
 }
 
-/// [`poll_root`]'s walk and comparison.
-fn walk_and_publish(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) {
+/// [`poll_root`]'s walk: the root's tree now, or `None` when there is none to compare (the
+/// root is gone and that was published, or replaced and followed, or unreadable for now).
+fn walk_root(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) -> Option<Tree> {
     if root.gone {
-        return;
+        return None;
     }
     state.take_creds(&ThreadCreds::of(&root.request.viewer));
     if let Err(e) = state.possess(root.walk_ring.ring) {
         tracing::debug!(root = id.0, error = %e, "cannot take the root's walk keyring; keeping the last state");
-        return;
+        return None;
     }
     let walked = walk(root.serial, root.request.nested, &root.tree, state);
     let new = match walked {
@@ -1036,7 +1060,7 @@ fn walk_and_publish(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadSt
             // expires, kdestroy -A may leave none): follow the anchor's new keyring, once,
             // and report the caches that went and came.
             follow_replaced_anchor(hub, id, root, state);
-            return;
+            return None;
         }
         Err(e) if is_gone(&e) => {
             root.gone = true;
@@ -1050,13 +1074,19 @@ fn walk_and_publish(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadSt
             };
             tracing::info!(root = id.0, key = %root.serial, "a watched key is gone");
             publish_key(hub, id, root.serial, RecordType::Meta, notice);
-            return;
+            return None;
         }
         Err(e) => {
             tracing::debug!(root = id.0, key = %root.serial, error = %e, "key walk failed; keeping the last state");
-            return;
+            return None;
         }
     };
+    Some(new)
+}
+
+/// [`poll_root`]'s comparison: publishes how `new` differs from the root's last tree, and
+/// keeps it.
+fn publish_changes(hub: &Hub, id: RootId, root: &mut Root, new: Tree, state: &mut ThreadState) {
     let holds = &root.holds;
     let notices = diff(&root.tree, &new, &mut |s| probe(s, &mut state.buf), &|s| {
         holds.contains(s)
