@@ -36,6 +36,7 @@ const KEYCTL_SETPERM: libc::c_long = 5;
 const KEYCTL_CLEAR: libc::c_long = 7;
 const KEYCTL_LINK: libc::c_long = 8;
 const KEYCTL_UNLINK: libc::c_long = 9;
+const KEYCTL_SET_TIMEOUT: libc::c_long = 15;
 const KEYCTL_INVALIDATE: libc::c_long = 21;
 
 fn main() -> ExitCode {
@@ -215,6 +216,13 @@ async fn checks(client: &Client) -> Result<u32> {
         (key::UPDATED, k1, None)
     })
     .await?;
+    // The same payload again: no comparison can see it, the kernel's note says it.
+    step(
+        "update again",
+        &mut || update(k1, b"two").map(|_| k1),
+        &|k1| (key::UPDATED, k1, None),
+    )
+    .await?;
     step(
         "link",
         &mut || keyctl(KEYCTL_LINK, k1.into(), ring.into(), 0).map(|_| k1),
@@ -230,6 +238,13 @@ async fn checks(client: &Client) -> Result<u32> {
     step(
         "setperm",
         &mut || keyctl(KEYCTL_SETPERM, k1.into(), 0x3f0b_0000, 0).map(|_| k1),
+        &|k1| (key::SETATTR, k1, None),
+    )
+    .await?;
+    // An expiry time: KEYCTL_DESCRIBE does not show it; the kernel's note does.
+    step(
+        "set timeout",
+        &mut || keyctl(KEYCTL_SET_TIMEOUT, k1.into(), 3600, 0).map(|_| k1),
         &|k1| (key::SETATTR, k1, None),
     )
     .await?;

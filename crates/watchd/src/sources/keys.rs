@@ -600,7 +600,10 @@ impl Poller {
     /// Starts the thread and its thread keyring.
     pub fn start(hub: Arc<Hub>, interval: Duration) -> io::Result<Arc<Poller>> {
         let queue = match KeyQueue::open(QUEUE_NOTES) {
-            Ok(queue) => Some(queue),
+            Ok(queue) => {
+                allow_key_watches();
+                Some(queue)
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOPKG) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "the kernel has watch queues but one cannot be opened; polling keys instead");
@@ -904,11 +907,17 @@ impl Poller {
             notes.push(QueueRecord::Loss);
         }
         let mut changed = HashSet::new();
+        let mut said = Vec::new();
         let mut everything = false;
         for note in &notes {
             match note {
-                QueueRecord::Key { serial, .. }
-                | QueueRecord::Removed {
+                QueueRecord::Key {
+                    serial, subtype, ..
+                } => {
+                    changed.insert(*serial);
+                    said.push((*serial, *subtype));
+                }
+                QueueRecord::Removed {
                     serial: Some(serial),
                 } => {
                     changed.insert(*serial);
@@ -927,7 +936,8 @@ impl Poller {
             .map(|(id, _)| *id)
             .collect();
         for id in dirty {
-            poll_root(hub, id, roots.get_mut(&id).expect("listed above"), state);
+            let root = roots.get_mut(&id).expect("listed above");
+            poll_root(hub, id, root, &said, state);
         }
         state.take_creds(&ThreadCreds::root());
     }
@@ -944,7 +954,13 @@ impl Poller {
         // Roots of one viewer together: the thread switches credentials once per viewer.
         order.sort_by_key(|id| roots[id].request.viewer.uid);
         for id in order {
-            poll_root(hub, id, roots.get_mut(&id).expect("listed above"), state);
+            poll_root(
+                hub,
+                id,
+                roots.get_mut(&id).expect("listed above"),
+                &[],
+                state,
+            );
         }
         state.take_creds(&ThreadCreds::root());
     }
@@ -952,7 +968,17 @@ impl Poller {
 
 /// Walks one root, publishes what changed since the last walk, keeps the new tree, and
 /// has the watch queue (if any) report on exactly the keys of that tree.
-fn poll_root(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) {
+///
+/// `said` is what the watch queue reported, (key, subtype), since the last walk: an update
+/// or setattr the comparison cannot see (the same payload written again, a new expiry
+/// time) is published as the kernel said it.
+fn poll_root(
+    hub: &Hub,
+    id: RootId,
+    root: &mut Root,
+    said: &[(KeySerial, u8)],
+    state: &mut ThreadState,
+) {
     let Some(mut new) = walk_root(hub, id, root, state) else {
         // Gone (nothing more to watch), replaced (watch the new tree) or unreadable.
         let tree = if root.gone {
@@ -974,7 +1000,7 @@ fn poll_root(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) {
         new = again;
         queue_tree(id, &mut root.queued, &mut root.polled, &new, state);
     }
-    publish_changes(hub, id, root, new, state);
+    publish_changes(hub, id, root, new, said, state);
 }
 
 /// Has the watch queue report on the keys of `tree` for a root (`queued` is what it
@@ -1086,11 +1112,33 @@ fn walk_root(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) ->
 
 /// [`poll_root`]'s comparison: publishes how `new` differs from the root's last tree, and
 /// keeps it.
-fn publish_changes(hub: &Hub, id: RootId, root: &mut Root, new: Tree, state: &mut ThreadState) {
+fn publish_changes(
+    hub: &Hub,
+    id: RootId,
+    root: &mut Root,
+    new: Tree,
+    said: &[(KeySerial, u8)],
+    state: &mut ThreadState,
+) {
     let holds = &root.holds;
-    let notices = diff(&root.tree, &new, &mut |s| probe(s, &mut state.buf), &|s| {
+    let mut notices = diff(&root.tree, &new, &mut |s| probe(s, &mut state.buf), &|s| {
         holds.contains(s)
     });
+    for (serial, subtype) in said {
+        let unseen = matches!(*subtype, key::UPDATED | key::SETATTR)
+            && !notices
+                .iter()
+                .any(|n| n.key.serial == *serial && n.subtype == *subtype);
+        if let Some(node) = new.node(*serial).filter(|n| n.condition == Condition::Live)
+            && unseen
+        {
+            notices.push(Notice {
+                subtype: *subtype,
+                key: node.info.clone(),
+                aux: None,
+            });
+        }
+    }
     if !same_members(&root.tree, &new) {
         hold_tree(&mut root.holds, &new, root.serial, root.request.nested);
     }
@@ -1316,6 +1364,19 @@ const WALK_RING_NAME: &CStr = c"watchd:walk";
 struct WalkRing {
     holder: KeySerial,
     ring: KeySerial,
+}
+
+/// The kernel caps the key watches of a user (all of root's, here) at the open-file limit of
+/// the task adding one, and the usual soft limit (1024) is a few hundred watched trees: take
+/// the hard limit, as a daemon may. Beyond it, roots are polled.
+fn allow_key_watches() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, "cannot raise the open-file limit; fewer keys can be watched");
+    }
 }
 
 /// Makes the thread's store: a keyring in the thread keyring without Search permission.
