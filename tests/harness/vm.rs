@@ -22,7 +22,8 @@
 //!   qemu (`-no-reboot`; a panic does too, `panic=-1`).
 //! - **qemu** runs with KVM only where it works: `/dev/kvm` exists on the test machines but
 //!   their CPUs have no vmx/svm, and qemu then hangs in the BIOS. Elsewhere it emulates
-//!   (TCG: 3 s from starting qemu to its exit for the watch-queue probe). `WATCHD_VM_ACCEL=tcg|kvm` forces one.
+//!   (TCG: 3 s from starting qemu to its exit for the watch-queue probe).
+//!   `WATCHD_VM_ACCEL=tcg|kvm` forces one.
 //!   It is killed by its PID after [`BOOT_LIMIT`]. Each run's files live in
 //!   `target/vm/run-<pid>-<n>/`, removed afterwards.
 //!
@@ -129,6 +130,25 @@ pub struct VmOutput {
 /// build tools are missing.
 pub fn run(binary: &Path, args: &[&str]) -> Result<VmOutput> {
     run_with(binary, args, &Guest::default())
+}
+
+/// Runs `probe` (tests/probe/watchd_vm_probe.rs) in the VM with `args` before the paths of
+/// the daemon and the bus there: this machine's `watchd` (`watchd`), its `dbus-daemon`, and
+/// the passwd and group entries the bus policy names.
+pub fn run_daemon_probe(probe: &Path, watchd: &Path, args: &[&str]) -> Result<VmOutput> {
+    let guest = Guest {
+        programs: vec![
+            ("/bin/watchd", watchd),
+            ("/bin/dbus-daemon", Path::new("/usr/bin/dbus-daemon")),
+        ],
+        files: vec![
+            ("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"),
+            ("/etc/group", b"root:x:0:\n"),
+        ],
+    };
+    let mut all = args.to_vec();
+    all.extend(["/bin/watchd", "/bin/dbus-daemon"]);
+    run_with(probe, &all, &guest)
 }
 
 /// What else the VM's initramfs holds besides the program.

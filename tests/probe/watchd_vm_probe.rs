@@ -7,8 +7,14 @@
 //! have told the daemon. One line per check (`ok NAME: …` or `FAIL NAME: …`), then a
 //! summary.
 //!
-//! Usage: `watchd-vm-probe WATCHD DBUS_DAEMON`. Exit status: 0 every check passed, 1 one
-//! failed (the rest are skipped: they build on each other), 2 the probe could not start.
+//! Usage: `watchd-vm-probe [--idle-bench] WATCHD DBUS_DAEMON`. Exit status: 0 every check
+//! passed, 1 one failed (the rest are skipped: they build on each other), 2 the probe could
+//! not start.
+//!
+//! With `--idle-bench` it measures instead (benches/key_queue_vm.rs): the daemon's CPU
+//! while 1, 100 and 1,000 keyrings laid out like small krb5 caches are watched and nothing
+//! changes, its keys thread's wake-ups, its memory, and the delay from a key update to the
+//! client's read, printed as a markdown table.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -40,9 +46,13 @@ const KEYCTL_SET_TIMEOUT: libc::c_long = 15;
 const KEYCTL_INVALIDATE: libc::c_long = 21;
 
 fn main() -> ExitCode {
-    let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    let mut args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    let bench = args.first().is_some_and(|a| a == "--idle-bench");
+    if bench {
+        args.remove(0);
+    }
     let [watchd, dbus_daemon] = &args[..] else {
-        println!("usage: watchd-vm-probe WATCHD DBUS_DAEMON");
+        println!("usage: watchd-vm-probe [--idle-bench] WATCHD DBUS_DAEMON");
         return ExitCode::from(2);
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -63,6 +73,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if bench {
+        let daemon = children.0.last().map(Child::id).unwrap_or_default();
+        let measured = runtime.block_on(idle_bench(&client, daemon));
+        drop(client);
+        drop(children);
+        return match measured {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("FAIL {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let outcome = runtime.block_on(checks(&client));
     drop(client);
     drop(children);
@@ -114,7 +137,11 @@ async fn start(watchd: &Path, dbus_daemon: &Path, children: &mut Children) -> Re
     wait_for(|| socket.exists(), "the bus socket").await?;
     std::fs::write(
         dir.join("watchd.toml"),
-        format!("[sources]\ndevices = false\n\n[keys]\npoll_interval_ms = {POLL_INTERVAL_MS}\n"),
+        format!(
+            "[sources]\ndevices = false\n\n[keys]\npoll_interval_ms = {POLL_INTERVAL_MS}\n\n\
+             [limits]\nmax_subscriptions_per_uid = 64\nmax_watches_per_subscription = 128\n\
+             max_watches_per_uid = 2048\n"
+        ),
     )?;
     children.0.push(
         Command::new(watchd)
@@ -366,4 +393,125 @@ fn add_key(
     let description = CString::new(description)?;
     let keyring = KeySerial(i32::try_from(keyring)?);
     Ok(sys::add_key(&key_type, &description, payload, keyring)?.0 as u32)
+}
+
+/// Keyrings measured: as in benches/key_poll.rs.
+const BENCH_SIZES: [usize; 3] = [1, 100, 1000];
+/// Each idle window.
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// The `--idle-bench` measurement; see the module's documentation.
+async fn idle_bench(client: &Client, daemon: u32) -> Result<()> {
+    keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0).context("joining a session keyring")?;
+    keyctl(
+        KEYCTL_LINK,
+        KEY_SPEC_USER_KEYRING,
+        KEY_SPEC_SESSION_KEYRING,
+        0,
+    )?;
+    let holder = add_key("keyring", "vm-bench", b"", KEY_SPEC_USER_KEYRING)?;
+    let credential = [0x5a_u8; 1200];
+    let mut rings: Vec<(u32, u32)> = Vec::new();
+    let mut subscriptions = Vec::new();
+    let mut timed: Option<EventStream> = None;
+    println!(
+        "| keyrings watched | daemon CPU % of one core | keys thread wake-ups in {} s | \
+         daemon RSS MiB | update → read() ms, median / max of 10 |",
+        WINDOW.as_secs()
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for size in BENCH_SIZES {
+        while rings.len() < size {
+            let n = rings.len();
+            let ring = add_key(
+                "keyring",
+                &format!("krb_ccache_bench_{n}"),
+                b"",
+                holder.into(),
+            )?;
+            let principal = add_key("user", "__krb5_princ__", &[0x11; 48], ring.into())?;
+            add_key("user", "krbtgt/BENCH@BENCH", &credential, ring.into())?;
+            add_key("user", "host/bench@BENCH", &credential, ring.into())?;
+            let options = WatchOptions::new()
+                .option("key", ring.to_string())
+                .option("nested", true);
+            if n == 0 {
+                let sub = client.subscribe(SubscribeOptions::default()).await?;
+                sub.add_watch(1, "keys", &options).await?;
+                timed = Some(sub.into_events());
+            } else {
+                if (n - 1).is_multiple_of(100) {
+                    subscriptions.push(client.subscribe(SubscribeOptions::default()).await?);
+                }
+                let sub = subscriptions.last().expect("made above");
+                sub.add_watch(n as u64 + 1, "keys", &options).await?;
+            }
+            rings.push((ring, principal));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = sample(daemon)?;
+        tokio::time::sleep(WINDOW).await;
+        let after = sample(daemon)?;
+        let cpu = (after.run_ns - before.run_ns) as f64 / WINDOW.as_nanos() as f64 * 100.0;
+        let events = timed.as_mut().expect("keyring 0 is watched");
+        let mut delays = Vec::new();
+        for i in 0..10u8 {
+            let t = Instant::now();
+            update(rings[0].1, &[i; 48])?;
+            expect_key(events, "bench update", t, key::UPDATED, rings[0].1, None).await?;
+            delays.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        delays.sort_by(f64::total_cmp);
+        println!(
+            "| {size} | {cpu:.3} | {} | {:.1} | {:.1} / {:.1} |",
+            after.keys_switches - before.keys_switches,
+            after.rss_kib as f64 / 1024.0,
+            delays[delays.len() / 2],
+            delays[delays.len() - 1]
+        );
+    }
+    Ok(())
+}
+
+/// The daemon's CPU time (utime + stime of /proc/PID/stat, in ns: the VM's kernel has no
+/// schedstats), its keys thread's context switches (each a wake-up), and its RSS.
+struct Sample {
+    run_ns: u64,
+    keys_switches: u64,
+    rss_kib: u64,
+}
+
+fn sample(pid: u32) -> Result<Sample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command, which ends at the last ')': utime and stime are the 14th
+    // and 15th fields of the line, the 12th and 13th after it.
+    let after_comm = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+    let fields: Vec<u64> = after_comm
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf only reads a constant.
+    let tick_ns = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut out = Sample {
+        run_ns: (fields[10] + fields[11]) * tick_ns,
+        keys_switches: 0,
+        rss_kib: status_field(Path::new(&format!("/proc/{pid}/status")), "VmRSS")?,
+    };
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        if std::fs::read_to_string(dir.join("comm"))?.trim() == "keys" {
+            out.keys_switches = status_field(&dir.join("status"), "voluntary_ctxt_switches")?;
+        }
+    }
+    Ok(out)
+}
+
+/// A number field of a /proc status file ("VmRSS:   7000 kB" → 7000).
+fn status_field(path: &Path, name: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{name} in {}", path.display()))
 }
