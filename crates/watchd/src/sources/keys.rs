@@ -723,9 +723,13 @@ impl Poller {
             }
         };
         loop {
-            // With a watch queue, the thread sleeps until something happens, unless a root
-            // has keys the queue could not watch.
-            let ticking = !self.queue_backed || self.lock().roots.values().any(|r| r.polled);
+            // The thread sleeps until something happens unless a root is polled: every root
+            // without a watch queue, with one only a root whose keys it could not watch.
+            let ticking = self
+                .lock()
+                .roots
+                .values()
+                .any(|r| !self.queue_backed || r.polled);
             let timeout = if ticking {
                 let wait = next_tick.saturating_duration_since(Instant::now());
                 PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1)
