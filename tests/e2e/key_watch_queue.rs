@@ -43,6 +43,7 @@ const DAEMON_CHECKS: &[&str] = &[
     "add into the ring",
     "clear",
     "silence",
+    "unwatched",
 ];
 
 fn daemon_in_a_vm() -> Result<()> {
@@ -65,7 +66,7 @@ fn daemon_in_a_vm() -> Result<()> {
         out.output
     );
     for check in DAEMON_CHECKS {
-        let line = format!("ok {check}");
+        let line = format!("ok {check}:");
         ensure!(
             out.output.lines().any(|l| l.starts_with(&line)),
             "the probe did not report `{line}`:\n{}",

@@ -86,7 +86,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let outcome = runtime.block_on(checks(&client));
+    let daemon = children.0.last().map(Child::id).unwrap_or_default();
+    let outcome = runtime.block_on(checks(&client, daemon));
     drop(client);
     drop(children);
     match outcome {
@@ -179,7 +180,7 @@ async fn wait_for(done: impl Fn() -> bool, what: &str) -> Result<()> {
 }
 
 /// The checks, in order; returns how many passed.
-async fn checks(client: &Client) -> Result<u32> {
+async fn checks(client: &Client, daemon: u32) -> Result<u32> {
     let mut count = 0;
     let status = client.status().await?;
     let keys = status
@@ -314,7 +315,28 @@ async fn checks(client: &Client) -> Result<u32> {
         Ok(other) => bail!("silence: expected nothing once the keys settled, got {other:?}"),
     }
     println!("ok silence: no record for 2 s after the last change");
-    Ok(count + 1)
+
+    // Closing the pipe ends the subscription and its watch: the daemon must let go of every
+    // kernel watch, and with nothing watched its keys thread has no timer either. Changes to
+    // the formerly watched keys must then not wake it at all.
+    drop(events);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = sample(daemon)?;
+    let key = add_key("user", "vm-after", b"a", KEY_SPEC_USER_KEYRING)?;
+    for payload in [b"b", b"c", b"d"] {
+        update(key, payload)?;
+    }
+    keyctl(KEYCTL_LINK, key.into(), ring.into(), 0)?;
+    keyctl(KEYCTL_CLEAR, ring.into(), 0, 0)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sample(daemon)?;
+    ensure!(
+        after.keys_switches == before.keys_switches,
+        "unwatched: the keys thread woke {} times after its only watch was removed",
+        after.keys_switches - before.keys_switches
+    );
+    println!("ok unwatched: no wake-up of the keys thread for changes after the watch went");
+    Ok(count + 2)
 }
 
 /// The next record must be key record `subtype` about `key_id` (with `aux`), within

@@ -50,6 +50,8 @@ use crate::sources::krb5::{self, FileWatches, KeyringCollection};
 use crate::sys::{self, KeySerial};
 use crate::watch::{Kind, Options, Scope};
 
+/// The group of a user the system does not know (`nogroup`).
+const NOGROUP: u32 = 65534;
 /// Permission bit View, in each of the four permission bytes.
 const KEY_VIEW: u32 = 0x01;
 /// Group permissions: all six bits of the group byte.
@@ -536,6 +538,9 @@ struct Root {
     /// Polled at the interval although a watch queue runs: a key of the tree could not be
     /// watched (the kernel caps a user's watches at its open-file limit).
     polled: bool,
+    /// Updates and setattrs the last comparison published before the kernel's notes of them
+    /// were read: those notes are not published again.
+    echoes: Vec<(KeySerial, u8)>,
     /// The root key is gone: REMOVAL was sent, nothing more to poll.
     gone: bool,
     /// For krb5 watches: the collection as last seen.
@@ -729,7 +734,7 @@ impl Poller {
                 .lock()
                 .roots
                 .values()
-                .any(|r| !self.queue_backed || r.polled);
+                .any(|r| !r.gone && (!self.queue_backed || r.polled));
             let timeout = if ticking {
                 let wait = next_tick.saturating_duration_since(Instant::now());
                 PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1)
@@ -805,6 +810,7 @@ impl Poller {
                         let Root { queued, polled, .. } = &mut root;
                         queue_tree(id, queued, polled, &Tree::default(), state);
                     }
+                    forget_queued(&mut root.queued, state);
                     state.take_creds(&ThreadCreds::root());
                     state.drop_walk_ring(&root.walk_ring);
                     tracing::info!(root = id.0, key = %root.serial, "stopped following a key");
@@ -872,6 +878,7 @@ impl Poller {
             walk_ring,
             queued: HashSet::new(),
             polled: false,
+            echoes: Vec::new(),
             gone: false,
             collection: krb5::Collection::default(),
             request: request.clone(),
@@ -879,16 +886,16 @@ impl Poller {
         if linked {
             root.holds.adopt(serial, &tree);
         }
+        state.take_creds(&ThreadCreds::of(&request.viewer));
+        // What changed before the keys were watched shows in the last walk; nobody sees this
+        // root's records before this call returns, so that walk is simply kept.
+        let tree = watched_walk(id, &mut root, tree, state);
+        hold_tree(&mut root.holds, &tree, serial, request.nested);
+        state.take_creds(&ThreadCreds::root());
         if let Some(spec) = &request.collection {
             root.collection = krb5::Collection::from_keyring(&tree, serial, spec);
         }
         root.tree = tree;
-        state.take_creds(&ThreadCreds::of(&request.viewer));
-        hold_tree(&mut root.holds, &root.tree, serial, request.nested);
-        // A change between the walk and the watch is missed only until the tree's next
-        // note: no watch of the hub's can see this root before this call returns.
-        queue_tree(id, &mut root.queued, &mut root.polled, &root.tree, state);
-        state.take_creds(&ThreadCreds::root());
         let lease = Arc::new(RootLease {
             id,
             serial,
@@ -952,7 +959,7 @@ impl Poller {
         let roots = &mut registry.roots;
         let mut order: Vec<RootId> = roots
             .iter()
-            .filter(|(_, r)| !self.queue_backed || r.polled)
+            .filter(|(_, r)| !r.gone && (!self.queue_backed || r.polled))
             .map(|(id, _)| *id)
             .collect();
         // Roots of one viewer together: the thread switches credentials once per viewer.
@@ -983,35 +990,50 @@ fn poll_root(
     said: &[(KeySerial, u8)],
     state: &mut ThreadState,
 ) {
-    let Some(mut new) = walk_root(hub, id, root, state) else {
-        // Gone (nothing more to watch), replaced (watch the new tree) or unreadable.
+    let Some(new) = walk_root(hub, id, root, state) else {
+        // Gone (nothing more to watch), replaced (its new tree was published: watch it) or
+        // unreadable for now.
         let tree = if root.gone {
             Tree::default()
         } else {
             std::mem::take(&mut root.tree)
         };
-        queue_tree(id, &mut root.queued, &mut root.polled, &tree, state);
+        let unseen = queue_tree(id, &mut root.queued, &mut root.polled, &tree, state);
         if !root.gone {
             root.tree = tree;
+            if unseen {
+                // A replaced collection's keys changed before they were watched.
+                poll_root(hub, id, root, &[], state);
+            }
         }
         return;
     };
-    // Keys new to the tree are watched before anything about them is published (a client
-    // may act on a record at once); one more walk catches what changed before the watch.
-    if queue_tree(id, &mut root.queued, &mut root.polled, &new, state)
-        && let Ok(again) = walk(root.serial, root.request.nested, &new, state)
-    {
-        new = again;
-        queue_tree(id, &mut root.queued, &mut root.polled, &new, state);
-    }
+    let new = watched_walk(id, root, new, state);
     publish_changes(hub, id, root, new, said, state);
 }
 
-/// Has the watch queue report on the keys of `tree` for a root (`queued` is what it
+/// Has the watch queue (if any) report on the keys of `tree`, walking again while a key
+/// was watched only after the walk that found it (a change in between would be missed), at
+/// most a few times. Keys new to the tree are watched before anything about them is
+/// published: a client may act on a record at once. Returns the last walk's tree.
+fn watched_walk(id: RootId, root: &mut Root, mut tree: Tree, state: &mut ThreadState) -> Tree {
+    for _ in 0..3 {
+        if !queue_tree(id, &mut root.queued, &mut root.polled, &tree, state) {
+            break;
+        }
+        match walk(root.serial, root.request.nested, &tree, state) {
+            Ok(again) => tree = again,
+            Err(_) => break,
+        }
+    }
+    tree
+}
+
+/// Has the watch queue report on the live keys of `tree` for a root (`queued` is what it
 /// reports on already), and no longer on keys that left it. True when the tree may have
-/// changed unseen: a key was newly watched, or vanished before it could be. A key the
-/// kernel refuses to watch for lack of room (a user's watches are capped at its open-file
-/// limit) puts the root on the poll (`polled`).
+/// changed unseen: a key was newly watched, or vanished before it could be. `polled` is
+/// set while a key is refused for lack of room (a user's watches are capped at its
+/// open-file limit): the root is then polled.
 fn queue_tree(
     id: RootId,
     queued: &mut HashSet<KeySerial>,
@@ -1027,22 +1049,30 @@ fn queue_tree(
     else {
         return false;
     };
-    let wanted: HashSet<KeySerial> = tree.nodes.keys().copied().collect();
     let mut unseen = false;
-    for serial in wanted.difference(queued).copied().collect::<Vec<_>>() {
+    let mut refused = false;
+    // Revoked or expired keys are not watched anew: their records went out already, and the
+    // kernel refuses them.
+    let new: Vec<KeySerial> = tree
+        .nodes
+        .iter()
+        .filter(|(s, n)| n.condition == Condition::Live && !queued.contains(s))
+        .map(|(s, _)| *s)
+        .collect();
+    for serial in new {
         let users = queue_users.entry(serial).or_insert(0);
         if *users == 0 {
             match queue.watch(serial) {
-                // EBUSY: the kernel still has our watch (its removal note is on its way).
                 Ok(()) => unseen = true,
+                // A watch whose unwatch failed earlier is still there.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => {
                     queue_users.remove(&serial);
                     if e.raw_os_error() == Some(libc::EAGAIN) {
-                        if !*polled {
+                        if !*polled && !refused {
                             tracing::warn!(root = id.0, key = %serial, "the kernel has no room for more key watches; polling this root");
                         }
-                        *polled = true;
+                        refused = true;
                     } else {
                         // Revoked, invalidated or gone since the walk.
                         unseen = true;
@@ -1054,21 +1084,51 @@ fn queue_tree(
         *users += 1;
         queued.insert(serial);
     }
-    let left: Vec<KeySerial> = queued.difference(&wanted).copied().collect();
+    *polled = refused;
+    let left: Vec<KeySerial> = queued
+        .iter()
+        .filter(|s| !tree.nodes.contains_key(s))
+        .copied()
+        .collect();
     for serial in left {
-        queued.remove(&serial);
-        if let Some(users) = queue_users.get_mut(&serial) {
+        let users = queue_users.get_mut(&serial).expect("counted when queued");
+        if *users > 1 {
             *users -= 1;
-            if *users == 0 {
+            queued.remove(&serial);
+            continue;
+        }
+        match queue.unwatch(serial) {
+            // EBADSLT: not watched (any more); ENOKEY, EKEYREVOKED, EKEYEXPIRED: the key is
+            // dead and its watch goes with it.
+            Err(e)
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBADSLT | libc::ENOKEY | libc::EKEYREVOKED | libc::EKEYEXPIRED)
+                ) =>
+            {
+                // Kept and retried at the next pass (EACCES: the viewer may not view it now;
+                // its notes keep walking this root meanwhile).
+            }
+            _ => {
                 queue_users.remove(&serial);
-                // Fails when the key is gone (its watch went with it) or no longer viewable
-                // without the link we just dropped; then its notes name no root and are
-                // ignored until the key is destroyed.
-                let _ = queue.unwatch(serial);
+                queued.remove(&serial);
             }
         }
     }
     unseen
+}
+
+/// Forgets a dropped root's kernel watches that could not be removed: they end when their
+/// keys are destroyed, and their notes name no root until then.
+fn forget_queued(queued: &mut HashSet<KeySerial>, state: &mut ThreadState) {
+    for serial in queued.drain() {
+        if let Some(users) = state.queue_users.get_mut(&serial) {
+            *users -= 1;
+            if *users == 0 {
+                state.queue_users.remove(&serial);
+            }
+        }
+    }
 }
 
 /// [`poll_root`]'s walk: the root's tree now, or `None` when there is none to compare (the
@@ -1128,20 +1188,40 @@ fn publish_changes(
     let mut notices = diff(&root.tree, &new, &mut |s| probe(s, &mut state.buf), &|s| {
         holds.contains(s)
     });
-    for (serial, subtype) in said {
-        let unseen = matches!(*subtype, key::UPDATED | key::SETATTR)
-            && !notices
-                .iter()
-                .any(|n| n.key.serial == *serial && n.subtype == *subtype);
-        if let Some(node) = new.node(*serial).filter(|n| n.condition == Condition::Live)
-            && unseen
+    let compared = notices.len();
+    let mut answered = vec![false; compared];
+    let mut echoes = std::mem::take(&mut root.echoes);
+    for &(serial, subtype) in said {
+        if !matches!(subtype, key::UPDATED | key::SETATTR) {
+            continue;
+        }
+        let is = |n: &Notice| n.key.serial == serial && n.subtype == subtype;
+        // The note of a change this comparison saw, or the last one saw before its note.
+        if let Some(i) = (0..compared).find(|&i| !answered[i] && is(&notices[i])) {
+            answered[i] = true;
+            continue;
+        }
+        if let Some(i) = echoes.iter().position(|&e| e == (serial, subtype)) {
+            echoes.swap_remove(i);
+            continue;
+        }
+        let live = new.node(serial).filter(|n| n.condition == Condition::Live);
+        if let Some(node) = live
+            && !notices[compared..].iter().any(is)
         {
             notices.push(Notice {
-                subtype: *subtype,
+                subtype,
                 key: node.info.clone(),
                 aux: None,
             });
         }
+    }
+    if state.queue.is_some() {
+        // Seen by comparing before the kernel's note was read: that note comes next.
+        root.echoes = (0..compared)
+            .filter(|&i| !answered[i] && matches!(notices[i].subtype, key::UPDATED | key::SETATTR))
+            .map(|i| (notices[i].key.serial, notices[i].subtype))
+            .collect();
     }
     if !same_members(&root.tree, &new) {
         hold_tree(&mut root.holds, &new, root.serial, root.request.nested);
@@ -1454,10 +1534,16 @@ impl ThreadState {
         if wanted.uid != 0 {
             sys::setfsuid(0);
         }
-        let _ = sys::setgroups_this_thread(&wanted.groups);
+        let mut taken = wanted.clone();
+        if sys::setgroups_this_thread(&wanted.groups).is_err() {
+            // Fewer rights, never another viewer's: no supplementary groups (recorded as
+            // such, so the next switch tries again).
+            let _ = sys::setgroups_this_thread(&[]);
+            taken.groups.clear();
+        }
         sys::setfsgid(wanted.gid);
         sys::setfsuid(wanted.uid);
-        self.creds = wanted.clone();
+        self.creds = taken;
     }
 }
 
@@ -1723,7 +1809,12 @@ impl Source for KeySource {
             // Authorized by the admin action: everything in that user's tree.
             (_, Some(other)) if other != caller.uid.0 => Viewer {
                 uid: other,
-                gid: u32::MAX,
+                // The user's own group (setfsgid(-1) would only ask, and keep whatever
+                // group the thread had).
+                gid: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(other))
+                    .ok()
+                    .flatten()
+                    .map_or(NOGROUP, |u| u.gid.as_raw()),
                 groups: Vec::new(),
                 possessor: true,
             },
