@@ -1,5 +1,6 @@
-//! Kernel keys and keyrings: what a key watch covers, and the poller that follows every
-//! watched key tree on kernels without watch queues (`CONFIG_WATCH_QUEUE`).
+//! Kernel keys and keyrings: what a key watch covers, and the thread that follows every
+//! watched key tree, told of changes by the kernel's watch queue where there is one, by
+//! polling elsewhere.
 //!
 //! **Possession.** Root gets no bypass of key permissions: a key's owner usually has View
 //! only, and everything else needs *possession*, i.e. reaching the key from the calling
@@ -15,16 +16,23 @@
 //! When the last watch of a root goes, its ring goes, and with it every link it held:
 //! nothing stays alive for a user nobody watches.
 //!
-//! **Polling.** Every interval the thread walks each root's tree (describe, list keyrings,
-//! read payloads it may read and keep only a keyed digest of them) with the watching user's
-//! credentials, and turns the difference with the last walk into the kernel's notification
-//! subtypes ([`diff`]). Keys inside a nested watch are linked into the root's ring while
-//! they are in the tree: a key that disappears but is still alive was *unlinked*, one that
-//! is gone while we held it was *invalidated*. One key per name can be held ([`Holds`]).
+//! **Walking.** The thread walks a root's tree (describe, list keyrings, read payloads it
+//! may read and keep only a keyed digest of them) with the watching user's credentials, and
+//! turns the difference with the last walk into the kernel's notification subtypes
+//! ([`diff`]). Keys inside a nested watch are linked into the root's ring while they are
+//! in the tree: a key that disappears but is still alive was *unlinked*, one that is gone
+//! while we held it was *invalidated*. One key per name can be held ([`Holds`]).
+//!
+//! **When to walk.** Where the kernel has watch queues ([`KeyQueue`]), every live key of a
+//! tree is watched, and a note walks the trees holding its key at once; updates and
+//! setattrs the kernel notes but a walk cannot see (the same payload again, an expiry
+//! time) are published as noted. Keys new to a tree are watched before their records go
+//! out. Elsewhere, and for trees with keys the kernel has no room to watch, every tree is
+//! walked each interval (the poller).
 //!
 //! **Delivery.** A record reaches a watch only if the watch's viewer may view the key it is
 //! about, judged on the key's permissions as last seen ([`Viewer::may_view`]), so a chmod
-//! or chown takes effect at the next poll.
+//! or chown takes effect at the next walk.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
