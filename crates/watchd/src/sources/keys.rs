@@ -5,7 +5,7 @@
 //! **Possession.** Root gets no bypass of key permissions: a key's owner usually has View
 //! only, and everything else needs *possession*, i.e. reaching the key from the calling
 //! thread's own keyrings. The poller thread gives each followed root a keyring of its own
-//! (its [`WalkRing`]) that links the root and, for nested watches, the keys of its tree;
+//! (its `WalkRing`) that links the root and, for nested watches, the keys of its tree;
 //! the thread keyring links only the ring of the root being walked, because every key call
 //! searches the thread's keyrings and one shared keyring made that search cross every root.
 //! Check threads, which run as the caller, never gain possession through the daemon. A
@@ -21,7 +21,7 @@
 //! turns the difference with the last walk into the kernel's notification subtypes
 //! ([`diff`]). Keys inside a nested watch are linked into the root's ring while they are
 //! in the tree: a key that disappears but is still alive was *unlinked*, one that is gone
-//! while we held it was *invalidated*. One key per name can be held ([`Holds`]).
+//! while we held it was *invalidated*. One key per name can be held (`Holds`).
 //!
 //! **When to walk.** Where the kernel has watch queues ([`KeyQueue`]), every live key of a
 //! tree is watched, and a note walks the trees holding its key at once; updates and
@@ -199,7 +199,7 @@ pub struct Node {
     pub condition: Condition,
     /// A keyed digest of the payload, for keys the walk may read.
     pub digest: Option<u64>,
-    /// The payload itself, only for the krb5 bookkeeping keys ([`KEPT_PAYLOADS`]).
+    /// The payload itself, only for the krb5 bookkeeping keys (`KEPT_PAYLOADS`).
     pub content: Option<Arc<[u8]>>,
     /// A keyring's members, for keyrings the walk may read.
     pub children: Option<Vec<KeySerial>>,
