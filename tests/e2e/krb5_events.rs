@@ -250,6 +250,18 @@ async fn expect_record(
     Ok(event)
 }
 
+/// A step whose command (just returned) makes exactly one record: `want`, then silence.
+async fn only_record(
+    events: &mut EventStream,
+    figures: &mut Figures,
+    step: &str,
+    want: Expect<'_>,
+) -> Result<Event> {
+    let event = expect_record(events, figures, step, Instant::now(), want).await?;
+    quiet(events, step).await?;
+    Ok(event)
+}
+
 /// Nothing more comes of a step.
 async fn quiet(events: &mut EventStream, step: &str) -> Result<()> {
     expect_silence(events, QUIET)
@@ -301,30 +313,22 @@ async fn keyring_collection_events() -> Result<()> {
 
         // The first kinit into the empty collection makes its first cache, named after it.
         kdc.kinit(UID, ALICE, ALICE_PASSWORD, None)?;
-        let t = Instant::now();
-        let step = "kinit alice";
-        expect_record(
+        only_record(
             &mut events,
             &mut figures,
-            step,
-            t,
+            "kinit alice",
             live(krb5::CREATED, Cache::Exactly(&first), &alice),
         )
         .await?;
-        quiet(&mut events, step).await?;
 
         kdc.kinit_renew(UID, None)?;
-        let t = Instant::now();
-        let step = "kinit -R";
-        expect_record(
+        only_record(
             &mut events,
             &mut figures,
-            step,
-            t,
+            "kinit -R",
             live(krb5::CHANGED, Cache::Exactly(&first), &alice),
         )
         .await?;
-        quiet(&mut events, step).await?;
 
         // A second principal: a new cache, which becomes the primary.
         kdc.kinit(UID, BOB, BOB_PASSWORD, None)?;
@@ -355,30 +359,22 @@ async fn keyring_collection_events() -> Result<()> {
         quiet(&mut events, step).await?;
 
         kdc.kswitch(UID, ALICE)?;
-        let t = Instant::now();
-        let step = "kswitch -p alice";
-        expect_record(
+        only_record(
             &mut events,
             &mut figures,
-            step,
-            t,
+            "kswitch -p alice",
             live(krb5::PRIMARY, Cache::Exactly(&first), &alice),
         )
         .await?;
-        quiet(&mut events, step).await?;
 
         kdc.kdestroy(UID, Destroy::Cache(&bob_cache))?;
-        let t = Instant::now();
-        let step = "kdestroy -c bob's cache";
-        expect_record(
+        only_record(
             &mut events,
             &mut figures,
-            step,
-            t,
+            "kdestroy -c bob's cache",
             live(krb5::DESTROYED, Cache::Exactly(&bob_cache), &bob),
         )
         .await?;
-        quiet(&mut events, step).await?;
 
         // Bob again (a cache of a new name, primary again), then everything at once.
         kdc.kinit(UID, BOB, BOB_PASSWORD, None)?;
@@ -463,40 +459,31 @@ async fn file_cache_events() -> Result<()> {
         };
 
         kdc.kinit(UID, ALICE, ALICE_PASSWORD, Some(&ccache))?;
-        let t = Instant::now();
-        expect_record(
+        only_record(
             &mut events,
             &mut figures,
             "kinit -c FILE:",
-            t,
             live(krb5::CREATED),
         )
         .await?;
-        quiet(&mut events, "kinit -c FILE:").await?;
 
         kdc.kinit_renew(UID, Some(&ccache))?;
-        let t = Instant::now();
-        expect_record(
+        only_record(
             &mut events,
             &mut figures,
             "kinit -R -c FILE:",
-            t,
             live(krb5::CHANGED),
         )
         .await?;
-        quiet(&mut events, "kinit -R -c FILE:").await?;
 
         kdc.kdestroy(UID, Destroy::Cache(&ccache))?;
-        let t = Instant::now();
-        expect_record(
+        only_record(
             &mut events,
             &mut figures,
             "kdestroy -c FILE:",
-            t,
             live(krb5::DESTROYED),
         )
         .await?;
-        quiet(&mut events, "kdestroy -c FILE:").await?;
         figures.check()
     }
     .await;
