@@ -46,19 +46,19 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 use std::process::ExitCode;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use watchd_client::{Client, SubscribeOptions, WatchOptions};
 use watchd_e2e::Env;
+use watchd_e2e::bench::{
+    Jitter, Machine, Pct, daemon_profile, machine, micros, now_ns, realtime_offset, set_nonblocking,
+};
 use watchd_e2e::udev::{InjectedEvent, Injector, Udevd, next_seqnum};
 use watchd_proto::{MAX_RECORD_LEN, Record, RecordType, attr, meta};
 
@@ -86,36 +86,7 @@ const COMMAND: &str =
     "cargo build --release --workspace && cargo bench -p watchd-e2e --bench device_latency";
 
 fn main() -> ExitCode {
-    match watchd_e2e::check_root() {
-        Ok(true) => {}
-        Ok(false) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e:#}");
-            return ExitCode::FAILURE;
-        }
-    }
-    // Still single-threaded here, as unshare(CLONE_NEWNS) requires.
-    if let Err(e) = watchd_e2e::enter_private_mount_namespace() {
-        eprintln!("cannot set up a private mount namespace: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("device_latency: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    watchd_e2e::bench::main("device_latency", false, bench)
 }
 
 /// Who reads the subscribers' pipes.
@@ -138,7 +109,7 @@ impl Readers {
 }
 
 async fn bench() -> Result<()> {
-    let profile = check_daemon()?;
+    let profile = daemon_profile(COMMAND)?;
     let machine = machine(&profile);
     let udevd = Udevd::ensure()?;
     let env = Env::start_with_config("bench-devices", DAEMON_CONFIG).await?;
@@ -222,19 +193,6 @@ async fn bench() -> Result<()> {
 // Setup
 // ---------------------------------------------------------------------------------------
 
-/// The daemon the harness starts is `target/<profile>/watchd`, beside this benchmark's
-/// directory; the harness's freshness check, with the command to run instead. Returns the
-/// profile.
-fn check_daemon() -> Result<String> {
-    let daemon =
-        watchd_e2e::fresh_watchd().map_err(|e| anyhow!("{e:#}; build it first: {COMMAND}"))?;
-    Ok(daemon
-        .parent()
-        .and_then(Path::file_name)
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default())
-}
-
 /// `count` subscriptions, each with one devices watch on `subsystem`; their pipes.
 async fn subscribe(
     client: &Client,
@@ -285,28 +243,6 @@ fn libudev_monitor(subsystem: &str) -> Result<udev::MonitorSocket> {
 // Clocks
 // ---------------------------------------------------------------------------------------
 
-/// CLOCK_MONOTONIC (what `Instant` reads), in ns since the first call.
-fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-/// CLOCK_REALTIME − [`now_ns`], in ns. It puts the daemon's time stamps on the benchmark's
-/// clock. It is taken from the closest of 1,000 pairs of readings.
-fn realtime_offset() -> i64 {
-    (0..1000)
-        .map(|_| {
-            let before = now_ns();
-            let real = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64);
-            let after = now_ns();
-            (after - before, real - ((before + after) / 2) as i64)
-        })
-        .min_by_key(|(spread, _)| *spread)
-        .map_or(0, |(_, offset)| offset)
-}
-
 /// When readers stop waiting: never while events are being sent; then after a grace period.
 struct Stop(AtomicU64);
 
@@ -322,20 +258,6 @@ impl Stop {
 
     fn expired(&self) -> bool {
         now_ns() > self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// xorshift64: pseudo-random gaps between paced events.
-struct Jitter(u64);
-
-impl Jitter {
-    /// A gap between 75% and 125% of `mean`, in ns.
-    fn gap(&mut self, mean: Duration) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let mean = mean.as_nanos() as u64;
-        mean * 3 / 4 + self.0 % (mean / 2 + 1)
     }
 }
 
@@ -558,13 +480,6 @@ impl Subscriber {
     }
 }
 
-/// Adds O_NONBLOCK and keeps O_DIRECT (F_SETFL replaces every status flag).
-fn set_nonblocking(fd: impl AsFd) -> Result<()> {
-    let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
-    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    Ok(())
-}
-
 /// Reads every pipe from one thread with epoll, until each has its `last` event or `stop`
 /// expires.
 fn read_epoll(pipes: &[OwnedFd], last: u64, stop: &Stop) -> Result<Tally> {
@@ -747,41 +662,6 @@ fn capture(
 // ---------------------------------------------------------------------------------------
 // Results
 // ---------------------------------------------------------------------------------------
-
-/// Median, 99th percentile and maximum, in ns.
-#[derive(Clone, Copy, Debug, Default)]
-struct Pct {
-    p50: i64,
-    p99: i64,
-    max: i64,
-}
-
-impl Pct {
-    /// Nearest-rank percentiles; zeroes for no samples.
-    fn of(mut samples: Vec<i64>) -> Pct {
-        if samples.is_empty() {
-            return Pct::default();
-        }
-        samples.sort_unstable();
-        let rank = |p: f64| {
-            let n = samples.len();
-            samples[((p * n as f64).ceil() as usize).clamp(1, n) - 1]
-        };
-        Pct {
-            p50: rank(0.50),
-            p99: rank(0.99),
-            max: samples[samples.len() - 1],
-        }
-    }
-
-    fn p50_p99(&self) -> String {
-        format!("{} / {}", micros(self.p50), micros(self.p99))
-    }
-}
-
-fn micros(ns: i64) -> String {
-    format!("{:.1}", ns as f64 / 1000.0)
-}
 
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -1032,40 +912,6 @@ impl StormRow {
     }
 }
 
-struct Machine {
-    cores: usize,
-    cpu: String,
-    kernel: String,
-    date: String,
-    profile: String,
-}
-
-fn machine(profile: &str) -> Machine {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, name)| name.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let date = std::process::Command::new("date")
-        .arg("+%F")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    Machine {
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default(),
-        date,
-        profile: profile.to_owned(),
-    }
-}
-
 fn report(machine: &Machine, rows: &[LatencyRow], reference: &MonitorsRow, storm: &StormRow) {
     println!("## Device event latency: uevent → subscriber's read(), against a libudev monitor\n");
     println!("Command: `{COMMAND}` (as root)\n");
@@ -1101,9 +947,9 @@ fn report(machine: &Machine, rows: &[LatencyRow], reference: &MonitorsRow, storm
             "| {} | {} | {} | {} | {} | {} | {} |",
             row.label(),
             thousands(row.reads as u64),
-            row.libudev.p50_p99(),
-            row.watchd.p50_p99(),
-            row.added.p50_p99(),
+            row.libudev.p50_p99_micros(),
+            row.watchd.p50_p99_micros(),
+            row.added.p50_p99_micros(),
             micros(row.added_slowest.p99),
             if row.goal_met() { "met" } else { "not met" }
         );
@@ -1123,8 +969,8 @@ fn report(machine: &Machine, rows: &[LatencyRow], reference: &MonitorsRow, storm
         println!(
             "| {} | {} | {} | {} / {} / {} | {} |",
             row.label(),
-            row.to_stamp.p50_p99(),
-            row.stamp_to_read.p50_p99(),
+            row.to_stamp.p50_p99_micros(),
+            row.stamp_to_read.p50_p99_micros(),
             micros(row.libudev.max),
             micros(row.watchd.max),
             micros(row.added.max),
@@ -1150,8 +996,8 @@ fn report(machine: &Machine, rows: &[LatencyRow], reference: &MonitorsRow, storm
         "| {} libudev monitors, a thread each | {} | {} | {} | {} |",
         reference.monitors,
         thousands(reference.receives as u64),
-        reference.latency.p50_p99(),
-        reference.slowest.p50_p99(),
+        reference.latency.p50_p99_micros(),
+        reference.slowest.p50_p99_micros(),
         reference.cpu.show()
     );
     for row in rows.iter().filter(|r| r.subscribers > 1) {
@@ -1160,8 +1006,8 @@ fn report(machine: &Machine, rows: &[LatencyRow], reference: &MonitorsRow, storm
             row.subscribers,
             row.readers.describe(row.subscribers),
             thousands(row.reads as u64),
-            row.watchd.p50_p99(),
-            row.watchd_slowest.p50_p99(),
+            row.watchd.p50_p99_micros(),
+            row.watchd_slowest.p50_p99_micros(),
             row.cpu.show()
         );
     }

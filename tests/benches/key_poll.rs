@@ -63,17 +63,18 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 use std::process::{ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, poll};
 use watchd_client::{Client, SubscribeOptions, WatchOptions};
+use watchd_e2e::bench::{
+    Jitter, Machine, Pct, daemon_profile, machine, now_ns, realtime_offset, set_nonblocking,
+};
 use watchd_e2e::polkit::{OTHER_UID, as_user, connect_as_user};
 use watchd_e2e::{Env, Process};
 use watchd_proto::{MAX_RECORD_LEN, Record, RecordType, attr, key};
@@ -124,44 +125,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    match watchd_e2e::check_root() {
-        Ok(true) => {}
-        Ok(false) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e:#}");
-            return ExitCode::FAILURE;
-        }
-    }
-    // Still single-threaded here, as unshare(CLONE_NEWNS) requires.
-    if let Err(e) = watchd_e2e::enter_private_mount_namespace() {
-        eprintln!("cannot set up a private mount namespace: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(e) = watchd_e2e::polkit::ensure_test_users() {
-        eprintln!("cannot set up the test users: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("key_poll: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    watchd_e2e::bench::main("key_poll", true, bench)
 }
 
 async fn bench() -> Result<()> {
-    let profile = check_daemon()?;
+    let profile = daemon_profile(COMMAND)?;
     let machine = machine(&profile);
     // Dropped in reverse: the daemon first (its links go), then the keys, then the quota.
     let _quota = Quota::raise((MAX_RINGS * 4 + 16) as u64, quota_bytes())?;
@@ -289,19 +257,6 @@ fn quota_bytes() -> u64 {
 // ---------------------------------------------------------------------------------------
 // Setup
 // ---------------------------------------------------------------------------------------
-
-/// The daemon the harness starts is `target/<profile>/watchd`, beside this benchmark's
-/// directory; the harness's freshness check, with the command to run instead. Returns the
-/// profile.
-fn check_daemon() -> Result<String> {
-    let daemon =
-        watchd_e2e::fresh_watchd().map_err(|e| anyhow!("{e:#}; build it first: {COMMAND}"))?;
-    Ok(daemon
-        .parent()
-        .and_then(Path::file_name)
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default())
-}
 
 /// The TID of `pid`'s thread called `name`.
 fn thread_named(pid: u32, name: &str) -> Result<u32> {
@@ -509,7 +464,7 @@ impl Held {
     fn payload(&mut self, len: usize) -> Vec<u8> {
         self.generation += 1;
         let mut next = Jitter(0x2545_f491_4f6c_dd1d ^ self.generation);
-        (0..len).map(|_| next.next() as u8).collect()
+        (0..len).map(|_| next.next_u64() as u8).collect()
     }
 
     /// KEYCTL_UPDATE with a new payload; the time its call returned.
@@ -625,47 +580,6 @@ impl Drop for KeyHolder {
 // ---------------------------------------------------------------------------------------
 // Detection latency
 // ---------------------------------------------------------------------------------------
-
-/// CLOCK_MONOTONIC (what `Instant` reads), in ns since the first call.
-fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-/// CLOCK_REALTIME − [`now_ns`], in ns, from the closest of 1,000 pairs of readings: puts the
-/// daemon's time stamps on the benchmark's clock.
-fn realtime_offset() -> i64 {
-    (0..1000)
-        .map(|_| {
-            let before = now_ns();
-            let real = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64);
-            let after = now_ns();
-            (after - before, real - ((before + after) / 2) as i64)
-        })
-        .min_by_key(|(spread, _)| *spread)
-        .map_or(0, |(_, offset)| offset)
-}
-
-/// xorshift64.
-struct Jitter(u64);
-
-impl Jitter {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn seeded() -> Jitter {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        Jitter((t ^ u64::from(std::process::id()) << 32) | 1)
-    }
-}
 
 /// A key record as the latency subscription's reader got it.
 #[derive(Clone, Copy, Debug)]
@@ -802,7 +716,7 @@ fn measure_latency(
     for _ in 0..LATENCY_SAMPLES {
         // 100–1,100 ms after the last record, which came just after a poll: every phase of
         // the poll period equally often.
-        std::thread::sleep(Duration::from_millis(100 + jitter.next() % 1000));
+        std::thread::sleep(Duration::from_millis(100 + jitter.next_u64() % 1000));
         let updated = holder.run(move |h| h.update(key))??;
         let read = reader.updated(key, INTERVAL * 3)?;
         let stamp = read.stamp as i64 - offset;
@@ -838,13 +752,6 @@ fn drain(pipes: &[OwnedFd]) -> Result<u64> {
         }
     }
     Ok(records)
-}
-
-/// Adds O_NONBLOCK and keeps O_DIRECT (F_SETFL replaces every status flag).
-fn set_nonblocking(fd: impl AsFd) -> Result<()> {
-    let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
-    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1157,7 +1064,7 @@ fn pollers_main(args: &[String]) -> Result<()> {
     let start = Instant::now();
     let mut jitter = Jitter::seeded();
     for ring in rings {
-        let first = start + Duration::from_nanos(jitter.next() % every.as_nanos() as u64);
+        let first = start + Duration::from_nanos(jitter.next_u64() % every.as_nanos() as u64);
         std::thread::Builder::new()
             .stack_size(64 << 10)
             .spawn(move || {
@@ -1239,51 +1146,6 @@ fn bare_walk(rings: &[i32]) -> Result<f64> {
 // Results
 // ---------------------------------------------------------------------------------------
 
-/// Median, 99th percentile and maximum, in ns.
-#[derive(Clone, Copy, Debug, Default)]
-struct Pct {
-    p50: i64,
-    p99: i64,
-    max: i64,
-}
-
-impl Pct {
-    /// Nearest-rank percentiles; zeroes for no samples.
-    fn of(mut samples: Vec<i64>) -> Pct {
-        if samples.is_empty() {
-            return Pct::default();
-        }
-        samples.sort_unstable();
-        let rank = |p: f64| {
-            let n = samples.len();
-            samples[((p * n as f64).ceil() as usize).clamp(1, n) - 1]
-        };
-        Pct {
-            p50: rank(0.50),
-            p99: rank(0.99),
-            max: samples[samples.len() - 1],
-        }
-    }
-
-    fn ms(&self) -> String {
-        format!(
-            "{:.0} / {:.0} / {:.0}",
-            self.p50 as f64 / 1e6,
-            self.p99 as f64 / 1e6,
-            self.max as f64 / 1e6
-        )
-    }
-
-    fn ms_fine(&self) -> String {
-        format!(
-            "{:.2} / {:.2} / {:.2}",
-            self.p50 as f64 / 1e6,
-            self.p99 as f64 / 1e6,
-            self.max as f64 / 1e6
-        )
-    }
-}
-
 struct PollersRow {
     cpu: Shares,
     polls: u64,
@@ -1296,40 +1158,6 @@ struct IdleRow {
     daemon: Shares,
     daemon_rss_kib: u64,
     pollers: Option<PollersRow>,
-}
-
-struct Machine {
-    cores: usize,
-    cpu: String,
-    kernel: String,
-    date: String,
-    profile: String,
-}
-
-fn machine(profile: &str) -> Machine {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, name)| name.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let date = Command::new("date")
-        .arg("+%F %H:%M")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    Machine {
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default(),
-        date,
-        profile: profile.to_owned(),
-    }
 }
 
 fn pct(share: f64) -> String {
@@ -1382,9 +1210,9 @@ fn report(machine: &Machine, ring: &Ring, latency: &[LatencyRow], idle: &[IdleRo
         println!(
             "| {} | {} | {} | {} |",
             row.watched,
-            row.total.ms(),
-            row.to_stamp.ms(),
-            row.stamp_to_read.ms_fine()
+            row.total.ms(0),
+            row.to_stamp.ms(0),
+            row.stamp_to_read.ms(2)
         );
     }
 

@@ -24,21 +24,7 @@ const COMMAND: &str =
     "cargo build --release --workspace && cargo bench -p watchd-e2e --bench key_queue_vm";
 
 fn main() -> ExitCode {
-    match watchd_e2e::check_root() {
-        Ok(true) => {}
-        Ok(false) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e:#}");
-            return ExitCode::FAILURE;
-        }
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("key_queue_vm: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    watchd_e2e::bench::main("key_queue_vm", false, || async { run() })
 }
 
 fn run() -> Result<()> {

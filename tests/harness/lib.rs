@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail, ensure};
 use watchd_client::{EventStream, SubscribeOptions, WatchOptions};
 
 pub use libtest_mimic::{Arguments, Failed, Trial};
+pub mod bench;
 pub mod krb5;
 pub mod polkit;
 pub mod udev;
