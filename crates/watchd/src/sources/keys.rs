@@ -601,8 +601,8 @@ struct ThreadState {
     possessed: Option<KeySerial>,
     /// The kernel's watch queue, where the kernel has one.
     queue: Option<KeyQueue>,
-    /// How many roots want each key watched in the queue.
-    queue_users: HashMap<KeySerial, u32>,
+    /// The roots each key is watched in the queue for.
+    queue_owners: HashMap<KeySerial, HashSet<RootId>>,
     buf: Vec<u8>,
     digests: std::hash::RandomState,
     wake_read: OwnedFd,
@@ -660,7 +660,7 @@ impl Poller {
                     store,
                     possessed: None,
                     queue,
-                    queue_users: HashMap::new(),
+                    queue_owners: HashMap::new(),
                     buf: Vec::with_capacity(4096),
                     digests: std::hash::RandomState::new(),
                     wake_read,
@@ -818,7 +818,7 @@ impl Poller {
                         let Root { queued, polled, .. } = &mut root;
                         queue_tree(id, queued, polled, &Tree::default(), state);
                     }
-                    forget_queued(&mut root.queued, state);
+                    forget_queued(id, &mut root.queued, state);
                     state.take_creds(&ThreadCreds::root());
                     state.drop_walk_ring(&root.walk_ring);
                     tracing::info!(root = id.0, key = %root.serial, "stopped following a key");
@@ -949,14 +949,20 @@ impl Poller {
         }
         let mut registry = self.lock();
         let roots = &mut registry.roots;
-        let dirty: Vec<RootId> = roots
-            .iter()
-            .filter(|(_, r)| everything || r.queued.iter().any(|s| changed.contains(s)))
-            .map(|(id, _)| *id)
-            .collect();
+        let dirty: HashSet<RootId> = if everything {
+            roots.keys().copied().collect()
+        } else {
+            changed
+                .iter()
+                .filter_map(|serial| state.queue_owners.get(serial))
+                .flatten()
+                .copied()
+                .collect()
+        };
         for id in dirty {
-            let root = roots.get_mut(&id).expect("listed above");
-            poll_root(hub, id, root, &said, state);
+            if let Some(root) = roots.get_mut(&id) {
+                poll_root(hub, id, root, &said, state);
+            }
         }
         state.take_creds(&ThreadCreds::root());
     }
@@ -1051,7 +1057,7 @@ fn queue_tree(
 ) -> bool {
     let ThreadState {
         queue: Some(queue),
-        queue_users,
+        queue_owners,
         ..
     } = state
     else {
@@ -1068,14 +1074,14 @@ fn queue_tree(
         .map(|(s, _)| *s)
         .collect();
     for serial in new {
-        let users = queue_users.entry(serial).or_insert(0);
-        if *users == 0 {
+        let owners = queue_owners.entry(serial).or_default();
+        if owners.is_empty() {
             match queue.watch(serial) {
                 Ok(()) => unseen = true,
                 // A watch whose unwatch failed earlier is still there.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => {
-                    queue_users.remove(&serial);
+                    queue_owners.remove(&serial);
                     if e.raw_os_error() == Some(libc::EAGAIN) {
                         if !*polled && !refused {
                             tracing::warn!(root = id.0, key = %serial, "the kernel has no room for more key watches; polling this root");
@@ -1089,7 +1095,7 @@ fn queue_tree(
                 }
             }
         }
-        *users += 1;
+        owners.insert(id);
         queued.insert(serial);
     }
     *polled = refused;
@@ -1099,9 +1105,9 @@ fn queue_tree(
         .copied()
         .collect();
     for serial in left {
-        let users = queue_users.get_mut(&serial).expect("counted when queued");
-        if *users > 1 {
-            *users -= 1;
+        let owners = queue_owners.get_mut(&serial).expect("owned when queued");
+        if owners.len() > 1 {
+            owners.remove(&id);
             queued.remove(&serial);
             continue;
         }
@@ -1118,7 +1124,7 @@ fn queue_tree(
                 // its notes keep walking this root meanwhile).
             }
             _ => {
-                queue_users.remove(&serial);
+                queue_owners.remove(&serial);
                 queued.remove(&serial);
             }
         }
@@ -1128,12 +1134,12 @@ fn queue_tree(
 
 /// Forgets a dropped root's kernel watches that could not be removed: they end when their
 /// keys are destroyed, and their notes name no root until then.
-fn forget_queued(queued: &mut HashSet<KeySerial>, state: &mut ThreadState) {
+fn forget_queued(id: RootId, queued: &mut HashSet<KeySerial>, state: &mut ThreadState) {
     for serial in queued.drain() {
-        if let Some(users) = state.queue_users.get_mut(&serial) {
-            *users -= 1;
-            if *users == 0 {
-                state.queue_users.remove(&serial);
+        if let Some(owners) = state.queue_owners.get_mut(&serial) {
+            owners.remove(&id);
+            if owners.is_empty() {
+                state.queue_owners.remove(&serial);
             }
         }
     }
