@@ -357,7 +357,22 @@ async fn storm() -> Result<()> {
     let stalled = client.subscribe(SubscribeOptions::default()).await?;
     stalled.add_watch(2, "devices", &options()).await?;
     let depth = stalled.depth().await? as u64;
-    let (mut fast, mut stalled) = (fast.into_events(), stalled.into_events());
+    // Events are published one at a time, to every subscriber in turn: once this third one
+    // has an event sent after the storm, the stalled subscriber has had the whole storm.
+    let marker_subsystem = format!("{subsystem}-done");
+    let marker = client.subscribe(SubscribeOptions::default()).await?;
+    marker
+        .add_watch(
+            3,
+            "devices",
+            &WatchOptions::new().option("subsystem", marker_subsystem.clone()),
+        )
+        .await?;
+    let (mut fast, mut stalled, mut marker) = (
+        fast.into_events(),
+        stalled.into_events(),
+        marker.into_events(),
+    );
     let storm: Vec<InjectedEvent> = (0..STORM)
         .map(|i| {
             InjectedEvent::change(
@@ -415,6 +430,14 @@ async fn storm() -> Result<()> {
         }
     }
     let rss_after = rss_kib(env.daemon.pid())?;
+    udev::Injector::new()?.send(&InjectedEvent::change(
+        &marker_subsystem,
+        &format!("/devices/virtual/{marker_subsystem}/done"),
+        &[],
+    ))?;
+    next(&mut marker)
+        .await
+        .context("the event sent after the storm")?;
 
     let mut received = 0u64;
     let mut losses = Vec::new();
