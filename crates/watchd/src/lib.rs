@@ -9,12 +9,14 @@
 //! Around them: [`manager`] (what a caller may do: subscribe, add/remove watches, resync),
 //! [`authority`] (may this caller set this watch: polkit, or the actions file's defaults)
 //! and [`manager_bus`] (its D-Bus objects), [`watch`] (kinds, filters, options parsing),
-//! [`identity`] (who is calling), [`access`] (what the caller can see, decided as the caller), [`conf`] (the configuration file), [`error`] (the D-Bus
+//! [`identity`] (who is calling), [`access`] (what the caller can see, decided as the caller), [`creds`] (files opened with
+//! the caller's credentials), [`conf`] (the configuration file), [`error`] (the D-Bus
 //! errors) and [`sys`] (the few raw syscalls, the only `unsafe` code).
 
 pub mod access;
 pub mod authority;
 pub mod conf;
+pub mod creds;
 pub mod error;
 pub mod event;
 pub mod hub;
