@@ -7,6 +7,7 @@
 
 mod authorization;
 mod bad_requests;
+mod caller_files;
 mod devices;
 mod interfaces;
 mod key_watch_queue;
@@ -57,6 +58,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(krb5_harness::trials());
     trials.extend(keys::trials());
     trials.extend(krb5_events::trials());
+    trials.extend(caller_files::trials());
     trials.extend(key_watch_queue::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }

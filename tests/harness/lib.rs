@@ -153,16 +153,35 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn spawn(mut command: Command, what: &'static str) -> Result<Process> {
-        // Its own process group, so a Ctrl-C at the terminal reaches the test binary, whose
-        // Drop then stops the children in order.
-        command.process_group(0);
-        // SAFETY: the closure runs between fork and exec and only makes one prctl(2) call,
-        // which is async-signal-safe; it allocates nothing and takes no locks. It makes the
-        // child die if the test thread that started it dies without running Drop (a killed
-        // or timed-out test run), so nothing outlives the suite.
+    pub fn spawn(command: Command, what: &'static str) -> Result<Process> {
+        Process::spawn_in(command, what, false)
+    }
+
+    /// [`Process::spawn`] as systemd starts a service: in a session of its own, with no
+    /// controlling terminal and stdin on /dev/null. A terminal such a process opens without
+    /// `O_NOCTTY` becomes its controlling terminal, which is what the tests of files a
+    /// caller names must be able to see.
+    pub fn spawn_service(mut command: Command, what: &'static str) -> Result<Process> {
+        command.stdin(Stdio::null());
+        Process::spawn_in(command, what, true)
+    }
+
+    fn spawn_in(mut command: Command, what: &'static str, session: bool) -> Result<Process> {
+        // Its own process group (a new session is one too), so a Ctrl-C at the terminal
+        // reaches the test binary, whose Drop then stops the children in order.
+        if !session {
+            command.process_group(0);
+        }
+        // SAFETY: the closure runs between fork and exec and only makes the setsid(2) and
+        // prctl(2) calls, which are async-signal-safe; it allocates nothing and takes no
+        // locks. setsid detaches the child from the terminal; pdeathsig makes the child die
+        // if the test thread that started it dies without running Drop (a killed or
+        // timed-out test run), so nothing outlives the suite.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
+                if session {
+                    nix::unistd::setsid()?;
+                }
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                     .map_err(std::io::Error::from)
             });
@@ -332,7 +351,7 @@ impl Daemon {
             .env("WATCHD_LOG", "debug")
             .envs(env.iter().copied())
             .stderr(std::fs::File::create(&log)?);
-        let mut process = Process::spawn(command, "watchd").with_context(|| {
+        let mut process = Process::spawn_service(command, "watchd").with_context(|| {
             format!(
                 "{} (was it built? cargo test --workspace builds it)",
                 watchd_bin().display()

@@ -10,7 +10,12 @@
 //!   member serials and payload digests) changes; `kswitch` rewrites the primary key.
 //! - `FILE:` caches and `DIR:` collections are files, followed with inotify on their
 //!   directory ([`FileWatches`], on the same poller thread): a change is seen as soon as
-//!   the file is written or renamed into place, not at the next poll.
+//!   the file is written or renamed into place, not at the next poll. Every file is looked
+//!   at with the caller's own credentials ([`crate::creds`]): first through an `O_PATH`
+//!   handle, which opens nothing, and only a regular file of the caller's is then opened
+//!   (`O_NOCTTY`, through that same inode) and read. A name that leads to a terminal, a
+//!   device or a FIFO is never opened: a root daemon opening a terminal without a
+//!   controlling one would take it as its own, and the terminal's owner could then stop it.
 //! - `KEYRING:session:` and the other per-process anchors, `KCM:` and `MEMORY:` caches are
 //!   refused with the reason: no other process can reach them.
 #![forbid(unsafe_code)]
@@ -28,6 +33,7 @@ use nix::sys::stat::Mode;
 use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, krb5};
 
 use crate::access;
+use crate::creds::{self, FsCreds};
 use crate::error::{Error, Result};
 use crate::event::{Event, Fields, Subject};
 use crate::hub::Hub;
@@ -324,8 +330,8 @@ pub enum FileLayout {
 pub struct FileRequest {
     pub dir: OwnedFd,
     pub layout: FileLayout,
-    /// Only files this uid owns are the caller's caches (anyone can create names in /tmp).
-    pub owner: u32,
+    /// Every file is opened, read and listed with these: the caller's own rights.
+    pub reader: FsCreds,
     pub name: String,
 }
 
@@ -391,7 +397,7 @@ impl FileWatches {
                 request.name
             ))
         })?;
-        let collection = read_collection(&request, &self.digests);
+        let collection = read_collection(&request, &self.digests).unwrap_or_default();
         let lease = Arc::new(FileLease { id, wake });
         self.watches.insert(
             id,
@@ -429,7 +435,9 @@ impl FileWatches {
             if !touched.contains(&watch.wd) {
                 continue;
             }
-            let new = read_collection(&watch.request, digests);
+            let Some(new) = read_collection(&watch.request, digests) else {
+                continue;
+            };
             for change in watch.collection.diff(&new) {
                 publish(hub, *id, &watch.request.name, change);
             }
@@ -438,22 +446,55 @@ impl FileWatches {
     }
 }
 
-/// A file in the cache directory, if it is a regular file of the cache's owner.
-fn read_owned(dir: &OwnedFd, name: &str, owner: u32) -> Option<Vec<u8>> {
-    let fd = nix::fcntl::openat(
+/// What a name in a cache directory is, looked up as the caller through an `O_PATH` handle
+/// (which opens nothing: no device is touched, no terminal is acquired).
+enum Entry {
+    Missing,
+    /// A regular file of the caller's: the handle, to be opened as what it is.
+    Cache(OwnedFd),
+    /// Anything else: another user's file, a symlink, a device, a FIFO, a directory.
+    Foreign,
+}
+
+/// Looks `name` up in the cache directory without following a symlink. Runs on a thread
+/// wearing the caller's credentials ([`creds::run_as`]).
+fn look_up(dir: &OwnedFd, name: &str, owner: u32) -> std::io::Result<Entry> {
+    let handle = match nix::fcntl::openat(
         dir.as_fd(),
         name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(handle) => handle,
+        Err(nix::errno::Errno::ENOENT) => return Ok(Entry::Missing),
+        Err(e) => return Err(e.into()),
+    };
+    let meta = std::fs::File::from(handle.try_clone()?).metadata()?;
+    Ok(if meta.is_file() && meta.uid() == owner {
+        Entry::Cache(handle)
+    } else {
+        Entry::Foreign
+    })
+}
+
+/// A cache file's bytes, if `name` is a regular file of the caller's that the caller may
+/// read. The file is opened through the very inode the `O_PATH` lookup checked (a swap in
+/// between cannot put a terminal or a FIFO there), with `O_NOCTTY` all the same.
+fn read_owned(dir: &OwnedFd, name: &str, owner: u32) -> Option<Vec<u8>> {
+    let Entry::Cache(handle) = look_up(dir, name, owner).ok()? else {
+        return None;
+    };
+    let fd = nix::fcntl::open(
+        format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(),
+        OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .ok()?;
-    let file = std::fs::File::from(fd);
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.uid() != owner {
-        return None;
-    }
     let mut data = Vec::new();
-    file.take(MAX_CACHE_FILE).read_to_end(&mut data).ok()?;
+    std::fs::File::from(fd)
+        .take(MAX_CACHE_FILE)
+        .read_to_end(&mut data)
+        .ok()?;
     Some(data)
 }
 
@@ -465,45 +506,81 @@ fn cache_state(data: &[u8], digests: &std::hash::RandomState) -> Option<CacheSta
     })
 }
 
-fn read_collection(request: &FileRequest, digests: &std::hash::RandomState) -> Collection {
+/// The collection as the caller sees it now; `None` when it could not be looked at (it is
+/// then taken as unchanged).
+fn read_collection(request: &FileRequest, digests: &std::hash::RandomState) -> Option<Collection> {
+    creds::run_as(&request.reader, || Ok(read_as_caller(request, digests)))
+        .inspect_err(|e| tracing::warn!(cache = %request.name, error = %e, "cannot read a credential cache as its owner"))
+        .ok()
+}
+
+fn read_as_caller(request: &FileRequest, digests: &std::hash::RandomState) -> Collection {
+    let owner = request.reader.uid;
+    let read = |file: &str| read_owned(&request.dir, file, owner);
     let mut collection = Collection::default();
     match &request.layout {
         FileLayout::File { file_name, cache } => {
-            if let Some(state) = read_owned(&request.dir, file_name, request.owner)
-                .and_then(|d| cache_state(&d, digests))
-            {
+            if let Some(state) = read(file_name).and_then(|d| cache_state(&d, digests)) {
                 collection.caches.insert(cache.clone(), state);
             }
         }
         FileLayout::Dir { dir_path } => {
             let name = |file: &str| format!("DIR::{}/{file}", dir_path.trim_end_matches('/'));
-            collection.primary = read_owned(&request.dir, "primary", request.owner)
+            let primary_file = read("primary")
                 .and_then(|d| String::from_utf8(d).ok())
-                .map(|p| name(p.trim()));
-            let Ok(mut dir) = nix::dir::Dir::openat(
+                .map(|p| p.trim().to_owned());
+            collection.primary = primary_file.as_deref().map(name);
+            // Listed as the caller: a directory it may search but not read shows only the
+            // cache its primary names, as `ls` would show none.
+            let files: Vec<String> = match nix::dir::Dir::openat(
                 request.dir.as_fd(),
                 ".",
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 Mode::empty(),
-            ) else {
-                return collection;
+            ) {
+                Ok(mut dir) => dir
+                    .iter()
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+                    .filter(|f| f.starts_with("tkt"))
+                    .collect(),
+                Err(_) => primary_file
+                    .into_iter()
+                    .filter(|f| f.starts_with("tkt") && !f.contains('/'))
+                    .collect(),
             };
-            let files: Vec<String> = dir
-                .iter()
-                .filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
-                .filter(|f| f.starts_with("tkt"))
-                .collect();
             for file in files {
-                if let Some(state) = read_owned(&request.dir, &file, request.owner)
-                    .and_then(|d| cache_state(&d, digests))
-                {
+                if let Some(state) = read(&file).and_then(|d| cache_state(&d, digests)) {
                     collection.caches.insert(name(&file), state);
                 }
             }
         }
     }
     collection
+}
+
+/// Refuses, at AddWatch, a cache the caller could not read itself: a name that is there
+/// but is not a regular file of the caller's (a terminal, a device, a symlink), or a
+/// directory the caller may not search.
+fn check_reachable(request: &FileRequest) -> Result<()> {
+    let probe = match &request.layout {
+        FileLayout::File { file_name, .. } => file_name.as_str(),
+        FileLayout::Dir { .. } => "primary",
+    };
+    let uid = request.reader.uid;
+    let shown = &request.name;
+    match creds::run_as(&request.reader, || look_up(&request.dir, probe, uid)) {
+        Ok(Entry::Missing | Entry::Cache(_)) => Ok(()),
+        Ok(Entry::Foreign) => Err(Error::invalid(format!(
+            "cache '{shown}' is not a regular file of uid {uid}"
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => Err(Error::AccessDenied(format!(
+            "uid {uid} may not reach cache '{shown}'"
+        ))),
+        Err(e) => Err(Error::Failed(format!(
+            "cannot look at cache '{shown}': {e}"
+        ))),
+    }
 }
 
 /// What a cache name means to the daemon.
@@ -754,12 +831,19 @@ impl Source for Krb5Source {
             }
             Target::Files { dir, layout } => {
                 let dir = access::open_path(caller, &dir)?;
-                let lease = self.poller.watch_files(FileRequest {
+                let (gid, groups) = access::CallerProcess::new(caller)?.fs_groups()?;
+                let request = FileRequest {
                     dir,
                     layout,
-                    owner: caller.uid.0,
+                    reader: FsCreds {
+                        uid: caller.uid.0,
+                        gid,
+                        groups,
+                    },
                     name: name.clone(),
-                })?;
+                };
+                check_reachable(&request)?;
+                let lease = self.poller.watch_files(request)?;
                 (lease.id, None, Krb5Lease::Files(lease))
             }
         };
