@@ -1,5 +1,9 @@
-//! Acting on files as a caller: the file-system credentials (fsuid, fsgid, supplementary
-//! groups) a thread of the daemon takes before it opens or reads anything a caller named.
+//! Acting for a caller with the caller's credentials, on a thread of the daemon's own:
+//!
+//! - [`run_as`]: the file-system credentials (fsuid, fsgid, supplementary groups) a thread
+//!   takes before it opens or reads anything a caller named;
+//! - [`charged_to`]: the real uid a thread takes so that what it creates is counted by
+//!   the kernel against the caller's per-user limits, not root's.
 //!
 //! A thread whose fsuid is not 0 loses root's file capabilities (`CAP_DAC_OVERRIDE`,
 //! `CAP_DAC_READ_SEARCH`, `CAP_FOWNER`, …), so every permission check it meets is the
@@ -11,6 +15,23 @@
 use std::io;
 
 use crate::sys;
+
+/// Runs `f` on a thread of its own whose *real* uid is `uid`; effective uid, capabilities
+/// and file-system credentials stay root's. The kernel charges some resources to the real
+/// uid's account: a pipe's pages count against `fs.pipe-user-pages-soft` of the user
+/// that created it, so a subscriber's pipes made this way use up its own allowance and
+/// never shrink the pipes of root's other services.
+pub fn charged_to<T: Send>(uid: u32, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                sys::setresuid_this_thread(Some(uid), None, None)?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("an action charged to a caller panicked")))
+    })
+}
 
 /// Whose rights a file is opened with.
 #[derive(Clone, Debug, PartialEq, Eq)]
