@@ -6,7 +6,9 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+mod interrupt;
 mod watch_queue;
+pub use interrupt::*;
 pub use watch_queue::*;
 
 /// Turns a `-1` return into the thread's errno.

@@ -23,6 +23,17 @@
 //! in the tree: a key that disappears but is still alive was *unlinked*, one that is gone
 //! while we held it was *invalidated*. One key per name can be held (`Holds`).
 //!
+//! **Keys under construction.** A key `request_key(2)` made is linked into its keyring at
+//! once but instantiated only when its request-key helper finishes (a network lookup, or a
+//! helper that hangs), and `KEYCTL_READ` (like `KEYCTL_LINK` and `KEYCTL_WATCH_KEY`) waits
+//! for that, interruptibly, while `KEYCTL_DESCRIBE` does not. One such wait would stall
+//! every user's key watches, so every pass runs with a per-thread timer
+//! (`SIGEV_THREAD_ID`, a no-op handler without `SA_RESTART`) that interrupts the thread
+//! every [`CUT_AFTER`]: a read cut short marks the key [`Condition::Pending`] (reported
+//! linked, not instantiated; neither held nor watched), it is tried again at most once per
+//! pass, after the poll interval and then twice as long each time, and INSTANTIATED goes
+//! out when a retry finds it done.
+//!
 //! **When to walk.** Where the kernel has watch queues ([`KeyQueue`]), every live key of a
 //! tree is watched, and a note walks the trees holding its key at once; updates and
 //! setattrs the kernel notes but a walk cannot see (the same payload again, an expiry
@@ -188,8 +199,19 @@ impl Viewer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Condition {
     Live,
+    /// Under construction: `request_key(2)` made and linked it, and its request-key helper
+    /// has not instantiated it yet. Reading it would wait for the helper ([`Pending`]), so
+    /// it is described but neither read, held nor watched until a retry finds it done.
+    Pending,
     Revoked,
     Unavailable,
+}
+
+impl Condition {
+    /// Live or still under construction: its changes are reported, its loss too.
+    fn is_usable(self) -> bool {
+        matches!(self, Condition::Live | Condition::Pending)
+    }
 }
 
 /// One key of a walked tree.
@@ -267,16 +289,18 @@ pub fn diff(
             continue;
         };
         match (o.condition, n.condition) {
-            (Condition::Unavailable, Condition::Live) => {
+            (Condition::Unavailable | Condition::Pending, Condition::Live) => {
                 out.push(notice(key::INSTANTIATED, &n.info, None))
             }
-            (Condition::Live, Condition::Revoked) => out.push(notice(key::REVOKED, &n.info, None)),
-            (Condition::Live, Condition::Unavailable) => {
+            (Condition::Live | Condition::Pending, Condition::Revoked) => {
+                out.push(notice(key::REVOKED, &n.info, None))
+            }
+            (Condition::Live | Condition::Pending, Condition::Unavailable) => {
                 out.push(notice(key::INVALIDATED, &n.info, None))
             }
             _ => {}
         }
-        if n.condition == Condition::Live && o.condition == Condition::Live {
+        if o.condition.is_usable() && n.condition.is_usable() {
             if (o.info.uid, o.info.gid, o.info.perm) != (n.info.uid, n.info.gid, n.info.perm) {
                 out.push(notice(key::SETATTR, &n.info, None));
             }
@@ -295,7 +319,7 @@ pub fn diff(
         let mut unlinked = Vec::new();
         for child in was.iter().filter(|c| !now_set.contains(c)) {
             let before = old.nodes.get(child);
-            if before.is_some_and(|b| b.condition != Condition::Live) {
+            if before.is_some_and(|b| !b.condition.is_usable()) {
                 // Already reported (revoked, invalidated): the collector just tidied up.
                 continue;
             }
@@ -551,6 +575,10 @@ struct Root {
     echoes: Vec<(KeySerial, u8)>,
     /// The root key is gone: REMOVAL was sent, nothing more to poll.
     gone: bool,
+    /// The last walk found keys under construction ([`Condition::Pending`]): the root is
+    /// walked at the interval although a watch queue runs, since the kernel notes a key's
+    /// instantiation only to watchers of that key, which it cannot have yet.
+    pending: bool,
     /// For krb5 watches: the collection as last seen.
     collection: krb5::Collection,
 }
@@ -607,6 +635,39 @@ struct ThreadState {
     digests: std::hash::RandomState,
     wake_read: OwnedFd,
     commands: mpsc::Receiver<Command>,
+    /// Cuts a wait for a key under construction short ([`ThreadState::arm`]); `None` where
+    /// the timer could not be made (then such a read waits, as it would without one).
+    cutter: Option<sys::ThreadTimer>,
+    /// Keys whose read was cut short: under construction when last tried.
+    pending: HashMap<KeySerial, Pending>,
+    /// A pending key was tried again in this pass: no other one is.
+    retry_spent: bool,
+    /// The first wait before a pending key is tried again: the poll interval.
+    first_retry: Duration,
+}
+
+/// How long a read of a key under construction may wait for its request-key helper before
+/// the thread's timer cuts it short. A read of any other key never sleeps that way, so
+/// this bounds a pass's delay per key under construction met, not the pass.
+const CUT_AFTER: Duration = Duration::from_millis(20);
+/// The longest wait before a key still under construction is tried again.
+const RETRY_AT_MOST: Duration = Duration::from_secs(60);
+
+/// A key found under construction, and when to try reading it again (the wait doubles
+/// each time it is still not done, from the poll interval to [`RETRY_AT_MOST`]).
+struct Pending {
+    next_try: Instant,
+    wait: Duration,
+}
+
+/// What a guarded `KEYCTL_READ` gave.
+enum Read {
+    /// The payload (or a keyring's list) is `buf[..len]`.
+    Done(usize),
+    /// Refused or failed, as a read of any key can be.
+    Failed,
+    /// The key is under construction: not read (this pass), nothing waited for it.
+    Pending,
 }
 
 impl Poller {
@@ -655,7 +716,16 @@ impl Poller {
                 let Ok(store) = store else {
                     return;
                 };
+                let cutter = sys::install_interrupt_handler(sys::key_thread_signal())
+                    .and_then(|()| sys::ThreadTimer::new(sys::key_thread_signal()));
+                let cutter = cutter
+                    .inspect_err(|e| tracing::warn!(error = %e, "cannot make the key thread's timer: a key under construction can stall every key watch until its request-key helper finishes"))
+                    .ok();
                 let state = ThreadState {
+                    cutter,
+                    pending: HashMap::new(),
+                    retry_spent: false,
+                    first_retry: interval,
                     creds: ThreadCreds::root(),
                     store,
                     possessed: None,
@@ -738,11 +808,7 @@ impl Poller {
         loop {
             // The thread sleeps until something happens unless a root is polled: every root
             // without a watch queue, with one only a root whose keys it could not watch.
-            let ticking = self
-                .lock()
-                .roots
-                .values()
-                .any(|r| !r.gone && (!self.queue_backed || r.polled));
+            let ticking = self.lock().roots.values().any(|r| self.ticks(r));
             let timeout = if ticking {
                 let wait = next_tick.saturating_duration_since(Instant::now());
                 PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1)
@@ -793,11 +859,19 @@ impl Poller {
         }
     }
 
+    /// Whether the interval walks this root: every root without a watch queue, with one a
+    /// root whose keys it could not all watch or that has keys under construction.
+    fn ticks(&self, root: &Root) -> bool {
+        !root.gone && (!self.queue_backed || root.polled || root.pending)
+    }
+
     fn handle(&self, state: &mut ThreadState, command: Command) {
         match command {
             Command::Register { request, reply } => {
                 let mut registry = self.lock();
+                state.arm();
                 let result = self.register_here(&mut registry, state, request);
+                state.disarm();
                 drop(registry);
                 let _ = reply.send(result);
             }
@@ -888,6 +962,7 @@ impl Poller {
             polled: false,
             echoes: Vec::new(),
             gone: false,
+            pending: false,
             collection: krb5::Collection::default(),
             request: request.clone(),
         };
@@ -903,6 +978,7 @@ impl Poller {
         if let Some(spec) = &request.collection {
             root.collection = krb5::Collection::from_keyring(&tree, serial, spec);
         }
+        root.pending = !state.pending.is_empty() && has_pending(&tree);
         root.tree = tree;
         let lease = Arc::new(RootLease {
             id,
@@ -948,6 +1024,7 @@ impl Poller {
             return;
         }
         let mut registry = self.lock();
+        state.arm();
         let roots = &mut registry.roots;
         let dirty: HashSet<RootId> = if everything {
             roots.keys().copied().collect()
@@ -964,7 +1041,9 @@ impl Poller {
                 poll_root(hub, id, root, &said, state);
             }
         }
+        state.disarm();
         state.take_creds(&ThreadCreds::root());
+        state.forget_finished(roots);
     }
 
     /// One poll of every root: walk, compare, publish.
@@ -973,11 +1052,12 @@ impl Poller {
         let roots = &mut registry.roots;
         let mut order: Vec<RootId> = roots
             .iter()
-            .filter(|(_, r)| !r.gone && (!self.queue_backed || r.polled))
+            .filter(|(_, r)| self.ticks(r))
             .map(|(id, _)| *id)
             .collect();
         // Roots of one viewer together: the thread switches credentials once per viewer.
         order.sort_by_key(|id| roots[id].request.viewer.uid);
+        state.arm();
         for id in order {
             poll_root(
                 hub,
@@ -987,7 +1067,9 @@ impl Poller {
                 state,
             );
         }
+        state.disarm();
         state.take_creds(&ThreadCreds::root());
+        state.forget_finished(roots);
     }
 }
 
@@ -998,6 +1080,19 @@ impl Poller {
 /// or setattr the comparison cannot see (the same payload written again, a new expiry
 /// time) is published as the kernel said it.
 fn poll_root(
+    hub: &Hub,
+    id: RootId,
+    root: &mut Root,
+    said: &[(KeySerial, u8)],
+    state: &mut ThreadState,
+) {
+    poll_root_once(hub, id, root, said, state);
+    // A key is pending only while the thread remembers it so: no scan otherwise.
+    root.pending = !root.gone && !state.pending.is_empty() && has_pending(&root.tree);
+}
+
+/// [`poll_root`] but for keeping its `pending` flag.
+fn poll_root_once(
     hub: &Hub,
     id: RootId,
     root: &mut Root,
@@ -1017,7 +1112,7 @@ fn poll_root(
             root.tree = tree;
             if unseen {
                 // A replaced collection's keys changed before they were watched.
-                poll_root(hub, id, root, &[], state);
+                poll_root_once(hub, id, root, &[], state);
             }
         }
         return;
@@ -1540,6 +1635,90 @@ impl ThreadState {
         Ok(())
     }
 
+    /// Starts a pass that may read keys: from now on, the thread's timer interrupts it
+    /// every [`CUT_AFTER`], so a read waiting for a key's construction returns within that
+    /// time. Two system calls per pass, none per key.
+    fn arm(&mut self) {
+        self.retry_spent = false;
+        if let Some(cutter) = &self.cutter
+            && let Err(e) = cutter.set(CUT_AFTER, CUT_AFTER)
+        {
+            tracing::debug!(error = %e, "cannot arm the key thread's timer");
+        }
+    }
+
+    /// Ends the pass [`ThreadState::arm`] started.
+    fn disarm(&mut self) {
+        if let Some(cutter) = &self.cutter {
+            let _ = cutter.set(Duration::ZERO, Duration::ZERO);
+        }
+    }
+
+    /// `KEYCTL_READ` of `serial` into `buf`, unless the key was under construction when
+    /// last tried and is not due for a retry (at most one retry per pass). A read the
+    /// timer cut short (the kernel turns the interrupted wait into ENOKEY, or EINTR) marks
+    /// the key pending; the first time, with a warning.
+    fn read(&mut self, serial: KeySerial) -> Read {
+        if let Some(pending) = self.pending.get(&serial) {
+            if self.retry_spent || Instant::now() < pending.next_try {
+                return Read::Pending;
+            }
+            self.retry_spent = true;
+        }
+        let before = sys::interrupts();
+        match sys::keyctl_read(serial, &mut self.buf) {
+            Ok(len) => {
+                self.pending.remove(&serial);
+                Read::Done(len)
+            }
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::ENOKEY | libc::EINTR))
+                    && sys::interrupts() != before =>
+            {
+                self.cut_short(serial);
+                Read::Pending
+            }
+            Err(_) => {
+                self.pending.remove(&serial);
+                Read::Failed
+            }
+        }
+    }
+
+    fn cut_short(&mut self, serial: KeySerial) {
+        let now = Instant::now();
+        let uid = self.creds.uid;
+        match self.pending.entry(serial) {
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                let pending = entry.into_mut();
+                pending.wait = (pending.wait * 2).min(RETRY_AT_MOST);
+                pending.next_try = now + pending.wait;
+                tracing::debug!(key = %serial, uid, retry_in = ?pending.wait, "a key is still under construction");
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                tracing::warn!(key = %serial, uid, cut_after = ?CUT_AFTER, "reading a key under construction was cut short (its request-key helper has not finished); it is tried again later and nothing waits for it meanwhile");
+                entry.insert(Pending {
+                    next_try: now + self.first_retry,
+                    wait: self.first_retry,
+                });
+            }
+        }
+    }
+
+    /// Forgets pending keys that no followed tree holds any more.
+    fn forget_finished(&mut self, roots: &HashMap<RootId, Root>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let still: HashSet<KeySerial> = roots
+            .values()
+            .flat_map(|r| r.tree.nodes.iter())
+            .filter(|(_, n)| n.condition == Condition::Pending)
+            .map(|(s, _)| *s)
+            .collect();
+        self.pending.retain(|s, _| still.contains(s));
+    }
+
     fn take_creds(&mut self, wanted: &ThreadCreds) {
         if self.creds == *wanted {
             return;
@@ -1712,8 +1891,10 @@ fn walk(root: KeySerial, nested: bool, old: &Tree, state: &mut ThreadState) -> i
         };
         let expand = serial == root || nested;
         if condition == Condition::Live && expand {
-            if node.info.is_keyring() {
-                if let Ok(len) = sys::keyctl_read(serial, &mut state.buf) {
+            match state.read(serial) {
+                Read::Failed => {}
+                Read::Pending => node.condition = Condition::Pending,
+                Read::Done(len) if node.info.is_keyring() => {
                     let members: Vec<KeySerial> = state.buf[..len]
                         .chunks_exact(4)
                         .map(|c| KeySerial(i32::from_ne_bytes(c.try_into().expect("4 bytes"))))
@@ -1723,20 +1904,28 @@ fn walk(root: KeySerial, nested: bool, old: &Tree, state: &mut ThreadState) -> i
                     }
                     node.children = Some(members);
                 }
-            } else if let Ok(len) = sys::keyctl_read(serial, &mut state.buf) {
-                let payload = &mut state.buf[..len];
-                node.digest = Some(state.digests.hash_one(&*payload));
-                if KEPT_PAYLOADS.contains(&node.info.description.as_str()) {
-                    node.content = Some(Arc::from(&*payload));
+                Read::Done(len) => {
+                    let payload = &mut state.buf[..len];
+                    node.digest = Some(state.digests.hash_one(&*payload));
+                    if KEPT_PAYLOADS.contains(&node.info.description.as_str()) {
+                        node.content = Some(Arc::from(&*payload));
+                    }
+                    // Payloads can be secrets (tickets, passwords): none stays in our memory.
+                    payload.fill(0);
                 }
-                // Payloads can be secrets (tickets, passwords): none stays in our memory.
-                payload.fill(0);
             }
         }
         tree.order.push(serial);
         tree.nodes.insert(serial, node);
     }
     Ok(tree)
+}
+
+/// Whether a walk found keys under construction.
+fn has_pending(tree: &Tree) -> bool {
+    tree.nodes
+        .values()
+        .any(|n| n.condition == Condition::Pending)
 }
 
 /// The old tree's `Arc` when nothing changed, so unchanged keys cost no allocation.
@@ -2026,6 +2215,33 @@ mod tests {
         );
         let collected = tree(vec![node(1, Some(vec![]), None)]);
         assert_eq!(run(&listed, &collected, &[], &[2]), vec![]);
+    }
+
+    #[test]
+    fn a_key_under_construction_is_linked_then_instantiated_or_unlinked() {
+        let pending = || {
+            let mut n = node(2, None, None);
+            n.condition = Condition::Pending;
+            n
+        };
+        let empty = tree(vec![node(1, Some(vec![]), None)]);
+        let requested = tree(vec![node(1, Some(vec![2]), None), pending()]);
+        assert_eq!(
+            run(&empty, &requested, &[], &[]),
+            vec![(key::LINKED, 1, Some(2))]
+        );
+        assert_eq!(run(&requested, &requested, &[], &[]), vec![]);
+        assert!(snapshot(&requested).iter().all(|n| n.key.serial.0 != 2));
+        let done = tree(vec![node(1, Some(vec![2]), None), node(2, None, Some(7))]);
+        assert_eq!(
+            run(&requested, &done, &[], &[]),
+            vec![(key::INSTANTIATED, 2, None)]
+        );
+        // Unlinked while still under construction: it was usable, so the unlink is told.
+        assert_eq!(
+            run(&requested, &empty, &[2], &[]),
+            vec![(key::UNLINKED, 1, Some(2))]
+        );
     }
 
     #[test]
