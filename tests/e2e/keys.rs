@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use watchd_client::{Client, EventStream, SubscribeOptions, WatchOptions};
 use watchd_e2e::polkit::{OTHER_UID, TEST_UID, as_user, connect_as_user};
-use watchd_e2e::{Env, Process, Trial};
+use watchd_e2e::{Env, Process, Trial, vm};
 use watchd_proto::{RecordType, attr, key, meta};
 
 use crate::{error_name, expect_silence, next_within, trial};
@@ -36,7 +36,65 @@ pub fn trials() -> Vec<Trial> {
             same_named_keys_each_invalidated,
         ),
         trial("keys::bad_key_options_are_refused", bad_key_options),
+        Trial::test(
+            "keys::a_key_under_construction_stalls_no_other_key_change_in_a_vm",
+            || under_construction_in_a_vm().map_err(|e| format!("{e:#}").into()),
+        ),
     ]
+}
+
+/// Every check `watchd-vm-probe --construction` makes; each must print `ok NAME`.
+const CONSTRUCTION_CHECKS: &[&str] = &[
+    "pending linked",
+    "update meanwhile",
+    "add meanwhile",
+    "update again meanwhile",
+    "still pending",
+    "helper killed",
+];
+
+/// A key under construction, whose request-key helper hangs, is linked into a watched
+/// keyring; changes to other keys of that keyring must still arrive within seconds while it
+/// stays under construction (the probe checks /proc/keys' `U` flag before and after).
+///
+/// Run in the VM of `watchd_e2e::vm`: the kernel runs `/sbin/request-key` in its initial
+/// mount namespace, and on the test machines that usermode helper cannot run at all
+/// (`request_key` fails with ENOENT at once, whatever /etc/request-key.d says), while the
+/// VM's initramfs is ours and its helper hangs. The VM's kernel has watch queues: the key
+/// thread walks the keyring on the kernel's note of the link, through the same walk and
+/// read as the poller.
+fn under_construction_in_a_vm() -> Result<()> {
+    let probe = std::path::Path::new(env!("CARGO_BIN_EXE_watchd-vm-probe"));
+    let watchd = watchd_e2e::fresh_watchd()?;
+    let out = match vm::run_daemon_probe(probe, &watchd, &["--construction"]) {
+        Ok(out) => out,
+        Err(e) if e.downcast_ref::<vm::Unavailable>().is_some() => {
+            if std::env::var_os("CI").is_some() {
+                bail!("{e:#}: .ci/run installs these, so CI does not skip this test");
+            }
+            eprintln!("SKIP: keys: no VM here: {e:#}");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    for line in out.output.lines().filter(|l| l.starts_with("ok ")) {
+        println!("keys (VM): {line}");
+    }
+    ensure!(
+        out.status == 0,
+        "watchd-vm-probe --construction exited with {}:\n{}",
+        out.status,
+        out.output
+    );
+    for check in CONSTRUCTION_CHECKS {
+        let line = format!("ok {check}:");
+        ensure!(
+            out.output.lines().any(|l| l.starts_with(&line)),
+            "the probe did not report `{line}`:\n{}",
+            out.output
+        );
+    }
+    Ok(())
 }
 
 /// The poll interval the tests run the daemon with.

@@ -549,7 +549,18 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The initramfs: busybox, `binary` as `/program`, their libraries, `/dev/console`, `/init`.
+/// The VM's `/sbin/request-key`, which the kernel runs (as root, in the VM's only mount
+/// namespace) for every `request_key(2)` that finds no key: it never instantiates the key,
+/// so the key stays under construction until the helper is killed, by the PID it leaves in
+/// [`REQUEST_KEY_HELPER_PID`] (watchd-vm-probe `--construction`).
+const REQUEST_KEY_HELPER: &str = "#!/bin/busybox sh\n\
+    echo $$ > /run/request-key.pid\n\
+    exec /bin/busybox sleep 3600\n";
+/// Where [`REQUEST_KEY_HELPER`] writes its PID.
+pub const REQUEST_KEY_HELPER_PID: &str = "/run/request-key.pid";
+
+/// The initramfs: busybox, `binary` as `/program`, their libraries, `/dev/console`, `/init`,
+/// and a request-key helper that hangs ([`REQUEST_KEY_HELPER`]).
 fn write_initramfs(
     path: &Path,
     busybox: &Path,
@@ -573,6 +584,7 @@ fn write_initramfs(
     for (name, data) in &guest.files {
         cpio.file(name.trim_start_matches('/'), data, 0o644)?;
     }
+    cpio.file("sbin/request-key", REQUEST_KEY_HELPER.as_bytes(), 0o755)?;
     libraries.sort();
     libraries.dedup();
     for library in libraries {

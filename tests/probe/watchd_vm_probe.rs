@@ -7,7 +7,12 @@
 //! have told the daemon. One line per check (`ok NAME: …` or `FAIL NAME: …`), then a
 //! summary.
 //!
-//! Usage: `watchd-vm-probe [--idle-bench] WATCHD DBUS_DAEMON`. Exit status: 0 every check
+//! With `--construction` it checks instead that a key under construction stalls nothing: a
+//! `request_key(2)` whose helper (the VM's `/sbin/request-key`, which hangs) never
+//! finishes leaves a key linked into the watched keyring but not instantiated, and every
+//! other change must still arrive within seconds while it stays so.
+//!
+//! Usage: `watchd-vm-probe [--idle-bench | --construction] WATCHD DBUS_DAEMON`. Exit status: 0 every check
 //! passed, 1 one failed (the rest are skipped: they build on each other), 2 the probe could
 //! not start.
 //!
@@ -48,11 +53,12 @@ const KEYCTL_INVALIDATE: libc::c_long = 21;
 fn main() -> ExitCode {
     let mut args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let bench = args.first().is_some_and(|a| a == "--idle-bench");
-    if bench {
+    let construction = args.first().is_some_and(|a| a == "--construction");
+    if bench || construction {
         args.remove(0);
     }
     let [watchd, dbus_daemon] = &args[..] else {
-        println!("usage: watchd-vm-probe [--idle-bench] WATCHD DBUS_DAEMON");
+        println!("usage: watchd-vm-probe [--idle-bench | --construction] WATCHD DBUS_DAEMON");
         return ExitCode::from(2);
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -87,7 +93,11 @@ fn main() -> ExitCode {
         };
     }
     let daemon = children.0.last().map(Child::id).unwrap_or_default();
-    let outcome = runtime.block_on(checks(&client, daemon));
+    let outcome = if construction {
+        runtime.block_on(under_construction(&client))
+    } else {
+        runtime.block_on(checks(&client, daemon))
+    };
     drop(client);
     drop(children);
     match outcome {
@@ -415,6 +425,169 @@ fn add_key(
     let description = CString::new(description)?;
     let keyring = KeySerial(i32::try_from(keyring)?);
     Ok(sys::add_key(&key_type, &description, payload, keyring)?.0 as u32)
+}
+
+/// `--construction`: a key under construction in the watched keyring, and changes to other
+/// keys that must arrive meanwhile. Returns how many checks passed.
+async fn under_construction(client: &Client) -> Result<u32> {
+    keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0).context("joining a session keyring")?;
+    keyctl(
+        KEYCTL_LINK,
+        KEY_SPEC_USER_KEYRING,
+        KEY_SPEC_SESSION_KEYRING,
+        0,
+    )
+    .context("linking @u into @s")?;
+    let user = keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_USER_KEYRING, 1, 0)? as u32;
+    let other = add_key("user", "vm-other", b"one", KEY_SPEC_USER_KEYRING)?;
+    let sub = client.subscribe(SubscribeOptions::default()).await?;
+    sub.add_watch(
+        1,
+        "keys",
+        &WatchOptions::new()
+            .option("key", "@user")
+            .option("nested", true),
+    )
+    .await?;
+    let mut events = sub.into_events();
+
+    // request_key(2) blocks until the helper ends: on a thread of its own, released at the
+    // end by killing the helper by its PID.
+    let t = Instant::now();
+    let requester = std::thread::spawn(|| request_key("user", "vm-hang:x", "data"));
+    let pending = next_key(&mut events, "pending linked").await?;
+    ensure!(
+        pending.0 == key::LINKED && pending.1 == user && pending.2.is_some(),
+        "pending linked: expected a link into @u ({user}), got {pending:?}"
+    );
+    let pending = pending.2.expect("checked");
+    ensure!(
+        under_construction_now(pending)?,
+        "pending linked: key {pending} is not under construction (/proc/keys flag U)"
+    );
+    println!(
+        "ok pending linked: key {pending}, under construction, linked into @u after {} ms",
+        t.elapsed().as_millis()
+    );
+    let mut count = 1;
+
+    let t = Instant::now();
+    update(other, b"two")?;
+    expect_key(
+        &mut events,
+        "update meanwhile",
+        t,
+        key::UPDATED,
+        other,
+        None,
+    )
+    .await?;
+    count += 1;
+    let t = Instant::now();
+    let added = add_key("user", "vm-added", b"x", KEY_SPEC_USER_KEYRING)?;
+    expect_key(
+        &mut events,
+        "add meanwhile",
+        t,
+        key::LINKED,
+        user,
+        Some(added),
+    )
+    .await?;
+    count += 1;
+    let t = Instant::now();
+    update(other, b"three")?;
+    expect_key(
+        &mut events,
+        "update again meanwhile",
+        t,
+        key::UPDATED,
+        other,
+        None,
+    )
+    .await?;
+    count += 1;
+    ensure!(
+        under_construction_now(pending)?,
+        "still pending: key {pending} is no longer under construction, so the changes above \
+         prove nothing"
+    );
+    println!("ok still pending: key {pending} was under construction throughout");
+    count += 1;
+
+    let pid: i32 = std::fs::read_to_string(watchd_e2e::vm::REQUEST_KEY_HELPER_PID)
+        .context("the request-key helper's PID")?
+        .trim()
+        .parse()?;
+    // SAFETY: kill(2) takes two integers.
+    ensure!(
+        unsafe { libc::kill(pid, libc::SIGKILL) } == 0,
+        "killing the request-key helper {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+    let requested = requester
+        .join()
+        .map_err(|_| anyhow::anyhow!("the request_key thread panicked"))?;
+    ensure!(
+        requested.is_err(),
+        "request_key succeeded although its helper was killed"
+    );
+    println!("ok helper killed: request_key returned ({requested:?})");
+    Ok(count + 1)
+}
+
+/// The next record, as (subtype, key, aux), within [`WITHIN`].
+async fn next_key(events: &mut EventStream, name: &str) -> Result<(u8, u32, Option<u32>)> {
+    let event = match tokio::time::timeout(WITHIN, events.next()).await {
+        Err(_) => bail!("{name}: no record within {WITHIN:?}"),
+        Ok(None) => bail!("{name}: the pipe ended"),
+        Ok(Some(event)) => event?,
+    };
+    let record = event.record();
+    ensure!(
+        event.header().record_type == RecordType::Key as u32,
+        "{name}: not a key record"
+    );
+    Ok((
+        event.header().subtype,
+        record.get_u32(attr::KEY_ID).context("no key id")?,
+        record.get_u32(attr::AUX),
+    ))
+}
+
+/// Whether /proc/keys flags `serial` as under construction (`U`, the fifth flag).
+fn under_construction_now(serial: u32) -> Result<bool> {
+    let keys = std::fs::read_to_string("/proc/keys")?;
+    let id = format!("{serial:08x}");
+    let line = keys
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id.as_str()))
+        .with_context(|| format!("key {serial} is not in /proc/keys:\n{keys}"))?;
+    let flags = line.split_whitespace().nth(1).unwrap_or_default();
+    Ok(flags.contains('U'))
+}
+
+/// `request_key(2)` into root's user keyring, with callout info so that the kernel runs
+/// the request-key helper when no key is found. Blocks until the helper ends.
+fn request_key(key_type: &str, description: &str, callout: &str) -> Result<u32> {
+    let key_type = CString::new(key_type)?;
+    let description = CString::new(description)?;
+    let callout = CString::new(callout)?;
+    // SAFETY: the three strings are NUL-terminated and live for the call; the kernel only
+    // reads them.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_request_key,
+            key_type.as_ptr(),
+            description.as_ptr(),
+            callout.as_ptr(),
+            KEY_SPEC_USER_KEYRING,
+        )
+    };
+    if ret < 0 {
+        bail!("request_key: {}", std::io::Error::last_os_error());
+    }
+    Ok(ret as u32)
 }
 
 /// Keyrings measured: as in benches/key_poll.rs.
