@@ -204,28 +204,7 @@ async fn checks(client: &Client, daemon: u32) -> Result<u32> {
     println!("ok status: keys: {keys}");
     count += 1;
 
-    // The probe possesses root's user keyring through a session keyring of its own, as a
-    // login session does: a key's owner gets View only, updating it needs possession.
-    keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0).context("joining a session keyring")?;
-    keyctl(
-        KEYCTL_LINK,
-        KEY_SPEC_USER_KEYRING,
-        KEY_SPEC_SESSION_KEYRING,
-        0,
-    )
-    .context("linking @u into @s")?;
-    let user = keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_USER_KEYRING, 1, 0)? as u32;
-
-    let sub = client.subscribe(SubscribeOptions::default()).await?;
-    sub.add_watch(
-        1,
-        "keys",
-        &WatchOptions::new()
-            .option("key", "@user")
-            .option("nested", true),
-    )
-    .await?;
-    let mut events = sub.into_events();
+    let (user, mut events) = watch_user_keyring(client).await?;
 
     let mut step = async |name: &str,
                           change: &mut dyn FnMut() -> Result<u32>,
@@ -427,9 +406,10 @@ fn add_key(
     Ok(sys::add_key(&key_type, &description, payload, keyring)?.0 as u32)
 }
 
-/// `--construction`: a key under construction in the watched keyring, and changes to other
-/// keys that must arrive meanwhile. Returns how many checks passed.
-async fn under_construction(client: &Client) -> Result<u32> {
+/// Possesses root's user keyring through a session keyring of the probe's own, as a login
+/// session does (a key's owner gets View only, updating it needs possession), and watches
+/// it, nested. Returns its serial and the records.
+async fn watch_user_keyring(client: &Client) -> Result<(u32, EventStream)> {
     keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0).context("joining a session keyring")?;
     keyctl(
         KEYCTL_LINK,
@@ -439,7 +419,6 @@ async fn under_construction(client: &Client) -> Result<u32> {
     )
     .context("linking @u into @s")?;
     let user = keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_USER_KEYRING, 1, 0)? as u32;
-    let other = add_key("user", "vm-other", b"one", KEY_SPEC_USER_KEYRING)?;
     let sub = client.subscribe(SubscribeOptions::default()).await?;
     sub.add_watch(
         1,
@@ -449,7 +428,16 @@ async fn under_construction(client: &Client) -> Result<u32> {
             .option("nested", true),
     )
     .await?;
-    let mut events = sub.into_events();
+    Ok((user, sub.into_events()))
+}
+
+/// `--construction`: a key under construction in the watched keyring, and changes to other
+/// keys that must arrive meanwhile. Returns how many checks passed.
+async fn under_construction(client: &Client) -> Result<u32> {
+    let (user, mut events) = watch_user_keyring(client).await?;
+    let t = Instant::now();
+    let other = add_key("user", "vm-other", b"one", KEY_SPEC_USER_KEYRING)?;
+    expect_key(&mut events, "add before", t, key::LINKED, user, Some(other)).await?;
 
     // request_key(2) blocks until the helper ends: on a thread of its own, released at the
     // end by killing the helper by its PID.
