@@ -15,6 +15,7 @@ mod keys;
 mod krb5_events;
 mod krb5_harness;
 mod mount_events;
+mod pipe_budget;
 mod pipe_contract;
 mod polkit_files;
 mod udev_harness;
@@ -49,6 +50,7 @@ fn main() -> std::process::ExitCode {
     let mut trials = Vec::new();
     trials.extend(mount_events::trials());
     trials.extend(pipe_contract::trials());
+    trials.extend(pipe_budget::trials());
     trials.extend(bad_requests::trials());
     trials.extend(interfaces::trials());
     trials.extend(authorization::trials());

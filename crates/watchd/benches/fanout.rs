@@ -284,6 +284,8 @@ impl Fanout {
             max_subscriptions_per_uid: n32,
             max_watches_per_subscription: 1,
             max_watches_per_uid: n32,
+            max_pipe_pages: n32 * DEPTH,
+            max_pipe_pages_per_uid: n32 * DEPTH,
         });
         let mut subscriptions = Vec::with_capacity(n);
         for index in 0..n {

@@ -60,6 +60,11 @@ pub struct Limits {
     pub max_subscriptions_per_uid: u32,
     pub max_watches_per_subscription: u32,
     pub max_watches_per_uid: u32,
+    /// Pipe pages (4 KiB each, as the kernel granted them) all subscriptions hold together.
+    pub max_pipe_pages: u32,
+    /// Pipe pages one uid's subscriptions hold together. Root's own are also held to half of
+    /// root's `fs.pipe-user-pages-soft`, which root's other services share.
+    pub max_pipe_pages_per_uid: u32,
 }
 
 impl Default for Limits {
@@ -69,6 +74,8 @@ impl Default for Limits {
             max_subscriptions_per_uid: 64,
             max_watches_per_subscription: 64,
             max_watches_per_uid: 256,
+            max_pipe_pages: 65536,
+            max_pipe_pages_per_uid: 1024,
         }
     }
 }
@@ -182,6 +189,20 @@ impl Config {
                 p.max_depth, p.default_depth
             ));
         }
+        let l = &self.limits;
+        if l.max_pipe_pages_per_uid < p.max_depth {
+            return Err(format!(
+                "limits.max_pipe_pages_per_uid must be at least pipe.max_depth ({}) pages, or a \
+                 subscription at the largest depth could never be made, not {}",
+                p.max_depth, l.max_pipe_pages_per_uid
+            ));
+        }
+        if l.max_pipe_pages < l.max_pipe_pages_per_uid {
+            return Err(format!(
+                "limits.max_pipe_pages must be at least limits.max_pipe_pages_per_uid ({}), not {}",
+                l.max_pipe_pages_per_uid, l.max_pipe_pages
+            ));
+        }
         let interval = self.keys.poll_interval_ms;
         if !(10..=60_000).contains(&interval) {
             return Err(format!(
@@ -203,19 +224,30 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_and_bad_depths_are_refused_with_the_file_named() {
+    fn unknown_keys_bad_depths_and_bad_pipe_budgets_are_refused_with_the_file_named() {
         let dir = std::env::temp_dir().join(format!("watchd-conf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("bad.toml");
-        std::fs::write(&file, "[limits]\nmax_subscription = 3\n").unwrap();
-        let err = Config::load(&file, true).unwrap_err().to_string();
-        assert!(
-            err.contains("bad.toml") && err.contains("max_subscription"),
-            "{err}"
-        );
-        std::fs::write(&file, "[pipe]\ndefault_depth = 300\n").unwrap();
-        let err = Config::load(&file, true).unwrap_err().to_string();
-        assert!(err.contains("default_depth"), "{err}");
+        for (text, expected) in [
+            (
+                "[limits]\nmax_subscription = 3\n",
+                &["bad.toml", "max_subscription"][..],
+            ),
+            ("[pipe]\ndefault_depth = 300\n", &["default_depth"]),
+            (
+                "[limits]\nmax_pipe_pages_per_uid = 128\n",
+                &["max_pipe_pages_per_uid", "pipe.max_depth (256)"],
+            ),
+            (
+                "[limits]\nmax_pipe_pages = 512\n",
+                &["limits.max_pipe_pages must be at least", "(1024)"],
+            ),
+            ("[limits]\nmax_pipe_pages = -1\n", &["max_pipe_pages"]),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = Config::load(&file, true).unwrap_err().to_string();
+            assert!(expected.iter().all(|e| err.contains(e)), "{text}: {err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

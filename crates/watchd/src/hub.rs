@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use watchd_proto::{MAX_RECORD_LEN, RecordBuilder, RecordType, attr, meta, stamp};
 
 use crate::conf::Limits;
+use crate::creds;
 use crate::error::{Error, Result};
 use crate::event::{Event, now_ns};
 use crate::identity::{Caller, Uid};
@@ -204,6 +205,8 @@ impl Subscription {
 struct UidUsage {
     subscriptions: u32,
     watches: u32,
+    /// Pages the kernel granted to this uid's pipes, all charged to root.
+    pipe_pages: u32,
 }
 
 struct State {
@@ -211,6 +214,7 @@ struct State {
     usage: HashMap<Uid, UidUsage>,
     next_id: u64,
     watch_count: u32,
+    pipe_pages: u32,
     scratch: Box<[u8; MAX_RECORD_LEN]>,
 }
 
@@ -225,9 +229,11 @@ impl State {
         let sub = self.subscriptions.remove(&id)?;
         let watches = sub.watches.len() as u32;
         self.watch_count -= watches;
+        self.pipe_pages -= sub.depth;
         let usage = self.usage(sub.owner());
         usage.subscriptions -= 1;
         usage.watches -= watches;
+        usage.pipe_pages -= sub.depth;
         if *usage == UidUsage::default() {
             self.usage.remove(&sub.owner());
         }
@@ -266,25 +272,37 @@ pub const SIGNAL_QUEUE: usize = 1024;
 pub struct Hub {
     state: Mutex<State>,
     limits: Limits,
+    /// What uid 0's subscriptions may hold: their pipes are charged to root's account.
+    root_share: pipe::Budget,
     signals: std::sync::OnceLock<mpsc::Sender<SignalNote>>,
     /// Tells the bus side which subscriptions ended, so it can drop their objects.
     ended: mpsc::UnboundedSender<SubscriptionId>,
 }
 
 impl Hub {
+    /// Root's share of pipe pages is set here, once, from root's soft limit as it is at start.
     pub fn new(limits: Limits) -> (Arc<Hub>, mpsc::UnboundedReceiver<SubscriptionId>) {
+        let soft_limit = pipe::user_pages_soft_limit();
+        let root_share = pipe::root_share(limits.max_pipe_pages_per_uid, soft_limit);
+        tracing::info!(
+            pages = limits.max_pipe_pages, per_uid = limits.max_pipe_pages_per_uid,
+            root = root_share.pages, soft_limit = ?soft_limit,
+            "pipe page budgets: all subscriptions, each uid's, root's"
+        );
         let (ended, ended_rx) = mpsc::unbounded_channel();
         let state = State {
             subscriptions: BTreeMap::new(),
             usage: HashMap::new(),
             next_id: 1,
             watch_count: 0,
+            pipe_pages: 0,
             scratch: Box::new([0; MAX_RECORD_LEN]),
         };
         (
             Arc::new(Hub {
                 state: Mutex::new(state),
                 limits,
+                root_share,
                 ended,
                 signals: std::sync::OnceLock::new(),
             }),
@@ -395,8 +413,16 @@ impl Hub {
                 "uid {owner} already holds {mine} subscriptions, the limit (limits.max_subscriptions_per_uid)"
             )));
         }
-        let (read_end, write_end, depth) = pipe::packet_pipe(depth)
+        // Checked before the pipe exists, so a refused caller costs root no pages at all;
+        // then again with what the kernel granted, which is what root is charged.
+        self.check_pipe_pages(&mut state, &caller, depth, pipe::pages_for(depth))?;
+        // Made as the subscriber's real uid: the kernel charges a pipe's pages to the user
+        // that created it, at creation and at every later F_SETPIPE_SZ on either end. The
+        // client holds the read end and may grow it to fs.pipe-max-size, beyond this budget;
+        // charged to root, that would still shrink the pipes of root's other services.
+        let (read_end, write_end, depth) = creds::charged_to(owner.0, || pipe::packet_pipe(depth))
             .map_err(|e| Error::Failed(format!("cannot create a packet pipe: {e}")))?;
+        self.check_pipe_pages(&mut state, &caller, depth, depth)?;
         let id = SubscriptionId(state.next_id);
         state.next_id += 1;
         let write_end = Arc::new(write_end);
@@ -414,12 +440,59 @@ impl Hub {
                 _stop_task: stop_task,
             },
         );
-        state.usage(owner).subscriptions += 1;
+        state.pipe_pages += depth;
+        let usage = state.usage(owner);
+        usage.subscriptions += 1;
+        usage.pipe_pages += depth;
         Ok(NewSubscription {
             id,
             read_end,
             depth,
         })
+    }
+
+    /// Refuses a pipe of `pages` for `caller` that would take its uid or the daemon past its
+    /// pipe page budget. Root's share is smaller when root's soft limit is low: its pages
+    /// are shared with every other root service.
+    fn check_pipe_pages(
+        &self,
+        state: &mut State,
+        caller: &Caller,
+        depth: u32,
+        pages: u32,
+    ) -> Result<()> {
+        let owner = caller.uid;
+        let total = state.pipe_pages;
+        let mine = state.usage(owner).pipe_pages;
+        let (share, share_key) = if owner == Uid(0) {
+            (self.root_share.pages, self.root_share.set_by.as_str())
+        } else {
+            (self.limits.max_pipe_pages_per_uid, pipe::PER_UID_KEY)
+        };
+        let (whose, used, budget, key) = if mine + pages > share {
+            (
+                format!("uid {owner}'s subscriptions hold {mine} pipe pages"),
+                mine,
+                share,
+                share_key,
+            )
+        } else if total + pages > self.limits.max_pipe_pages {
+            (
+                format!("the daemon's subscriptions hold {total} pipe pages (uid {owner}: {mine})"),
+                total,
+                self.limits.max_pipe_pages,
+                "limits.max_pipe_pages",
+            )
+        } else {
+            return Ok(());
+        };
+        tracing::info!(
+            uid = %owner, pid = caller.pid, pages, used, budget, key,
+            "subscribe refused: pipe page budget"
+        );
+        Err(Error::LimitExceeded(format!(
+            "{whose}; a pipe of depth {depth} takes {pages} more, beyond the budget of {budget} pages ({key})"
+        )))
     }
 
     /// Adds `watch` to subscription `id`. `initial` (SNAPSHOT records, then SYNC) is sent
@@ -629,6 +702,16 @@ mod tests {
         }
     }
 
+    /// Each pipe is made by a thread wearing the subscriber's real uid, which needs root.
+    fn can_subscribe_as_others() -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            eprintln!("SKIP: needs root to make pipes charged to other uids");
+        }
+        root
+    }
+
     fn read_all(fd: &OwnedFd) -> Vec<Vec<u8>> {
         nix::fcntl::fcntl(
             fd,
@@ -648,6 +731,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_pipe_loses_records_for_that_client_only_then_reports_the_exact_loss_first() {
+        if !can_subscribe_as_others() {
+            return;
+        }
         let (hub, _ended) = Hub::new(Limits::default());
         let slow = hub
             .subscribe(Caller::with_credentials(Uid(1000)), 4)
@@ -687,6 +773,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_initial_state_larger_than_the_pipe_arrives_whole_then_sync_then_live_events() {
+        if !can_subscribe_as_others() {
+            return;
+        }
         let (hub, _ended) = Hub::new(Limits::default());
         let sub = hub
             .subscribe(Caller::with_credentials(Uid(1000)), 4)
@@ -722,6 +811,9 @@ mod tests {
 
     #[tokio::test]
     async fn limits_are_enforced_with_the_limit_named_and_released_when_the_reader_closes() {
+        if !can_subscribe_as_others() {
+            return;
+        }
         let limits = Limits {
             max_subscriptions_per_uid: 1,
             max_watches_per_subscription: 1,
@@ -771,5 +863,97 @@ mod tests {
                 .is_ok(),
             "the uid's quota came back"
         );
+    }
+
+    fn pipe_pages(hub: &Hub, uid: u32) -> (u32, u32) {
+        let mut state = hub.lock();
+        (state.pipe_pages, state.usage(Uid(uid)).pipe_pages)
+    }
+
+    async fn ended_next(ended: &mut mpsc::UnboundedReceiver<SubscriptionId>) -> SubscriptionId {
+        tokio::time::timeout(std::time::Duration::from_secs(5), ended.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pipe_pages_are_charged_per_uid_and_in_all_refused_naming_the_budget_and_given_back() {
+        if !can_subscribe_as_others() {
+            return;
+        }
+        let limits = Limits {
+            max_pipe_pages: 48,
+            max_pipe_pages_per_uid: 32,
+            ..Limits::default()
+        };
+        let (hub, mut ended) = Hub::new(limits);
+        let uid = |uid| Caller::with_credentials(Uid(uid));
+        let first = hub.subscribe(uid(1000), 16).unwrap();
+        let second = hub.subscribe(uid(1000), 9).unwrap();
+        assert_eq!(
+            second.depth, 16,
+            "the kernel rounds up, and that is what is charged"
+        );
+        assert_eq!(pipe_pages(&hub, 1000), (32, 32));
+
+        let err = hub.subscribe(uid(1000), 2).unwrap_err();
+        assert!(
+            matches!(&err, Error::LimitExceeded(m) if m.contains("uid 1000's subscriptions hold 32 pipe pages")
+                && m.contains("depth 2 takes 2 more, beyond the budget of 32 pages (limits.max_pipe_pages_per_uid)")),
+            "{err:?}"
+        );
+        let other = hub
+            .subscribe(uid(1001), 16)
+            .expect("another uid has its own share");
+        let err = hub.subscribe(uid(1002), 2).unwrap_err();
+        assert!(
+            matches!(&err, Error::LimitExceeded(m) if m.contains("the daemon's subscriptions hold 48 pipe pages (uid 1002: 0)")
+                && m.contains("beyond the budget of 48 pages (limits.max_pipe_pages)")),
+            "{err:?}"
+        );
+        assert_eq!(hub.counts().subscriptions, 3, "a refusal creates nothing");
+        assert_eq!(pipe_pages(&hub, 1002), (48, 0));
+
+        drop(first.read_end);
+        assert_eq!(ended_next(&mut ended).await, first.id);
+        assert_eq!(
+            pipe_pages(&hub, 1000),
+            (32, 16),
+            "the pipe's pages came back"
+        );
+        let third = hub
+            .subscribe(uid(1002), 16)
+            .expect("the daemon's budget came back");
+        assert!(
+            matches!(hub.subscribe(uid(1000), 2), Err(Error::LimitExceeded(m)) if m.contains("limits.max_pipe_pages)")),
+            "uid 1000 is under its share, but the daemon is full"
+        );
+        drop(other.read_end);
+        assert_eq!(ended_next(&mut ended).await, other.id);
+        hub.subscribe(uid(1000), 16)
+            .expect("uid 1001's pages went back to the daemon's budget");
+        assert_eq!(pipe_pages(&hub, 1000), (48, 32));
+        drop((second, third));
+    }
+
+    #[tokio::test]
+    async fn roots_own_subscriptions_stop_at_roots_share_of_its_soft_limit() {
+        if !can_subscribe_as_others() {
+            return;
+        }
+        let (mut hub, _ended) = Hub::new(Limits::default());
+        Arc::get_mut(&mut hub).unwrap().root_share = pipe::root_share(1024, Some(32));
+        let _root = hub.subscribe(Caller::with_credentials(Uid(0)), 16).unwrap();
+        let err = hub
+            .subscribe(Caller::with_credentials(Uid(0)), 2)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::LimitExceeded(m) if m.contains("uid 0's subscriptions hold 16 pipe pages")
+                && m.contains("budget of 16 pages (half of fs.pipe-user-pages-soft (32)")),
+            "{err:?}"
+        );
+        hub.subscribe(Caller::with_credentials(Uid(1000)), 16)
+            .expect("other uids' pipes are charged to their own accounts");
     }
 }
