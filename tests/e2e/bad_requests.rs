@@ -264,6 +264,18 @@ async fn bad_tags() -> Result<()> {
     ensure!(error_name(sub.remove_watch(2).await)? == format!("{ERR}NoSuchWatch"));
     ensure!(error_name(sub.resync(2).await)? == format!("{ERR}NoSuchWatch"));
     sub.remove_watch(1).await?;
+    // The owner's own removals and resyncs are logged like additions, with who asked.
+    let log = env.daemon.log();
+    for (what, tag) in [("resync: refused", 2), ("remove watch: allowed", 1)] {
+        ensure!(
+            log.lines().any(|l| l.contains(what)
+                && l.contains(&format!("tag={tag}"))
+                && l.contains("uid=")
+                && l.contains("pid=")
+                && l.contains("subscription=")),
+            "no '{what}' line for tag {tag} in the daemon's log:\n{log}"
+        );
+    }
     still_serving(&env, &client, (1, 0)).await
 }
 

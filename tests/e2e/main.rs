@@ -9,6 +9,7 @@ mod authorization;
 mod bad_requests;
 mod caller_files;
 mod devices;
+mod hostile_requests;
 mod interfaces;
 mod key_watch_queue;
 mod keys;
@@ -52,6 +53,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(pipe_contract::trials());
     trials.extend(pipe_budget::trials());
     trials.extend(bad_requests::trials());
+    trials.extend(hostile_requests::trials());
     trials.extend(interfaces::trials());
     trials.extend(authorization::trials());
     trials.extend(polkit_files::trials());

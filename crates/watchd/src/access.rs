@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Truncated};
 use crate::identity::Caller;
 use crate::sys;
 
@@ -164,8 +164,10 @@ pub fn as_caller<T: Send>(
 /// Opens `path` (absolute, in the caller's root) as the caller would, with
 /// `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`, as an `O_PATH` handle.
 pub fn open_path(caller: &Caller, path: &str) -> Result<OwnedFd> {
+    // The path is the caller's: echoed shortened.
+    let shown = Truncated(path);
     let Some(relative) = path.strip_prefix('/') else {
-        return Err(Error::invalid(format!("path '{path}' must be absolute")));
+        return Err(Error::invalid(format!("path '{shown}' must be absolute")));
     };
     let c_path = CString::new(if relative.is_empty() { "." } else { relative })
         .map_err(|_| Error::invalid("a path cannot contain a NUL byte"))?;
@@ -179,15 +181,15 @@ pub fn open_path(caller: &Caller, path: &str) -> Result<OwnedFd> {
     })?;
     opened.map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
-            Error::NotFound(format!("path '{path}' does not exist"))
+            Error::NotFound(format!("path '{shown}' does not exist"))
         }
         Some(libc::EACCES) | Some(libc::EPERM) => {
-            Error::AccessDenied(format!("uid {uid} may not reach path '{path}'"))
+            Error::AccessDenied(format!("uid {uid} may not reach path '{shown}'"))
         }
         Some(libc::ELOOP) | Some(libc::EXDEV) => {
-            Error::AccessDenied(format!("path '{path}' leads outside the caller's root"))
+            Error::AccessDenied(format!("path '{shown}' leads outside the caller's root"))
         }
-        _ => Error::Failed(format!("cannot resolve path '{path}': {e}")),
+        _ => Error::Failed(format!("cannot resolve path '{shown}': {e}")),
     })
 }
 

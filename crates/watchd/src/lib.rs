@@ -8,10 +8,11 @@
 //!
 //! Around them: [`manager`] (what a caller may do: subscribe, add/remove watches, resync),
 //! [`authority`] (may this caller set this watch: polkit, or the actions file's defaults)
-//! and [`manager_bus`] (its D-Bus objects), [`watch`] (kinds, filters, options parsing),
-//! [`identity`] (who is calling), [`access`] (what the caller can see, decided as the caller), [`creds`] (files opened with
-//! the caller's credentials), [`conf`] (the configuration file), [`error`] (the D-Bus
-//! errors) and [`sys`] (the few raw syscalls, the only `unsafe` code).
+//! and [`manager_bus`] (its D-Bus objects), [`watch`] (kinds, filters), [`options`] (the
+//! `a{sv}` options, decoded under bounds), [`identity`] (who is calling), [`access`] (what
+//! the caller can see, decided as the caller), [`creds`] (files opened with the caller's
+//! credentials), [`conf`] (the configuration file), [`error`] (the D-Bus errors) and
+//! [`sys`] (the few raw syscalls, the only `unsafe` code).
 
 pub mod access;
 pub mod authority;
@@ -23,6 +24,7 @@ pub mod hub;
 pub mod identity;
 pub mod manager;
 pub mod manager_bus;
+pub mod options;
 pub mod pipe;
 pub mod sources;
 pub mod sys;

@@ -21,6 +21,10 @@ use watchd::sources::keys::{KeySource, Poller};
 use watchd::sources::krb5::Krb5Source;
 use watchd::sources::mounts::MountSource;
 
+/// Blocking threads of the async runtime (tokio's default is 512); systemd/watchd.service's
+/// TasksMax= counts on it.
+const MAX_BLOCKING_THREADS: usize = 128;
+
 /// Gathers device, mount, key and file events and hands each D-Bus subscriber a packet pipe
 /// of typed records.
 #[derive(Debug, Parser)]
@@ -50,8 +54,11 @@ fn main() -> ExitCode {
     if let Err(e) = watchd::sys::keyctl_join_new_session_keyring() {
         tracing::warn!(error = %e, "cannot join a new session keyring");
     }
+    // Blocking threads run the checks made as a caller (a few per uid at a time); capped well
+    // below the unit's TasksMax= so that they cannot take the threads mount views need.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(runtime) => runtime,

@@ -9,7 +9,7 @@ use zbus_polkit::policykit1::Subject;
 
 use crate::authority::Authority;
 use crate::conf::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Truncated};
 use crate::hub::{Hub, NewSubscription, SubscriptionId};
 use crate::identity::{Caller, Uid};
 use crate::sources::Source;
@@ -78,7 +78,8 @@ impl Manager {
                     "does not exist"
                 };
                 Error::UnknownKind(format!(
-                    "watch kind '{kind}' {why}; available: {}",
+                    "watch kind '{}' {why}; available: {}",
+                    Truncated(kind),
                     self.source_names().join(", ")
                 ))
             })
@@ -138,14 +139,7 @@ impl Manager {
         let result = self
             .add_watch_checked(id, request, tag, kind, options)
             .await;
-        match &result {
-            Ok(()) => {
-                tracing::info!(uid = %caller.uid, pid = caller.pid, subscription = id.0, tag, kind, "add watch: allowed")
-            }
-            Err(e) => {
-                tracing::info!(uid = %caller.uid, pid = caller.pid, subscription = id.0, tag, kind, error = ?e, "add watch: refused")
-            }
-        }
+        log_outcome("add watch", caller, id, tag, Some(kind), &result);
         result
     }
 
@@ -166,11 +160,12 @@ impl Manager {
         }
         let source = self.source(kind)?;
         let action = source.action(&options, caller);
+        // The kind is known here, so only the named object can be long.
         let object = match ["path", "key", "cache"]
             .iter()
             .find_map(|k| options.peek_str(k))
         {
-            Some(named) => format!("{kind} {named}"),
+            Some(named) => format!("{kind} {}", Truncated(named)),
             None => format!("{kind}, default"),
         };
         let (subject, interactive) = (request.subject, request.interactive);
@@ -231,11 +226,38 @@ impl Manager {
     }
 
     pub fn remove_watch(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {
-        self.check_owner(id, caller)?;
-        self.hub.remove_watch(id, tag)
+        let result = self
+            .check_owner(id, caller)
+            .and_then(|()| self.hub.remove_watch(id, tag));
+        log_outcome("remove watch", caller, id, tag, None, &result);
+        result
     }
 
     pub fn resync(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {
+        let result = self.resync_checked(id, caller, tag);
+        log_outcome("resync", caller, id, tag, None, &result);
+        result
+    }
+
+    /// The subscription's owner and depth, for `reader` if it is the owner or root: who
+    /// subscribes, and how deep its pipe is, are the subscriber's own business.
+    pub fn describe_for(&self, id: SubscriptionId, reader: Uid) -> Result<(Uid, u32)> {
+        let (subscriber, depth) = self
+            .hub
+            .describe(id)
+            .ok_or_else(|| Error::Failed(format!("subscription {} has ended", id.0)))?;
+        let owner = subscriber.uid;
+        if reader != owner && reader != Uid(0) {
+            tracing::debug!(uid = %reader, subscription = id.0, "property read refused: not the subscription's owner");
+            return Err(Error::AccessDenied(format!(
+                "only the owner of subscription {} and root may read its properties",
+                id.0
+            )));
+        }
+        Ok((owner, depth))
+    }
+
+    fn resync_checked(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {
         self.check_owner(id, caller)?;
         let watch = self.hub.watch(id, tag)?;
         let source = self.source(watch.kind().name())?;
@@ -244,5 +266,26 @@ impl Manager {
             result = self.hub.resync(id, tag, snapshot)
         });
         result
+    }
+}
+
+/// One line per request on a watch, allowed or refused, with who asked. `kind` is the
+/// caller's own string, shortened.
+fn log_outcome(
+    what: &str,
+    caller: &Caller,
+    id: SubscriptionId,
+    tag: Tag,
+    kind: Option<&str>,
+    result: &Result<()>,
+) {
+    let kind = kind.map(Truncated);
+    match result {
+        Ok(()) => {
+            tracing::info!(uid = %caller.uid, pid = caller.pid, subscription = id.0, tag, kind = kind.map(tracing::field::debug), "{what}: allowed")
+        }
+        Err(e) => {
+            tracing::info!(uid = %caller.uid, pid = caller.pid, subscription = id.0, tag, kind = kind.map(tracing::field::debug), error = ?e, "{what}: refused")
+        }
     }
 }

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use zbus::message::{Flags, Header};
 use zbus::object_server::{ObjectServer, SignalEmitter};
-use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
+use zbus::{Connection, OwnedObjectPath, interface};
 use zbus_polkit::policykit1::Subject;
 
 use crate::error::{Error, Result};
 use crate::hub::{SignalNote, SubscriptionId};
-use crate::identity::Caller;
+use crate::identity::{Caller, Uid};
 use crate::manager::{Manager, Request};
-use crate::watch::{Options, Tag};
+use crate::options::{OptionMap, Options};
+use crate::watch::Tag;
 
 pub const BUS_NAME: &str = "org.watchd.Watchd1";
 pub const MANAGER_PATH: &str = "/org/watchd/Watchd1";
@@ -55,6 +56,20 @@ async fn caller(conn: &Connection, header: &Header<'_>) -> Result<Caller> {
         .map_err(|e| Error::Failed(format!("cannot identify the caller: {e}")))
 }
 
+/// The uid behind a property read. A read without a message (none happens: the properties
+/// are constant and never sent in a signal) has no reader and is refused.
+async fn reader_uid(conn: &Connection, header: Option<&Header<'_>>) -> Result<Uid> {
+    let sender = header
+        .and_then(|h| h.sender())
+        .ok_or_else(|| Error::AccessDenied("the read carries no sender".into()))?;
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    let uid = dbus
+        .get_connection_unix_user(sender.clone().into())
+        .await
+        .map_err(|e| Error::Failed(format!("cannot identify the reader: {e}")))?;
+    Ok(Uid(uid))
+}
+
 /// `org.watchd.Watchd1.Manager` at `/org/watchd/Watchd1`.
 pub struct ManagerObject {
     pub manager: Arc<Manager>,
@@ -64,11 +79,13 @@ pub struct ManagerObject {
 impl ManagerObject {
     /// Subscribe: create a subscription and return the read end of its packet pipe.
     /// Options: "depth" (u), the pipe's capacity in packets. The subscription lives as long
-    /// as any copy of the read end is open.
+    /// as any copy of the read end is open. Options are read under bounds (64 entries, names
+    /// of 64 bytes, strings of 4096 bytes, lists of 64 entries): past one, the call fails
+    /// with org.freedesktop.DBus.Error.InvalidArgs naming it.
     #[zbus(out_args("pipe", "subscription"))]
     async fn subscribe(
         &self,
-        options: HashMap<String, OwnedVariant>,
+        options: OptionMap,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
         #[zbus(object_server)] server: &ObjectServer,
@@ -147,18 +164,19 @@ impl SubscriptionObject {
     /// "@user-session", "@persistent" or a serial), "uid" (u: whose named keyring; another
     /// user's needs the admin action), "nested" (b: every key inside too). krb5: "cache"
     /// (s, default: the caller's default ccache), "signal" (b: also CredentialsCacheChanged).
+    /// Options are read under the bounds of Subscribe's.
     async fn add_watch(
         &self,
         tag: Tag,
-        kind: String,
-        options: HashMap<String, OwnedVariant>,
+        kind: &str,
+        options: OptionMap,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
         let caller = Arc::new(caller(conn, &header).await?);
         let request = request(&caller, &header)?;
         self.manager
-            .add_watch(self.id, request, tag, &kind, Options::new(options)?)
+            .add_watch(self.id, request, tag, kind, Options::new(options)?)
             .await
     }
 
@@ -184,13 +202,17 @@ impl SubscriptionObject {
         self.manager.resync(self.id, &caller, tag)
     }
 
-    /// The pipe's capacity in packets, as the kernel granted it.
+    /// The pipe's capacity in packets, as the kernel granted it. Readable by the
+    /// subscription's owner and root; others get org.watchd.Watchd1.Error.AccessDenied.
     #[zbus(property(emits_changed_signal = "const"))]
-    fn depth(&self) -> u32 {
-        self.manager
-            .hub
-            .describe(self.id)
-            .map_or(0, |(_, depth)| depth)
+    async fn depth(
+        &self,
+        #[zbus(header)] header: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<u32> {
+        let reader = reader_uid(conn, header.as_ref()).await?;
+        let (_, depth) = self.manager.describe_for(self.id, reader)?;
+        Ok(depth)
     }
 
     /// A credential cache of a krb5 watch added with "signal": true changed. Sent to the
@@ -204,13 +226,17 @@ impl SubscriptionObject {
         what: u32,
     ) -> zbus::Result<()>;
 
-    /// The uid that owns this subscription.
+    /// The uid that owns this subscription. Readable by that uid and root; others get
+    /// org.watchd.Watchd1.Error.AccessDenied.
     #[zbus(property(emits_changed_signal = "const"))]
-    fn owner(&self) -> u32 {
-        self.manager
-            .hub
-            .describe(self.id)
-            .map_or(u32::MAX, |(caller, _)| caller.uid.0)
+    async fn owner(
+        &self,
+        #[zbus(header)] header: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<u32> {
+        let reader = reader_uid(conn, header.as_ref()).await?;
+        let (owner, _) = self.manager.describe_for(self.id, reader)?;
+        Ok(owner.0)
     }
 }
 

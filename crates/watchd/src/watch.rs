@@ -1,28 +1,26 @@
-//! A watch: a client's tag, a kind, type filters and the source-specific scope, plus the
-//! strict parsing of the `a{sv}` options a client sends to set one up.
+//! A watch: a client's tag, a kind, type filters and the source-specific scope. The options
+//! a client sends to set one up are parsed in [`crate::options`].
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
 use watchd_proto::RecordType;
-use zbus::{OwnedVariant, Variant};
 
-use crate::error::{Error, Result};
 use crate::event::{Event, Subject};
 use crate::sources::devices::DeviceScope;
 use crate::sources::keys::KeyScope;
 use crate::sources::krb5::Krb5Scope;
 use crate::sources::mounts::MountScope;
 
+// Options moved to their own module; the sources keep naming them from here.
+pub use crate::options::{MAX_OPTIONS, Options};
+
 /// The client-chosen number that marks every record a watch produces.
 pub type Tag = u64;
 
 /// Most type filters one watch may carry; more is a malformed request, not a use case.
 pub const MAX_FILTERS: usize = 32;
-/// Most options one request may carry.
-pub const MAX_OPTIONS: usize = 32;
 
 /// The kinds of watch, one per source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,6 +74,10 @@ pub struct TypeFilter {
 pub struct Filters(Vec<TypeFilter>);
 
 impl Filters {
+    pub fn new(filters: Vec<TypeFilter>) -> Self {
+        Filters(filters)
+    }
+
     pub fn passes(&self, record_type: u32, subtype: u8, flags: u8) -> bool {
         self.0.is_empty()
             || record_type == RecordType::Meta as u32
@@ -176,147 +178,10 @@ pub struct CredentialsSignal {
     pub what: u32,
 }
 
-/// The `a{sv}` a client sent. Every key must be consumed by someone who understands it;
-/// whatever is left over is refused, so a typo never silently means "default".
-#[derive(Debug)]
-pub struct Options {
-    map: HashMap<String, OwnedVariant>,
-}
-
-impl Options {
-    pub fn new(map: HashMap<String, OwnedVariant>) -> Result<Self> {
-        if map.len() > MAX_OPTIONS {
-            return Err(Error::invalid(format!(
-                "{} options given; at most {MAX_OPTIONS} are accepted",
-                map.len()
-            )));
-        }
-        Ok(Options { map })
-    }
-
-    /// Removes `key` and converts it with `convert`, naming the key and both types when the
-    /// client sent the wrong one.
-    fn take<T>(
-        &mut self,
-        key: &str,
-        signature: &str,
-        convert: fn(&OwnedVariant) -> Option<T>,
-    ) -> Result<Option<T>> {
-        let Some(value) = self.map.remove(key) else {
-            return Ok(None);
-        };
-        convert(&value).map(Some).ok_or_else(|| {
-            let got = Variant::try_from(&value)
-                .map(|v| v.value_signature().to_string())
-                .unwrap_or_default();
-            Error::invalid(format!(
-                "option '{key}' must be of type '{signature}', not '{got}'"
-            ))
-        })
-    }
-
-    /// A string option's value without consuming it (for the log), if it is one.
-    pub fn peek_str(&self, key: &str) -> Option<&str> {
-        self.map.get(key).and_then(|v| <&str>::try_from(v).ok())
-    }
-
-    /// A `u` option's value without consuming it (to choose the polkit action).
-    pub fn peek_u32(&self, key: &str) -> Option<u32> {
-        self.map.get(key).and_then(|v| u32::try_from(v).ok())
-    }
-
-    pub fn take_bool(&mut self, key: &str) -> Result<Option<bool>> {
-        self.take(key, "b", |v| bool::try_from(v).ok())
-    }
-
-    pub fn take_strings(&mut self, key: &str) -> Result<Option<Vec<String>>> {
-        self.take(key, "as", |v| {
-            v.try_clone()
-                .ok()
-                .and_then(|v| Vec::<String>::try_from(v).ok())
-        })
-    }
-
-    pub fn take_u32(&mut self, key: &str) -> Result<Option<u32>> {
-        self.take(key, "u", |v| u32::try_from(v).ok())
-    }
-
-    pub fn take_string(&mut self, key: &str) -> Result<Option<String>> {
-        self.take(key, "s", |v| <&str>::try_from(v).ok().map(str::to_owned))
-    }
-
-    /// `filters` as `a(utuu)`: (type, subtype mask, flags mask, flags value).
-    pub fn take_filters(&mut self) -> Result<Filters> {
-        const KEY: &str = "filters";
-        let Some(value) = self.map.remove(KEY) else {
-            return Ok(Filters::default());
-        };
-        let wrong = || Error::invalid(format!("option '{KEY}' must be of type 'a(utuu)'"));
-        let list: Vec<(u32, u64, u32, u32)> = value
-            .try_clone()
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(wrong)?;
-        if list.len() > MAX_FILTERS {
-            return Err(Error::invalid(format!(
-                "{} filters given; at most {MAX_FILTERS} are accepted",
-                list.len()
-            )));
-        }
-        let filters = list
-            .into_iter()
-            .map(|(record_type, subtypes, flags_mask, flags_value)| {
-                if RecordType::from_u32(record_type).is_none() {
-                    return Err(Error::invalid(format!(
-                        "filter names unknown record type {record_type}"
-                    )));
-                }
-                let byte = |v: u32, what| {
-                    u8::try_from(v).map_err(|_| {
-                        Error::invalid(format!("filter {what} {v:#x} does not fit the 8 flag bits"))
-                    })
-                };
-                Ok(TypeFilter {
-                    record_type,
-                    subtypes,
-                    flags_mask: byte(flags_mask, "flags mask")?,
-                    flags_value: byte(flags_value, "flags value")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Filters(filters))
-    }
-
-    /// Refuses whatever no one consumed, naming it and what `context` accepts.
-    pub fn finish(self, context: &str, known: &[&str]) -> Result<()> {
-        let mut left: Vec<_> = self.map.into_keys().collect();
-        if left.is_empty() {
-            return Ok(());
-        }
-        left.sort();
-        Err(Error::invalid(format!(
-            "unknown option(s) {} for {context}; accepted: {}",
-            left.iter()
-                .map(|k| format!("'{k}'"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            known.join(", ")
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use watchd_proto::{FLAG_SNAPSHOT, mount};
-
-    fn options(pairs: Vec<(&str, Variant<'static>)>) -> Options {
-        let map = pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), OwnedVariant::try_from(v).unwrap()))
-            .collect();
-        Options::new(map).unwrap()
-    }
 
     #[test]
     fn filters_follow_the_kernel_type_filter_semantics() {
@@ -336,45 +201,5 @@ mod tests {
             "META always passes"
         );
         assert!(Filters::default().passes(mount, mount::CHANGE, 0));
-    }
-
-    #[test]
-    fn wrong_types_unknown_keys_and_oversized_filters_are_refused_by_name() {
-        let mut o = options(vec![("initial", Variant::from(1u32))]);
-        let err = o.take_bool("initial").unwrap_err();
-        assert!(
-            matches!(&err, Error::InvalidArgument(m) if m.contains("'initial'") && m.contains("'b'") && m.contains("'u'")),
-            "{err:?}"
-        );
-
-        let o = options(vec![("pth", Variant::from("/x"))]);
-        let err = o.finish("kind 'mounts'", &["path"]).unwrap_err();
-        assert!(
-            matches!(&err, Error::InvalidArgument(m) if m.contains("'pth'") && m.contains("path")),
-            "{err:?}"
-        );
-
-        let many: Vec<(u32, u64, u32, u32)> = vec![(2, 1, 0, 0); MAX_FILTERS + 1];
-        let mut o = options(vec![("filters", Variant::from(many))]);
-        assert!(
-            matches!(o.take_filters(), Err(Error::InvalidArgument(m)) if m.contains("at most"))
-        );
-
-        let mut o = options(vec![(
-            "filters",
-            Variant::from(vec![(99u32, 1u64, 0u32, 0u32)]),
-        )]);
-        assert!(matches!(o.take_filters(), Err(Error::InvalidArgument(m)) if m.contains("99")));
-
-        let mut o = options(vec![(
-            "filters",
-            Variant::from(vec![(2u32, 1u64, 0x100u32, 0u32)]),
-        )]);
-        assert!(o.take_filters().is_err());
-
-        let mut o = options(vec![("filters", Variant::from("nope"))]);
-        assert!(
-            matches!(o.take_filters(), Err(Error::InvalidArgument(m)) if m.contains("a(utuu)"))
-        );
     }
 }

@@ -24,7 +24,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, device};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Truncated};
 use crate::event::{Event, Fields, Subject};
 use crate::hub::Hub;
 use crate::identity::Caller;
@@ -542,7 +542,8 @@ fn glob(key: &str, value: String) -> Result<Pattern> {
     let value = pattern(key, value)?;
     Pattern::new(&value).map_err(|e| {
         Error::invalid(format!(
-            "option '{key}': '{value}' is not a valid glob: {}",
+            "option '{key}': '{}' is not a valid glob: {}",
+            Truncated(&value),
             e.msg
         ))
     })
@@ -609,7 +610,8 @@ impl Source for DeviceSource {
                     glob("property", v.to_owned())?,
                 )),
                 _ => Err(Error::invalid(format!(
-                    "option 'property': '{p}' is not KEY=GLOB"
+                    "option 'property': '{}' is not KEY=GLOB",
+                    Truncated(&p)
                 ))),
             })
             .collect::<Result<Vec<_>>>()?;
