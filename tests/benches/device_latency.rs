@@ -79,8 +79,10 @@ const GOAL_NS: i64 = 1_000_000;
 const RECEIVE_BUFFER: usize = 128 << 20;
 /// How long readers keep waiting for events once everything has been sent.
 const GRACE: Duration = Duration::from_secs(3);
-/// 100 subscriptions of one uid are over the default per-uid limit (64).
+/// 100 subscriptions of one uid (1,600 pipe pages, and a storm subscription of 256) are over
+/// the default per-uid limits (64 subscriptions, 1,024 pages).
 const DAEMON_CONFIG: &str = "[limits]\nmax_subscriptions_per_uid = 256\nmax_watches_per_uid = 512\n\
+                             max_pipe_pages_per_uid = 8192\n\
                              [sources]\ndevice_events = \"udev\"\n";
 const COMMAND: &str =
     "cargo build --release --workspace && cargo bench -p watchd-e2e --bench device_latency";
