@@ -442,6 +442,7 @@ async fn under_construction(client: &Client) -> Result<u32> {
     // request_key(2) blocks until the helper ends: on a thread of its own, released at the
     // end by killing the helper by its PID.
     let t = Instant::now();
+    let helper = KillHelper;
     let requester = std::thread::spawn(|| request_key("user", "vm-hang:x", "data"));
     let pending = next_key(&mut events, "pending linked").await?;
     ensure!(
@@ -503,6 +504,37 @@ async fn under_construction(client: &Client) -> Result<u32> {
     println!("ok still pending: key {pending} was under construction throughout");
     count += 1;
 
+    helper.kill()?;
+    let requested = requester
+        .join()
+        .map_err(|_| anyhow::anyhow!("the request_key thread panicked"))?;
+    ensure!(
+        requested.is_err(),
+        "request_key succeeded although its helper was killed"
+    );
+    println!("ok helper killed: request_key returned ({requested:?})");
+    Ok(count + 1)
+}
+
+/// Kills the VM's hanging request-key helper by the PID it wrote, at the latest when
+/// dropped: a `request_key(2)` waits for it uninterruptibly, and the probe could not exit.
+struct KillHelper;
+
+impl KillHelper {
+    fn kill(self) -> Result<()> {
+        let result = kill_helper();
+        std::mem::forget(self);
+        result
+    }
+}
+
+impl Drop for KillHelper {
+    fn drop(&mut self) {
+        let _ = kill_helper();
+    }
+}
+
+fn kill_helper() -> Result<()> {
     let pid: i32 = std::fs::read_to_string(watchd_e2e::vm::REQUEST_KEY_HELPER_PID)
         .context("the request-key helper's PID")?
         .trim()
@@ -513,15 +545,7 @@ async fn under_construction(client: &Client) -> Result<u32> {
         "killing the request-key helper {pid}: {}",
         std::io::Error::last_os_error()
     );
-    let requested = requester
-        .join()
-        .map_err(|_| anyhow::anyhow!("the request_key thread panicked"))?;
-    ensure!(
-        requested.is_err(),
-        "request_key succeeded although its helper was killed"
-    );
-    println!("ok helper killed: request_key returned ({requested:?})");
-    Ok(count + 1)
+    Ok(())
 }
 
 /// The next record, as (subtype, key, aux), within [`WITHIN`].
