@@ -117,8 +117,9 @@ impl Manager {
         let owner = subscriber.uid;
         if owner != caller.uid {
             tracing::warn!(uid = %caller.uid, pid = caller.pid, subscription = id.0, owner = %owner, "refused: not the subscription's owner");
+            // Whose it is stays in the log: a stranger learns no uid from the refusal.
             return Err(Error::AccessDenied(format!(
-                "subscription {} belongs to uid {owner}",
+                "subscription {} belongs to another user",
                 id.0
             )));
         }

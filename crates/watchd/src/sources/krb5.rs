@@ -34,7 +34,7 @@ use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, krb5};
 
 use crate::access;
 use crate::creds::{self, FsCreds};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Truncated};
 use crate::event::{Event, Fields, Subject};
 use crate::hub::Hub;
 use crate::identity::Caller;
@@ -510,7 +510,7 @@ fn cache_state(data: &[u8], digests: &std::hash::RandomState) -> Option<CacheSta
 /// then taken as unchanged).
 fn read_collection(request: &FileRequest, digests: &std::hash::RandomState) -> Option<Collection> {
     creds::run_as(&request.reader, || Ok(read_as_caller(request, digests)))
-        .inspect_err(|e| tracing::warn!(cache = %request.name, error = %e, "cannot read a credential cache as its owner"))
+        .inspect_err(|e| tracing::warn!(cache = ?Truncated(&request.name), error = %e, "cannot read a credential cache as its owner"))
         .ok()
 }
 
@@ -568,7 +568,7 @@ fn check_reachable(request: &FileRequest) -> Result<()> {
         FileLayout::Dir { .. } => "primary",
     };
     let uid = request.reader.uid;
-    let shown = &request.name;
+    let shown = Truncated(&request.name);
     match creds::run_as(&request.reader, || look_up(&request.dir, probe, uid)) {
         Ok(Entry::Missing | Entry::Cache(_)) => Ok(()),
         Ok(Entry::Foreign) => Err(Error::invalid(format!(
@@ -599,7 +599,8 @@ pub enum Target {
 
 /// Parses a credential-cache name as MIT krb5 would for the caller `uid`.
 pub fn parse_cache_name(name: &str, uid: u32) -> Result<Target> {
-    let unsupported = |why: &str| Err(Error::NotSupported(format!("cache '{name}': {why}")));
+    let shown = Truncated(name);
+    let unsupported = |why: &str| Err(Error::NotSupported(format!("cache '{shown}': {why}")));
     let (kind, residual) = match name.split_once(':') {
         Some((kind, rest)) if !kind.contains('/') => (kind, rest),
         _ => ("FILE", name),
@@ -616,12 +617,15 @@ pub fn parse_cache_name(name: &str, uid: u32) -> Result<Target> {
                         uid
                     } else {
                         collection.parse::<u32>().map_err(|_| {
-                            Error::invalid(format!("cache '{name}': '{collection}' is not a uid"))
+                            Error::invalid(format!(
+                                "cache '{shown}': '{}' is not a uid",
+                                Truncated(collection)
+                            ))
                         })?
                     };
                     if owner != uid {
                         return Err(Error::AccessDenied(format!(
-                            "cache '{name}' belongs to uid {owner}, not to the caller (uid {uid})"
+                            "cache '{shown}' belongs to uid {owner}, not to the caller (uid {uid})"
                         )));
                     }
                     (
@@ -680,7 +684,8 @@ pub fn parse_cache_name(name: &str, uid: u32) -> Result<Target> {
             unsupported("the cache lives inside one process; no other process can watch it")
         }
         other => Err(Error::invalid(format!(
-            "cache '{name}': unknown cache type '{other}' (KEYRING, FILE, DIR, KCM, MEMORY)"
+            "cache '{shown}': unknown cache type '{}' (KEYRING, FILE, DIR, KCM, MEMORY)",
+            Truncated(other)
         ))),
     }
 }
@@ -690,7 +695,8 @@ fn absolute(name: &str, path: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "cache '{name}': the path must be absolute"
+            "cache '{}': the path must be absolute",
+            Truncated(name)
         )))
     }
 }
@@ -700,7 +706,8 @@ fn file_target(name: &str, path: &str, cache: &str) -> Result<Target> {
     let (dir, file) = path.rsplit_once('/').expect("absolute");
     if file.is_empty() || file == "." || file == ".." {
         return Err(Error::invalid(format!(
-            "cache '{name}' names a directory, not a file"
+            "cache '{}' names a directory, not a file",
+            Truncated(name)
         )));
     }
     Ok(Target::Files {
