@@ -60,6 +60,7 @@
 //! With `KEY_POLL_DISTINCT_NAMES=1` every key gets a description of its own
 //! (`__krb5_princ__#17`): a diagnostic run that shows the daemon's cost without the
 //! collisions of same-named keys in its thread keyring (see docs/benchmarks.md).
+#![allow(unsafe_code)] // keyctl(2) and add_key(2) with the bench's own buffers: no crate wraps them.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -383,27 +384,15 @@ fn setperm(key: i32) -> Result<()> {
 }
 
 /// Makes the calling thread, and only it, uid and gid `uid` with no supplementary groups:
-/// the raw system calls (glibc's wrappers would change every thread of the process).
+/// rustix's raw, per-thread system calls (glibc's wrappers would change every thread of the
+/// process).
 fn become_user(uid: u32) -> Result<()> {
-    // SAFETY: integer (and null pointer with zero length) arguments; they change this
-    // thread's credentials only.
-    let calls = unsafe {
-        [
-            libc::syscall(
-                libc::SYS_setgroups,
-                0 as libc::c_long,
-                std::ptr::null::<u32>(),
-            ),
-            libc::syscall(libc::SYS_setresgid, uid, uid, uid),
-            libc::syscall(libc::SYS_setresuid, uid, uid, uid),
-        ]
-    };
-    ensure!(
-        calls.iter().all(|r| *r == 0),
-        "cannot become uid {uid}: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
+    use rustix::thread::{Gid, Uid, set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    let (gid, uid_) = (Gid::from_raw(uid), Uid::from_raw(uid));
+    set_thread_groups(&[])
+        .and_then(|()| set_thread_res_gid(gid, gid, gid))
+        .and_then(|()| set_thread_res_uid(uid_, uid_, uid_))
+        .with_context(|| format!("cannot become uid {uid}"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1117,13 +1106,7 @@ fn bare_walk(rings: &[i32]) -> Result<f64> {
     let (mut buf, mut list) = (vec![0u8; 4096], vec![0u8; 4096]);
     let rounds = (20_000 / rings.len()).clamp(10, 1000);
     let thread_cpu = || -> Result<u64> {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: writes one timespec into a live local.
-        let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-        ensure!(r == 0, "clock_gettime: {}", std::io::Error::last_os_error());
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
         Ok(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64)
     };
     let before = thread_cpu()?;

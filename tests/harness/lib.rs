@@ -22,6 +22,7 @@ pub use libtest_mimic::{Arguments, Failed, Trial};
 pub mod bench;
 pub mod krb5;
 pub mod polkit;
+pub mod sys;
 pub mod udev;
 pub mod vm;
 
@@ -172,20 +173,9 @@ impl Process {
         if !session {
             command.process_group(0);
         }
-        // SAFETY: the closure runs between fork and exec and only makes the setsid(2) and
-        // prctl(2) calls, which are async-signal-safe; it allocates nothing and takes no
-        // locks. setsid detaches the child from the terminal; pdeathsig makes the child die
-        // if the test thread that started it dies without running Drop (a killed or
-        // timed-out test run), so nothing outlives the suite.
-        unsafe {
-            command.pre_exec(move || {
-                if session {
-                    nix::unistd::setsid()?;
-                }
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        // setsid detaches the child from the terminal; pdeathsig makes the child die if the
+        // test thread that started it dies without running Drop, so nothing outlives the suite.
+        sys::before_exec_session_and_pdeathsig(&mut command, session);
         let child = command
             .spawn()
             .with_context(|| format!("starting {what}"))?;

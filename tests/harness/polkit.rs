@@ -18,11 +18,12 @@
 //! [`Process::spawn`] sets, so the backstop for a test thread that dies without dropping
 //! [`Polkit`] is the bus: the test's dbus-daemon keeps its parent-death signal, and polkitd
 //! exits as soon as it loses its bus name.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::Permissions;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -139,29 +140,7 @@ impl Polkit {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // SAFETY: between fork and exec the closure makes only unshare(2) and mount(2) calls
-        // on strings allocated before the fork; it allocates nothing and takes no locks
-        // (io::Error::last_os_error does not allocate).
-        unsafe {
-            command.pre_exec(move || {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let root = c"/";
-                let flags = libc::MS_REC | libc::MS_PRIVATE;
-                let none = std::ptr::null();
-                if libc::mount(none, root.as_ptr(), none, flags, std::ptr::null()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                for (from, to) in &binds {
-                    let flags = libc::MS_BIND;
-                    if libc::mount(from.as_ptr(), to.as_ptr(), none, flags, std::ptr::null()) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        crate::sys::before_exec_private_mounts(&mut command, binds);
         let mut process = Process::spawn(command, "polkitd").with_context(|| {
             format!(
                 "starting {POLKITD} in a mount namespace of its own, {} over \
@@ -339,34 +318,19 @@ pub async fn connect_from(
         .strip_prefix("unix:path=")
         .and_then(|p| p.split(',').next())
         .with_context(|| format!("not a unix:path= address: {bus_address}"))?;
-    // SAFETY: a plain socket(2) call; the descriptor is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is a new descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_bytes();
-    ensure!(bytes.len() < addr.sun_path.len(), "socket path too long");
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-
-    // SAFETY: the child only calls connect(2) on a descriptor and an address prepared before
-    // the fork; it allocates nothing and takes no locks. The descriptor is shared with the
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, socket};
+    let socket = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("socket")?;
+    let address = UnixAddr::new(path).with_context(|| format!("socket path {path}"))?;
+    // The child connects the socket, as its own uid; the descriptor is shared with the
     // parent (same open socket), so the parent's copy is the connected socket; close-on-exec
     // keeps it out of `sleep`.
-    unsafe {
-        command.pre_exec(move || {
-            let addr_ptr = &addr as *const libc::sockaddr_un as *const libc::sockaddr;
-            if libc::connect(fd, addr_ptr, len) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::sys::before_exec_connect(&mut command, socket.as_raw_fd(), address);
     let holder = Process::spawn(command, "sleep (bus connection of another user)")
         .with_context(|| format!("connecting to {path} as uid {uid}"))?;
     let conn = zbus::connection::Builder::unix_stream(UnixStream::from(socket))

@@ -31,10 +31,11 @@
 //! sees it. Devices received are "initialized" and sealed: libudev does not read sysfs or
 //! `/run/udev/data` for their properties, so an injected device needs no sysfs entry (but
 //! its parent and sysfs attributes cannot be read).
+#![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -43,6 +44,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
+    setsockopt, socket, sockopt,
+};
 
 use crate::{Process, Scratch, wait_until};
 
@@ -450,7 +455,7 @@ impl LoopDevice {
         // Busy while the detach is still being finished or udevd has the device open.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match loop_control(&control, LOOP_CTL_REMOVE, self.index) {
+            match crate::sys::loop_control(&control, LOOP_CTL_REMOVE, self.index) {
                 Ok(_) => break,
                 Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -511,21 +516,12 @@ fn open_loop_control() -> Result<File> {
         .with_context(|| format!("opening {LOOP_CONTROL}"))
 }
 
-/// One ioctl on /dev/loop-control with a device number as its argument.
-fn loop_control(control: &File, request: libc::c_ulong, index: u32) -> nix::Result<i32> {
-    // SAFETY: LOOP_CTL_ADD and LOOP_CTL_REMOVE take their argument by value (an integer
-    // device number), not a pointer, so the kernel reads no memory of ours; the descriptor
-    // is open for the duration of the call.
-    let result = unsafe { libc::ioctl(control.as_raw_fd(), request, index as libc::c_ulong) };
-    nix::errno::Errno::result(result)
-}
-
 /// Creates a free loop device numbered from [`FIRST_LOOP_INDEX`] up; the kernel makes sure
 /// no two callers get the same one.
 fn create_loop_device() -> Result<u32> {
     let control = open_loop_control()?;
     for index in FIRST_LOOP_INDEX..LAST_LOOP_INDEX {
-        match loop_control(&control, LOOP_CTL_ADD, index) {
+        match crate::sys::loop_control(&control, LOOP_CTL_ADD, index) {
             Ok(_) => return Ok(index),
             Err(nix::errno::Errno::EEXIST) => continue,
             Err(e) => bail!("LOOP_CTL_ADD {index}: {e}"),
@@ -925,28 +921,18 @@ fn usec_now() -> u64 {
 // The udev netlink group
 // ---------------------------------------------------------------------------------------
 
-fn netlink_address(groups: u32) -> libc::sockaddr_nl {
-    // SAFETY: sockaddr_nl is plain integers (family, padding, port id, groups), for which
-    // all zeroes is a valid value: the unspecified address.
-    let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    address.nl_groups = groups;
-    address
+fn udev_group() -> NetlinkAddr {
+    NetlinkAddr::new(0, UDEV_GROUP)
 }
 
 fn uevent_socket() -> Result<OwnedFd> {
-    // SAFETY: socket(2) takes no pointers; a non-negative result is a new descriptor that
-    // nothing else owns, so OwnedFd may take it.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_KOBJECT_UEVENT,
-        )
-    };
-    nix::errno::Errno::result(fd).context("socket(AF_NETLINK, NETLINK_KOBJECT_UEVENT)")?;
-    // SAFETY: see above: fd is a fresh descriptor owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkKObjectUEvent,
+    )
+    .context("socket(AF_NETLINK, NETLINK_KOBJECT_UEVENT)")
 }
 
 /// A socket that sends events to the udev group, reused for any number of them.
@@ -974,22 +960,15 @@ impl Injector {
 
     /// Sends any bytes as one datagram to the udev group.
     pub fn send_raw(&self, message: &[u8]) -> Result<()> {
-        let address = netlink_address(UDEV_GROUP);
-        // SAFETY: the buffer and the address are valid for the lengths given and outlive
-        // the call; the kernel only reads them.
-        let sent = unsafe {
-            libc::sendto(
-                self.socket.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-                (&raw const address).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        match nix::errno::Errno::result(sent) {
+        let sent = sendto(
+            self.socket.as_raw_fd(),
+            message,
+            &udev_group(),
+            MsgFlags::empty(),
+        );
+        match sent {
             Ok(n) => {
-                ensure!(n as usize == message.len(), "sent {n} of {}", message.len());
+                ensure!(n == message.len(), "sent {n} of {}", message.len());
                 Ok(())
             }
             // udevd ignores this too: the multicast went out; only the unicast copy to the
@@ -1032,29 +1011,8 @@ impl UdevListener {
     /// Subscribes, with a receive buffer big enough for a storm (128 MiB, as root may).
     pub fn new() -> Result<UdevListener> {
         let socket = uevent_socket()?;
-        let size: libc::c_int = 128 << 20;
-        // SAFETY: the option value is a c_int that lives through the call, and its size is
-        // given; the kernel only reads it.
-        let set = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&raw const size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        nix::errno::Errno::result(set).context("SO_RCVBUFFORCE")?;
-        let address = netlink_address(UDEV_GROUP);
-        // SAFETY: the address is valid for the length given and outlives the call.
-        let bound = unsafe {
-            libc::bind(
-                socket.as_raw_fd(),
-                (&raw const address).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        nix::errno::Errno::result(bound).context("bind to the udev group")?;
+        setsockopt(&socket, sockopt::RcvBufForce, &(128 << 20)).context("SO_RCVBUFFORCE")?;
+        bind(socket.as_raw_fd(), &udev_group()).context("bind to the udev group")?;
         Ok(UdevListener { socket })
     }
 
@@ -1064,19 +1022,9 @@ impl UdevListener {
         let deadline = Instant::now() + limit;
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
-            // SAFETY: the buffer is valid for writes of its whole length and outlives the
-            // call.
-            let n = unsafe {
-                libc::recv(
-                    self.socket.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            match nix::errno::Errno::result(n) {
+            match recv(self.socket.as_raw_fd(), &mut buffer, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => {
-                    buffer.truncate(n as usize);
+                    buffer.truncate(n);
                     return Ok(Some(buffer));
                 }
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}

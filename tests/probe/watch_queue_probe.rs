@@ -6,6 +6,7 @@
 //!
 //! Exit status: 0 every check passed, 1 some failed, 2 the probe could not run (a key
 //! operation failed), [`NO_WATCH_QUEUES`] the kernel has no watch queues (ENOPKG).
+#![allow(unsafe_code)] // add_key(2) and keyctl(2), which no crate wraps.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

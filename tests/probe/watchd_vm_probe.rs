@@ -20,6 +20,7 @@
 //! while 1, 100 and 1,000 keyrings laid out like small krb5 caches are watched and nothing
 //! changes, its keys thread's wake-ups, its memory, and the delay from a key update to the
 //! client's read, printed as a markdown table.
+#![allow(unsafe_code)] // keyctl(2) and request_key(2), which no crate wraps.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -539,13 +540,11 @@ fn kill_helper() -> Result<()> {
         .context("the request-key helper's PID")?
         .trim()
         .parse()?;
-    // SAFETY: kill(2) takes two integers.
-    ensure!(
-        unsafe { libc::kill(pid, libc::SIGKILL) } == 0,
-        "killing the request-key helper {pid}: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .with_context(|| format!("killing the request-key helper {pid}"))
 }
 
 /// The next record, as (subtype, key, aux), within [`WITHIN`].
@@ -698,8 +697,10 @@ fn sample(pid: u32) -> Result<Sample> {
         .skip(1)
         .map(|f| f.parse().unwrap_or(0))
         .collect();
-    // SAFETY: sysconf only reads a constant.
-    let tick_ns = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten();
+    let tick_ns = 1_000_000_000 / ticks.unwrap_or(100).max(1) as u64;
     let mut out = Sample {
         run_ns: (fields[10] + fields[11]) * tick_ns,
         keys_switches: 0,

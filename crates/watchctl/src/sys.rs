@@ -1,4 +1,5 @@
 //! The one call std does not cover: the local time zone's offset, from localtime_r(3).
+#![allow(unsafe_code)] // localtime_r(3), which std and the dependencies do not wrap.
 
 /// Seconds east of UTC in the local time zone at `unix_secs`; 0 when it cannot be told.
 pub fn utc_offset(unix_secs: i64) -> i64 {

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result, Truncated};
 use crate::identity::Caller;
-use crate::sys;
+use crate::sys::{self, ResolveFlags};
 
 /// The caller's process as seen through `/proc/PID`.
 pub struct CallerProcess<'a> {
@@ -176,7 +176,7 @@ pub fn open_path(caller: &Caller, path: &str) -> Result<OwnedFd> {
         sys::openat2_path(
             root,
             &c_path,
-            sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS,
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
         )
     })?;
     opened.map_err(|e| match e.raw_os_error() {

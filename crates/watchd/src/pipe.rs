@@ -1,5 +1,6 @@
 //! Packet pipes: `pipe2(O_DIRECT)`, where every `write()` is one packet and every `read()`
 //! returns one whole packet. The daemon keeps the write end, non-blocking, and never waits.
+//! Its size is set with rustix's typed `F_SETPIPE_SZ`.
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -25,10 +26,11 @@ pub fn packet_pipe(depth: u32) -> io::Result<(OwnedFd, OwnedFd, u32)> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_DIRECT | OFlag::O_CLOEXEC)?;
     set_nonblocking(&write)?;
     let page = page_size();
+    // The kernel takes the size as an int.
     let bytes = i32::try_from(u64::from(depth) * page as u64)
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    fcntl(&write, FcntlArg::F_SETPIPE_SZ(bytes))?;
-    let granted = fcntl(&write, FcntlArg::F_GETPIPE_SZ)? as usize;
+    // F_SETPIPE_SZ answers with the size granted (rounded up to a power of two pages).
+    let granted = rustix::pipe::fcntl_setpipe_size(&write, bytes as usize)?;
     Ok((read, write, (granted / page) as u32))
 }
 
@@ -150,7 +152,7 @@ mod tests {
         for depth in [2, 3, 16, 100, 256] {
             let (_read, write, granted) = packet_pipe(depth).unwrap();
             assert_eq!(granted, pages_for(depth), "depth {depth}");
-            let bytes = fcntl(&write, FcntlArg::F_GETPIPE_SZ).unwrap() as usize;
+            let bytes = rustix::pipe::fcntl_getpipe_size(&write).unwrap();
             assert_eq!(bytes, granted as usize * page_size());
         }
     }

@@ -3,9 +3,10 @@
 //! (`SIGEV_THREAD_ID`). A call sleeping interruptibly when the signal arrives returns early
 //! (`EINTR`, or whatever the call makes of `-ERESTARTSYS`); [`interrupts`] tells the caller
 //! that the signal came. One safe function per call: [`install_interrupt_handler`]
-//! (sigaction(2)), [`gettid`] (gettid(2)), [`ThreadTimer::new`] (timer_create(2)),
+//! (sigaction(2)), [`gettid`] (gettid(2), through rustix), [`ThreadTimer::new`] (timer_create(2)),
 //! [`ThreadTimer::set`] (timer_settime(2)); dropping a [`ThreadTimer`] calls
 //! timer_delete(2).
+#![allow(unsafe_code)] // sigaction(2) (unsafe in any wrapper: the handler runs as a signal) and the POSIX timer calls.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,10 +52,9 @@ pub fn install_interrupt_handler(signal: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// `gettid(2)`: the calling thread's id.
+/// `gettid(2)` (rustix's): the calling thread's id.
 pub fn gettid() -> libc::pid_t {
-    // SAFETY: takes nothing, returns the caller's thread id; cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+    rustix::thread::gettid().as_raw_nonzero().get()
 }
 
 /// A POSIX timer on `CLOCK_MONOTONIC` whose expirations send a signal to one thread.

@@ -1,15 +1,21 @@
 //! Kernel watch queues (`CONFIG_WATCH_QUEUE`, Linux ≥ 5.8): a notification pipe the kernel
 //! writes key notifications into (Documentation/core-api/watch_queue.rst). One safe function
-//! per call: [`pipe2_notification`], [`ioctl_watch_queue_set_size`],
+//! per call: [`pipe2_notification`] (nix's pipe2(2)), [`ioctl_watch_queue_set_size`],
 //! [`ioctl_watch_queue_set_filter`], [`keyctl_watch_key`].
 //!
 //! Constants and layouts are from include/uapi/linux/watch_queue.h and
 //! include/uapi/linux/keyctl.h (the `libc` crate has none of them).
+#![allow(unsafe_code)] // The watch-queue ioctls and KEYCTL_WATCH_KEY, which no crate wraps.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use super::{KeySerial, O_NOTIFICATION_PIPE, cvt};
+use nix::fcntl::OFlag;
+
+use super::{KeySerial, cvt};
+
+/// `O_NOTIFICATION_PIPE` (= `O_EXCL`): asks `pipe2(2)` for a watch_queue notification pipe.
+const O_NOTIFICATION_PIPE: OFlag = OFlag::O_EXCL;
 
 /// `IOC_WATCH_QUEUE_SET_SIZE` = `_IO('W', 0x60)` (include/uapi/linux/watch_queue.h).
 const IOC_WATCH_QUEUE_SET_SIZE: libc::c_ulong = 0x5760;
@@ -75,17 +81,8 @@ impl<const N: usize> watch_notification_filter<N> {
 /// `O_NONBLOCK`): a watch_queue notification pipe, `(read end, write end)`. Fails with
 /// ENOPKG on kernels without `CONFIG_WATCH_QUEUE`.
 pub fn pipe2_notification(extra: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1 as libc::c_int; 2];
-    // SAFETY: the kernel writes two descriptors into the live two-element array.
-    let ret = unsafe {
-        libc::pipe2(
-            fds.as_mut_ptr(),
-            O_NOTIFICATION_PIPE | libc::O_CLOEXEC | extra,
-        )
-    };
-    cvt(ret.into())?;
-    // SAFETY: on success both are fresh descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let flags = O_NOTIFICATION_PIPE | OFlag::O_CLOEXEC | OFlag::from_bits_retain(extra);
+    Ok(nix::unistd::pipe2(flags)?)
 }
 
 /// `ioctl(2)` `IOC_WATCH_QUEUE_SET_SIZE` on a notification pipe: preallocates room for
