@@ -40,10 +40,11 @@ impl<'a> CallerProcess<'a> {
         let process = CallerProcess { caller };
         let euid = process.status_field("Uid:", 1)?;
         if euid != caller.uid.0 {
+            let pid = caller.process_id();
             tracing::warn!(uid = %caller.uid, pid = caller.pid, process_euid = euid, "refused: the pid no longer belongs to the caller");
             return Err(Error::AccessDenied(format!(
-                "process {} is not the caller any more (uid {euid}, the bus says {})",
-                caller.pid, caller.uid
+                "process {pid} is not the caller any more (uid {euid}, the bus says {})",
+                caller.uid
             )));
         }
         Ok(process)
@@ -61,13 +62,13 @@ impl<'a> CallerProcess<'a> {
             .ok_or_else(|| {
                 Error::Failed(format!(
                     "cannot read the credentials of pid {}",
-                    self.caller.pid
+                    self.caller.process_id()
                 ))
             })
     }
 
     fn path(&self, entry: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/{entry}", self.caller.pid))
+        PathBuf::from(format!("/proc/{}/{entry}", self.caller.process_id()))
     }
 
     /// Runs `open` on `/proc/PID/<entry>`, then makes sure the pid still named the caller.
@@ -80,7 +81,7 @@ impl<'a> CallerProcess<'a> {
         opened.map_err(|e| {
             Error::Failed(format!(
                 "cannot read the caller's /proc/{}/{entry}: {e}",
-                self.caller.pid
+                self.caller.process_id()
             ))
         })
     }
@@ -108,8 +109,10 @@ impl<'a> CallerProcess<'a> {
 
     /// The caller's filesystem gid (from the process, checked to be the caller's) and its
     /// supplementary groups as the bus vouched for them.
+    /// Plain `u32`s: what the sources hand on to [`crate::creds::FsCreds`] and the key viewer.
     pub fn fs_groups(&self) -> Result<(u32, Vec<u32>)> {
-        Ok((self.status_field("Gid:", 3)?, self.caller.gids.clone()))
+        let groups = self.caller.gids.iter().map(|g| g.0).collect();
+        Ok((self.status_field("Gid:", 3)?, groups))
     }
 }
 
@@ -122,7 +125,10 @@ fn pidfd_is_alive(pidfd: BorrowedFd<'_>) -> bool {
 }
 
 fn gone(caller: &Caller) -> Error {
-    Error::Failed(format!("the calling process {} has exited", caller.pid))
+    Error::Failed(format!(
+        "the calling process {} has exited",
+        caller.process_id()
+    ))
 }
 
 /// Identifies one view of the mount tree: a namespace seen from one root directory.

@@ -16,12 +16,36 @@ impl std::fmt::Display for Uid {
     }
 }
 
+/// A kernel group id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Gid(pub u32);
+
+impl std::fmt::Display for Gid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A kernel process id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(pub u32);
+
+impl std::fmt::Display for Pid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// The process behind a D-Bus call, as `GetConnectionCredentials` reports it.
 #[derive(Debug)]
 pub struct Caller {
     pub bus_name: String,
     pub uid: Uid,
-    pub gids: Vec<u32>,
+    /// Its supplementary groups, as the bus vouches for them.
+    pub gids: Vec<Gid>,
+    /// A bare `u32` rather than [`Pid`] (use [`Caller::process_id`]) while log lines write it
+    /// as `pid = caller.pid`: tracing's `Value` is sealed, so a newtype can only be logged
+    /// as `pid = %caller.pid`.
     pub pid: u32,
     /// Pins the process so later namespace and root lookups cannot hit a recycled pid:
     /// the bus's ProcessFD where it has one, else our own `pidfd_open` of the pid.
@@ -44,6 +68,11 @@ impl Caller {
         })
     }
 
+    /// The calling process's id (the pid it connected with; [`Caller::pidfd`] pins it).
+    pub fn process_id(&self) -> Pid {
+        Pid(self.pid)
+    }
+
     /// Asks the bus who `sender` is. Fails rather than guessing when the bus will not say.
     pub async fn lookup(conn: &zbus::Connection, sender: &str) -> zbus::Result<Caller> {
         let dbus = zbus::fdo::DBusProxy::new(conn).await?;
@@ -53,17 +82,18 @@ impl Caller {
             zbus::Error::Failure(format!("the bus did not report the caller's {what}"))
         };
         let uid = Uid(creds.unix_user_id().ok_or_else(|| missing("uid"))?);
-        let pid = creds.process_id().ok_or_else(|| missing("pid"))?;
-        let gids = creds.unix_group_ids().cloned().unwrap_or_default();
+        let pid = Pid(creds.process_id().ok_or_else(|| missing("pid"))?);
+        let gids = creds.unix_group_ids().into_iter().flatten();
+        let gids = gids.copied().map(Gid).collect();
         let (pidfd, pidfd_from_bus) = match creds.into_process_fd() {
             Some(fd) => (Some(fd.into()), true),
-            None => (crate::sys::pidfd_open(pid).ok(), false),
+            None => (crate::sys::pidfd_open(pid.0).ok(), false),
         };
         Ok(Caller {
             bus_name: sender.to_owned(),
             uid,
             gids,
-            pid,
+            pid: pid.0,
             pidfd,
             pidfd_from_bus,
         })
