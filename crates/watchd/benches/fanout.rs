@@ -42,8 +42,8 @@ use watchd::event::Event;
 use watchd::hub::{Hub, NewSubscription};
 use watchd::identity::{Caller, Uid};
 use watchd::pipe;
-use watchd::sources::mounts::{MountChange, MountEntry, MountId, MountScope, Origin};
-use watchd::watch::{Filters, Scope, Watch};
+use watchd::sources::mounts::{self, MountChange, MountEntry, MountId, MountScope, Origin};
+use watchd::watch::{Filters, Watch};
 use watchd_proto::{Record, RecordType, mount};
 
 const SUBSCRIBERS: [usize; 3] = [1, 100, 1_000];
@@ -233,6 +233,9 @@ impl Clock {
     }
 }
 
+/// This thread's CPU time (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`, which the daemon's
+/// dependencies do not wrap).
+#[allow(unsafe_code)]
 fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -302,8 +305,9 @@ impl Fanout {
             pipe::set_nonblocking(&sub.read_end)?;
             let watch = Watch {
                 tag: tag_of(index),
+                kind: mounts::KIND,
                 filters: Filters::default(),
-                scope: Scope::Mounts(MountScope::everything(NS)),
+                scope: Arc::new(MountScope::everything(NS)),
             };
             hub.add_watch(sub.id, watch, None)?;
             subscriptions.push(sub);

@@ -14,6 +14,7 @@ use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
 
 use crate::error::{Error, Result};
 use crate::identity::{Caller, Uid};
+use crate::options::Options;
 use crate::watch::Kind;
 
 /// Where polkit looks for actions files; the daemon's fallback reads the same file.
@@ -33,15 +34,29 @@ pub enum Action {
 }
 
 impl Action {
-    /// The action for a kind's usual watch; a source may pick another from the options
-    /// (another user's keys).
-    pub fn for_kind(kind: Kind) -> Action {
-        match kind {
-            Kind::Mounts => Action::WatchMounts,
-            Kind::Devices => Action::WatchDevices,
-            Kind::Keys => Action::WatchOwnKeys,
-            Kind::Krb5 => Action::WatchKrb5,
-        }
+    pub const ALL: [Action; 5] = [
+        Action::WatchMounts,
+        Action::WatchDevices,
+        Action::WatchOwnKeys,
+        Action::WatchOtherUsersKeys,
+        Action::WatchKrb5,
+    ];
+
+    /// The action that guards a watch of `kind` with these options, decided before any
+    /// object is looked at (so only from the options and the caller's uid). `None` for a
+    /// kind no action guards, which is then refused: a source without a policy line here
+    /// is not served.
+    pub fn for_watch(kind: Kind, options: &Options, caller: &Caller) -> Option<Action> {
+        Some(match kind.name() {
+            "mounts" => Action::WatchMounts,
+            "devices" => Action::WatchDevices,
+            "keys" => match options.peek_u32("uid") {
+                Some(uid) if uid != caller.uid.0 => Action::WatchOtherUsersKeys,
+                _ => Action::WatchOwnKeys,
+            },
+            "krb5" => Action::WatchKrb5,
+            _ => return None,
+        })
     }
 
     pub fn id(self) -> &'static str {
@@ -202,7 +217,7 @@ impl Authority {
     pub async fn check(
         &self,
         caller: &Caller,
-        subject: Subject,
+        subject: &Subject,
         action: Action,
         interactive: bool,
         object: &str,
@@ -228,7 +243,7 @@ impl Authority {
 
     async fn ask_polkit(
         &self,
-        subject: Subject,
+        subject: &Subject,
         action: Action,
         interactive: bool,
     ) -> std::result::Result<(), String> {
@@ -241,7 +256,7 @@ impl Authority {
             CheckAuthorizationFlags::empty()
         };
         let reply = proxy
-            .check_authorization(&subject, action.id(), &HashMap::new(), flags, "")
+            .check_authorization(subject, action.id(), &HashMap::new(), flags, "")
             .await
             .map_err(|e| format!("polkit could not decide: {e}"))?;
         match (reply.is_authorized, reply.is_challenge) {
@@ -272,8 +287,8 @@ mod tests {
     #[test]
     fn the_shipped_actions_file_defines_every_action_the_daemon_asks_for() {
         let defaults = parse_actions(BUILT_IN_ACTIONS).unwrap();
-        for kind in Kind::ALL {
-            let id = Action::for_kind(kind).id();
+        for action in Action::ALL {
+            let id = action.id();
             assert!(
                 defaults.contains_key(id),
                 "{id} is missing from data/org.watchd.Watchd1.policy"

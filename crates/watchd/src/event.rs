@@ -1,23 +1,21 @@
 //! What a source hands the hub: one change, typed, encoded only when a watch wants it.
+//!
+//! The core knows no source. A source's change type implements [`Change`] (how it encodes
+//! into a record); its watches' [`crate::watch::Scope`] looks at the change through
+//! [`Event::subject`], which hands back the source's own type.
 #![forbid(unsafe_code)]
 
+use std::any::Any;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use watchd_proto::{RecordBuilder, RecordType};
 
-use crate::sources::devices::DeviceInfo;
-use crate::sources::keys::KeyChange;
-use crate::sources::krb5::Krb5Change;
-use crate::sources::mounts::MountChange;
-
-/// The object an event is about, in the terms watches match on.
-#[derive(Debug)]
-pub enum Subject {
-    Mount(MountChange),
-    Device(Box<DeviceInfo>),
-    Key(KeyChange),
-    Krb5(Krb5Change),
+/// What an event is about, in the terms of the source that saw it.
+pub trait Change: Any + std::fmt::Debug + Send + Sync {
+    /// Puts this change's attributes into its record (`record_type` is the event's: a
+    /// source may describe its object in a META record, such as REMOVAL, too).
+    fn encode(&self, record: &mut RecordBuilder, record_type: RecordType);
 }
 
 /// One change seen by a source.
@@ -27,12 +25,12 @@ pub struct Event {
     pub subtype: u8,
     pub flags: u8,
     pub time_ns: u64,
-    pub subject: Arc<Subject>,
+    subject: Arc<dyn Change>,
     encoded: OnceLock<Vec<u8>>,
 }
 
 impl Event {
-    pub fn new(record_type: RecordType, subtype: u8, flags: u8, subject: Arc<Subject>) -> Self {
+    pub fn new(record_type: RecordType, subtype: u8, flags: u8, subject: Arc<dyn Change>) -> Self {
         Event {
             record_type,
             subtype,
@@ -43,23 +41,28 @@ impl Event {
         }
     }
 
+    /// The change, if it is a `T`: a watch asks for its own source's type.
+    pub fn subject<T: Change>(&self) -> Option<&T> {
+        let subject: &dyn Any = &*self.subject;
+        subject.downcast_ref()
+    }
+
     /// The watched object is gone: watches that get this record end with it.
     pub fn ends_watch(&self) -> bool {
         self.record_type == RecordType::Meta && self.subtype == watchd_proto::meta::REMOVAL
+    }
+
+    /// A fresh record builder for this event, for a watch that shapes its own record.
+    pub fn builder(&self) -> RecordBuilder {
+        RecordBuilder::new(self.record_type, self.subtype, self.flags, self.time_ns)
     }
 
     /// The record, tag and sequence number zero; built on first use, then shared by every
     /// subscriber it goes to.
     pub fn record(&self) -> &[u8] {
         self.encoded.get_or_init(|| {
-            let mut builder =
-                RecordBuilder::new(self.record_type, self.subtype, self.flags, self.time_ns);
-            match &*self.subject {
-                Subject::Mount(change) => change.encode(&mut builder),
-                Subject::Device(device) => device.encode(&mut builder, None),
-                Subject::Key(change) => change.encode(&mut builder, self.record_type),
-                Subject::Krb5(change) => change.encode(&mut builder),
-            }
+            let mut builder = self.builder();
+            self.subject.encode(&mut builder, self.record_type);
             builder.finish()
         })
     }

@@ -23,11 +23,8 @@ use crate::event::{Event, now_ns};
 use crate::identity::{Caller, Uid};
 use crate::pipe::{self, Sent};
 use crate::sys::{self, SharedFd};
-use crate::watch::{CredentialsSignal, Tag, Watch};
-
-/// Names a subscription for as long as it lives; never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SubscriptionId(pub u64);
+pub use crate::watch::SubscriptionId;
+use crate::watch::{Delivery, Tag, Watch};
 
 /// Tag of records that concern the whole pipe rather than one watch (LOSS).
 const PIPE_TAG: Tag = 0;
@@ -256,25 +253,11 @@ pub struct NewSubscription {
     pub depth: u32,
 }
 
-/// A D-Bus signal the hub asks the bus side to send, unicast to one subscriber.
-#[derive(Debug)]
-pub struct SignalNote {
-    pub subscription: SubscriptionId,
-    /// The subscriber's unique bus name.
-    pub destination: String,
-    pub signal: CredentialsSignal,
-}
-
-/// Signals waiting for the bus; beyond this, new ones are dropped (and logged) rather than
-/// held: the pipe has the same events, with loss accounting.
-pub const SIGNAL_QUEUE: usize = 1024;
-
 pub struct Hub {
     state: Mutex<State>,
     limits: Limits,
     /// What uid 0's subscriptions may hold: their pipes are charged to root's account.
     root_share: pipe::Budget,
-    signals: std::sync::OnceLock<mpsc::Sender<SignalNote>>,
     /// Tells the bus side which subscriptions ended, so it can drop their objects.
     ended: mpsc::UnboundedSender<SubscriptionId>,
 }
@@ -304,32 +287,9 @@ impl Hub {
                 limits,
                 root_share,
                 ended,
-                signals: std::sync::OnceLock::new(),
             }),
             ended_rx,
         )
-    }
-
-    /// Where watches that asked for D-Bus signals have them sent; set once by the bus side.
-    pub fn set_signal_sink(&self, sink: mpsc::Sender<SignalNote>) {
-        let _ = self.signals.set(sink);
-    }
-
-    fn signal(&self, subscription: SubscriptionId, destination: &str, signal: CredentialsSignal) {
-        let Some(sink) = self.signals.get() else {
-            return;
-        };
-        let note = SignalNote {
-            subscription,
-            destination: destination.to_owned(),
-            signal,
-        };
-        if sink.try_send(note).is_err() {
-            tracing::warn!(
-                subscription = subscription.0,
-                "signal queue full: a CredentialsCacheChanged signal was dropped"
-            );
-        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -367,9 +327,13 @@ impl Hub {
                     gone.push(*id);
                     break;
                 }
-                if let Some(signal) = watch.signal_for(event) {
-                    self.signal(*id, &sub.caller.bus_name, signal);
-                }
+                watch.scope.delivered(
+                    event,
+                    &Delivery {
+                        subscription: *id,
+                        subscriber: &sub.caller,
+                    },
+                );
                 if event.ends_watch() {
                     ended.push(watch.tag);
                 }
@@ -690,15 +654,44 @@ async fn watch_pipe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::mounts::MountScope;
-    use crate::watch::{Filters, Scope};
+    use crate::event::Change;
+    use crate::watch::{Filters, Kind, Scope};
     use watchd_proto::{Record, mount};
+
+    /// A change of no source's: the hub knows none.
+    #[derive(Debug)]
+    struct Probe(String);
+
+    impl Change for Probe {
+        fn encode(&self, record: &mut RecordBuilder, _: RecordType) {
+            record.put(attr::OBJECT, self.0.as_bytes()).unwrap();
+        }
+    }
+
+    #[derive(Debug)]
+    struct EveryProbe;
+
+    impl Scope for EveryProbe {
+        fn covers(&self, event: &Event) -> bool {
+            event.subject::<Probe>().is_some()
+        }
+    }
+
+    fn probe(object: &str) -> Event {
+        Event::new(
+            RecordType::Mount,
+            mount::ATTACH,
+            0,
+            Arc::new(Probe(object.to_owned())),
+        )
+    }
 
     fn watch(tag: Tag) -> Watch {
         Watch {
             tag,
+            kind: Kind("probe"),
             filters: Filters::default(),
-            scope: Scope::Mounts(MountScope::everything(7)),
+            scope: Arc::new(EveryProbe),
         }
     }
 
@@ -744,7 +737,7 @@ mod tests {
         hub.add_watch(slow.id, watch(11), None).unwrap();
         hub.add_watch(fast.id, watch(22), None).unwrap();
         for _ in 0..10 {
-            hub.publish(&crate::sources::mounts::tests::attach_event(7, "/mnt"));
+            hub.publish(&probe("/mnt"));
         }
         let fast_records = read_all(&fast.read_end);
         assert_eq!(fast_records.len(), 10);
@@ -756,7 +749,7 @@ mod tests {
         // The slow reader holds 4; 6 were lost. Reading makes room, the LOSS goes first.
         let slow_records = read_all(&slow.read_end);
         assert_eq!(slow_records.len(), 4);
-        hub.publish(&crate::sources::mounts::tests::attach_event(7, "/mnt"));
+        hub.publish(&probe("/mnt"));
         let after = read_all(&slow.read_end);
         let loss = Record::parse(&after[0]).unwrap();
         assert!(loss.header.is(RecordType::Meta, meta::LOSS));
@@ -780,12 +773,10 @@ mod tests {
         let sub = hub
             .subscribe(Caller::with_credentials(Uid(1000)), 4)
             .unwrap();
-        let snapshot: Vec<Event> = (0..10)
-            .map(|i| crate::sources::mounts::tests::attach_event(7, &format!("/mnt/{i}")))
-            .collect();
+        let snapshot: Vec<Event> = (0..10).map(|i| probe(&format!("/mnt/{i}"))).collect();
         hub.add_watch(sub.id, watch(3), Some(&snapshot)).unwrap();
         // A live event while the backlog is still being written waits behind it.
-        hub.publish(&crate::sources::mounts::tests::attach_event(7, "/live"));
+        hub.publish(&probe("/live"));
         let mut got = Vec::new();
         for _ in 0..500 {
             got.extend(read_all(&sub.read_end));
@@ -803,10 +794,7 @@ mod tests {
                 .all(|r| r.header.is(RecordType::Mount, mount::ATTACH))
         );
         assert!(records[10].header.is(RecordType::Meta, meta::SYNC) && records[10].header.tag == 3);
-        assert_eq!(
-            records[11].get_str(attr::MOUNT_POINT).as_deref(),
-            Some("/live")
-        );
+        assert_eq!(records[11].get_str(attr::OBJECT).as_deref(), Some("/live"));
     }
 
     #[tokio::test]

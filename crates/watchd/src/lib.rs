@@ -6,9 +6,13 @@
 //!   counting loss and never blocking;
 //! - [`pipe`] is the packet pipe itself (`pipe2(O_DIRECT)`, non-blocking write end).
 //!
+//! The core ([`event`], [`watch`], [`hub`], [`pipe`]) names no source: a source's change
+//! implements [`event::Change`], its watches' scope [`watch::Scope`], and the source
+//! [`sources::Source`]; [`sources::start`] is the one list of sources.
+//!
 //! Around them: [`manager`] (what a caller may do: subscribe, add/remove watches, resync),
 //! [`authority`] (may this caller set this watch: polkit, or the actions file's defaults)
-//! and [`manager_bus`] (its D-Bus objects), [`watch`] (kinds, filters), [`options`] (the
+//! and [`manager_bus`] (its D-Bus objects), [`watch`] (kinds, filters, the scope trait), [`options`] (the
 //! `a{sv}` options, decoded under bounds), [`identity`] (who is calling), [`access`] (what
 //! the caller can see, decided as the caller), [`creds`] (files opened with the caller's
 //! credentials), [`conf`] (the configuration file), [`error`] (the D-Bus errors) and

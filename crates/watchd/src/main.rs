@@ -11,15 +11,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 use watchd::authority::Authority;
-use watchd::conf::{self, Config, DeviceEvents};
+use watchd::conf::{self, Config};
 use watchd::hub::Hub;
 use watchd::manager::Manager;
 use watchd::manager_bus::{BUS_NAME, MANAGER_PATH, ManagerObject, reap_ended, send_signals};
-use watchd::sources::Source;
-use watchd::sources::devices::{DeviceSource, EventSource};
-use watchd::sources::keys::{KeySource, Poller};
-use watchd::sources::krb5::Krb5Source;
-use watchd::sources::mounts::MountSource;
+use watchd::sources::krb5;
 
 /// Blocking threads of the async runtime (tokio's default is 512); systemd/watchd.service's
 /// TasksMax= counts on it.
@@ -107,31 +103,8 @@ fn init_logging() {
 async fn run(args: Args, config: Config) -> anyhow::Result<()> {
     check_requirements()?;
     let (hub, ended) = Hub::new(config.limits.clone());
-    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
-    if config.sources.mounts {
-        sources.push(MountSource::new(hub.clone()));
-    }
-    if config.sources.devices {
-        let events = match config.sources.device_events {
-            DeviceEvents::Auto => EventSource::detect(),
-            DeviceEvents::Udev => EventSource::Udev,
-            DeviceEvents::Kernel => EventSource::Kernel,
-        };
-        let devices = DeviceSource::start(hub.clone(), events)
-            .context("the device source needs libudev and a netlink socket (AF_NETLINK)")?;
-        sources.push(devices);
-    }
-    if config.sources.keys || config.sources.krb5 {
-        let interval = std::time::Duration::from_millis(config.keys.poll_interval_ms.into());
-        let poller = Poller::start(hub.clone(), interval)
-            .context("the key source needs keyctl(2), a thread keyring and inotify")?;
-        if config.sources.keys {
-            sources.push(KeySource::new(poller.clone()));
-        }
-        if config.sources.krb5 {
-            sources.push(Krb5Source::new(poller));
-        }
-    }
+    let (signals, signal_queue) = tokio::sync::mpsc::channel(krb5::SIGNAL_QUEUE);
+    let sources = watchd::sources::start(&config, &hub, signals)?;
     if sources.is_empty() {
         bail!("every source is disabled in the configuration: nothing to serve");
     }
@@ -152,8 +125,6 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
     // Authorization asks polkitd over this same connection, so it comes before serving.
     let auth = &config.authorization;
     let authority = Authority::new(auth.mode, &auth.actions_file, conn.clone())?;
-    let (signals, signal_queue) = tokio::sync::mpsc::channel(watchd::hub::SIGNAL_QUEUE);
-    hub.set_signal_sink(signals);
     tokio::spawn(send_signals(conn.clone(), signal_queue));
     let manager = Arc::new(Manager::new(hub, authority, sources, config));
     conn.object_server()

@@ -7,17 +7,18 @@ use std::sync::Arc;
 
 use zbus_polkit::policykit1::Subject;
 
-use crate::authority::Authority;
+use crate::authority::{Action, Authority};
 use crate::conf::Config;
 use crate::error::{Error, Result, Truncated};
-use crate::hub::{Hub, NewSubscription, SubscriptionId};
+use crate::hub::{Counts, Hub, NewSubscription, SubscriptionId};
 use crate::identity::{Caller, Uid};
-use crate::sources::Source;
-use crate::watch::{Kind, Options, Tag, Watch};
+use crate::options::Options;
+use crate::sources::{KINDS, Source};
+use crate::watch::{Tag, Watch};
 
 pub struct Manager {
-    pub hub: Arc<Hub>,
-    pub authority: Authority,
+    hub: Arc<Hub>,
+    authority: Authority,
     sources: Vec<Arc<dyn Source>>,
     config: Config,
     object_checks: std::sync::Mutex<HashMap<Uid, Arc<tokio::sync::Semaphore>>>,
@@ -26,9 +27,9 @@ pub struct Manager {
 /// Object checks (path resolution, /proc lookups, snapshots) one uid may run at once.
 const OBJECT_CHECKS_PER_UID: usize = 4;
 
-/// Who asks, as the authority sees them.
-pub struct Request<'a> {
-    pub caller: &'a Arc<Caller>,
+/// Who asks: the caller as the bus reported them, and as the authority sees them.
+pub struct Request {
+    pub caller: Arc<Caller>,
     /// The polkit subject for the caller (its bus name, or its pidfd when the bus vouched).
     pub subject: Subject,
     /// The call carried ALLOW_INTERACTIVE_AUTHORIZATION: polkit may ask for a password.
@@ -67,12 +68,11 @@ impl Manager {
     }
 
     fn source(&self, kind: &str) -> Result<&Arc<dyn Source>> {
-        let wanted = kind.parse::<Kind>().ok();
         self.sources
             .iter()
-            .find(|s| Some(s.kind()) == wanted)
+            .find(|s| s.kind().name() == kind)
             .ok_or_else(|| {
-                let why = if wanted.is_some() {
+                let why = if KINDS.iter().any(|k| k.name() == kind) {
                     "is disabled in the configuration"
                 } else {
                     "does not exist"
@@ -85,7 +85,23 @@ impl Manager {
             })
     }
 
-    pub fn subscribe(&self, caller: &Arc<Caller>, mut options: Options) -> Result<NewSubscription> {
+    /// Counts for `watchctl status`.
+    pub fn counts(&self) -> Counts {
+        self.hub.counts()
+    }
+
+    /// Who decides authorizations, for `watchctl status`.
+    pub async fn authorization(&self) -> String {
+        self.authority.describe().await
+    }
+
+    /// Whether the subscription still lives (its reader may have closed already).
+    pub fn is_alive(&self, id: SubscriptionId) -> bool {
+        self.hub.describe(id).is_some()
+    }
+
+    pub fn subscribe(&self, request: &Request, mut options: Options) -> Result<NewSubscription> {
+        let caller = &request.caller;
         let pipe = &self.config.pipe;
         let depth = options.take_u32("depth")?.unwrap_or(pipe.default_depth);
         options.finish("Subscribe", &["depth"])?;
@@ -131,12 +147,12 @@ impl Manager {
     pub async fn add_watch(
         &self,
         id: SubscriptionId,
-        request: Request<'_>,
+        request: &Request,
         tag: Tag,
         kind: &str,
         options: Options,
     ) -> Result<()> {
-        let caller = request.caller;
+        let caller = &request.caller;
         let result = self
             .add_watch_checked(id, request, tag, kind, options)
             .await;
@@ -147,12 +163,12 @@ impl Manager {
     async fn add_watch_checked(
         &self,
         id: SubscriptionId,
-        request: Request<'_>,
+        request: &Request,
         tag: Tag,
         kind: &str,
         mut options: Options,
     ) -> Result<()> {
-        let caller = request.caller;
+        let caller = &request.caller;
         self.check_owner(id, caller)?;
         if tag == 0 {
             return Err(Error::invalid(
@@ -160,7 +176,9 @@ impl Manager {
             ));
         }
         let source = self.source(kind)?;
-        let action = source.action(&options, caller);
+        let action = Action::for_watch(source.kind(), &options, caller).ok_or_else(|| {
+            Error::Failed(format!("no polkit action guards watches of kind '{kind}'"))
+        })?;
         // The kind is known here, so only the named object can be long.
         let object = match ["path", "key", "cache"]
             .iter()
@@ -169,9 +187,14 @@ impl Manager {
             Some(named) => format!("{kind} {}", Truncated(named)),
             None => format!("{kind}, default"),
         };
-        let (subject, interactive) = (request.subject, request.interactive);
         self.authority
-            .check(caller, subject, action, interactive, &object)
+            .check(
+                caller,
+                &request.subject,
+                action,
+                request.interactive,
+                &object,
+            )
             .await?;
         let initial = options.take_bool("initial")?.unwrap_or(false);
         let filters = options.take_filters()?;
@@ -193,6 +216,7 @@ impl Manager {
             options.finish(&format!("kind '{kind}'"), &known)?;
             let watch = Watch {
                 tag,
+                kind: source.kind(),
                 filters,
                 scope,
             };
@@ -202,7 +226,7 @@ impl Manager {
             let mut result = Ok(());
             let scope = watch.scope.clone();
             let mut watch = Some(watch);
-            source.with_snapshot(&scope, &mut |snapshot| {
+            source.with_snapshot(&*scope, &mut |snapshot| {
                 result = hub.add_watch(id, watch.take().expect("called once"), Some(snapshot));
             });
             result
@@ -226,7 +250,8 @@ impl Manager {
             .expect("the semaphore is never closed")
     }
 
-    pub fn remove_watch(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {
+    pub fn remove_watch(&self, id: SubscriptionId, request: &Request, tag: Tag) -> Result<()> {
+        let caller = &request.caller;
         let result = self
             .check_owner(id, caller)
             .and_then(|()| self.hub.remove_watch(id, tag));
@@ -234,7 +259,8 @@ impl Manager {
         result
     }
 
-    pub fn resync(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {
+    pub fn resync(&self, id: SubscriptionId, request: &Request, tag: Tag) -> Result<()> {
+        let caller = &request.caller;
         let result = self.resync_checked(id, caller, tag);
         log_outcome("resync", caller, id, tag, None, &result);
         result
@@ -261,9 +287,9 @@ impl Manager {
     fn resync_checked(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {
         self.check_owner(id, caller)?;
         let watch = self.hub.watch(id, tag)?;
-        let source = self.source(watch.kind().name())?;
+        let source = self.source(watch.kind.name())?;
         let mut result = Ok(());
-        source.with_snapshot(&watch.scope, &mut |snapshot| {
+        source.with_snapshot(&*watch.scope, &mut |snapshot| {
             result = self.hub.resync(id, tag, snapshot)
         });
         result

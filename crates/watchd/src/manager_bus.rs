@@ -12,10 +12,11 @@ use zbus::{Connection, OwnedObjectPath, interface};
 use zbus_polkit::policykit1::Subject;
 
 use crate::error::{Error, Result};
-use crate::hub::{SignalNote, SubscriptionId};
+use crate::hub::SubscriptionId;
 use crate::identity::{Caller, Uid};
 use crate::manager::{Manager, Request};
 use crate::options::{OptionMap, Options};
+use crate::sources::krb5::SignalNote;
 use crate::watch::Tag;
 
 pub const BUS_NAME: &str = "org.watchd.Watchd1";
@@ -28,9 +29,16 @@ pub fn subscription_path(id: SubscriptionId) -> OwnedObjectPath {
         .expect("valid object path")
 }
 
-/// The caller as polkit should see it: by pidfd and uid when the bus vouched for the pidfd,
-/// otherwise by bus name (polkitd then asks the bus itself).
-fn request<'a>(caller: &'a Arc<Caller>, header: &Header<'_>) -> Result<Request<'a>> {
+/// Who sent this call, as the bus reports them, and as polkit should see them: by pidfd
+/// and uid when the bus vouched for the pidfd, otherwise by bus name (polkitd then asks the
+/// bus itself). The one place a method call's caller is looked up.
+async fn identify(conn: &Connection, header: &Header<'_>) -> Result<Request> {
+    let sender = header
+        .sender()
+        .ok_or_else(|| Error::Failed("the call carries no sender".into()))?;
+    let caller = Caller::lookup(conn, sender.as_str())
+        .await
+        .map_err(|e| Error::Failed(format!("cannot identify the caller: {e}")))?;
     let subject = match (&caller.pidfd, caller.pidfd_from_bus) {
         (Some(pidfd), true) => Subject::new_for_owner(pidfd, caller.uid.0),
         _ => Subject::new_for_message_header(header),
@@ -41,19 +49,10 @@ fn request<'a>(caller: &'a Arc<Caller>, header: &Header<'_>) -> Result<Request<'
         .flags()
         .contains(Flags::ALLOW_INTERACTIVE_AUTH);
     Ok(Request {
-        caller,
+        caller: Arc::new(caller),
         subject,
         interactive,
     })
-}
-
-async fn caller(conn: &Connection, header: &Header<'_>) -> Result<Caller> {
-    let sender = header
-        .sender()
-        .ok_or_else(|| Error::Failed("the call carries no sender".into()))?;
-    Caller::lookup(conn, sender.as_str())
-        .await
-        .map_err(|e| Error::Failed(format!("cannot identify the caller: {e}")))
 }
 
 /// The uid behind a property read. A read without a message (none happens: the properties
@@ -90,10 +89,8 @@ impl ManagerObject {
         #[zbus(connection)] conn: &Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<(zbus::OwnedFd, OwnedObjectPath)> {
-        let caller = caller(conn, &header).await?;
-        let new = self
-            .manager
-            .subscribe(&Arc::new(caller), Options::new(options)?)?;
+        let request = identify(conn, &header).await?;
+        let new = self.manager.subscribe(&request, Options::new(options)?)?;
         let path = subscription_path(new.id);
         let object = SubscriptionObject {
             id: new.id,
@@ -102,7 +99,7 @@ impl ManagerObject {
         server.at(&path, object).await?;
         // The reader cannot have closed yet (it has not received the fd), but the hub may
         // end the subscription on its own; don't leave an object behind if it did.
-        if self.manager.hub.describe(new.id).is_none() {
+        if !self.manager.is_alive(new.id) {
             server.remove::<SubscriptionObject, _>(&path).await?;
         }
         Ok((new.read_end.into(), path))
@@ -130,20 +127,20 @@ impl ManagerObject {
     /// Subscriptions alive now.
     #[zbus(property(emits_changed_signal = "false"))]
     fn subscriptions(&self) -> u32 {
-        self.manager.hub.counts().subscriptions
+        self.manager.counts().subscriptions
     }
 
     /// Who decides whether a caller may set a watch: polkit, or the fallback to the polkit
     /// actions file's defaults (and why).
     #[zbus(property(emits_changed_signal = "false"))]
     async fn authorization(&self) -> String {
-        self.manager.authority.describe().await
+        self.manager.authorization().await
     }
 
     /// Watches alive now, over all subscriptions.
     #[zbus(property(emits_changed_signal = "false"))]
     fn watches(&self) -> u32 {
-        self.manager.hub.counts().watches
+        self.manager.counts().watches
     }
 }
 
@@ -173,10 +170,9 @@ impl SubscriptionObject {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
-        let caller = Arc::new(caller(conn, &header).await?);
-        let request = request(&caller, &header)?;
+        let request = identify(conn, &header).await?;
         self.manager
-            .add_watch(self.id, request, tag, kind, Options::new(options)?)
+            .add_watch(self.id, &request, tag, kind, Options::new(options)?)
             .await
     }
 
@@ -187,8 +183,8 @@ impl SubscriptionObject {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
-        let caller = caller(conn, &header).await?;
-        self.manager.remove_watch(self.id, &caller, tag)
+        let request = identify(conn, &header).await?;
+        self.manager.remove_watch(self.id, &request, tag)
     }
 
     /// Resync: send the watch's current state again (SNAPSHOT records, then SYNC).
@@ -198,8 +194,8 @@ impl SubscriptionObject {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
-        let caller = caller(conn, &header).await?;
-        self.manager.resync(self.id, &caller, tag)
+        let request = identify(conn, &header).await?;
+        self.manager.resync(self.id, &request, tag)
     }
 
     /// The pipe's capacity in packets, as the kernel granted it. Readable by the

@@ -1,60 +1,43 @@
-//! A watch: a client's tag, a kind, type filters and the source-specific scope. The options
-//! a client sends to set one up are parsed in [`crate::options`].
+//! A watch: a client's tag, a kind, type filters and the source-specific [`Scope`]. The
+//! options a client sends to set one up are parsed in [`crate::options`].
+//!
+//! The core knows no source: each source names its [`Kind`] and implements [`Scope`] for
+//! its watches (which events they cover, and any record or notice of their own).
 #![forbid(unsafe_code)]
 
+use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
-use std::str::FromStr;
+use std::sync::Arc;
 
 use watchd_proto::RecordType;
 
-use crate::event::{Event, Subject};
-use crate::sources::devices::DeviceScope;
-use crate::sources::keys::KeyScope;
-use crate::sources::krb5::Krb5Scope;
-use crate::sources::mounts::MountScope;
-
-// Options moved to their own module; the sources keep naming them from here.
-pub use crate::options::{MAX_OPTIONS, Options};
+use crate::event::Event;
+use crate::identity::Caller;
 
 /// The client-chosen number that marks every record a watch produces.
 pub type Tag = u64;
 
+/// Names a subscription for as long as it lives; never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(pub u64);
+
 /// Most type filters one watch may carry; more is a malformed request, not a use case.
 pub const MAX_FILTERS: usize = 32;
 
-/// The kinds of watch, one per source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Mounts,
-    Devices,
-    Keys,
-    Krb5,
-}
+/// A kind of watch, as clients name it in `AddWatch`: one per source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Kind(pub &'static str);
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Mounts, Kind::Devices, Kind::Keys, Kind::Krb5];
-
     pub fn name(self) -> &'static str {
-        match self {
-            Kind::Mounts => "mounts",
-            Kind::Devices => "devices",
-            Kind::Keys => "keys",
-            Kind::Krb5 => "krb5",
-        }
+        self.0
     }
 }
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Kind {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Kind::ALL.into_iter().find(|k| k.name() == s).ok_or(())
+        f.write_str(self.0)
     }
 }
 
@@ -90,48 +73,46 @@ impl Filters {
     }
 }
 
-/// Which objects a watch covers, in the terms of its source.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    Mounts(MountScope),
-    Devices(DeviceScope),
-    Keys(KeyScope),
-    Krb5(Krb5Scope),
+/// Where a record went: for a scope that does more than fill the pipe.
+pub struct Delivery<'a> {
+    pub subscription: SubscriptionId,
+    pub subscriber: &'a Caller,
 }
 
-impl Scope {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Scope::Mounts(_) => Kind::Mounts,
-            Scope::Devices(_) => Kind::Devices,
-            Scope::Keys(_) => Kind::Keys,
-            Scope::Krb5(_) => Kind::Krb5,
-        }
+/// Which objects a watch covers, in the terms of its source.
+pub trait Scope: Any + fmt::Debug + Send + Sync {
+    /// Whether `event` is within this watch; decided before anything is encoded.
+    fn covers(&self, event: &Event) -> bool;
+
+    /// A record of this watch's own, when it shapes records differently from the event's
+    /// shared one (a device watch's property subset).
+    fn record_for(&self, _event: &Event) -> Option<Vec<u8>> {
+        None
     }
 
-    fn covers(&self, event: &Event) -> bool {
-        match (self, &*event.subject) {
-            (Scope::Mounts(scope), Subject::Mount(change)) => scope.covers(change),
-            (Scope::Devices(scope), Subject::Device(device)) => scope.matcher.matches(device),
-            (Scope::Keys(scope), Subject::Key(change)) => scope.covers(change, event.record_type),
-            (Scope::Krb5(scope), Subject::Krb5(change)) => scope.covers(change),
-            _ => false,
-        }
+    /// Called once the event's record was offered to the watch's pipe: a scope may tell
+    /// the subscriber another way too (a D-Bus signal). Runs under the hub's lock: it must
+    /// not block.
+    fn delivered(&self, _event: &Event, _to: &Delivery<'_>) {}
+}
+
+impl dyn Scope {
+    /// The scope as its source's own type.
+    pub fn downcast<T: Scope>(&self) -> Option<&T> {
+        let scope: &dyn Any = self;
+        scope.downcast_ref()
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Watch {
     pub tag: Tag,
+    pub kind: Kind,
     pub filters: Filters,
-    pub scope: Scope,
+    pub scope: Arc<dyn Scope>,
 }
 
 impl Watch {
-    pub fn kind(&self) -> Kind {
-        self.scope.kind()
-    }
-
     /// Whether `event` goes to this watch; decided before anything is encoded.
     pub fn wants(&self, event: &Event) -> bool {
         self.filters
@@ -139,43 +120,13 @@ impl Watch {
             && self.scope.covers(event)
     }
 
-    /// The `CredentialsCacheChanged` signal this watch wants sent for `event`, if any.
-    pub fn signal_for(&self, event: &Event) -> Option<CredentialsSignal> {
-        match (&self.scope, &*event.subject) {
-            (Scope::Krb5(scope), Subject::Krb5(change)) if scope.signal => {
-                Some(CredentialsSignal {
-                    cache: change.change.cache.clone(),
-                    principal: change.change.principal.clone(),
-                    what: u32::from(change.change.subtype),
-                })
-            }
-            _ => None,
-        }
-    }
-
     /// The record this watch gets: the event's shared one, or its own when the watch asked
-    /// for a different encoding (a device watch's property subset).
-    pub fn record_for<'e>(&self, event: &'e Event) -> std::borrow::Cow<'e, [u8]> {
-        let custom = match (&self.scope, &*event.subject) {
-            (Scope::Devices(scope), Subject::Device(device)) => {
-                scope.matcher.custom_record(event, device)
-            }
-            _ => None,
-        };
-        custom.map_or(
-            std::borrow::Cow::Borrowed(event.record()),
-            std::borrow::Cow::Owned,
-        )
+    /// for a different encoding.
+    pub fn record_for<'e>(&self, event: &'e Event) -> Cow<'e, [u8]> {
+        self.scope
+            .record_for(event)
+            .map_or(Cow::Borrowed(event.record()), Cow::Owned)
     }
-}
-
-/// The body of the `CredentialsCacheChanged` D-Bus signal: (cache, principal, what), with
-/// `what` the krb5 record subtype.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CredentialsSignal {
-    pub cache: String,
-    pub principal: String,
-    pub what: u32,
 }
 
 #[cfg(test)]

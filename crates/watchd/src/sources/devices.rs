@@ -25,11 +25,15 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, device};
 
 use crate::error::{Error, Result, Truncated};
-use crate::event::{Event, Fields, Subject};
+use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
 use crate::identity::Caller;
+use crate::options::Options;
 use crate::sources::Source;
-use crate::watch::{Kind, MAX_FILTERS, Options, Scope};
+use crate::watch::{Kind, MAX_FILTERS, Scope};
+
+/// The kind clients name in `AddWatch`.
+pub const KIND: Kind = Kind("devices");
 
 /// Longest glob or name a watch may give; real subsystem names and properties are short.
 const MAX_PATTERN_LEN: usize = 256;
@@ -151,7 +155,7 @@ impl DeviceInfo {
 
     /// Fixed fields first, then the properties in udev's order (all, or those in `include`);
     /// what does not fit in the packet is left out whole and counted (TRUNCATED).
-    pub fn encode(&self, builder: &mut RecordBuilder, include: Option<&[String]>) {
+    pub fn encode_with(&self, builder: &mut RecordBuilder, include: Option<&[String]>) {
         let mut f = Fields::new(builder);
         f.bytes(attr::ACTION, self.action.as_bytes());
         f.bytes(attr::SUBSYSTEM, self.subsystem.as_bytes());
@@ -190,12 +194,13 @@ impl DeviceInfo {
     }
 
     fn into_event(self, flags: u8) -> Event {
-        Event::new(
-            RecordType::Device,
-            self.subtype,
-            flags,
-            Arc::new(Subject::Device(Box::new(self))),
-        )
+        Event::new(RecordType::Device, self.subtype, flags, Arc::new(self))
+    }
+}
+
+impl Change for DeviceInfo {
+    fn encode(&self, builder: &mut RecordBuilder, _: RecordType) {
+        self.encode_with(builder, None);
     }
 }
 
@@ -232,13 +237,8 @@ impl DeviceMatch {
     /// This watch's own record, when it asked for a subset of the properties.
     pub fn custom_record(&self, event: &Event, d: &DeviceInfo) -> Option<Vec<u8>> {
         let include = self.include.as_deref()?;
-        let mut builder = RecordBuilder::new(
-            RecordType::Device,
-            event.subtype,
-            event.flags,
-            event.time_ns,
-        );
-        d.encode(&mut builder, Some(include));
+        let mut builder = event.builder();
+        d.encode_with(&mut builder, Some(include));
         Some(builder.finish())
     }
 
@@ -270,6 +270,19 @@ impl Eq for DeviceScope {}
 impl std::fmt::Debug for DeviceScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.matcher.fmt(f)
+    }
+}
+
+impl Scope for DeviceScope {
+    fn covers(&self, event: &Event) -> bool {
+        event
+            .subject::<DeviceInfo>()
+            .is_some_and(|device| self.matcher.matches(device))
+    }
+
+    fn record_for(&self, event: &Event) -> Option<Vec<u8>> {
+        self.matcher
+            .custom_record(event, event.subject::<DeviceInfo>()?)
     }
 }
 
@@ -570,7 +583,7 @@ fn list(options: &mut Options, key: &str) -> Result<Option<Vec<String>>> {
 
 impl Source for DeviceSource {
     fn kind(&self) -> Kind {
-        Kind::Devices
+        KIND
     }
 
     fn describe(&self) -> String {
@@ -582,7 +595,7 @@ impl Source for DeviceSource {
         }
     }
 
-    fn scope(&self, options: &mut Options, _caller: &Caller) -> Result<Scope> {
+    fn scope(&self, options: &mut Options, _caller: &Caller) -> Result<Arc<dyn Scope>> {
         let (subsystem, devtype) = match options.take_string("subsystem")? {
             None => (None, None),
             Some(value) => {
@@ -630,7 +643,7 @@ impl Source for DeviceSource {
             shared: Arc::downgrade(&self.shared),
         });
         self.shared.add_lease(&lease)?;
-        Ok(Scope::Devices(DeviceScope {
+        Ok(Arc::new(DeviceScope {
             matcher,
             lease: Some(lease),
         }))
@@ -640,8 +653,8 @@ impl Source for DeviceSource {
         &["subsystem", "tag", "property", "sysname", "properties"]
     }
 
-    fn with_snapshot(&self, scope: &Scope, then: &mut dyn FnMut(&[Event])) {
-        let Scope::Devices(DeviceScope { matcher, .. }) = scope else {
+    fn with_snapshot(&self, scope: &dyn Scope, then: &mut dyn FnMut(&[Event])) {
+        let Some(DeviceScope { matcher, .. }) = scope.downcast::<DeviceScope>() else {
             return then(&[]);
         };
         let _held = self
@@ -702,7 +715,7 @@ mod tests {
 
     fn encode(info: &DeviceInfo, include: Option<&[String]>) -> Vec<u8> {
         let mut builder = RecordBuilder::new(RecordType::Device, info.subtype, 0, 1);
-        info.encode(&mut builder, include);
+        info.encode_with(&mut builder, include);
         builder.finish()
     }
 

@@ -60,14 +60,18 @@ use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, key, meta};
 
 use crate::access;
 use crate::error::{Error, Result};
-use crate::event::{Event, Fields, Subject};
+use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
 use crate::identity::Caller;
+use crate::options::Options;
 use crate::sources::Source;
 use crate::sources::key_queue::{KeyQueue, QueueRecord};
 use crate::sources::krb5::{self, FileWatches, KeyringCollection};
 use crate::sys::{self, KeySerial};
-use crate::watch::{Kind, Options, Scope};
+use crate::watch::{Kind, Scope};
+
+/// The kind clients name in `AddWatch`.
+pub const KIND: Kind = Kind("keys");
 
 /// The group of a user the system does not know (`nogroup`).
 const NOGROUP: u32 = 65534;
@@ -384,8 +388,8 @@ pub struct KeyChange {
     pub notice: Notice,
 }
 
-impl KeyChange {
-    pub fn encode(&self, builder: &mut RecordBuilder, record_type: RecordType) {
+impl Change for KeyChange {
+    fn encode(&self, builder: &mut RecordBuilder, record_type: RecordType) {
         let key = &self.notice.key;
         let mut f = Fields::new(builder);
         f.u32(attr::KEY_ID, key.serial.0 as u32);
@@ -478,10 +482,13 @@ impl std::fmt::Debug for KeyScope {
     }
 }
 
-impl KeyScope {
-    pub fn covers(&self, change: &KeyChange, record_type: RecordType) -> bool {
-        change.root == self.root
-            && (record_type == RecordType::Meta || self.viewer.may_view(&change.notice.key))
+impl Scope for KeyScope {
+    fn covers(&self, event: &Event) -> bool {
+        event.subject::<KeyChange>().is_some_and(|change| {
+            change.root == self.root
+                && (event.record_type == RecordType::Meta
+                    || self.viewer.may_view(&change.notice.key))
+        })
     }
 }
 
@@ -1393,12 +1400,7 @@ fn publish_key(
         watched,
         notice,
     };
-    hub.publish(&Event::new(
-        record_type,
-        subtype,
-        0,
-        Arc::new(Subject::Key(change)),
-    ));
+    hub.publish(&Event::new(record_type, subtype, 0, Arc::new(change)));
 }
 
 /// The key is no longer usable at all: the watch ends.
@@ -1977,21 +1979,14 @@ pub fn viewer_of(caller: &Caller, possessor: bool) -> Result<Viewer> {
 
 impl Source for KeySource {
     fn kind(&self) -> Kind {
-        Kind::Keys
+        KIND
     }
 
     fn describe(&self) -> String {
         format!("changes found by {}", self.poller.backend())
     }
 
-    fn action(&self, options: &Options, caller: &Caller) -> crate::authority::Action {
-        match options.peek_u32("uid") {
-            Some(uid) if uid != caller.uid.0 => crate::authority::Action::WatchOtherUsersKeys,
-            _ => crate::authority::Action::WatchOwnKeys,
-        }
-    }
-
-    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Scope> {
+    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Arc<dyn Scope>> {
         let spec = options
             .take_string("key")?
             .unwrap_or_else(|| "@user".into());
@@ -2029,7 +2024,7 @@ impl Source for KeySource {
             nested,
             collection: None,
         })?;
-        Ok(Scope::Keys(KeyScope {
+        Ok(Arc::new(KeyScope {
             root: lease.id,
             watched: lease.serial,
             nested,
@@ -2042,8 +2037,8 @@ impl Source for KeySource {
         &["key", "uid", "nested"]
     }
 
-    fn with_snapshot(&self, scope: &Scope, then: &mut dyn FnMut(&[Event])) {
-        let Scope::Keys(scope) = scope else {
+    fn with_snapshot(&self, scope: &dyn Scope, then: &mut dyn FnMut(&[Event])) {
+        let Some(scope) = scope.downcast::<KeyScope>() else {
             return then(&[]);
         };
         self.poller.with_root(scope.root, |root| {
@@ -2058,12 +2053,7 @@ impl Source for KeySource {
                                 watched: serial,
                                 notice,
                             };
-                            Event::new(
-                                RecordType::Key,
-                                subtype,
-                                FLAG_SNAPSHOT,
-                                Arc::new(Subject::Key(change)),
-                            )
+                            Event::new(RecordType::Key, subtype, FLAG_SNAPSHOT, Arc::new(change))
                         })
                         .collect()
                 })

@@ -30,20 +30,25 @@ use std::sync::{Arc, Weak};
 use nix::fcntl::OFlag;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::stat::Mode;
+use tokio::sync::mpsc;
 use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, krb5};
 
 use crate::access;
 use crate::creds::{self, FsCreds};
 use crate::error::{Error, Result, Truncated};
-use crate::event::{Event, Fields, Subject};
+use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
 use crate::identity::Caller;
+use crate::options::Options;
 use crate::sources::Source;
 use crate::sources::keys::{
     Anchor, Command, Poller, RootId, RootLease, RootRequest, Tree, Waker, viewer_of,
 };
 use crate::sys::KeySerial;
-use crate::watch::{Kind, Options, Scope};
+use crate::watch::{Delivery, Kind, Scope, SubscriptionId};
+
+/// The kind clients name in `AddWatch`.
+pub const KIND: Kind = Kind("krb5");
 
 /// The key naming a collection's primary cache.
 pub const PRIMARY_KEY: &str = "krb_ccache:primary";
@@ -242,24 +247,46 @@ pub struct Krb5Change {
     pub change: CacheChange,
 }
 
-impl Krb5Change {
-    pub fn encode(&self, builder: &mut RecordBuilder) {
+impl Change for Krb5Change {
+    fn encode(&self, builder: &mut RecordBuilder, _: RecordType) {
         let mut f = Fields::new(builder);
         f.bytes(attr::CACHE, self.change.cache.as_bytes());
         f.bytes(attr::PRINCIPAL, self.change.principal.as_bytes());
         f.bytes(attr::COLLECTION, self.name.as_bytes());
         f.finish();
     }
+}
 
+impl Krb5Change {
     fn into_event(self, flags: u8) -> Event {
-        Event::new(
-            RecordType::Krb5,
-            self.change.subtype,
-            flags,
-            Arc::new(Subject::Krb5(self)),
-        )
+        Event::new(RecordType::Krb5, self.change.subtype, flags, Arc::new(self))
     }
 }
+
+/// The body of the `CredentialsCacheChanged` D-Bus signal: (cache, principal, what), with
+/// `what` the krb5 record subtype.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialsSignal {
+    pub cache: String,
+    pub principal: String,
+    pub what: u32,
+}
+
+/// A `CredentialsCacheChanged` signal for the bus side to send, unicast to one subscriber.
+#[derive(Debug)]
+pub struct SignalNote {
+    pub subscription: SubscriptionId,
+    /// The subscriber's unique bus name.
+    pub destination: String,
+    pub signal: CredentialsSignal,
+}
+
+/// Where krb5 watches that asked for signals hand them; the bus side sends them.
+pub type SignalSink = mpsc::Sender<SignalNote>;
+
+/// Signals waiting for the bus; beyond this, new ones are dropped (and logged) rather than
+/// held: the pipe has the same events, with loss accounting.
+pub const SIGNAL_QUEUE: usize = 1024;
 
 pub fn publish(hub: &Hub, collection: RootId, name: &str, change: CacheChange) {
     let change = Krb5Change {
@@ -283,36 +310,51 @@ pub struct Krb5Scope {
     pub collection: RootId,
     /// Only this cache of the collection (a name with a subsidiary part).
     pub only: Option<String>,
-    /// Also send the `CredentialsCacheChanged` D-Bus signal to the subscriber.
-    pub signal: bool,
+    /// Where `CredentialsCacheChanged` goes too, when the watch asked for the signal.
+    pub signal: Option<SignalSink>,
     pub lease: Krb5Lease,
 }
-
-impl PartialEq for Krb5Scope {
-    fn eq(&self, other: &Self) -> bool {
-        (self.collection, &self.only, self.signal) == (other.collection, &other.only, other.signal)
-    }
-}
-
-impl Eq for Krb5Scope {}
 
 impl std::fmt::Debug for Krb5Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Krb5Scope")
             .field("collection", &self.collection)
             .field("only", &self.only)
-            .field("signal", &self.signal)
+            .field("signal", &self.signal.is_some())
             .finish()
     }
 }
 
-impl Krb5Scope {
-    pub fn covers(&self, change: &Krb5Change) -> bool {
-        change.collection == self.collection
-            && self
-                .only
-                .as_ref()
-                .is_none_or(|only| *only == change.change.cache)
+impl Scope for Krb5Scope {
+    fn covers(&self, event: &Event) -> bool {
+        event.subject::<Krb5Change>().is_some_and(|change| {
+            change.collection == self.collection
+                && self
+                    .only
+                    .as_ref()
+                    .is_none_or(|only| *only == change.change.cache)
+        })
+    }
+
+    fn delivered(&self, event: &Event, to: &Delivery<'_>) {
+        let (Some(sink), Some(change)) = (&self.signal, event.subject::<Krb5Change>()) else {
+            return;
+        };
+        let note = SignalNote {
+            subscription: to.subscription,
+            destination: to.subscriber.bus_name.clone(),
+            signal: CredentialsSignal {
+                cache: change.change.cache.clone(),
+                principal: change.change.principal.clone(),
+                what: u32::from(change.change.subtype),
+            },
+        };
+        if sink.try_send(note).is_err() {
+            tracing::warn!(
+                subscription = to.subscription.0,
+                "signal queue full: a CredentialsCacheChanged signal was dropped"
+            );
+        }
     }
 }
 
@@ -796,17 +838,18 @@ pub fn default_cache(uid: u32) -> Result<String> {
 /// The `krb5` kind.
 pub struct Krb5Source {
     poller: Arc<Poller>,
+    signals: SignalSink,
 }
 
 impl Krb5Source {
-    pub fn new(poller: Arc<Poller>) -> Arc<Krb5Source> {
-        Arc::new(Krb5Source { poller })
+    pub fn new(poller: Arc<Poller>, signals: SignalSink) -> Arc<Krb5Source> {
+        Arc::new(Krb5Source { poller, signals })
     }
 }
 
 impl Source for Krb5Source {
     fn kind(&self) -> Kind {
-        Kind::Krb5
+        KIND
     }
 
     fn describe(&self) -> String {
@@ -816,12 +859,15 @@ impl Source for Krb5Source {
         )
     }
 
-    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Scope> {
+    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Arc<dyn Scope>> {
         let name = match options.take_string("cache")? {
             Some(name) => name,
             None => default_cache(caller.uid.0)?,
         };
-        let signal = options.take_bool("signal")?.unwrap_or(false);
+        let signal = options
+            .take_bool("signal")?
+            .unwrap_or(false)
+            .then(|| self.signals.clone());
         let (collection, only, lease) = match parse_cache_name(&name, caller.uid.0)? {
             Target::Keyring {
                 anchor,
@@ -854,7 +900,7 @@ impl Source for Krb5Source {
                 (lease.id, None, Krb5Lease::Files(lease))
             }
         };
-        Ok(Scope::Krb5(Krb5Scope {
+        Ok(Arc::new(Krb5Scope {
             collection,
             only,
             signal,
@@ -866,8 +912,8 @@ impl Source for Krb5Source {
         &["cache", "signal"]
     }
 
-    fn with_snapshot(&self, scope: &Scope, then: &mut dyn FnMut(&[Event])) {
-        let Scope::Krb5(scope) = scope else {
+    fn with_snapshot(&self, scope: &dyn Scope, then: &mut dyn FnMut(&[Event])) {
+        let Some(scope) = scope.downcast::<Krb5Scope>() else {
             return then(&[]);
         };
         let registry = self.poller.lock();

@@ -7,6 +7,12 @@
 //! - [`key_queue`]: the kernel's key notifications, read from a watch queue where the kernel
 //!   has one (`CONFIG_WATCH_QUEUE`).
 //! - [`krb5`]: Kerberos credential caches, in keyrings (through the key poller) or files.
+//!
+//! **Adding a source:** a module here whose change type implements
+//! [`crate::event::Change`], whose watches' scope implements [`crate::watch::Scope`] and
+//! whose source implements [`Source`]; one line in [`start`] and its name in [`KINDS`];
+//! and its polkit action in [`crate::authority::Action::for_watch`]. The hub, the watch
+//! and the event know no source.
 #![forbid(unsafe_code)]
 
 pub mod devices;
@@ -15,11 +21,18 @@ pub mod keys;
 pub mod krb5;
 pub mod mounts;
 
-use crate::authority::Action;
+use std::sync::Arc;
+
+use crate::conf::{Config, DeviceEvents};
 use crate::error::Result;
 use crate::event::Event;
+use crate::hub::Hub;
 use crate::identity::Caller;
-use crate::watch::{Kind, Options, Scope};
+use crate::options::Options;
+use crate::watch::{Kind, Scope};
+
+/// Every kind this daemon knows, served or disabled in the configuration.
+pub const KINDS: [Kind; 4] = [mounts::KIND, devices::KIND, keys::KIND, krb5::KIND];
 
 pub trait Source: Send + Sync {
     fn kind(&self) -> Kind;
@@ -27,21 +40,95 @@ pub trait Source: Send + Sync {
     /// How this source gets its events, for `watchctl status`.
     fn describe(&self) -> String;
 
-    /// The polkit action that guards a watch with these options (checked before any object
-    /// is looked at, so it may only peek at the options).
-    fn action(&self, _options: &Options, _caller: &Caller) -> Action {
-        Action::for_kind(self.kind())
-    }
-
     /// Consumes this kind's options and returns what the watch will cover, checking that
     /// the objects named exist.
-    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Scope>;
+    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Arc<dyn Scope>>;
 
     /// The option keys [`Source::scope`] understands, for error messages.
     fn option_names(&self) -> &'static [&'static str];
 
     /// Calls `then` with the current state as SNAPSHOT events while the source is held
     /// still: no change is published before `then` returns, so registering the watch inside
-    /// `then` leaves no gap and no double between snapshot and live events.
-    fn with_snapshot(&self, scope: &Scope, then: &mut dyn FnMut(&[Event]));
+    /// `then` leaves no gap and no double between snapshot and live events. `scope` is one
+    /// this source made.
+    fn with_snapshot(&self, scope: &dyn Scope, then: &mut dyn FnMut(&[Event]));
+}
+
+/// A source that could not start, and what it needs.
+#[derive(Debug)]
+pub struct StartError {
+    pub kind: Kind,
+    pub needs: &'static str,
+    pub error: std::io::Error,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the {} source {}: {}", self.kind, self.needs, self.error)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Starts every source the configuration enables, publishing to `hub`; krb5 watches that
+/// ask for D-Bus signals hand them to `signals`.
+pub fn start(
+    config: &Config,
+    hub: &Arc<Hub>,
+    signals: krb5::SignalSink,
+) -> std::result::Result<Vec<Arc<dyn Source>>, StartError> {
+    let enabled = &config.sources;
+    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+    if enabled.mounts {
+        sources.push(mounts::MountSource::new(hub.clone()));
+    }
+    if enabled.devices {
+        let events = match enabled.device_events {
+            DeviceEvents::Auto => devices::EventSource::detect(),
+            DeviceEvents::Udev => devices::EventSource::Udev,
+            DeviceEvents::Kernel => devices::EventSource::Kernel,
+        };
+        sources.push(
+            devices::DeviceSource::start(hub.clone(), events).map_err(|error| StartError {
+                kind: devices::KIND,
+                needs: "needs libudev and a netlink socket (AF_NETLINK)",
+                error,
+            })?,
+        );
+    }
+    if enabled.keys || enabled.krb5 {
+        let interval = std::time::Duration::from_millis(config.keys.poll_interval_ms.into());
+        let poller = keys::Poller::start(hub.clone(), interval).map_err(|error| StartError {
+            kind: keys::KIND,
+            needs: "needs keyctl(2), a thread keyring and inotify",
+            error,
+        })?;
+        if enabled.keys {
+            sources.push(keys::KeySource::new(poller.clone()));
+        }
+        if enabled.krb5 {
+            sources.push(krb5::Krb5Source::new(poller, signals));
+        }
+    }
+    Ok(sources)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authority::Action;
+    use crate::identity::Uid;
+    use crate::options::OptionMap;
+
+    #[test]
+    fn every_kind_is_guarded_by_a_polkit_action() {
+        let caller = Caller::with_credentials(Uid(1000));
+        let options = Options::new(OptionMap::default()).unwrap();
+        for kind in KINDS {
+            assert!(
+                Action::for_watch(kind, &options, &caller).is_some(),
+                "no polkit action guards kind {kind}: add it to Action::for_watch"
+            );
+        }
+    }
 }

@@ -23,11 +23,15 @@ use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, mount};
 
 use crate::access::{self, CallerProcess, MountView};
 use crate::error::{Error, Result};
-use crate::event::{Event, Fields, Subject};
+use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
 use crate::identity::{Caller, Uid};
+use crate::options::Options;
 use crate::sources::Source;
-use crate::watch::{Kind, Options, Scope};
+use crate::watch::{Kind, Scope};
+
+/// The kind clients name in `AddWatch`.
+pub const KIND: Kind = Kind("mounts");
 
 /// A mount id: mountinfo's first field in this version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -176,16 +180,13 @@ pub struct MountChange {
 
 impl MountChange {
     pub fn into_event(self, subtype: u8, flags: u8) -> Event {
-        Event::new(
-            RecordType::Mount,
-            subtype,
-            flags,
-            Arc::new(Subject::Mount(self)),
-        )
+        Event::new(RecordType::Mount, subtype, flags, Arc::new(self))
     }
+}
 
+impl Change for MountChange {
     /// Most useful fields first, so that if paths are huge it is the least useful that give way.
-    pub fn encode(&self, builder: &mut RecordBuilder) {
+    fn encode(&self, builder: &mut RecordBuilder, _: RecordType) {
         let e = &self.entry;
         let mut f = Fields::new(builder);
         f.u64(attr::MOUNT_ID, e.id.0);
@@ -246,7 +247,7 @@ impl MountScope {
         }
     }
 
-    pub fn covers(&self, change: &MountChange) -> bool {
+    pub fn covers_change(&self, change: &MountChange) -> bool {
         change.origin.view == self.view
             && match &self.under {
                 None => true,
@@ -258,6 +259,14 @@ impl MountScope {
                             .is_some_and(|old| is_at_or_under(old, dir))
                 }
             }
+    }
+}
+
+impl Scope for MountScope {
+    fn covers(&self, event: &Event) -> bool {
+        event
+            .subject::<MountChange>()
+            .is_some_and(|change| self.covers_change(change))
     }
 }
 
@@ -466,7 +475,7 @@ fn follow(view: &FollowedView, hub: &Hub, stop: OwnedFd) {
 
 impl Source for MountSource {
     fn kind(&self) -> Kind {
-        Kind::Mounts
+        KIND
     }
 
     fn describe(&self) -> String {
@@ -474,13 +483,13 @@ impl Source for MountSource {
     }
 
     /// Mount watches are bound to the caller's own view of the mount tree.
-    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Scope> {
+    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Arc<dyn Scope>> {
         let under = match options.take_string("path")? {
             None => None,
             Some(path) => Some(access::resolve_path(caller, &path)?),
         };
         let lease = self.lease(&CallerProcess::new(caller)?, caller.uid)?;
-        Ok(Scope::Mounts(MountScope {
+        Ok(Arc::new(MountScope {
             view: lease.view.origin.view,
             under,
             lease: Some(lease),
@@ -491,10 +500,10 @@ impl Source for MountSource {
         &["path"]
     }
 
-    fn with_snapshot(&self, scope: &Scope, then: &mut dyn FnMut(&[Event])) {
-        let Scope::Mounts(MountScope {
+    fn with_snapshot(&self, scope: &dyn Scope, then: &mut dyn FnMut(&[Event])) {
+        let Some(MountScope {
             lease: Some(lease), ..
-        }) = scope
+        }) = scope.downcast::<MountScope>()
         else {
             return then(&[]);
         };
@@ -528,19 +537,6 @@ pub(crate) mod tests {
 ";
 
     /// An attach in view `view` (namespace `view` too, for simplicity).
-    pub(crate) fn attach_event(view: u64, mount_point: &str) -> Event {
-        let (mut entries, _) = parse_mountinfo(SAMPLE);
-        let mut entry = entries.remove(0);
-        entry.mount_point = mount_point.as_bytes().to_vec();
-        let change = MountChange {
-            entry: Arc::new(entry),
-            origin: Origin { ns: view, view },
-            old_mount_point: None,
-            changed: 0,
-        };
-        change.into_event(mount::ATTACH, 0)
-    }
-
     const ORIGIN: Origin = Origin { ns: 1, view: 1 };
 
     fn table(text: &[u8]) -> Vec<Arc<MountEntry>> {
@@ -625,7 +621,7 @@ pub(crate) mod tests {
         let at = |p: &str, old: Option<&str>, view| {
             let mut entry = parse_mountinfo(SAMPLE).0.remove(2);
             entry.mount_point = p.as_bytes().to_vec();
-            scope.covers(&MountChange {
+            scope.covers_change(&MountChange {
                 entry: Arc::new(entry),
                 origin: Origin { ns: 1, view },
                 old_mount_point: old.map(|o| o.as_bytes().to_vec()),
