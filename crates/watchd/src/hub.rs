@@ -202,7 +202,7 @@ impl Subscription {
 struct UidUsage {
     subscriptions: u32,
     watches: u32,
-    /// Pages the kernel granted to this uid's pipes, all charged to root.
+    /// Pages the kernel granted to this uid's pipes (charged to this uid, see `subscribe`).
     pipe_pages: u32,
 }
 
@@ -364,29 +364,18 @@ impl Hub {
     /// the hub keeps. Must be called within a Tokio runtime (it starts the pipe's task).
     pub fn subscribe(self: &Arc<Self>, caller: Arc<Caller>, depth: u32) -> Result<NewSubscription> {
         let owner = caller.uid;
-        let mut state = self.lock();
-        let total = state.subscriptions.len() as u32;
-        if total >= self.limits.max_subscriptions {
-            return Err(Error::LimitExceeded(format!(
-                "the daemon holds {total} subscriptions, its limit (limits.max_subscriptions)"
-            )));
-        }
-        let mine = state.usage(owner).subscriptions;
-        if mine >= self.limits.max_subscriptions_per_uid {
-            return Err(Error::LimitExceeded(format!(
-                "uid {owner} already holds {mine} subscriptions, the limit (limits.max_subscriptions_per_uid)"
-            )));
-        }
-        // Checked before the pipe exists, so a refused caller costs root no pages at all;
-        // then again with what the kernel granted, which is what root is charged.
-        self.check_pipe_pages(&mut state, &caller, depth, pipe::pages_for(depth))?;
+        // Checked before the pipe exists, so a refused caller costs nothing; then again, with
+        // what the kernel granted, once the pipe is made. The lock is not held in between:
+        // making the pipe takes a thread, and publishing must not wait for it.
+        self.admit(&mut self.lock(), &caller, depth, pipe::pages_for(depth))?;
         // Made as the subscriber's real uid: the kernel charges a pipe's pages to the user
         // that created it, at creation and at every later F_SETPIPE_SZ on either end. The
         // client holds the read end and may grow it to fs.pipe-max-size, beyond this budget;
-        // charged to root, that would still shrink the pipes of root's other services.
+        // charged to root, that would shrink the pipes of root's other services.
         let (read_end, write_end, depth) = creds::charged_to(owner.0, || pipe::packet_pipe(depth))
             .map_err(|e| Error::Failed(format!("cannot create a packet pipe: {e}")))?;
-        self.check_pipe_pages(&mut state, &caller, depth, depth)?;
+        let mut state = self.lock();
+        self.admit(&mut state, &caller, depth, depth)?;
         let id = SubscriptionId(state.next_id);
         state.next_id += 1;
         let write_end = Arc::new(write_end);
@@ -413,6 +402,25 @@ impl Hub {
             read_end,
             depth,
         })
+    }
+
+    /// Refuses one more subscription of `caller` past the subscription limits, or a pipe of
+    /// `pages` past the pipe page budgets.
+    fn admit(&self, state: &mut State, caller: &Caller, depth: u32, pages: u32) -> Result<()> {
+        let owner = caller.uid;
+        let total = state.subscriptions.len() as u32;
+        if total >= self.limits.max_subscriptions {
+            return Err(Error::LimitExceeded(format!(
+                "the daemon holds {total} subscriptions, its limit (limits.max_subscriptions)"
+            )));
+        }
+        let mine = state.usage(owner).subscriptions;
+        if mine >= self.limits.max_subscriptions_per_uid {
+            return Err(Error::LimitExceeded(format!(
+                "uid {owner} already holds {mine} subscriptions, the limit (limits.max_subscriptions_per_uid)"
+            )));
+        }
+        self.check_pipe_pages(state, caller, depth, pages)
     }
 
     /// Refuses a pipe of `pages` for `caller` that would take its uid or the daemon past its
