@@ -60,7 +60,7 @@
 //! With `KEY_POLL_DISTINCT_NAMES=1` every key gets a description of its own
 //! (`__krb5_princ__#17`): a diagnostic run that shows the daemon's cost without the
 //! collisions of same-named keys in its thread keyring (see docs/benchmarks.md).
-#![allow(unsafe_code)] // keyctl(2) and add_key(2) with the bench's own buffers: no crate wraps them.
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -72,11 +72,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
+use watchd::sys::KeySerial;
 use watchd_client::{Client, SubscribeOptions, WatchOptions};
 use watchd_e2e::bench::{
     Jitter, Machine, Pct, daemon_profile, machine, now_ns, realtime_offset, set_nonblocking,
 };
 use watchd_e2e::polkit::{OTHER_UID, as_user, connect_as_user};
+use watchd_e2e::sys::{
+    BufferOp, IntegerOp, KEYCTL_CLEAR, KEYCTL_DESCRIBE, KEYCTL_INVALIDATE, KEYCTL_READ,
+    KEYCTL_SETPERM,
+};
 use watchd_e2e::{Env, Process};
 use watchd_proto::{MAX_RECORD_LEN, Record, RecordType, attr, key};
 
@@ -316,67 +321,25 @@ impl Drop for Quota {
 // keyctl(2)
 // ---------------------------------------------------------------------------------------
 
-const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
-const KEYCTL_UPDATE: libc::c_long = 2;
-const KEYCTL_SETPERM: libc::c_long = 5;
-const KEYCTL_DESCRIBE: libc::c_long = 6;
-const KEYCTL_CLEAR: libc::c_long = 7;
-const KEYCTL_READ: libc::c_long = 11;
-const KEYCTL_INVALIDATE: libc::c_long = 21;
 const KEY_SPEC_SESSION_KEYRING: i32 = -3;
 
-fn keyctl(op: libc::c_long, a: libc::c_long, b: libc::c_long, c: libc::c_long) -> Result<i64> {
-    // SAFETY: callers pass integers, or a pointer and length of a live buffer they own.
-    let r = unsafe { libc::syscall(libc::SYS_keyctl, op, a, b, c, 0 as libc::c_long) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(r as i64)
+/// keyctl(2) with integer arguments (the harness's wrapper).
+fn keyctl(op: IntegerOp, a: libc::c_long, b: libc::c_long, c: libc::c_long) -> Result<i64> {
+    Ok(watchd_e2e::sys::keyctl(op, a, b, c)?)
 }
 
 /// `KEYCTL_DESCRIBE` or `KEYCTL_READ` into `buf` (as much as fits); the length wanted.
-fn keyctl_buf(op: libc::c_long, key: i32, buf: &mut [u8]) -> Result<usize> {
-    // SAFETY: the kernel writes at most buf.len() bytes into the live buffer.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_keyctl,
-            op,
-            key as libc::c_long,
-            buf.as_mut_ptr(),
-            buf.len(),
-            0 as libc::c_long,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(r as usize)
+fn keyctl_buf(op: BufferOp, key: i32, buf: &mut [u8]) -> Result<usize> {
+    Ok(watchd_e2e::sys::keyctl_into(op, key, buf)?)
 }
 
+/// add_key(2) through the daemon's own wrapper.
 fn add_key(key_type: &str, description: &str, payload: &[u8], keyring: i32) -> Result<i32> {
     let key_type = std::ffi::CString::new(key_type)?;
     let description = std::ffi::CString::new(description)?;
-    let (data, len) = if payload.is_empty() {
-        (std::ptr::null(), 0)
-    } else {
-        (payload.as_ptr(), payload.len())
-    };
-    // SAFETY: NUL-terminated strings and a payload buffer that live across the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_add_key,
-            key_type.as_ptr(),
-            description.as_ptr(),
-            data,
-            len,
-            keyring as libc::c_long,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("add_key {description:?}"));
-    }
-    Ok(r as i32)
+    let serial = watchd::sys::add_key(&key_type, &description, payload, KeySerial(keyring))
+        .with_context(|| format!("add_key {description:?}"))?;
+    Ok(serial.0)
 }
 
 fn setperm(key: i32) -> Result<()> {
@@ -459,12 +422,7 @@ impl Held {
     /// KEYCTL_UPDATE with a new payload; the time its call returned.
     fn update(&mut self, key: i32) -> Result<u64> {
         let payload = self.payload(CREDENTIAL_LEN);
-        keyctl(
-            KEYCTL_UPDATE,
-            key.into(),
-            payload.as_ptr() as libc::c_long,
-            payload.len() as libc::c_long,
-        )?;
+        watchd_e2e::sys::keyctl_update(key, &payload)?;
         Ok(now_ns())
     }
 
@@ -505,7 +463,7 @@ impl KeyHolder {
             .spawn(move || {
                 let setup = || -> Result<i32> {
                     become_user(uid)?;
-                    keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0)
+                    watchd::sys::keyctl_join_new_session_keyring()
                         .context("joining a new session keyring")?;
                     let bench = add_key(
                         "keyring",

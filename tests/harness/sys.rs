@@ -1,9 +1,11 @@
-//! The harness's only `unsafe` code: what a child runs between fork and exec
-//! (`Command::pre_exec`, whose closure must stay async-signal-safe) and the loop-control
-//! ioctl no crate wraps. One safe function each; the calls inside are nix's.
-#![allow(unsafe_code)] // pre_exec (an unsafe fn) and ioctl(2) on /dev/loop-control.
+//! The only `unsafe` code of the tests, benches and probes: what a child runs between fork
+//! and exec (`Command::pre_exec`, whose closure must stay async-signal-safe; the calls in it
+//! are nix's), the loop-control ioctl, and the key calls the daemon's `watchd::sys` does not
+//! make (keyctl(2) revoke, clear, timeouts, invalidation, updates and fixed-buffer reads;
+//! request_key(2)). One safe function each, naming its man page.
+#![allow(unsafe_code)] // pre_exec (an unsafe fn), ioctl(2), keyctl(2) and request_key(2).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -77,4 +79,115 @@ pub fn loop_control(control: &File, request: libc::c_ulong, index: u32) -> nix::
     // is open for the duration of the call.
     let result = unsafe { libc::ioctl(control.as_raw_fd(), request, index as libc::c_ulong) };
     nix::errno::Errno::result(result)
+}
+
+/// A keyctl(2) operation whose arguments are all integers (serials, ids, permissions,
+/// seconds): only those listed here can be made, so [`keyctl`] never hands the kernel an
+/// integer it would take for a pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntegerOp(libc::c_long);
+
+/// `KEYCTL_GET_KEYRING_ID` (keyctl_get_keyring_ID(3)): id, create.
+pub const KEYCTL_GET_KEYRING_ID: IntegerOp = IntegerOp(0);
+/// `KEYCTL_REVOKE` (keyctl_revoke(3)): key.
+pub const KEYCTL_REVOKE: IntegerOp = IntegerOp(3);
+/// `KEYCTL_SETPERM` (keyctl_setperm(3)): key, permissions.
+pub const KEYCTL_SETPERM: IntegerOp = IntegerOp(5);
+/// `KEYCTL_CLEAR` (keyctl_clear(3)): keyring.
+pub const KEYCTL_CLEAR: IntegerOp = IntegerOp(7);
+/// `KEYCTL_LINK` (keyctl_link(3)): key, keyring.
+pub const KEYCTL_LINK: IntegerOp = IntegerOp(8);
+/// `KEYCTL_UNLINK` (keyctl_unlink(3)): key, keyring.
+pub const KEYCTL_UNLINK: IntegerOp = IntegerOp(9);
+/// `KEYCTL_SET_TIMEOUT` (keyctl_set_timeout(3)): key, seconds.
+pub const KEYCTL_SET_TIMEOUT: IntegerOp = IntegerOp(15);
+/// `KEYCTL_INVALIDATE` (keyctl_invalidate(3)): key.
+pub const KEYCTL_INVALIDATE: IntegerOp = IntegerOp(21);
+
+/// keyctl(2) with up to three integer arguments; the kernel's answer.
+pub fn keyctl(
+    op: IntegerOp,
+    a: libc::c_long,
+    b: libc::c_long,
+    c: libc::c_long,
+) -> std::io::Result<i64> {
+    // SAFETY: every IntegerOp takes only integers, so the kernel reads and writes no memory
+    // of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_keyctl, op.0, a, b, c, 0 as libc::c_long) };
+    cvt(ret)
+}
+
+/// A keyctl(2) operation that writes into a buffer: [`KEYCTL_DESCRIBE`], [`KEYCTL_READ`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferOp(libc::c_long);
+
+/// `KEYCTL_DESCRIBE` (keyctl_describe(3)).
+pub const KEYCTL_DESCRIBE: BufferOp = BufferOp(6);
+/// `KEYCTL_READ` (keyctl_read(3)).
+pub const KEYCTL_READ: BufferOp = BufferOp(11);
+
+/// keyctl(2) `op` on `key` into `buf`, as much as fits: the length the kernel wanted to
+/// write (more than `buf.len()` when it did not fit).
+pub fn keyctl_into(op: BufferOp, key: i32, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into the live, exclusively
+    // borrowed buffer.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            op.0,
+            key as libc::c_long,
+            buf.as_mut_ptr(),
+            buf.len(),
+            0 as libc::c_long,
+        )
+    };
+    cvt(ret).map(|n| n as usize)
+}
+
+/// `KEYCTL_UPDATE` (keyctl_update(3)): replaces `key`'s payload.
+pub fn keyctl_update(key: i32, payload: &[u8]) -> std::io::Result<()> {
+    const KEYCTL_UPDATE: libc::c_long = 2;
+    // SAFETY: the kernel reads `payload.len()` bytes from the live slice, and nothing else.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_UPDATE,
+            key as libc::c_long,
+            payload.as_ptr(),
+            payload.len(),
+            0 as libc::c_long,
+        )
+    };
+    cvt(ret).map(drop)
+}
+
+/// request_key(2): the key `key_type`/`description`, made by the request-key helper with
+/// `callout` when none is found, linked into `keyring`. Blocks until the helper ends.
+pub fn request_key(
+    key_type: &CStr,
+    description: &CStr,
+    callout: &CStr,
+    keyring: i32,
+) -> std::io::Result<i32> {
+    // SAFETY: the three strings are NUL-terminated and live for the call; the kernel only
+    // reads them.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_request_key,
+            key_type.as_ptr(),
+            description.as_ptr(),
+            callout.as_ptr(),
+            keyring as libc::c_long,
+        )
+    };
+    cvt(ret).map(|n| n as i32)
+}
+
+/// A `-1` return as the thread's errno.
+fn cvt(ret: libc::c_long) -> std::io::Result<i64> {
+    if ret == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }

@@ -6,7 +6,7 @@
 //!
 //! Exit status: 0 every check passed, 1 some failed, 2 the probe could not run (a key
 //! operation failed), [`NO_WATCH_QUEUES`] the kernel has no watch queues (ENOPKG).
-#![allow(unsafe_code)] // add_key(2) and keyctl(2), which no crate wraps.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -15,6 +15,9 @@ use anyhow::{Context, Result};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use watchd::sources::key_queue::{KeyQueue, QueueRecord};
 use watchd::sys::{self, KeySerial};
+use watchd_e2e::sys::{
+    IntegerOp, KEYCTL_CLEAR, KEYCTL_INVALIDATE, KEYCTL_REVOKE, KEYCTL_SETPERM, keyctl_update,
+};
 use watchd_proto::key;
 
 /// The exit status when `pipe2(O_NOTIFICATION_PIPE)` fails with ENOPKG.
@@ -23,12 +26,6 @@ const NO_WATCH_QUEUES: u8 = 3;
 /// How long the kernel's key garbage collector may take to destroy an unreferenced key (it
 /// runs as soon as it is scheduled; this is slack for a slow emulated CPU).
 const GC_LIMIT: Duration = Duration::from_secs(10);
-
-const KEYCTL_UPDATE: libc::c_long = 2;
-const KEYCTL_REVOKE: libc::c_long = 3;
-const KEYCTL_SETPERM: libc::c_long = 5;
-const KEYCTL_CLEAR: libc::c_long = 7;
-const KEYCTL_INVALIDATE: libc::c_long = 21;
 
 fn main() -> ExitCode {
     let queue = match KeyQueue::open(256) {
@@ -104,7 +101,7 @@ impl Probe {
         )?;
 
         self.queue.watch(a).context("watching key a")?;
-        keyctl_buf(KEYCTL_UPDATE, a, b"two")?;
+        update(a, b"two")?;
         self.expect("update", &[note(a, key::UPDATED)])?;
 
         let same = add_key("user", "a", b"three", ring)?;
@@ -171,7 +168,7 @@ impl Probe {
         let d = add_key("user", "d", b"0", session)?;
         small.watch(d).context("watching key d")?;
         for i in 0..100 {
-            keyctl_buf(KEYCTL_UPDATE, d, format!("{i}").as_bytes())?;
+            update(d, format!("{i}").as_bytes())?;
         }
         let mut got = Vec::new();
         small.drain(&mut got).context("draining the small queue")?;
@@ -241,8 +238,8 @@ impl Probe {
     }
 }
 
-/// `add_key(2)`: a key of `key_type` named `description` with `payload` in `keyring`, or
-/// the existing one of that name updated.
+/// `add_key(2)` (the daemon's wrapper): a key of `key_type` named `description` with
+/// `payload` in `keyring`, or the existing one of that name updated.
 fn add_key(
     key_type: &str,
     description: &str,
@@ -251,55 +248,18 @@ fn add_key(
 ) -> Result<KeySerial> {
     let key_type = std::ffi::CString::new(key_type)?;
     let description = std::ffi::CString::new(description)?;
-    // SAFETY: both strings are NUL-terminated and live; the kernel reads `payload.len()`
-    // bytes from the live slice (a keyring takes none, and gets a null pointer).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_add_key,
-            key_type.as_ptr(),
-            description.as_ptr(),
-            if payload.is_empty() {
-                std::ptr::null()
-            } else {
-                payload.as_ptr()
-            },
-            payload.len(),
-            keyring.0 as libc::c_long,
-        )
-    };
-    if ret == -1 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("add_key({key_type:?}, {description:?})"));
-    }
-    Ok(KeySerial(ret as i32))
+    sys::add_key(&key_type, &description, payload, keyring)
+        .with_context(|| format!("add_key({key_type:?}, {description:?})"))
 }
 
 /// `keyctl(2)` operations that take a key and one integer.
-fn keyctl(op: libc::c_long, key: KeySerial, arg: libc::c_long) -> Result<()> {
-    // SAFETY: these operations take integers only.
-    let ret = unsafe { libc::syscall(libc::SYS_keyctl, op, key.0 as libc::c_long, arg) };
-    if ret == -1 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("keyctl({op}, {key})"));
-    }
+fn keyctl(op: IntegerOp, key: KeySerial, arg: libc::c_long) -> Result<()> {
+    watchd_e2e::sys::keyctl(op, key.0.into(), arg, 0)
+        .with_context(|| format!("keyctl({op:?}, {key})"))?;
     Ok(())
 }
 
-/// `keyctl(2)` operations that take a key and a payload (`KEYCTL_UPDATE`).
-fn keyctl_buf(op: libc::c_long, key: KeySerial, payload: &[u8]) -> Result<()> {
-    // SAFETY: the kernel reads `payload.len()` bytes from the live slice.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_keyctl,
-            op,
-            key.0 as libc::c_long,
-            payload.as_ptr(),
-            payload.len(),
-        )
-    };
-    if ret == -1 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("keyctl({op}, {key}, payload)"));
-    }
-    Ok(())
+/// `KEYCTL_UPDATE`: `key`'s payload replaced.
+fn update(key: KeySerial, payload: &[u8]) -> Result<()> {
+    keyctl_update(key.0, payload).with_context(|| format!("KEYCTL_UPDATE of {key}"))
 }

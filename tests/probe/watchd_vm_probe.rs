@@ -20,7 +20,7 @@
 //! while 1, 100 and 1,000 keyrings laid out like small krb5 caches are watched and nothing
 //! changes, its keys thread's wake-ups, its memory, and the delay from a key update to the
 //! client's read, printed as a markdown table.
-#![allow(unsafe_code)] // keyctl(2) and request_key(2), which no crate wraps.
+#![forbid(unsafe_code)]
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use watchd::sys::{self, KeySerial};
 use watchd_client::{Client, EventStream, SubscribeOptions, WatchOptions};
+use watchd_e2e::sys::{
+    IntegerOp, KEYCTL_CLEAR, KEYCTL_GET_KEYRING_ID, KEYCTL_INVALIDATE, KEYCTL_LINK, KEYCTL_REVOKE,
+    KEYCTL_SET_TIMEOUT, KEYCTL_SETPERM, KEYCTL_UNLINK,
+};
 use watchd_proto::{RecordType, attr, key};
 
 /// The key poll interval the daemon is given: a record faster than this came from the queue.
@@ -40,16 +44,6 @@ const RUN_DIR: &str = "/run/watchd-vm";
 
 const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
 const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
-const KEYCTL_GET_KEYRING_ID: libc::c_long = 0;
-const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
-const KEYCTL_UPDATE: libc::c_long = 2;
-const KEYCTL_REVOKE: libc::c_long = 3;
-const KEYCTL_SETPERM: libc::c_long = 5;
-const KEYCTL_CLEAR: libc::c_long = 7;
-const KEYCTL_LINK: libc::c_long = 8;
-const KEYCTL_UNLINK: libc::c_long = 9;
-const KEYCTL_SET_TIMEOUT: libc::c_long = 15;
-const KEYCTL_INVALIDATE: libc::c_long = 21;
 
 fn main() -> ExitCode {
     let mut args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
@@ -367,31 +361,13 @@ async fn expect_key(
     Ok(())
 }
 
-fn keyctl(op: libc::c_long, a: libc::c_long, b: libc::c_long, c: libc::c_long) -> Result<i64> {
-    // SAFETY: the operations called through here take only integers.
-    let ret = unsafe { libc::syscall(libc::SYS_keyctl, op, a, b, c, 0 as libc::c_long) };
-    if ret < 0 {
-        bail!("keyctl({op}): {}", std::io::Error::last_os_error());
-    }
-    Ok(ret)
+fn keyctl(op: IntegerOp, a: libc::c_long, b: libc::c_long, c: libc::c_long) -> Result<i64> {
+    watchd_e2e::sys::keyctl(op, a, b, c).with_context(|| format!("keyctl({op:?})"))
 }
 
-fn update(key: u32, payload: &[u8]) -> Result<i64> {
-    // SAFETY: the payload pointer is valid for its length; the kernel only reads it.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_keyctl,
-            KEYCTL_UPDATE,
-            key as libc::c_long,
-            payload.as_ptr(),
-            payload.len(),
-            0 as libc::c_long,
-        )
-    };
-    if ret < 0 {
-        bail!("KEYCTL_UPDATE: {}", std::io::Error::last_os_error());
-    }
-    Ok(ret)
+/// `KEYCTL_UPDATE`: `key`'s payload replaced.
+fn update(key: u32, payload: &[u8]) -> Result<()> {
+    watchd_e2e::sys::keyctl_update(key as i32, payload).context("KEYCTL_UPDATE")
 }
 
 /// `add_key(2)` through the daemon's own wrapper; `keyring` is a serial or special id.
@@ -411,7 +387,7 @@ fn add_key(
 /// session does (a key's owner gets View only, updating it needs possession), and watches
 /// it, nested. Returns its serial and the records.
 async fn watch_user_keyring(client: &Client) -> Result<(u32, EventStream)> {
-    keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0).context("joining a session keyring")?;
+    sys::keyctl_join_new_session_keyring().context("joining a session keyring")?;
     keyctl(
         KEYCTL_LINK,
         KEY_SPEC_USER_KEYRING,
@@ -584,21 +560,10 @@ fn request_key(key_type: &str, description: &str, callout: &str) -> Result<u32> 
     let key_type = CString::new(key_type)?;
     let description = CString::new(description)?;
     let callout = CString::new(callout)?;
-    // SAFETY: the three strings are NUL-terminated and live for the call; the kernel only
-    // reads them.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_request_key,
-            key_type.as_ptr(),
-            description.as_ptr(),
-            callout.as_ptr(),
-            KEY_SPEC_USER_KEYRING,
-        )
-    };
-    if ret < 0 {
-        bail!("request_key: {}", std::io::Error::last_os_error());
-    }
-    Ok(ret as u32)
+    let keyring = KEY_SPEC_USER_KEYRING as i32;
+    let serial = watchd_e2e::sys::request_key(&key_type, &description, &callout, keyring)
+        .context("request_key")?;
+    Ok(serial as u32)
 }
 
 /// Keyrings measured: as in benches/key_poll.rs.
@@ -608,7 +573,7 @@ const WINDOW: Duration = Duration::from_secs(10);
 
 /// The `--idle-bench` measurement; see the module's documentation.
 async fn idle_bench(client: &Client, daemon: u32) -> Result<()> {
-    keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0).context("joining a session keyring")?;
+    sys::keyctl_join_new_session_keyring().context("joining a session keyring")?;
     keyctl(
         KEYCTL_LINK,
         KEY_SPEC_USER_KEYRING,
