@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use watchd::sources::key_queue::{KeyQueue, QueueRecord};
+use watchd::sources::keys::queue::{KeyQueue, QueueRecord};
 use watchd::sys::{self, KeySerial};
 use watchd_e2e::sys::{
     IntegerOp, KEYCTL_CLEAR, KEYCTL_INVALIDATE, KEYCTL_REVOKE, KEYCTL_SETPERM, keyctl_update,

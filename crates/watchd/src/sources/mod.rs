@@ -3,9 +3,8 @@
 //!
 //! - [`mounts`]: mount topology and option changes (mountinfo `POLLPRI` + diff).
 //! - [`devices`]: udev device events (libudev monitor), or raw kernel uevents.
-//! - [`keys`]: kernel keys and keyrings, followed by one poller thread.
-//! - [`key_queue`]: the kernel's key notifications, read from a watch queue where the kernel
-//!   has one (`CONFIG_WATCH_QUEUE`).
+//! - [`keys`]: kernel keys and keyrings, followed by one poller thread, told of changes by
+//!   the kernel's watch queue where the kernel has one (`CONFIG_WATCH_QUEUE`).
 //! - [`krb5`]: Kerberos credential caches, in keyrings (through the key poller) or files.
 //!
 //! **Adding a source:** a module here whose change type implements
@@ -16,7 +15,6 @@
 #![forbid(unsafe_code)]
 
 pub mod devices;
-pub mod key_queue;
 pub mod keys;
 pub mod krb5;
 pub mod mounts;

@@ -1,6 +1,7 @@
 //! Key notifications from the kernel's watch queue, on kernels that have one
-//! (`CONFIG_WATCH_QUEUE` and `CONFIG_KEY_NOTIFICATIONS`): the event-driven alternative to
-//! the poller in [`super::keys`].
+//! (`CONFIG_WATCH_QUEUE` and `CONFIG_KEY_NOTIFICATIONS`): what tells the poller
+//! ([`super::poller`]) when to walk, instead of the poll interval. [`QueueWatches`] is the
+//! poller's side: which keys of which roots are watched, and which roots a note names.
 //!
 //! A [`KeyQueue`] owns a notification pipe (`pipe2(O_NOTIFICATION_PIPE)`), sized and
 //! filtered to key notes. [`KeyQueue::watch`] asks the kernel (`KEYCTL_WATCH_KEY`) to post
@@ -20,14 +21,15 @@
 //! What the queue cannot say: which key changed *inside* a watched keyring other than by
 //! link and unlink (each key needs its own watch), and anything about keys the daemon may
 //! not View (`KEYCTL_WATCH_KEY` needs View, like `describe`).
-#![forbid(unsafe_code)]
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use watchd_proto::key;
 
+use super::tree::{Condition, RootId, Tree};
 use crate::sys::{self, KeySerial};
 
 /// The watch id our watches carry in each note (`WATCH_INFO_ID`); one queue, one id.
@@ -189,6 +191,203 @@ pub fn parse(mut bytes: &[u8], out: &mut Vec<QueueRecord>) {
                 _ => {}
             },
             _ => {}
+        }
+    }
+}
+
+/// Notes the watch queue holds before the kernel drops some (and says so): its maximum.
+const QUEUE_NOTES: u32 = sys::WATCH_QUEUE_MAX_NOTES;
+
+/// The kernel caps the key watches of a user (all of root's, here) at the open-file limit of
+/// the task adding one, and the usual soft limit (1024) is a few hundred watched trees: take
+/// the hard limit, as a daemon may. Beyond it, roots are polled.
+fn allow_key_watches() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, "cannot raise the open-file limit; fewer keys can be watched");
+    }
+}
+
+/// The poller's watch queue: the queue, and the roots each key is watched in it for.
+pub(super) struct QueueWatches {
+    queue: KeyQueue,
+    /// The roots each key is watched in the queue for.
+    owners: HashMap<KeySerial, HashSet<RootId>>,
+}
+
+impl AsFd for QueueWatches {
+    /// The queue's read end, for the poller's poll set.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.queue.as_fd()
+    }
+}
+
+/// What the notes read at once ask of the poller.
+pub(super) struct Notes {
+    /// The roots to walk again; `None`: every root (notes were lost).
+    pub(super) dirty: Option<HashSet<RootId>>,
+    /// What the kernel said, (key, subtype), for the walks to publish what they cannot see.
+    pub(super) said: Vec<(KeySerial, u8)>,
+}
+
+impl QueueWatches {
+    /// The kernel's watch queue, where the kernel has one (`None` elsewhere, or when it
+    /// cannot be opened: keys are then polled).
+    pub(super) fn open() -> Option<QueueWatches> {
+        match KeyQueue::open(QUEUE_NOTES) {
+            Ok(queue) => {
+                allow_key_watches();
+                Some(QueueWatches {
+                    queue,
+                    owners: HashMap::new(),
+                })
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOPKG) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "the kernel has watch queues but one cannot be opened; polling keys instead");
+                None
+            }
+        }
+    }
+
+    /// Reads what the queue has; `None` when it names no key.
+    pub(super) fn read_notes(&mut self) -> Option<Notes> {
+        let mut notes = Vec::new();
+        if let Err(e) = self.queue.drain(&mut notes) {
+            tracing::warn!(error = %e, "cannot read the key watch queue; walking every root");
+            notes.push(QueueRecord::Loss);
+        }
+        let mut changed = HashSet::new();
+        let mut said = Vec::new();
+        let mut everything = false;
+        for note in &notes {
+            match note {
+                QueueRecord::Key {
+                    serial, subtype, ..
+                } => {
+                    changed.insert(*serial);
+                    said.push((*serial, *subtype));
+                }
+                QueueRecord::Removed {
+                    serial: Some(serial),
+                } => {
+                    changed.insert(*serial);
+                }
+                QueueRecord::Removed { serial: None } | QueueRecord::Loss => everything = true,
+            }
+        }
+        if changed.is_empty() && !everything {
+            return None;
+        }
+        let dirty = (!everything).then(|| {
+            changed
+                .iter()
+                .filter_map(|serial| self.owners.get(serial))
+                .flatten()
+                .copied()
+                .collect()
+        });
+        Some(Notes { dirty, said })
+    }
+
+    /// Has the watch queue report on the live keys of `tree` for a root (`queued` is what it
+    /// reports on already), and no longer on keys that left it. True when the tree may have
+    /// changed unseen: a key was newly watched, or vanished before it could be. `polled` is
+    /// set while a key is refused for lack of room (a user's watches are capped at its
+    /// open-file limit): the root is then polled.
+    pub(super) fn watch_tree(
+        &mut self,
+        id: RootId,
+        queued: &mut HashSet<KeySerial>,
+        polled: &mut bool,
+        tree: &Tree,
+    ) -> bool {
+        let QueueWatches {
+            queue,
+            owners: queue_owners,
+        } = self;
+        let mut unseen = false;
+        let mut refused = false;
+        // Revoked or expired keys are not watched anew: their records went out already, and the
+        // kernel refuses them.
+        let new: Vec<KeySerial> = tree
+            .nodes
+            .iter()
+            .filter(|(s, n)| n.condition == Condition::Live && !queued.contains(s))
+            .map(|(s, _)| *s)
+            .collect();
+        for serial in new {
+            let owners = queue_owners.entry(serial).or_default();
+            if owners.is_empty() {
+                match queue.watch(serial) {
+                    Ok(()) => unseen = true,
+                    // A watch whose unwatch failed earlier is still there.
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                    Err(e) => {
+                        queue_owners.remove(&serial);
+                        if e.raw_os_error() == Some(libc::EAGAIN) {
+                            if !*polled && !refused {
+                                tracing::warn!(root = id.0, key = %serial, "the kernel has no room for more key watches; polling this root");
+                            }
+                            refused = true;
+                        } else {
+                            // Revoked, invalidated or gone since the walk.
+                            unseen = true;
+                        }
+                        continue;
+                    }
+                }
+            }
+            owners.insert(id);
+            queued.insert(serial);
+        }
+        *polled = refused;
+        let left: Vec<KeySerial> = queued
+            .iter()
+            .filter(|s| !tree.nodes.contains_key(s))
+            .copied()
+            .collect();
+        for serial in left {
+            let owners = queue_owners.get_mut(&serial).expect("owned when queued");
+            if owners.len() > 1 {
+                owners.remove(&id);
+                queued.remove(&serial);
+                continue;
+            }
+            match queue.unwatch(serial) {
+                // EBADSLT: not watched (any more); ENOKEY, EKEYREVOKED, EKEYEXPIRED: the key is
+                // dead and its watch goes with it.
+                Err(e)
+                    if !matches!(
+                        e.raw_os_error(),
+                        Some(libc::EBADSLT | libc::ENOKEY | libc::EKEYREVOKED | libc::EKEYEXPIRED)
+                    ) =>
+                {
+                    // Kept and retried at the next pass (EACCES: the viewer may not view it now;
+                    // its notes keep walking this root meanwhile).
+                }
+                _ => {
+                    queue_owners.remove(&serial);
+                    queued.remove(&serial);
+                }
+            }
+        }
+        unseen
+    }
+
+    /// Forgets a dropped root's kernel watches that could not be removed: they end when their
+    /// keys are destroyed, and their notes name no root until then.
+    pub(super) fn forget(&mut self, id: RootId, queued: &mut HashSet<KeySerial>) {
+        for serial in queued.drain() {
+            if let Some(owners) = self.owners.get_mut(&serial) {
+                owners.remove(&id);
+                if owners.is_empty() {
+                    self.owners.remove(&serial);
+                }
+            }
         }
     }
 }
