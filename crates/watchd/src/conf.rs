@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/watchd/watchd.toml";
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub authorization: Authorization,
@@ -19,7 +19,7 @@ pub struct Config {
 }
 
 /// The key source's poller (kernels without watch queues).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeysConf {
     /// How often every watched key tree is compared with its last state, in milliseconds.
@@ -35,9 +35,10 @@ impl Default for KeysConf {
 }
 
 /// Who decides whether a caller may set a watch.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Authorization {
+    #[serde(serialize_with = "serialize_mode")]
     pub mode: crate::authority::Mode,
     /// The actions file whose defaults decide when polkitd does not.
     pub actions_file: std::path::PathBuf,
@@ -52,8 +53,21 @@ impl Default for Authorization {
     }
 }
 
+/// `[authorization] mode` as the file spells it (`authority::Mode` only reads it).
+fn serialize_mode<S: serde::Serializer>(
+    mode: &crate::authority::Mode,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use crate::authority::Mode;
+    serializer.serialize_str(match mode {
+        Mode::Auto => "auto",
+        Mode::Polkit => "polkit",
+        Mode::Fallback => "fallback",
+    })
+}
+
 /// Bounds on what clients can make the daemon hold.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub max_subscriptions: u32,
@@ -81,7 +95,7 @@ impl Default for Limits {
 }
 
 /// Pipe capacity, counted in packets (one record each).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipeConf {
     pub default_depth: u32,
@@ -99,7 +113,7 @@ impl Default for PipeConf {
 }
 
 /// Which sources run.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Sources {
     pub mounts: bool,
@@ -123,13 +137,33 @@ impl Default for Sources {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceEvents {
     #[default]
     Auto,
     Udev,
     Kernel,
+}
+
+/// The sections a reload (SIGHUP) applies to new requests; every other key is read once, at
+/// start (the sources, their backends and the poll interval, the authorization mode).
+pub const LIVE_SECTIONS: &[&str] = &["limits.", "pipe."];
+
+/// One key whose value a reloaded file changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub old: String,
+    pub new: String,
+    /// Applied by the reload; otherwise it waits for the next start.
+    pub live: bool,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} -> {}", self.key, self.old, self.new)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +207,58 @@ impl Config {
             .validate()
             .map_err(|what| ConfError::Invalid { path: shown, what })?;
         Ok(config)
+    }
+
+    /// Every key with its value, defaults included, as a TOML file (`watchd --check-config`).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Every key as `section.key` with its value as TOML writes it, sorted by key.
+    pub fn values(&self) -> Vec<(String, String)> {
+        let Ok(toml::Value::Table(sections)) = toml::Value::try_from(self) else {
+            // Only a path that is not UTF-8 cannot be written as TOML.
+            return vec![("authorization.actions_file".into(), "(not UTF-8)".into())];
+        };
+        let mut values = Vec::new();
+        for (section, keys) in sections {
+            match keys {
+                toml::Value::Table(keys) => values.extend(
+                    keys.into_iter()
+                        .map(|(key, value)| (format!("{section}.{key}"), value.to_string())),
+                ),
+                value => values.push((section, value.to_string())),
+            }
+        }
+        values
+    }
+
+    /// What differs in `new`, key by key, each marked as taking effect at once (a reload
+    /// applies it) or only at the next start.
+    pub fn changes(&self, new: &Config) -> Vec<Change> {
+        let old = self.values();
+        new.values()
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let before = old.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+                (before.as_ref() != Some(&value)).then(|| Change {
+                    live: LIVE_SECTIONS.iter().any(|s| key.starts_with(s)),
+                    old: before.unwrap_or_default(),
+                    new: value,
+                    key,
+                })
+            })
+            .collect()
+    }
+
+    /// This configuration with the parts a reload applies taken from `new`; the rest stays
+    /// as the daemon runs it.
+    pub fn with_live_parts_of(&self, new: &Config) -> Config {
+        Config {
+            limits: new.limits.clone(),
+            pipe: new.pipe.clone(),
+            ..self.clone()
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -249,6 +335,48 @@ mod tests {
             assert!(expected.iter().all(|e| err.contains(e)), "{text}: {err}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_printed_configuration_reads_back_as_the_same_configuration() {
+        let mut config = Config::default();
+        config.limits.max_subscriptions_per_uid = 3;
+        config.authorization.mode = crate::authority::Mode::Fallback;
+        config.sources.device_events = DeviceEvents::Kernel;
+        let text = config.to_toml().unwrap();
+        for key in [
+            "[authorization]",
+            "mode = \"fallback\"",
+            "max_subscriptions_per_uid = 3",
+        ] {
+            assert!(text.contains(key), "{key} missing from:\n{text}");
+        }
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+        assert_eq!(config.values().len(), 16, "{:?}", config.values());
+    }
+
+    #[test]
+    fn changes_are_listed_by_key_and_only_limits_and_pipe_are_live() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.limits.max_subscriptions_per_uid = 1;
+        new.pipe.default_depth = 8;
+        new.sources.krb5 = false;
+        let changes = old.changes(&new);
+        let shown: Vec<(String, bool)> = changes.iter().map(|c| (c.to_string(), c.live)).collect();
+        assert_eq!(
+            shown,
+            [
+                ("limits.max_subscriptions_per_uid: 64 -> 1".to_owned(), true),
+                ("pipe.default_depth: 16 -> 8".to_owned(), true),
+                ("sources.krb5: true -> false".to_owned(), false),
+            ]
+        );
+        let applied = old.with_live_parts_of(&new);
+        assert_eq!(applied.limits, new.limits);
+        assert_eq!(applied.pipe, new.pipe);
+        assert_eq!(applied.sources, old.sources);
+        assert!(old.changes(&old).is_empty());
     }
 
     #[test]

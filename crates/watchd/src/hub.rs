@@ -213,6 +213,11 @@ struct State {
     watch_count: u32,
     pipe_pages: u32,
     scratch: Box<[u8; MAX_RECORD_LEN]>,
+    /// Replaced whole by a reload ([`Hub::set_limits`]); read under this lock, so a request
+    /// is checked against one set of limits.
+    limits: Limits,
+    /// What uid 0's subscriptions may hold: their pipes are charged to root's account.
+    root_share: pipe::Budget,
 }
 
 impl State {
@@ -255,23 +260,15 @@ pub struct NewSubscription {
 
 pub struct Hub {
     state: Mutex<State>,
-    limits: Limits,
-    /// What uid 0's subscriptions may hold: their pipes are charged to root's account.
-    root_share: pipe::Budget,
     /// Tells the bus side which subscriptions ended, so it can drop their objects.
     ended: mpsc::UnboundedSender<SubscriptionId>,
 }
 
 impl Hub {
-    /// Root's share of pipe pages is set here, once, from root's soft limit as it is at start.
+    /// Root's share of pipe pages is set here from root's soft limit as it is at start, and
+    /// again by each [`Hub::set_limits`].
     pub fn new(limits: Limits) -> (Arc<Hub>, mpsc::UnboundedReceiver<SubscriptionId>) {
-        let soft_limit = pipe::user_pages_soft_limit();
-        let root_share = pipe::root_share(limits.max_pipe_pages_per_uid, soft_limit);
-        tracing::info!(
-            pages = limits.max_pipe_pages, per_uid = limits.max_pipe_pages_per_uid,
-            root = root_share.pages, soft_limit = ?soft_limit,
-            "pipe page budgets: all subscriptions, each uid's, root's"
-        );
+        let root_share = root_share_of(&limits);
         let (ended, ended_rx) = mpsc::unbounded_channel();
         let state = State {
             subscriptions: BTreeMap::new(),
@@ -280,16 +277,25 @@ impl Hub {
             watch_count: 0,
             pipe_pages: 0,
             scratch: Box::new([0; MAX_RECORD_LEN]),
+            limits,
+            root_share,
         };
         (
             Arc::new(Hub {
                 state: Mutex::new(state),
-                limits,
-                root_share,
                 ended,
             }),
             ended_rx,
         )
+    }
+
+    /// New limits (a reload) for the requests that follow. What subscriptions and watches
+    /// already hold stays, also beyond a lowered limit: only new ones are refused.
+    pub fn set_limits(&self, limits: Limits) {
+        let root_share = root_share_of(&limits);
+        let mut state = self.lock();
+        state.limits = limits;
+        state.root_share = root_share;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -409,13 +415,13 @@ impl Hub {
     fn admit(&self, state: &mut State, caller: &Caller, depth: u32, pages: u32) -> Result<()> {
         let owner = caller.uid;
         let total = state.subscriptions.len() as u32;
-        if total >= self.limits.max_subscriptions {
+        if total >= state.limits.max_subscriptions {
             return Err(Error::LimitExceeded(format!(
                 "the daemon holds {total} subscriptions, its limit (limits.max_subscriptions)"
             )));
         }
         let mine = state.usage(owner).subscriptions;
-        if mine >= self.limits.max_subscriptions_per_uid {
+        if mine >= state.limits.max_subscriptions_per_uid {
             return Err(Error::LimitExceeded(format!(
                 "uid {owner} already holds {mine} subscriptions, the limit (limits.max_subscriptions_per_uid)"
             )));
@@ -437,9 +443,12 @@ impl Hub {
         let total = state.pipe_pages;
         let mine = state.usage(owner).pipe_pages;
         let (share, share_key) = if owner == Uid(0) {
-            (self.root_share.pages, self.root_share.set_by.as_str())
+            (state.root_share.pages, state.root_share.set_by.clone())
         } else {
-            (self.limits.max_pipe_pages_per_uid, pipe::PER_UID_KEY)
+            (
+                state.limits.max_pipe_pages_per_uid,
+                pipe::PER_UID_KEY.to_owned(),
+            )
         };
         let (whose, used, budget, key) = if mine + pages > share {
             (
@@ -448,12 +457,12 @@ impl Hub {
                 share,
                 share_key,
             )
-        } else if total + pages > self.limits.max_pipe_pages {
+        } else if total + pages > state.limits.max_pipe_pages {
             (
                 format!("the daemon's subscriptions hold {total} pipe pages (uid {owner}: {mine})"),
                 total,
-                self.limits.max_pipe_pages,
-                "limits.max_pipe_pages",
+                state.limits.max_pipe_pages,
+                "limits.max_pipe_pages".to_owned(),
             )
         } else {
             return Ok(());
@@ -477,7 +486,7 @@ impl Hub {
         initial: Option<&[Event]>,
     ) -> Result<()> {
         let mut state = self.lock();
-        let limits = &self.limits;
+        let limits = state.limits.clone();
         let sub = state.subscriptions.get(&id).ok_or_else(|| gone(id))?;
         let owner = sub.owner();
         if sub.has_watch(watch.tag) {
@@ -657,6 +666,19 @@ async fn watch_pipe(
         // last reader goes away.
         ready.clear_ready();
     }
+}
+
+/// Root's share of pipe pages under `limits`, from root's soft limit as it is now; logged
+/// with the budgets.
+fn root_share_of(limits: &Limits) -> pipe::Budget {
+    let soft_limit = pipe::user_pages_soft_limit();
+    let root_share = pipe::root_share(limits.max_pipe_pages_per_uid, soft_limit);
+    tracing::info!(
+        pages = limits.max_pipe_pages, per_uid = limits.max_pipe_pages_per_uid,
+        root = root_share.pages, soft_limit = ?soft_limit,
+        "pipe page budgets: all subscriptions, each uid's, root's"
+    );
+    root_share
 }
 
 #[cfg(test)]
@@ -938,8 +960,8 @@ mod tests {
         if !can_subscribe_as_others() {
             return;
         }
-        let (mut hub, _ended) = Hub::new(Limits::default());
-        Arc::get_mut(&mut hub).unwrap().root_share = pipe::root_share(1024, Some(32));
+        let (hub, _ended) = Hub::new(Limits::default());
+        hub.lock().root_share = pipe::root_share(1024, Some(32));
         let _root = hub.subscribe(Caller::with_credentials(Uid(0)), 16).unwrap();
         let err = hub
             .subscribe(Caller::with_credentials(Uid(0)), 2)

@@ -1,13 +1,14 @@
-//! `watchd`: parse arguments, set up logging, then serve until SIGTERM or SIGINT.
+//! `watchd`: parse arguments, set up logging, then serve until SIGTERM or SIGINT; SIGHUP
+//! reloads the configuration. One instance per bus: the name is never handed over.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 use watchd::authority::Authority;
@@ -16,6 +17,8 @@ use watchd::hub::Hub;
 use watchd::manager::Manager;
 use watchd::manager_bus::{BUS_NAME, MANAGER_PATH, ManagerObject, reap_ended, send_signals};
 use watchd::sources::krb5;
+use zbus::export::futures_core::Stream;
+use zbus::fdo::{DBusProxy, RequestNameFlags, RequestNameReply};
 
 /// Blocking threads of the async runtime (tokio's default is 512); systemd/watchd.service's
 /// TasksMax= counts on it.
@@ -23,6 +26,10 @@ const MAX_BLOCKING_THREADS: usize = 128;
 
 /// Gathers device, mount, key and file events and hands each D-Bus subscriber a packet pipe
 /// of typed records.
+///
+/// One instance per bus: a second watchd exits with an error naming the one that owns
+/// org.watchd.Watchd1. SIGHUP re-reads the configuration file: [limits] and [pipe] apply to
+/// new requests at once, a bad file is refused (logged) and the old values stay.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -34,13 +41,32 @@ struct Args {
     /// Configuration file.
     #[arg(long, value_name = "FILE", default_value = conf::DEFAULT_PATH)]
     config: PathBuf,
+
+    /// Check a configuration file (default: the --config file), print every key with the
+    /// value in effect, defaults included, and exit: 0 when it is valid. Connects to no bus
+    /// and starts no source.
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    check_config: Option<Option<PathBuf>>,
+}
+
+impl Args {
+    /// A file named on the command line must exist; only the default path may be missing
+    /// (the built-in defaults then apply).
+    fn config_is_explicit(&self) -> bool {
+        self.config != Path::new(conf::DEFAULT_PATH)
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(file) = &args.check_config {
+        return match file {
+            Some(file) => check_config(file, true),
+            None => check_config(&args.config, args.config_is_explicit()),
+        };
+    }
     init_logging();
-    let explicit = args.config != std::path::Path::new(conf::DEFAULT_PATH);
-    let config = match Config::load(&args.config, explicit) {
+    let config = match Config::load(&args.config, args.config_is_explicit()) {
         Ok(config) => config,
         Err(e) => return fail(anyhow::Error::new(e).context("configuration")),
     };
@@ -63,8 +89,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        // Taken over from the start: SIGHUP's default action would end the daemon, which
+        // systemd counts as a clean exit. One that arrives before serving waits for it.
+        let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         tokio::select! {
-            result = run(args, config) => result,
+            result = run(args, config, hangup) => result,
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); Ok(()) }
         }
@@ -75,6 +104,40 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
+    }
+}
+
+/// `--check-config`: the file's effective values as TOML on stdout, or its error on stderr.
+fn check_config(path: &Path, explicit: bool) -> ExitCode {
+    match Config::load(path, explicit) {
+        Ok(config) => match config.to_toml() {
+            Ok(text) => {
+                let what = if path.exists() {
+                    "is valid"
+                } else {
+                    "does not exist: the built-in defaults apply"
+                };
+                let shown = path.display();
+                let text =
+                    format!("# {shown} {what}. Every key with the value in effect:\n\n{text}");
+                // A reader that stops early (`| head`) is no error of the file's.
+                match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        eprintln!("watchd: cannot write to stdout: {e}");
+                        ExitCode::FAILURE
+                    }
+                    _ => ExitCode::SUCCESS,
+                }
+            }
+            Err(e) => {
+                eprintln!("watchd: {}: cannot be shown as TOML: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("watchd: invalid configuration: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -100,14 +163,8 @@ fn init_logging() {
     }
 }
 
-async fn run(args: Args, config: Config) -> anyhow::Result<()> {
+async fn run(args: Args, config: Config, hangup: Signal) -> anyhow::Result<()> {
     check_requirements()?;
-    let (hub, ended) = Hub::new(config.limits.clone());
-    let (signals, signal_queue) = tokio::sync::mpsc::channel(krb5::SIGNAL_QUEUE);
-    let sources = watchd::sources::start(&config, &hub, signals)?;
-    if sources.is_empty() {
-        bail!("every source is disabled in the configuration: nothing to serve");
-    }
     let (builder, bus) = match &args.bus_address {
         Some(address) => (
             zbus::connection::Builder::address(address.as_str()),
@@ -118,27 +175,101 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
             std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| "the system bus".into()),
         ),
     };
+    // The bus first: a second instance stops here, before it starts any source.
     let conn = builder
         .build()
         .await
         .with_context(|| format!("cannot connect to {bus}"))?;
+    let dbus = DBusProxy::new(&conn).await?;
+    if dbus.name_has_owner(BUS_NAME.try_into()?).await? {
+        bail!(already_running(&dbus, &bus).await);
+    }
+    let (hub, ended) = Hub::new(config.limits.clone());
+    let (signals, signal_queue) = tokio::sync::mpsc::channel(krb5::SIGNAL_QUEUE);
+    let sources = watchd::sources::start(&config, &hub, signals)?;
+    if sources.is_empty() {
+        bail!("every source is disabled in the configuration: nothing to serve");
+    }
     // Authorization asks polkitd over this same connection, so it comes before serving.
     let auth = &config.authorization;
     let authority = Authority::new(auth.mode, &auth.actions_file, conn.clone())?;
     tokio::spawn(send_signals(conn.clone(), signal_queue));
     let manager = Arc::new(Manager::new(hub, authority, sources, config));
     conn.object_server()
-        .at(MANAGER_PATH, ManagerObject { manager })
-        .await?;
-    conn.request_name(BUS_NAME).await.with_context(|| {
-        format!(
-            "cannot own {BUS_NAME} on {bus} (is another watchd running, or does the bus policy \
-             not let this user own the name? see dbus/org.watchd.Watchd1.conf)"
+        .at(
+            MANAGER_PATH,
+            ManagerObject {
+                manager: manager.clone(),
+            },
         )
-    })?;
-    tracing::info!(bus = %bus, "serving {BUS_NAME}");
-    reap_ended(conn, ended).await;
-    bail!("lost the bus connection")
+        .await?;
+    // Subscribed before asking, so that no NameLost can slip in between.
+    let mut lost = dbus.receive_name_lost_with_args(&[(0, BUS_NAME)]).await?;
+    // Without ALLOW_REPLACEMENT (no other connection can take the name from us) and
+    // without REPLACE_EXISTING (we take it from no one); DO_NOT_QUEUE: we do not wait for it.
+    let reply = conn
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot own {BUS_NAME} on {bus} (does the bus policy not let this user own \
+                 the name? see dbus/org.watchd.Watchd1.conf)"
+            )
+        })?;
+    match reply {
+        RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner => {}
+        RequestNameReply::Exists | RequestNameReply::InQueue => {
+            bail!(already_running(&dbus, &bus).await)
+        }
+    }
+    tracing::info!(bus = %bus, pid = std::process::id(), "serving {BUS_NAME}");
+    let reload = reload_on_hangup(
+        hangup,
+        manager,
+        args.config.clone(),
+        args.config_is_explicit(),
+    );
+    tokio::select! {
+        () = reap_ended(conn, ended) => bail!("lost the bus connection"),
+        () = reload => bail!("SIGHUP can no longer be received"),
+        _ = std::future::poll_fn(|cx| std::pin::Pin::new(&mut lost).poll_next(cx)) => bail!("lost the name {BUS_NAME} on {bus}: no longer serving"),
+    }
+}
+
+/// The refusal of a second instance, naming the process that owns the name when the bus
+/// says which.
+async fn already_running(dbus: &DBusProxy<'_>, bus: &str) -> String {
+    let owner = match BUS_NAME.try_into() {
+        Ok(name) => dbus.get_connection_unix_process_id(name).await.ok(),
+        Err(_) => None,
+    };
+    let owner = owner.map_or_else(|| "another process".to_owned(), |pid| format!("PID {pid}"));
+    format!(
+        "{BUS_NAME} on {bus} is already owned by {owner} (another watchd?): only one instance \
+         may serve a bus; stop that one first, or send it SIGHUP to reload its configuration"
+    )
+}
+
+/// Each SIGHUP re-reads the configuration file. A good one applies its `[limits]` and
+/// `[pipe]` to new requests; a bad one is refused with its error and the old values stay.
+async fn reload_on_hangup(
+    mut hangup: Signal,
+    manager: Arc<Manager>,
+    path: PathBuf,
+    explicit: bool,
+) {
+    while hangup.recv().await.is_some() {
+        tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+        match Config::load(&path, explicit) {
+            Ok(config) => {
+                manager.reload(&config);
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: configuration refused, the previous one stays in force"
+            ),
+        }
+    }
 }
 
 /// States each unmet requirement precisely instead of failing later on a client's call.

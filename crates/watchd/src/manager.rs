@@ -8,7 +8,7 @@ use std::sync::Arc;
 use zbus_polkit::policykit1::Subject;
 
 use crate::authority::{Action, Authority};
-use crate::conf::Config;
+use crate::conf::{Change, Config};
 use crate::error::{Error, Result, Truncated};
 use crate::hub::{Counts, Hub, NewSubscription, SubscriptionId};
 use crate::identity::{Caller, Uid};
@@ -20,7 +20,9 @@ pub struct Manager {
     hub: Arc<Hub>,
     authority: Authority,
     sources: Vec<Arc<dyn Source>>,
-    config: Config,
+    /// The configuration in force: what the daemon started with, its `[limits]` and `[pipe]`
+    /// replaced by each reload.
+    config: std::sync::RwLock<Config>,
     object_checks: std::sync::Mutex<HashMap<Uid, Arc<tokio::sync::Semaphore>>>,
 }
 
@@ -47,7 +49,7 @@ impl Manager {
             hub,
             authority,
             sources,
-            config,
+            config: std::sync::RwLock::new(config),
             object_checks: Default::default(),
         }
     }
@@ -85,6 +87,44 @@ impl Manager {
             })
     }
 
+    /// The configuration in force now.
+    pub fn config(&self) -> Config {
+        self.config.read().expect("configuration poisoned").clone()
+    }
+
+    /// Applies a reloaded configuration's `[limits]` and `[pipe]` to the requests that follow
+    /// (subscriptions already made keep what they have) and logs, key by key, what changed
+    /// and what waits for a restart. Returns the changes.
+    pub fn reload(&self, new: &Config) -> Vec<Change> {
+        let mut config = self.config.write().expect("configuration poisoned");
+        let changes = config.changes(new);
+        let (live, later): (Vec<&Change>, Vec<&Change>) = changes.iter().partition(|c| c.live);
+        if !live.is_empty() {
+            self.hub.set_limits(new.limits.clone());
+            *config = config.with_live_parts_of(new);
+        }
+        let list = |changes: &[&Change]| {
+            changes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if changes.is_empty() {
+            tracing::info!("configuration reloaded: nothing changed");
+        }
+        if !live.is_empty() {
+            tracing::info!(changed = %list(&live), "configuration reloaded: applied to new requests");
+        }
+        if !later.is_empty() {
+            tracing::warn!(
+                changed = %list(&later),
+                "configuration reloaded: these take effect only at the next start (restart watchd)"
+            );
+        }
+        changes
+    }
+
     /// Counts for `watchctl status`.
     pub fn counts(&self) -> Counts {
         self.hub.counts()
@@ -102,7 +142,7 @@ impl Manager {
 
     pub fn subscribe(&self, request: &Request, mut options: Options) -> Result<NewSubscription> {
         let caller = &request.caller;
-        let pipe = &self.config.pipe;
+        let pipe = self.config().pipe;
         let depth = options.take_u32("depth")?.unwrap_or(pipe.default_depth);
         options.finish("Subscribe", &["depth"])?;
         if !(2..=pipe.max_depth).contains(&depth) {
