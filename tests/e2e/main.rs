@@ -8,6 +8,7 @@
 mod authorization;
 mod bad_requests;
 mod caller_files;
+mod daemon_admin;
 mod devices;
 mod hostile_requests;
 mod interfaces;
@@ -64,6 +65,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(krb5_events::trials());
     trials.extend(caller_files::trials());
     trials.extend(key_watch_queue::trials());
+    trials.extend(daemon_admin::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 

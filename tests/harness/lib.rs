@@ -555,3 +555,68 @@ pub mod mounts {
         }
     }
 }
+
+/// Runs another `watchd` on `bus`, as [`Daemon::start`] runs one (the unit's capabilities,
+/// `--bus-address`, `config` written to `dir/name`), until it exits, 10 s at most: for what
+/// a second instance does. Returns its exit status and its log.
+pub fn run_watchd_to_exit(
+    bus: &Bus,
+    dir: &Path,
+    name: &str,
+    config: &str,
+) -> Result<(std::process::ExitStatus, String)> {
+    let config_file = dir.join(format!("{name}.toml"));
+    std::fs::write(&config_file, config)?;
+    let log = dir.join(format!("{name}.log"));
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--bounding-set=-all,{}", unit_capabilities()?))
+        .arg("--")
+        .arg(watchd_bin())
+        .arg("--bus-address")
+        .arg(&bus.address)
+        .arg("--config")
+        .arg(&config_file)
+        .env("WATCHD_LOG", "debug")
+        .stderr(std::fs::File::create(&log)?);
+    let mut process = Process::spawn_service(command, "a second watchd")?;
+    let mut status = None;
+    wait_until(Duration::from_secs(10), "the second watchd to exit", || {
+        status = process.child().try_wait()?;
+        Ok(status.is_some())
+    })?;
+    let status = status.expect("waited for it");
+    Ok((status, std::fs::read_to_string(&log).unwrap_or_default()))
+}
+
+/// Sends `signal` to the process `pid` (a daemon this test started).
+pub fn send_signal(pid: u32, signal: nix::sys::signal::Signal) -> Result<()> {
+    let pid = i32::try_from(pid).context("PID out of range")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .with_context(|| format!("kill -{signal} {pid}"))
+}
+
+/// Waits (10 s at most) until the daemon's log has a line containing every one of `parts`;
+/// returns that line, or fails with the log.
+pub fn wait_for_log_line(daemon: &Daemon, parts: &[&str]) -> Result<String> {
+    let mut found = None;
+    let waited = wait_until(
+        Duration::from_secs(10),
+        "a line in the daemon's log",
+        || {
+            found = daemon
+                .log()
+                .lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .map(str::to_owned);
+            Ok(found.is_some())
+        },
+    );
+    match (waited, found) {
+        (Ok(()), Some(line)) => Ok(line),
+        _ => bail!(
+            "no line with all of {parts:?} in the daemon's log:\n{}",
+            daemon.log()
+        ),
+    }
+}
