@@ -68,9 +68,11 @@ use std::sync::Arc;
 
 use watchd_proto::{FLAG_SNAPSHOT, RecordType};
 
-pub use self::poller::{Command, Poller, Registry, RootLease, RootRequest, Waker};
+pub use self::poller::{Command, Poller, Registry, RootLease, RootRequest, RootView, Waker};
 pub use self::rings::Anchor;
-pub use self::tree::{Condition, KeyChange, Node, Notice, Probe, RootId, Tree, diff, snapshot};
+pub use self::tree::{
+    Condition, KeyChange, Node, Notice, Observer, Probe, RootId, Tree, TreeObserver, diff, snapshot,
+};
 use self::viewer::check_viewable;
 pub use self::viewer::{KeyInfo, Viewer, viewer_of};
 pub use self::walk::MAX_TREE_KEYS;
@@ -202,7 +204,7 @@ impl Source for KeySource {
             anchor,
             viewer: viewer.clone(),
             nested,
-            collection: None,
+            observer: None,
         })?;
         Ok(Arc::new(KeyScope {
             root: lease.id,
@@ -223,14 +225,14 @@ impl Source for KeySource {
         };
         self.poller.with_root(scope.root, |root| {
             let events: Vec<Event> = root
-                .map(|(tree, _, serial)| {
-                    snapshot(tree)
+                .map(|root| {
+                    snapshot(root.tree)
                         .into_iter()
                         .map(|notice| {
                             let subtype = notice.subtype;
                             let change = KeyChange {
                                 root: scope.root,
-                                watched: serial,
+                                watched: root.serial,
                                 notice,
                             };
                             Event::new(RecordType::Key, subtype, FLAG_SNAPSHOT, Arc::new(change))

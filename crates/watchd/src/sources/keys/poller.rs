@@ -16,24 +16,45 @@ use watchd_proto::{RecordType, key, meta};
 use super::queue::QueueWatches;
 use super::rings::{self, Anchor, Holds, Rings, WalkRing, hold_tree};
 use super::tree::{
-    Condition, KeyChange, Notice, Probe, RootId, Tree, diff, has_pending, same_members,
+    Condition, KeyChange, Notice, Observer, Probe, RootId, Tree, TreeObserver, diff, has_pending,
+    same_members,
 };
 use super::viewer::{KeyInfo, ThreadCreds, Viewer};
 use super::walk::Reader;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::hub::Hub;
-use crate::sources::krb5::{self, FileWatches, KeyringCollection};
 use crate::sys::{self, KeySerial};
 
-/// What a root is: the anchor it follows, whose eyes it sees with, how deep, and for krb5
-/// watches the collection inside it.
+/// What a root is: the anchor it follows, whose eyes it sees with, how deep, and what
+/// observes its walks from above.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RootRequest {
     pub anchor: Anchor,
     pub viewer: Viewer,
     pub nested: bool,
-    pub collection: Option<KeyringCollection>,
+    /// Called after every walk of the root. An observed root follows its anchor: when the
+    /// anchor's key is gone, the anchor is looked up again and the new key followed (what
+    /// the observer reads may outlive a keyring, as a credential-cache collection outlives
+    /// a persistent keyring), where an unobserved root ends with REMOVAL.
+    pub observer: Option<Observer>,
+}
+
+impl RootRequest {
+    /// The descriptions of keys whose payloads the walks keep whole.
+    fn kept(&self) -> &[&str] {
+        self.observer
+            .as_ref()
+            .map_or(&[], |observer| observer.hook.kept_payloads())
+    }
+}
+
+/// A followed root as [`Poller::with_root`] shows it.
+pub struct RootView<'a> {
+    pub tree: &'a Tree,
+    /// The key it follows now.
+    pub serial: KeySerial,
+    pub observer: Option<&'a dyn TreeObserver>,
 }
 
 /// Held by every watch on a root; when the last one goes, the poller drops the root.
@@ -73,11 +94,6 @@ pub enum Command {
         reply: mpsc::SyncSender<Result<Arc<RootLease>>>,
     },
     Release(RootId),
-    WatchFiles {
-        request: krb5::FileRequest,
-        reply: mpsc::SyncSender<Result<Arc<krb5::FileLease>>>,
-    },
-    ReleaseFiles(RootId),
 }
 
 /// One followed root.
@@ -104,32 +120,17 @@ struct Root {
     /// walked at the interval although a watch queue runs, since the kernel notes a key's
     /// instantiation only to watchers of that key, which it cannot have yet.
     pending: bool,
-    /// For krb5 watches: the collection as last seen.
-    collection: krb5::Collection,
 }
 
 /// Everything the poller follows. Lock order: this, then the hub.
 pub struct Registry {
     roots: HashMap<RootId, Root>,
     by_request: HashMap<RootRequest, RootId>,
-    pub files: FileWatches,
     next_id: u64,
 }
 
 impl Registry {
-    /// A followed credential-cache collection, keyring or file, and its watched name.
-    pub fn collection(&self, id: RootId) -> Option<(&krb5::Collection, &String)> {
-        match self.roots.get(&id) {
-            Some(root) => root
-                .request
-                .collection
-                .as_ref()
-                .map(|spec| (&root.collection, &spec.name)),
-            None => self.files.collection(id),
-        }
-    }
-
-    pub fn allocate_id(&mut self) -> RootId {
+    fn allocate_id(&mut self) -> RootId {
         self.next_id += 1;
         RootId(self.next_id)
     }
@@ -143,6 +144,8 @@ pub struct Poller {
     /// The kernel's watch queue tells of changes; the interval is only for keys it could
     /// not watch.
     queue_backed: bool,
+    /// Where the thread publishes (and observers with it).
+    hub: Arc<Hub>,
 }
 
 /// Everything only the poller thread touches.
@@ -166,8 +169,10 @@ impl ThreadState {
         self.rings.possess(ring, self.creds.uid)
     }
 
-    fn walk(&mut self, root: KeySerial, nested: bool, old: &Tree) -> io::Result<Tree> {
-        self.reader.walk(root, nested, old, self.creds.uid)
+    fn walk(&mut self, root: KeySerial, request: &RootRequest, old: &Tree) -> io::Result<Tree> {
+        let kept = request.kept();
+        self.reader
+            .walk(root, request.nested, old, self.creds.uid, kept)
     }
 
     fn resolve(&mut self, request: &RootRequest, ring: KeySerial) -> Result<(KeySerial, bool)> {
@@ -206,7 +211,6 @@ impl Poller {
             registry: Mutex::new(Registry {
                 roots: HashMap::new(),
                 by_request: HashMap::new(),
-                files: FileWatches::new()?,
                 next_id: 0,
             }),
             waker: Waker {
@@ -215,6 +219,7 @@ impl Poller {
             },
             interval,
             queue_backed: queue.is_some(),
+            hub: hub.clone(),
         });
         let (ready_tx, ready) = mpsc::sync_channel(1);
         let thread_poller = poller.clone();
@@ -281,38 +286,24 @@ impl Poller {
             .map_err(|_| Error::Failed("the key source has stopped".into()))?
     }
 
-    pub fn watch_files(&self, request: krb5::FileRequest) -> Result<Arc<krb5::FileLease>> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.waker.send(Command::WatchFiles { request, reply });
-        answer
-            .recv()
-            .map_err(|_| Error::Failed("the key source has stopped".into()))?
+    /// Calls `then` with the root as last walked, the registry held still: nothing of it
+    /// is published before `then` returns.
+    pub fn with_root<T>(&self, id: RootId, then: impl FnOnce(Option<RootView<'_>>) -> T) -> T {
+        let registry = self.lock();
+        then(registry.roots.get(&id).map(|r| RootView {
+            tree: &r.tree,
+            serial: r.serial,
+            observer: r.request.observer.as_ref().map(|o| &*o.hook),
+        }))
     }
 
-    /// Calls `then` with the root's keys as SNAPSHOT events, the registry held still.
-    pub fn with_root<T>(
-        &self,
-        id: RootId,
-        then: impl FnOnce(Option<(&Tree, &krb5::Collection, KeySerial)>) -> T,
-    ) -> T {
-        let registry = self.lock();
-        then(
-            registry
-                .roots
-                .get(&id)
-                .map(|r| (&r.tree, &r.collection, r.serial)),
-        )
+    /// The hub this poller publishes to.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     fn run(&self, hub: &Hub, mut state: ThreadState) {
         let mut next_tick = Instant::now() + self.interval;
-        let inotify = match self.lock().files.fd().try_clone_to_owned() {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::error!(error = %e, "key poller cannot start; key watches stop");
-                return;
-            }
-        };
         loop {
             // The thread sleeps until something happens unless a root is polled: every root
             // without a watch queue, with one only a root whose keys it could not watch.
@@ -325,10 +316,7 @@ impl Poller {
                 PollTimeout::NONE
             };
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
-            let mut fds = vec![
-                PollFd::new(state.wake_read.as_fd(), PollFlags::POLLIN),
-                PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
-            ];
+            let mut fds = vec![PollFd::new(state.wake_read.as_fd(), PollFlags::POLLIN)];
             if let Some(queue) = &state.queue {
                 fds.push(PollFd::new(queue.as_fd(), PollFlags::POLLIN));
             }
@@ -339,16 +327,12 @@ impl Poller {
                     return;
                 }
             }
-            let files_ready = ready(&fds[1]);
-            let notes_ready = fds.get(2).is_some_and(ready);
+            let notes_ready = fds.get(1).is_some_and(ready);
             drop(fds);
             let mut drain = [0u8; 64];
             while matches!(nix::unistd::read(&state.wake_read, &mut drain), Ok(n) if n > 0) {}
             while let Ok(command) = state.commands.try_recv() {
                 self.handle(&mut state, command);
-            }
-            if files_ready {
-                self.lock().files.on_ready(hub);
             }
             if notes_ready {
                 self.on_notes(hub, &mut state);
@@ -406,13 +390,6 @@ impl Poller {
                     tracing::info!(root = id.0, key = %root.serial, "stopped following a key");
                 }
             }
-            Command::WatchFiles { request, reply } => {
-                let mut registry = self.lock();
-                let id = registry.allocate_id();
-                let result = registry.files.add(id, request, self.waker.clone());
-                let _ = reply.send(result);
-            }
-            Command::ReleaseFiles(id) => self.lock().files.release(id),
         }
     }
 
@@ -441,7 +418,7 @@ impl Poller {
             .resolve(&request, walk_ring.ring)
             .map(|(serial, linked)| {
                 state.take_creds(&ThreadCreds::of(&request.viewer));
-                let walked = state.walk(serial, request.nested, &Tree::default());
+                let walked = state.walk(serial, &request, &Tree::default());
                 state.take_creds(&ThreadCreds::root());
                 (serial, linked, walked)
             });
@@ -474,7 +451,6 @@ impl Poller {
             echoes: Vec::new(),
             gone: false,
             pending: false,
-            collection: krb5::Collection::default(),
             request: request.clone(),
         };
         if linked {
@@ -486,8 +462,8 @@ impl Poller {
         let tree = watched_walk(id, &mut root, tree, state);
         hold_tree(&mut root.holds, &tree, serial, request.nested);
         state.take_creds(&ThreadCreds::root());
-        if let Some(spec) = &request.collection {
-            root.collection = krb5::Collection::from_keyring(&tree, serial, spec);
+        if let Some(observer) = &request.observer {
+            observer.hook.walked(id, &tree, serial, &self.hub, true);
         }
         root.pending = state.reader.has_pending() && has_pending(&tree);
         root.tree = tree;
@@ -609,7 +585,7 @@ fn watched_walk(id: RootId, root: &mut Root, mut tree: Tree, state: &mut ThreadS
         if !queue_tree(id, &mut root.queued, &mut root.polled, &tree, state) {
             break;
         }
-        match state.walk(root.serial, root.request.nested, &tree) {
+        match state.walk(root.serial, &root.request, &tree) {
             Ok(again) => tree = again,
             Err(_) => break,
         }
@@ -650,10 +626,10 @@ fn walk_root(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) ->
         tracing::debug!(root = id.0, error = %e, "cannot take the root's walk keyring; keeping the last state");
         return None;
     }
-    let walked = state.walk(root.serial, root.request.nested, &root.tree);
+    let walked = state.walk(root.serial, &root.request, &root.tree);
     let new = match walked {
         Ok(tree) => tree,
-        Err(e) if is_gone(&e) && root.request.collection.is_some() => {
+        Err(e) if is_gone(&e) && root.request.observer.is_some() => {
             // A credential-cache collection outlives its keyring (a persistent keyring
             // expires, kdestroy -A may leave none): follow the anchor's new keyring, once,
             // and report the caches that went and came.
@@ -740,26 +716,21 @@ fn publish_changes(
     for notice in notices {
         publish_key(hub, id, root.serial, RecordType::Key, notice);
     }
-    if let Some(spec) = &root.request.collection {
-        let collection = krb5::Collection::from_keyring(&new, root.serial, spec);
-        for change in root.collection.diff(&collection) {
-            krb5::publish(hub, id, &spec.name, change);
-        }
-        root.collection = collection;
+    if let Some(observer) = &root.request.observer {
+        observer.hook.walked(id, &new, root.serial, hub, false);
     }
     root.tree = new;
 }
 
-/// Re-resolves a krb5 root whose keyring is gone and reports the collection's difference.
+/// Re-resolves an observed root whose key is gone, and hands the observer the new tree.
 fn follow_replaced_anchor(hub: &Hub, id: RootId, root: &mut Root, state: &mut ThreadState) {
-    let spec = root.request.collection.clone().expect("krb5 roots only");
     root.holds.release_all();
     let found = state.resolve(&root.request, root.walk_ring.ring);
     let (serial, tree) = match found {
         Ok((serial, linked)) => {
             state.take_creds(&ThreadCreds::of(&root.request.viewer));
             let tree = state
-                .walk(serial, root.request.nested, &Tree::default())
+                .walk(serial, &root.request, &Tree::default())
                 .unwrap_or_default();
             if linked {
                 root.holds.adopt(serial, &tree);
@@ -774,12 +745,10 @@ fn follow_replaced_anchor(hub: &Hub, id: RootId, root: &mut Root, state: &mut Th
         }
     };
     tracing::info!(root = id.0, old = %root.serial, new = %serial, "a followed collection's keyring was replaced");
-    let collection = krb5::Collection::from_keyring(&tree, serial, &spec);
-    for change in root.collection.diff(&collection) {
-        krb5::publish(hub, id, &spec.name, change);
+    if let Some(observer) = &root.request.observer {
+        observer.hook.walked(id, &tree, serial, hub, false);
     }
     root.serial = serial;
-    root.collection = collection;
     root.tree = tree;
 }
 

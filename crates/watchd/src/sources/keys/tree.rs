@@ -1,7 +1,9 @@
 //! What one walk of a followed root finds ([`Tree`], [`Node`]), how two walks differ in the
 //! kernel's notification subtypes ([`diff`], [`Notice`]), the state as SNAPSHOT notices
-//! ([`snapshot`]), and the event a notice becomes ([`KeyChange`]).
+//! ([`snapshot`]), the event a notice becomes ([`KeyChange`]), and what may follow a
+//! root's walks from above ([`TreeObserver`]).
 
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use watchd_proto::{RecordBuilder, RecordType, attr, key};
 
 use super::viewer::KeyInfo;
 use crate::event::{Change, Fields};
+use crate::hub::Hub;
 use crate::sys::KeySerial;
 
 /// A key that is still listed but cannot be used: not yet instantiated, negative,
@@ -38,7 +41,8 @@ pub struct Node {
     pub condition: Condition,
     /// A keyed digest of the payload, for keys the walk may read.
     pub digest: Option<u64>,
-    /// The payload itself, only for the krb5 bookkeeping keys (`KEPT_PAYLOADS`).
+    /// The payload itself, only for keys a root's observer asks to keep
+    /// ([`super::TreeObserver::kept_payloads`]).
     pub content: Option<Arc<[u8]>>,
     /// A keyring's members, for keyrings the walk may read.
     pub children: Option<Vec<KeySerial>>,
@@ -204,7 +208,7 @@ pub(super) fn same_members(old: &Tree, new: &Tree) -> bool {
             .all(|(s, n)| old.nodes.get(s).is_some_and(|o| o.condition == n.condition))
 }
 
-/// Names a followed root (and, for krb5 watches, its collection) for as long as it lives.
+/// Names a followed root for as long as it lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RootId(pub u64);
 
@@ -237,6 +241,50 @@ impl Change for KeyChange {
             f.bytes(attr::DESCRIPTION, key.description.as_bytes());
         }
         f.finish();
+    }
+}
+
+/// Follows a root's walks from above: the krb5 source reads credential-cache collections
+/// out of key trees this way. The poller knows no implementation of it.
+pub trait TreeObserver: Any + Send + Sync {
+    /// Descriptions of keys whose payloads the walks keep whole in [`Node::content`]
+    /// (bookkeeping that names things; never a secret).
+    ///
+    /// [`Node::content`]: Node::content
+    fn kept_payloads(&self) -> &[&str];
+
+    /// Called by the poller thread after each walk of root `id`, whose key is now `root`,
+    /// with the registry locked: `first` for the walk that registers the root (no watch
+    /// sees it yet: nothing is to be published), then after every walk that follows; with
+    /// an empty tree when the anchor is gone for good.
+    fn walked(&self, id: RootId, tree: &Tree, root: KeySerial, hub: &Hub, first: bool);
+}
+
+/// A root's observer, and what makes two requests' observers the same: requests with the
+/// same `key` share one root, and the observer of the request that made it.
+#[derive(Clone)]
+pub struct Observer {
+    pub key: String,
+    pub hook: Arc<dyn TreeObserver>,
+}
+
+impl PartialEq for Observer {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Observer {}
+
+impl std::hash::Hash for Observer {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Observer").field(&self.key).finish()
     }
 }
 

@@ -11,14 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::tree::{Condition, Node, Tree};
 use super::viewer::{Described, KeyInfo};
-use crate::sources::krb5;
 use crate::sys::{self, KeySerial};
 
 /// Most keys one tree walk visits: a watch on a huge keyring costs a bounded amount.
 pub const MAX_TREE_KEYS: usize = 4096;
-/// Payloads MIT krb5 keeps its collection's bookkeeping in: kept whole (they hold names,
-/// not secrets) so that credential-cache events can name the cache and principal.
-const KEPT_PAYLOADS: [&str; 2] = [krb5::PRIMARY_KEY, krb5::PRINCIPAL_KEY];
 
 /// How long a read of a key under construction may wait for its request-key helper before
 /// the thread's timer cuts it short. A read of any other key never sleeps that way, so
@@ -163,13 +159,15 @@ impl Reader {
     /// members, and for nested walks everything below, breadth first, at most
     /// [`MAX_TREE_KEYS`]. Keys the walk may not view are left out. Fails only when the root
     /// itself cannot be described (and is not merely revoked).
-    /// `uid` is the viewer the thread wears, for the log.
+    /// `uid` is the viewer the thread wears, for the log; `kept` the descriptions of keys
+    /// whose payloads are kept whole ([`Node::content`]).
     pub(super) fn walk(
         &mut self,
         root: KeySerial,
         nested: bool,
         old: &Tree,
         uid: u32,
+        kept: &[&str],
     ) -> io::Result<Tree> {
         let mut tree = Tree {
             nodes: HashMap::with_capacity(old.nodes.len()),
@@ -226,7 +224,7 @@ impl Reader {
                     Read::Done(len) => {
                         let payload = &mut self.buf[..len];
                         node.digest = Some(self.digests.hash_one(&*payload));
-                        if KEPT_PAYLOADS.contains(&node.info.description.as_str()) {
+                        if kept.contains(&node.info.description.as_str()) {
                             node.content = Some(Arc::from(&*payload));
                         }
                         // Payloads can be secrets (tickets, passwords): none stays in our memory.
