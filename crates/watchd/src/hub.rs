@@ -828,6 +828,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn new_limits_apply_to_new_requests_and_keep_what_is_held() {
+        if !can_subscribe_as_others() {
+            return;
+        }
+        let (hub, _ended) = Hub::new(Limits::default());
+        let held: Vec<_> = (0..3)
+            .map(|_| {
+                hub.subscribe(Caller::with_credentials(Uid(1000)), 16)
+                    .unwrap()
+            })
+            .collect();
+        hub.add_watch(held[0].id, watch(1), None).unwrap();
+        hub.set_limits(Limits {
+            max_subscriptions_per_uid: 2,
+            max_watches_per_uid: 1,
+            ..Limits::default()
+        });
+        let err = hub
+            .subscribe(Caller::with_credentials(Uid(1000)), 16)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::LimitExceeded(m) if m.contains("already holds 3 subscriptions")),
+            "{err:?}"
+        );
+        assert!(matches!(
+            hub.add_watch(held[1].id, watch(2), None),
+            Err(Error::LimitExceeded(m)) if m.contains("max_watches_per_uid")
+        ));
+        assert_eq!(
+            hub.counts(),
+            Counts {
+                subscriptions: 3,
+                watches: 1
+            },
+            "nothing held was ended"
+        );
+        hub.set_limits(Limits::default());
+        hub.subscribe(Caller::with_credentials(Uid(1000)), 16)
+            .expect("raised again");
+    }
+
+    #[tokio::test]
     async fn limits_are_enforced_with_the_limit_named_and_released_when_the_reader_closes() {
         if !can_subscribe_as_others() {
             return;
