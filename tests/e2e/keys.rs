@@ -456,69 +456,149 @@ async fn initial_state_lists_the_tree() -> Result<()> {
     Ok(())
 }
 
-/// The usage count of uid's persistent keyring as /proc/keys shows it to a root process
-/// that possesses it (for a moment, through a session keyring of its own), and its serial.
-///
-/// Keyring links are put after an RCU grace period and dead session keyrings by the key
-/// garbage collector, so each reading leaves a reference behind for a moment: read twice,
-/// half a second apart, and keep the second.
-fn persistent_usage(uid: u32) -> Result<(u32, u32)> {
-    persistent_usage_once(uid)?;
-    std::thread::sleep(Duration::from_millis(500));
-    persistent_usage_once(uid)
+/// A process that possesses uid's persistent keyring, through a session keyring of its own
+/// that links it for as long as the process runs, and reads the keyring's usage count from
+/// /proc/keys when asked. One reader for the whole test: a fresh session per reading left
+/// a reference behind for a moment after each (keyring links are put after an RCU grace
+/// period and dead session keyrings by the key garbage collector), where this one's single
+/// link stays constant, so every reading is exact.
+struct PersistentReader {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+    serial: u32,
 }
 
-fn persistent_usage_once(uid: u32) -> Result<(u32, u32)> {
-    let out = Command::new("keyctl")
-        .args([
-            "session",
-            "-",
-            "sh",
-            "-c",
-            &format!(
-                "k=$(keyctl get_persistent @s {uid}) && grep \"^$(printf %08x $k) \" /proc/keys && echo $k"
-            ),
-        ])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout)?;
-    let mut lines = text.lines();
-    let line = lines.next().context("no /proc/keys line")?;
-    let usage = line
-        .split_whitespace()
-        .nth(2)
-        .and_then(|u| u.parse().ok())
-        .with_context(|| format!("usage in {line:?}"))?;
-    Ok((usage, serial(lines.next().context("no serial")?)?))
+impl PersistentReader {
+    fn start(uid: u32) -> Result<PersistentReader> {
+        let script = format!(
+            "k=$(keyctl get_persistent @s {uid}) || exit 1; echo $k; \
+             while read cmd arg; do case $cmd in \
+             usage) grep \"^$(printf %08x $k) \" /proc/keys || echo none;; \
+             add) keyctl add user \"$arg\" x $k || echo none;; \
+             unlink) keyctl unlink \"$arg\" $k >/dev/null 2>&1; echo done;; \
+             esac; done"
+        );
+        let mut child = Command::new("keyctl")
+            .args(["session", "-", "sh", "-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let input = child.stdin.take().context("reader stdin")?;
+        let output = std::io::BufReader::new(child.stdout.take().context("reader stdout")?);
+        let mut reader = PersistentReader {
+            child,
+            input,
+            output,
+            serial: 0,
+        };
+        reader.serial = serial(&reader.answer()?)?;
+        Ok(reader)
+    }
+
+    fn answer(&mut self) -> Result<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        ensure!(
+            self.output.read_line(&mut line)? > 0,
+            "the persistent keyring reader ended"
+        );
+        Ok(line.trim().to_owned())
+    }
+
+    fn ask(&mut self, request: &str) -> Result<String> {
+        use std::io::Write;
+        writeln!(self.input, "{request}")?;
+        self.input.flush()?;
+        self.answer()
+    }
+
+    /// The keyring's usage count now.
+    fn usage(&mut self) -> Result<u32> {
+        let line = self.ask("usage")?;
+        line.split_whitespace()
+            .nth(2)
+            .and_then(|u| u.parse().ok())
+            .with_context(|| format!("usage in {line:?}"))
+    }
+
+    /// Adds a user key named `name` to the keyring; its serial.
+    fn add(&mut self, name: &str) -> Result<u32> {
+        serial(&self.ask(&format!("add {name}"))?)
+    }
+
+    fn unlink(&mut self, key: u32) -> Result<()> {
+        self.ask(&format!("unlink {key}")).map(drop)
+    }
+}
+
+impl Drop for PersistentReader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 async fn persistent_keyrings_linked_once_and_let_go() -> Result<()> {
     let _claim = watchd_e2e::krb5::PersistentCollection::claim(OTHER_UID)?;
     let env = Env::start_with_config("keys-persistent", CONFIG).await?;
-    let (before, persistent) = persistent_usage(OTHER_UID)?;
+    let mut reader = PersistentReader::start(OTHER_UID)?;
+    let (before, persistent) = (reader.usage()?, reader.serial);
     let (client, _holder) = client_as(&env, OTHER_UID).await?;
     let sub = client.subscribe(SubscribeOptions::default()).await?;
     sub.add_watch(1, "keys", &WatchOptions::new().option("key", "@persistent"))
         .await?;
-    std::thread::sleep(INTERVAL * 3);
-    let (during, same) = persistent_usage(OTHER_UID)?;
-    ensure!(same == persistent, "the same persistent keyring");
-    ensure!(
-        during == before + 1,
-        "while watched, the daemon holds exactly one link (usage {before} → {during})\n{}",
-        env.daemon.log()
-    );
-    sub.remove_watch(1).await?;
-    std::thread::sleep(INTERVAL * 3);
-    let (after, _) = persistent_usage(OTHER_UID)?;
-    ensure!(
-        after == before,
-        "after the watch, the daemon's link is gone (usage {before} → {during} → {after})"
-    );
+    let (control, mut events) = sub.split();
+    let limit = Duration::from_secs(5);
+    watchd_e2e::wait_until(limit, "the daemon's link to the persistent keyring", || {
+        Ok(reader.usage()? == before + 1)
+    })
+    .with_context(|| {
+        format!(
+            "usage {before} → {}\n{}",
+            reader.usage().unwrap_or(0),
+            env.daemon.log()
+        )
+    })?;
+    // The daemon walks the keyring again (a key linked into it is reported) and still holds
+    // exactly one link: the persistent keyring is not linked again per walk.
+    let probe = reader.add("watchd-test-stays")?;
+    let linked = async {
+        loop {
+            let event = next_within(&mut events, WITHIN * 4).await?;
+            let record = event.record();
+            if event.header().is(RecordType::Key, key::LINKED)
+                && record.get_u32(attr::KEY_ID) == Some(persistent)
+                && record.get_u32(attr::AUX) == Some(probe)
+            {
+                return anyhow::Ok(());
+            }
+        }
+    }
+    .await;
+    reader.unlink(probe)?;
+    linked.context("the key linked into the watched persistent keyring")?;
+    let mut during = 0;
+    watchd_e2e::wait_until(limit, "one link after the walk", || {
+        during = reader.usage()?;
+        Ok(during == before + 1)
+    })
+    .with_context(|| {
+        format!(
+            "while watched, the daemon holds exactly one link (usage {before} → {during})\n{}",
+            env.daemon.log()
+        )
+    })?;
+    control.remove_watch(1).await?;
+    watchd_e2e::wait_until(limit, "the daemon's link to go", || {
+        Ok(reader.usage()? == before)
+    })
+    .with_context(|| {
+        format!(
+            "after the watch, the daemon's link is gone (usage {before} → {during} → {})",
+            reader.usage().unwrap_or(0)
+        )
+    })?;
     Ok(())
 }
 
