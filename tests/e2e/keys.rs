@@ -522,6 +522,20 @@ impl PersistentReader {
             .with_context(|| format!("usage in {line:?}"))
     }
 
+    /// The usage count once it has held still for two poll intervals.
+    fn steady_usage(&mut self) -> Result<u32> {
+        let mut last = self.usage()?;
+        let mut since = Instant::now();
+        watchd_e2e::wait_until(Duration::from_secs(10), "a steady usage count", || {
+            let now = self.usage()?;
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+            Ok(since.elapsed() >= INTERVAL * 2)
+        })?;
+        Ok(last)
+    }
+
     /// Adds a user key named `name` to the keyring; its serial.
     fn add(&mut self, name: &str) -> Result<u32> {
         serial(&self.ask(&format!("add {name}"))?)
@@ -543,7 +557,10 @@ async fn persistent_keyrings_linked_once_and_let_go() -> Result<()> {
     let _claim = watchd_e2e::krb5::PersistentCollection::claim(OTHER_UID)?;
     let env = Env::start_with_config("keys-persistent", CONFIG).await?;
     let mut reader = PersistentReader::start(OTHER_UID)?;
-    let (before, persistent) = (reader.usage()?, reader.serial);
+    // Readings made by fresh sessions (the collection's claim makes some) leave references
+    // behind for a moment: the baseline is the count once it holds still.
+    let before = reader.steady_usage()?;
+    let persistent = reader.serial;
     let (client, _holder) = client_as(&env, OTHER_UID).await?;
     let sub = client.subscribe(SubscribeOptions::default()).await?;
     sub.add_watch(1, "keys", &WatchOptions::new().option("key", "@persistent"))
