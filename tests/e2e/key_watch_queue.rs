@@ -1,4 +1,4 @@
-//! The kernel's key notifications (watch queues), read by `watchd::sources::key_queue`.
+//! The kernel's key notifications (watch queues), read by `watchd::sources::keys::queue`.
 //! The test machines' kernel has no `CONFIG_WATCH_QUEUE`, so `watch-queue-probe` runs in a
 //! VM booting a kernel that has it (`watchd_e2e::vm`): it makes real key changes — add,
 //! update, link, unlink, setperm, revoke, invalidate, clear, unwatch, an overflowing queue —

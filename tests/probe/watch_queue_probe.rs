@@ -1,4 +1,4 @@
-//! watch-queue-probe: proves `watchd::sources::key_queue` against a kernel that has watch
+//! watch-queue-probe: proves `watchd::sources::keys::queue` against a kernel that has watch
 //! queues. Run as root (by e2e/key_watch_queue.rs, inside a VM), it makes real keys in a
 //! session keyring of its own, watches them through a `KeyQueue` and checks, change by
 //! change, that exactly the expected notes arrive with the right serials. One line per check
