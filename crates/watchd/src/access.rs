@@ -40,8 +40,8 @@ impl<'a> CallerProcess<'a> {
         let process = CallerProcess { caller };
         let euid = process.status_field("Uid:", 1)?;
         if euid != caller.uid.0 {
-            let pid = caller.process_id();
-            tracing::warn!(uid = %caller.uid, pid = caller.pid, process_euid = euid, "refused: the pid no longer belongs to the caller");
+            let pid = caller.pid;
+            tracing::warn!(uid = %caller.uid, pid = %caller.pid, process_euid = euid, "refused: the pid no longer belongs to the caller");
             return Err(Error::AccessDenied(format!(
                 "process {pid} is not the caller any more (uid {euid}, the bus says {})",
                 caller.uid
@@ -62,13 +62,13 @@ impl<'a> CallerProcess<'a> {
             .ok_or_else(|| {
                 Error::Failed(format!(
                     "cannot read the credentials of pid {}",
-                    self.caller.process_id()
+                    self.caller.pid
                 ))
             })
     }
 
     fn path(&self, entry: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/{entry}", self.caller.process_id()))
+        PathBuf::from(format!("/proc/{}/{entry}", self.caller.pid))
     }
 
     /// Runs `open` on `/proc/PID/<entry>`, then makes sure the pid still named the caller.
@@ -81,7 +81,7 @@ impl<'a> CallerProcess<'a> {
         opened.map_err(|e| {
             Error::Failed(format!(
                 "cannot read the caller's /proc/{}/{entry}: {e}",
-                self.caller.process_id()
+                self.caller.pid
             ))
         })
     }
@@ -125,10 +125,7 @@ fn pidfd_is_alive(pidfd: BorrowedFd<'_>) -> bool {
 }
 
 fn gone(caller: &Caller) -> Error {
-    Error::Failed(format!(
-        "the calling process {} has exited",
-        caller.process_id()
-    ))
+    Error::Failed(format!("the calling process {} has exited", caller.pid))
 }
 
 /// Identifies one view of the mount tree: a namespace seen from one root directory.

@@ -232,7 +232,7 @@ impl Authority {
             Err(_) => "denied",
         };
         tracing::info!(
-            uid = %caller.uid, pid = caller.pid, action = action.id(), object, ?decider, interactive, result,
+            uid = %caller.uid, pid = %caller.pid, action = action.id(), object, ?decider, interactive, result,
             reason = verdict.as_ref().err().map(String::as_str).unwrap_or(""),
             "authorization"
         );

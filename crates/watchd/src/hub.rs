@@ -468,7 +468,7 @@ impl Hub {
             return Ok(());
         };
         tracing::info!(
-            uid = %owner, pid = caller.pid, pages, used, budget, key,
+            uid = %owner, pid = %caller.pid, pages, used, budget, key,
             "subscribe refused: pipe page budget"
         );
         Err(Error::LimitExceeded(format!(

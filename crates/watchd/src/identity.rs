@@ -43,10 +43,9 @@ pub struct Caller {
     pub uid: Uid,
     /// Its supplementary groups, as the bus vouches for them.
     pub gids: Vec<Gid>,
-    /// A bare `u32` rather than [`Pid`] (use [`Caller::process_id`]) while log lines write it
-    /// as `pid = caller.pid`: tracing's `Value` is sealed, so a newtype can only be logged
-    /// as `pid = %caller.pid`.
-    pub pid: u32,
+    /// The process that connected (logged as `pid = %caller.pid`: tracing's `Value` is
+    /// sealed, so a newtype is logged through `Display`).
+    pub pid: Pid,
     /// Pins the process so later namespace and root lookups cannot hit a recycled pid:
     /// the bus's ProcessFD where it has one, else our own `pidfd_open` of the pid.
     pub pidfd: Option<OwnedFd>,
@@ -62,15 +61,10 @@ impl Caller {
             bus_name: String::new(),
             uid,
             gids: Vec::new(),
-            pid: 0,
+            pid: Pid(0),
             pidfd: None,
             pidfd_from_bus: false,
         })
-    }
-
-    /// The calling process's id (the pid it connected with; [`Caller::pidfd`] pins it).
-    pub fn process_id(&self) -> Pid {
-        Pid(self.pid)
     }
 
     /// Asks the bus who `sender` is. Fails rather than guessing when the bus will not say.
@@ -93,7 +87,7 @@ impl Caller {
             bus_name: sender.to_owned(),
             uid,
             gids,
-            pid: pid.0,
+            pid,
             pidfd,
             pidfd_from_bus,
         })

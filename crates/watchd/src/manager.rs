@@ -154,11 +154,11 @@ impl Manager {
         let result = self.hub.subscribe(caller.clone(), depth);
         match &result {
             Ok(new) => tracing::info!(
-                uid = %caller.uid, pid = caller.pid, subscription = new.id.0, depth = new.depth,
+                uid = %caller.uid, pid = %caller.pid, subscription = new.id.0, depth = new.depth,
                 "subscribe: allowed"
             ),
             Err(e) => {
-                tracing::info!(uid = %caller.uid, pid = caller.pid, error = ?e, "subscribe: refused")
+                tracing::info!(uid = %caller.uid, pid = %caller.pid, error = ?e, "subscribe: refused")
             }
         }
         result
@@ -172,7 +172,7 @@ impl Manager {
             .ok_or_else(|| Error::Failed(format!("subscription {} has ended", id.0)))?;
         let owner = subscriber.uid;
         if owner != caller.uid {
-            tracing::warn!(uid = %caller.uid, pid = caller.pid, subscription = id.0, owner = %owner, "refused: not the subscription's owner");
+            tracing::warn!(uid = %caller.uid, pid = %caller.pid, subscription = id.0, owner = %owner, "refused: not the subscription's owner");
             // Whose it is stays in the log: a stranger learns no uid from the refusal.
             return Err(Error::AccessDenied(format!(
                 "subscription {} belongs to another user",
@@ -349,10 +349,10 @@ fn log_outcome(
     let kind = kind.map(Truncated);
     match result {
         Ok(()) => {
-            tracing::info!(uid = %caller.uid, pid = caller.pid, subscription = id.0, tag, kind = kind.map(tracing::field::debug), "{what}: allowed")
+            tracing::info!(uid = %caller.uid, pid = %caller.pid, subscription = id.0, tag, kind = kind.map(tracing::field::debug), "{what}: allowed")
         }
         Err(e) => {
-            tracing::info!(uid = %caller.uid, pid = caller.pid, subscription = id.0, tag, kind = kind.map(tracing::field::debug), error = ?e, "{what}: refused")
+            tracing::info!(uid = %caller.uid, pid = %caller.pid, subscription = id.0, tag, kind = kind.map(tracing::field::debug), error = ?e, "{what}: refused")
         }
     }
 }
