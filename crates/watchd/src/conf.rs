@@ -289,6 +289,10 @@ impl Config {
                 l.max_pipe_pages_per_uid, l.max_pipe_pages
             ));
         }
+        let s = &self.sources;
+        if !(s.mounts || s.devices || s.keys || s.krb5) {
+            return Err("every source is disabled in [sources]: nothing to serve".into());
+        }
         let interval = self.keys.poll_interval_ms;
         if !(10..=60_000).contains(&interval) {
             return Err(format!(

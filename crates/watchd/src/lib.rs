@@ -8,7 +8,7 @@
 //!
 //! The core ([`event`], [`watch`], [`hub`], [`pipe`]) names no source: a source's change
 //! implements [`event::Change`], its watches' scope [`watch::Scope`], and the source
-//! [`sources::Source`]; [`sources::start`] is the one list of sources.
+//! [`source::Source`]; [`sources::start`] is the one list of sources.
 //!
 //! Around them: [`manager`] (what a caller may do: subscribe, add/remove watches, resync),
 //! [`authority`] (may this caller set this watch: polkit, or the actions file's defaults)
@@ -30,6 +30,7 @@ pub mod manager;
 pub mod manager_bus;
 pub mod options;
 pub mod pipe;
+pub mod source;
 pub mod sources;
 pub mod sys;
 pub mod watch;

@@ -13,7 +13,8 @@ use crate::error::{Error, Result, Truncated};
 use crate::hub::{Counts, Hub, NewSubscription, SubscriptionId};
 use crate::identity::{Caller, Uid};
 use crate::options::Options;
-use crate::sources::{KINDS, Source};
+use crate::source::Source;
+use crate::sources::KINDS;
 use crate::watch::{Tag, Watch};
 
 pub struct Manager {

@@ -29,7 +29,7 @@ use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
 use crate::identity::Caller;
 use crate::options::Options;
-use crate::sources::Source;
+use crate::source::Source;
 use crate::watch::{Kind, MAX_FILTERS, Scope};
 
 /// The kind clients name in `AddWatch`.

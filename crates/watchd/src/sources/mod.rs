@@ -9,7 +9,7 @@
 //!
 //! **Adding a source:** a module here whose change type implements
 //! [`crate::event::Change`], whose watches' scope implements [`crate::watch::Scope`] and
-//! whose source implements [`Source`]; one line in [`start`] and its name in [`KINDS`];
+//! whose source implements [`crate::source::Source`]; one line in [`start`] and its name in [`KINDS`];
 //! and its polkit action in [`crate::authority::Action::for_watch`]. The hub, the watch
 //! and the event know no source.
 #![forbid(unsafe_code)]
@@ -22,35 +22,12 @@ pub mod mounts;
 use std::sync::Arc;
 
 use crate::conf::{Config, DeviceEvents};
-use crate::error::Result;
-use crate::event::Event;
 use crate::hub::Hub;
-use crate::identity::Caller;
-use crate::options::Options;
-use crate::watch::{Kind, Scope};
+use crate::source::Source;
+use crate::watch::Kind;
 
 /// Every kind this daemon knows, served or disabled in the configuration.
 pub const KINDS: [Kind; 4] = [mounts::KIND, devices::KIND, keys::KIND, krb5::KIND];
-
-pub trait Source: Send + Sync {
-    fn kind(&self) -> Kind;
-
-    /// How this source gets its events, for `watchctl status`.
-    fn describe(&self) -> String;
-
-    /// Consumes this kind's options and returns what the watch will cover, checking that
-    /// the objects named exist.
-    fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Arc<dyn Scope>>;
-
-    /// The option keys [`Source::scope`] understands, for error messages.
-    fn option_names(&self) -> &'static [&'static str];
-
-    /// Calls `then` with the current state as SNAPSHOT events while the source is held
-    /// still: no change is published before `then` returns, so registering the watch inside
-    /// `then` leaves no gap and no double between snapshot and live events. `scope` is one
-    /// this source made.
-    fn with_snapshot(&self, scope: &dyn Scope, then: &mut dyn FnMut(&[Event]));
-}
 
 /// A source that could not start, and what it needs.
 #[derive(Debug)]
@@ -115,8 +92,10 @@ pub fn start(
 mod tests {
     use super::*;
     use crate::authority::Action;
+    use crate::identity::Caller;
     use crate::identity::Uid;
     use crate::options::OptionMap;
+    use crate::options::Options;
 
     #[test]
     fn every_kind_is_guarded_by_a_polkit_action() {

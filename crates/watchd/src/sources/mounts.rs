@@ -27,7 +27,7 @@ use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
 use crate::identity::{Caller, Uid};
 use crate::options::Options;
-use crate::sources::Source;
+use crate::source::Source;
 use crate::watch::{Kind, Scope};
 
 /// The kind clients name in `AddWatch`.

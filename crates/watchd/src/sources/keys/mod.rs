@@ -80,7 +80,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::identity::Caller;
 use crate::options::Options;
-use crate::sources::Source;
+use crate::source::Source;
 use crate::sys::KeySerial;
 use crate::watch::{Kind, Scope};
 

@@ -7,7 +7,7 @@
 //! **Why a thread and not a tokio task.** Every read is made as the caller
 //! ([`creds::run_as`], which runs it on a scoped thread wearing the caller's fsuid, fsgid
 //! and groups, and joins it): a blocking call that must not run on a runtime worker. The
-//! watch is asked for by [`crate::sources::Source::scope`], which is synchronous, and a
+//! watch is asked for by [`crate::source::Source::scope`], which is synchronous, and a
 //! snapshot must hold the watches still while the hub registers the watch. A thread that
 //! sleeps in `poll(2)` on the inotify descriptor and its wake-up pipe needs no runtime and
 //! keeps all of it synchronous; it is started by the first file watch.

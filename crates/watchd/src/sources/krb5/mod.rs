@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::identity::Caller;
 use crate::options::Options;
-use crate::sources::Source;
+use crate::source::Source;
 use crate::sources::keys::{Observer, Poller, RootLease, RootRequest, viewer_of};
 use crate::watch::{Delivery, Kind, Scope, SubscriptionId};
 
