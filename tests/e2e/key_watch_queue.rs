@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use watchd_e2e::{Trial, vm};
 
 pub fn trials() -> Vec<Trial> {
@@ -49,47 +49,15 @@ const DAEMON_CHECKS: &[&str] = &[
 fn daemon_in_a_vm() -> Result<()> {
     let probe = Path::new(env!("CARGO_BIN_EXE_watchd-vm-probe"));
     let watchd = watchd_e2e::fresh_watchd()?;
-    let Some(out) = in_vm(vm::run_daemon_probe(probe, &watchd, &[]))? else {
+    let Some(out) = vm::or_skip("key_watch_queue", vm::run_daemon_probe(probe, &watchd, &[]))?
+    else {
         return Ok(());
     };
     eprintln!(
         "key_watch_queue: the VM ({}) ran dbus-daemon, watchd and the client in {:.1?}",
         out.accel, out.elapsed
     );
-    for line in out.output.lines().filter(|l| l.starts_with("ok ")) {
-        println!("key_watch_queue: {line}");
-    }
-    ensure!(
-        out.status == 0,
-        "watchd-vm-probe exited with {}:\n{}",
-        out.status,
-        out.output
-    );
-    for check in DAEMON_CHECKS {
-        let line = format!("ok {check}:");
-        ensure!(
-            out.output.lines().any(|l| l.starts_with(&line)),
-            "the probe did not report `{line}`:\n{}",
-            out.output
-        );
-    }
-    Ok(())
-}
-
-/// The VM's outcome; `None` (skip, with the reason printed) outside CI when the VM cannot be
-/// had here.
-fn in_vm(outcome: Result<vm::VmOutput>) -> Result<Option<vm::VmOutput>> {
-    match outcome {
-        Ok(out) => Ok(Some(out)),
-        Err(e) if e.downcast_ref::<vm::Unavailable>().is_some() => {
-            if std::env::var_os("CI").is_some() {
-                bail!("{e:#}: .ci/run installs these, so CI does not skip this test");
-            }
-            eprintln!("SKIP: key_watch_queue: no VM here: {e:#}");
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+    out.expect_checks("key_watch_queue", DAEMON_CHECKS)
 }
 
 /// `watch-queue-probe`'s exit status for a kernel without watch queues.
@@ -117,7 +85,7 @@ const CHECKS: &[&str] = &[
 
 fn notifications_in_a_vm() -> Result<()> {
     let probe = Path::new(env!("CARGO_BIN_EXE_watch-queue-probe"));
-    let Some(out) = in_vm(vm::run(probe, &[]))? else {
+    let Some(out) = vm::or_skip("key_watch_queue", vm::run(probe, &[]))? else {
         return Ok(());
     };
     eprintln!(
@@ -129,19 +97,5 @@ fn notifications_in_a_vm() -> Result<()> {
         "the VM's kernel has no watch queues:\n{}",
         out.output
     );
-    ensure!(
-        out.status == 0,
-        "watch-queue-probe exited with {}:\n{}",
-        out.status,
-        out.output
-    );
-    for check in CHECKS {
-        let line = format!("ok {check}");
-        ensure!(
-            out.output.lines().any(|l| l == line),
-            "the probe did not report `{line}`:\n{}",
-            out.output
-        );
-    }
-    Ok(())
+    out.expect_checks("key_watch_queue", CHECKS)
 }

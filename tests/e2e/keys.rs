@@ -66,35 +66,14 @@ const CONSTRUCTION_CHECKS: &[&str] = &[
 fn under_construction_in_a_vm() -> Result<()> {
     let probe = std::path::Path::new(env!("CARGO_BIN_EXE_watchd-vm-probe"));
     let watchd = watchd_e2e::fresh_watchd()?;
-    let out = match vm::run_daemon_probe(probe, &watchd, &["--construction"]) {
-        Ok(out) => out,
-        Err(e) if e.downcast_ref::<vm::Unavailable>().is_some() => {
-            if std::env::var_os("CI").is_some() {
-                bail!("{e:#}: .ci/run installs these, so CI does not skip this test");
-            }
-            eprintln!("SKIP: keys: no VM here: {e:#}");
-            return Ok(());
-        }
-        Err(e) => return Err(e),
+    let Some(out) = vm::or_skip(
+        "keys",
+        vm::run_daemon_probe(probe, &watchd, &["--construction"]),
+    )?
+    else {
+        return Ok(());
     };
-    for line in out.output.lines().filter(|l| l.starts_with("ok ")) {
-        println!("keys (VM): {line}");
-    }
-    ensure!(
-        out.status == 0,
-        "watchd-vm-probe --construction exited with {}:\n{}",
-        out.status,
-        out.output
-    );
-    for check in CONSTRUCTION_CHECKS {
-        let line = format!("ok {check}:");
-        ensure!(
-            out.output.lines().any(|l| l.starts_with(&line)),
-            "the probe did not report `{line}`:\n{}",
-            out.output
-        );
-    }
-    Ok(())
+    out.expect_checks("keys (VM)", CONSTRUCTION_CHECKS)
 }
 
 /// The poll interval the tests run the daemon with.

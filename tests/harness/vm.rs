@@ -125,6 +125,49 @@ pub struct VmOutput {
     pub accel: String,
 }
 
+impl VmOutput {
+    /// Prints the probe's `ok` lines under `label`, then fails unless it exited 0 and
+    /// reported every one of `checks` (each as a line `ok CHECK` or `ok CHECK: …`).
+    pub fn expect_checks(&self, label: &str, checks: &[&str]) -> Result<()> {
+        for line in self.output.lines().filter(|l| l.starts_with("ok ")) {
+            println!("{label}: {line}");
+        }
+        ensure!(
+            self.status == 0,
+            "{label}: the probe exited with {}:\n{}",
+            self.status,
+            self.output
+        );
+        for check in checks {
+            let line = format!("ok {check}");
+            ensure!(
+                self.output.lines().any(|l| l
+                    .strip_prefix(&line)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))),
+                "{label}: the probe did not report `{line}`:\n{}",
+                self.output
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A VM run's outcome; `None` (skip, with the reason printed) outside CI when the VM cannot
+/// be had here. In CI, which installs what the VM needs, a missing piece fails the test.
+pub fn or_skip(label: &str, outcome: Result<VmOutput>) -> Result<Option<VmOutput>> {
+    match outcome {
+        Ok(out) => Ok(Some(out)),
+        Err(e) if e.downcast_ref::<Unavailable>().is_some() => {
+            if std::env::var_os("CI").is_some() {
+                bail!("{e:#}: .ci/run installs these, so CI does not skip this test");
+            }
+            eprintln!("SKIP: {label}: no VM here: {e:#}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Boots the watch-queue kernel with `binary` in an initramfs, runs it with `args` as root
 /// and returns what it did. Fails with [`Unavailable`] when qemu, busybox or the kernel's
 /// build tools are missing.

@@ -291,17 +291,7 @@ impl std::fmt::Debug for Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn info(serial: i32, key_type: &str, perm: u32) -> Arc<KeyInfo> {
-        Arc::new(KeyInfo {
-            serial: KeySerial(serial),
-            key_type: key_type.into(),
-            uid: 1000,
-            gid: 1000,
-            perm,
-            description: format!("k{serial}"),
-        })
-    }
+    use crate::sources::keys::viewer::info;
 
     fn node(serial: i32, children: Option<Vec<i32>>, digest: Option<u64>) -> Node {
         let key_type = if children.is_some() {

@@ -199,22 +199,22 @@ pub fn viewer_of(caller: &Caller, possessor: bool) -> Result<Viewer> {
     })
 }
 
+/// A key of uid 1000 named `k<serial>`, for the tests of this folder.
+#[cfg(test)]
+pub(super) fn info(serial: i32, key_type: &str, perm: u32) -> std::sync::Arc<KeyInfo> {
+    std::sync::Arc::new(KeyInfo {
+        serial: KeySerial(serial),
+        key_type: key_type.into(),
+        uid: 1000,
+        gid: 1000,
+        perm,
+        description: format!("k{serial}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-
-    fn info(serial: i32, key_type: &str, perm: u32) -> Arc<KeyInfo> {
-        Arc::new(KeyInfo {
-            serial: KeySerial(serial),
-            key_type: key_type.into(),
-            uid: 1000,
-            gid: 1000,
-            perm,
-            description: format!("k{serial}"),
-        })
-    }
 
     #[test]
     fn describe_text_parses_with_semicolons_in_the_description() {
