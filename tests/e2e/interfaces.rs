@@ -27,6 +27,14 @@ pub fn trials() -> Vec<Trial> {
             watchctl_watch,
         ),
         trial(
+            "interfaces::watchctl_count_exits_0_after_n_records_not_counting_meta",
+            watchctl_count,
+        ),
+        trial(
+            "interfaces::watchctl_exits_when_its_reader_goes_without_another_event",
+            watchctl_reader_gone,
+        ),
+        trial(
             "interfaces::watchctl_status_and_errors",
             watchctl_status_and_errors,
         ),
@@ -233,6 +241,137 @@ async fn watchctl_watch() -> Result<()> {
             && line.contains("tmpfs"),
         "{line}"
     );
+    Ok(())
+}
+
+/// Waits (`limit` at most) for `process` to exit; on timeout fails, and dropping `process`
+/// then stops it by its pid.
+fn exit_within(process: &mut Process, limit: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = process.child().try_wait()? {
+            return Ok(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("pid {} still running after {limit:?}", process.pid());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every line still to come from `lines`, up to the end of the output.
+fn rest_of(lines: &mpsc::Receiver<String>) -> Result<Vec<String>> {
+    let mut rest = Vec::new();
+    loop {
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => rest.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(rest),
+            Err(mpsc::RecvTimeoutError::Timeout) => bail!("the output never ended: {rest:?}"),
+        }
+    }
+}
+
+fn json_of(lines: &mpsc::Receiver<String>) -> Result<serde_json::Value> {
+    let line = lines
+        .recv_timeout(Duration::from_secs(10))
+        .context("no line")?;
+    serde_json::from_str(&line).with_context(|| line.clone())
+}
+
+/// `--count 2 --initial`: the snapshot record counts, the `sync` after it does not, so
+/// watchctl waits for one live event and then exits 0, having printed exactly those.
+async fn watchctl_count() -> Result<()> {
+    let env = Env::start("watchctl-count").await?;
+    let dir = env.scratch.join("count");
+    let before = dir.join("before");
+    let after = dir.join("after");
+    mounts::tmpfs(&before, "count-before", "size=1m")?;
+    let mut command = env.watchctl();
+    command
+        .args(["watch", "mounts", "--path", dir.to_str().unwrap()])
+        .args(["--initial", "--json", "--count", "2"])
+        .stdout(Stdio::piped());
+    let mut watchctl = Process::spawn(command, "watchctl --count 2")?;
+    let lines = lines_of(watchctl.child());
+
+    let v = json_of(&lines)?;
+    ensure!(
+        v["snapshot"] == true && v["mount_point"] == before.to_str().unwrap(),
+        "{v}"
+    );
+    let v = json_of(&lines)?;
+    ensure!(v["type"] == "meta" && v["event"] == "sync", "{v}");
+    // Had the sync counted, watchctl would be on its way out now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    watchctl.check_running()?;
+
+    mounts::tmpfs(&after, "count-after", "size=1m")?;
+    let status = exit_within(&mut watchctl, Duration::from_secs(10))?;
+    ensure!(status.success(), "{status}");
+    let rest = rest_of(&lines)?;
+    ensure!(rest.len() == 1, "one record after the sync: {rest:?}");
+    let v: serde_json::Value = serde_json::from_str(&rest[0])?;
+    ensure!(
+        v["event"] == "attach"
+            && v["snapshot"] == false
+            && v["mount_point"] == after.to_str().unwrap(),
+        "{v}"
+    );
+
+    // Without --initial: two live events, then exit 0 with exactly two lines.
+    let live = env.scratch.join("count-live");
+    std::fs::create_dir_all(&live)?;
+    let mut command = env.watchctl();
+    command
+        .args(["watch", "mounts", "--path", live.to_str().unwrap()])
+        .args(["--count", "2"])
+        .stdout(Stdio::piped());
+    let mut watchctl = Process::spawn(command, "watchctl --count 2 (live)")?;
+    let lines = lines_of(watchctl.child());
+    wait_for_watches(&env, 1).await?;
+    for name in ["a", "b"] {
+        mounts::tmpfs(&live.join(name), "count-live", "size=1m")?;
+    }
+    let status = exit_within(&mut watchctl, Duration::from_secs(10))?;
+    ensure!(status.success(), "{status}");
+    let rest = rest_of(&lines)?;
+    ensure!(
+        rest.len() == 2 && rest.iter().all(|line| line.contains("attach")),
+        "{rest:?}"
+    );
+    Ok(())
+}
+
+/// `watchctl watch mounts | head -1`: once the reader has its line and closes the pipe,
+/// watchctl exits 0 at once, with no further event to write (it would fail writing one).
+async fn watchctl_reader_gone() -> Result<()> {
+    let env = Env::start("watchctl-head").await?;
+    let dir = env.scratch.join("head");
+    std::fs::create_dir_all(&dir)?;
+    let mut command = env.watchctl();
+    command
+        .args(["watch", "mounts", "--path", dir.to_str().unwrap()])
+        .stdout(Stdio::piped());
+    let mut watchctl = Process::spawn(command, "watchctl | head -1")?;
+    let stdout = watchctl.child().stdout.take().expect("piped stdout");
+    // `head -1`: one line, then the read end closes (the thread drops it).
+    let (tx, first) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(read.map(|_| line));
+    });
+    wait_for_watches(&env, 1).await?;
+
+    mounts::tmpfs(&dir.join("one"), "head-one", "size=1m")?;
+    let line = first
+        .recv_timeout(Duration::from_secs(10))
+        .context("no line")??;
+    ensure!(line.contains("attach") && line.contains("head"), "{line}");
+    // No other mount under the path from here on: only the closed pipe can end it.
+    let status = exit_within(&mut watchctl, Duration::from_secs(5))
+        .context("watchctl did not notice its reader had gone")?;
+    ensure!(status.success(), "{status}");
     Ok(())
 }
 

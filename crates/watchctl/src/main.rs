@@ -3,19 +3,25 @@
 //! - `main.rs`: arguments (clap), the commands, exit codes, error reporting.
 //! - [`format`](mod@format): the output formats as pure functions (human and JSON lines, status).
 //! - [`sys`]: the local time zone offset (the one libc call).
+//!
+//! `watch` ends on its own when stdout is a pipe whose reader has gone (`| head -1`), even
+//! while no record comes: see [`stdout_closed`].
 
 mod format;
 mod sys;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use tokio::io::Interest;
 use tokio::signal::unix::{SignalKind, signal};
-use watchd_client::proto::{RecordType, meta};
+use watchd_client::proto::{Header, RecordType, meta};
 use watchd_client::{Client, SubscribeOptions, WatchOptions};
 
 /// Exit code: the subscription's pipe ended (watchd stopped or ended the subscription).
@@ -45,7 +51,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Set a watch and print one line per event until interrupted
+    /// Set a watch and print one line per event until interrupted, the watch or the
+    /// subscription ends, `--count` records are printed, or stdout is closed
     Watch {
         #[command(subcommand)]
         kind: WatchKind,
@@ -155,6 +162,15 @@ struct WatchArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     watch_tag: u64,
+
+    /// Exit (with status 0) after printing N records: events and snapshot records count,
+    /// the pipe's own lines (`snapshot complete`, lost records, the watch ending) do not
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    count: Option<u64>,
 }
 
 /// `--subsystem`: `S` or `S/DEVTYPE`, neither empty.
@@ -435,7 +451,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
 }
 
 /// Subscribes, sets the watch and prints its events until SIGINT/SIGTERM, the end of the
-/// pipe, a REMOVAL record for the watch, or a closed stdout.
+/// pipe, a REMOVAL record for the watch, `--count` records, or a closed stdout (noticed at
+/// once, not only at the next write).
 async fn watch(
     bus_address: Option<&str>,
     kind: &str,
@@ -458,7 +475,52 @@ async fn watch(
         outcome = work => outcome,
         _ = interrupt.recv() => Ok(Outcome::Done),
         _ = terminate.recv() => Ok(Outcome::Done),
+        // Whoever read our output has gone (`watchctl … | head -1`): a normal end, without
+        // waiting for a next record to fail writing.
+        () = stdout_closed() => Ok(Outcome::Done),
     }
+}
+
+/// Resolves once stdout is a pipe (or FIFO) with no reader left; see [`reader_gone`].
+async fn stdout_closed() {
+    reader_gone(io::stdout().as_fd()).await
+}
+
+/// Resolves once `fd`, the write end of a pipe or FIFO, has no reader left: the kernel
+/// reports `POLLERR` on a pipe's write end when its last read end is closed, and epoll
+/// (tokio's reactor) passes that on as error readiness, so this wakes up while `watch`
+/// waits for the next record. Never resolves when `fd` is anything else (a terminal, a
+/// file, a socket: their ends are noticed at the next write) or cannot be watched.
+///
+/// A duplicate of `fd` is registered with the reactor; nothing is read or written through
+/// it, and the file's flags (blocking mode) are left alone, since other processes may share
+/// the pipe.
+async fn reader_gone(fd: BorrowedFd<'_>) {
+    if let Ok(fd) = fd.try_clone_to_owned()
+        && is_fifo(&fd)
+        && let Ok(pipe) = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(fd)
+        && pipe
+            .ready(Interest::ERROR)
+            .await
+            .is_ok_and(|ready| ready.is_error())
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Whether `fd` is a pipe or FIFO (fstat(2) through a duplicate).
+fn is_fifo(fd: &OwnedFd) -> bool {
+    fd.try_clone()
+        .map(std::fs::File::from)
+        .and_then(|file| file.metadata())
+        .is_ok_and(|meta| meta.file_type().is_fifo())
+}
+
+/// Whether a record counts toward `--count`: every record of a watch (snapshot records
+/// too), none of the pipe's own META records (SYNC, LOSS, REMOVAL).
+fn counts(header: &Header) -> bool {
+    header.record_type != RecordType::Meta as u32
 }
 
 async fn print_events(
@@ -466,6 +528,7 @@ async fn print_events(
     args: &WatchArgs,
 ) -> anyhow::Result<Outcome> {
     let stdout = io::stdout();
+    let mut counted = 0u64;
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => event,
@@ -495,6 +558,12 @@ async fn print_events(
             // The watch has ended; nothing more will come for it.
             return Ok(Outcome::Done);
         }
+        if counts(h) {
+            counted += 1;
+            if args.count == Some(counted) {
+                return Ok(Outcome::Done);
+            }
+        }
     }
     Ok(Outcome::PipeEnded)
 }
@@ -503,6 +572,7 @@ async fn print_events(
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::time::Duration;
     use watchd_client::zbus;
 
     #[test]
@@ -934,6 +1004,101 @@ mod tests {
             krb5_cache(Some("FILE:/x".into()), Some(bad)).unwrap(),
             Some("FILE:/x".to_owned())
         );
+    }
+
+    #[test]
+    fn watch_count_argument() {
+        for kind in [&["mounts"][..], &["devices"], &["keys"], &["krb5"]] {
+            let args = ["watchctl", "watch"].iter().chain(kind);
+            let cli = Cli::try_parse_from(args.clone().chain(&["--count", "2"])).unwrap();
+            let Command::Watch { kind: watch } = cli.command else {
+                panic!("not watch")
+            };
+            let common = match watch {
+                WatchKind::Mounts { common, .. }
+                | WatchKind::Devices { common, .. }
+                | WatchKind::Keys { common, .. }
+                | WatchKind::Krb5 { common, .. } => common,
+            };
+            assert_eq!(common.count, Some(2), "{kind:?}");
+            for bad in ["0", "-1", "x", ""] {
+                let err = Cli::try_parse_from(args.clone().chain(&["--count", bad])).unwrap_err();
+                assert_usage_error(&err, &[bad]);
+            }
+        }
+        let cli = Cli::try_parse_from(["watchctl", "watch", "mounts"]).unwrap();
+        let Command::Watch {
+            kind: WatchKind::Mounts { common, .. },
+        } = cli.command
+        else {
+            panic!("not watch mounts")
+        };
+        assert_eq!(common.count, None);
+    }
+
+    /// Events and snapshot records count toward `--count`; the pipe's META records do not.
+    #[test]
+    fn what_count_counts() {
+        let header = |record_type: RecordType, subtype: u8, flags: u8| Header {
+            len: 32,
+            version: watchd_client::proto::VERSION,
+            flags,
+            record_type: record_type as u32,
+            subtype,
+            tag: 1,
+            seq: 1,
+            time_ns: 0,
+        };
+        use watchd_client::proto::{FLAG_SNAPSHOT, mount};
+        assert!(counts(&header(RecordType::Mount, mount::ATTACH, 0)));
+        assert!(counts(&header(
+            RecordType::Mount,
+            mount::ATTACH,
+            FLAG_SNAPSHOT
+        )));
+        assert!(counts(&header(RecordType::Device, 0, 0)));
+        assert!(counts(&header(RecordType::Key, 0, FLAG_SNAPSHOT)));
+        for subtype in [meta::SYNC, meta::LOSS, meta::REMOVAL] {
+            assert!(!counts(&header(RecordType::Meta, subtype, 0)), "{subtype}");
+        }
+        // A type this watchctl does not know is a record of the watch: it counts.
+        let mut unknown = header(RecordType::Mount, 0, 0);
+        unknown.record_type = 99;
+        assert!(counts(&unknown));
+    }
+
+    /// A pipe's write end: waited on while its reader is there, done at once when it goes,
+    /// with nothing written.
+    #[tokio::test]
+    async fn reader_gone_notices_a_closed_pipe_without_a_write() {
+        let (reader, writer) = io::pipe().unwrap();
+        let mut gone = std::pin::pin!(reader_gone(writer.as_fd()));
+        let early = tokio::time::timeout(Duration::from_millis(100), gone.as_mut()).await;
+        assert!(early.is_err(), "resolved while the reader was there");
+        drop(reader);
+        tokio::time::timeout(Duration::from_secs(5), gone)
+            .await
+            .expect("the reader's end went unnoticed");
+
+        // Already gone before the wait starts.
+        let (reader, writer) = io::pipe().unwrap();
+        drop(reader);
+        tokio::time::timeout(Duration::from_secs(5), reader_gone(writer.as_fd()))
+            .await
+            .expect("the reader's end went unnoticed");
+    }
+
+    /// Anything but a pipe or FIFO is never waited on (its end shows at the next write).
+    #[tokio::test]
+    async fn reader_gone_ignores_what_is_not_a_pipe() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(100), reader_gone(file.as_fd()));
+        assert!(waited.await.is_err());
+        // Nor the read end of a pipe, whose writer is gone.
+        let (reader, writer) = io::pipe().unwrap();
+        drop(writer);
+        let waited = tokio::time::timeout(Duration::from_millis(100), reader_gone(reader.as_fd()));
+        assert!(waited.await.is_err());
     }
 
     #[test]
