@@ -18,6 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
+use crate::creds::{self, FsCreds};
 use crate::error::{Error, Result, Truncated};
 use crate::identity::Caller;
 use crate::sys::{self, ResolveFlags};
@@ -107,12 +108,14 @@ impl<'a> CallerProcess<'a> {
         self.checked("root", |p| File::open(p).map(OwnedFd::from))
     }
 
-    /// The caller's filesystem gid (from the process, checked to be the caller's) and its
-    /// supplementary groups as the bus vouched for them.
-    /// Plain `u32`s: what the sources hand on to [`crate::creds::FsCreds`] and the key viewer.
-    pub fn fs_groups(&self) -> Result<(u32, Vec<u32>)> {
-        let groups = self.caller.gids.iter().map(|g| g.0).collect();
-        Ok((self.status_field("Gid:", 3)?, groups))
+    /// The caller's file-system credentials: its uid, its filesystem gid (from the process,
+    /// checked to be the caller's) and its supplementary groups as the bus vouched for them.
+    pub fn fs_creds(&self) -> Result<FsCreds> {
+        Ok(FsCreds {
+            uid: self.caller.uid.0,
+            gid: self.status_field("Gid:", 3)?,
+            groups: self.caller.gids.iter().map(|g| g.0).collect(),
+        })
     }
 }
 
@@ -145,23 +148,8 @@ pub fn as_caller<T: Send>(
 ) -> Result<io::Result<T>> {
     let process = CallerProcess::new(caller)?;
     let root = process.root()?;
-    let (fs_gid, groups) = process.fs_groups()?;
-    let uid = caller.uid.0;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> io::Result<T> {
-                // The order matters: groups and gid while fsuid is still root's.
-                sys::setgroups_this_thread(&groups)?;
-                sys::setfsgid(fs_gid);
-                sys::setfsuid(uid);
-                if sys::setfsuid(u32::MAX) != uid {
-                    return Err(io::Error::other("could not take the caller's fsuid"));
-                }
-                f(root.as_fd())
-            })
-            .join()
-            .map_err(|_| Error::Failed("a check made as the caller panicked".into()))
-    })
+    let creds = process.fs_creds()?;
+    Ok(creds::run_as(&creds, || f(root.as_fd())))
 }
 
 /// Opens `path` (absolute, in the caller's root) as the caller would, with

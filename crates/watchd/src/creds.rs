@@ -22,14 +22,19 @@ use crate::sys;
 /// that created it, so a subscriber's pipes made this way use up its own allowance and
 /// never shrink the pipes of root's other services.
 pub fn charged_to<T: Send>(uid: u32, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    on_a_thread_of_its_own(|| {
+        sys::setresuid_this_thread(Some(uid), None, None)?;
+        f()
+    })
+}
+
+/// Runs `f` on a scoped thread, which ends with whatever credentials `f` gave it.
+fn on_a_thread_of_its_own<T: Send>(f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     std::thread::scope(|scope| {
         scope
-            .spawn(|| {
-                sys::setresuid_this_thread(Some(uid), None, None)?;
-                f()
-            })
+            .spawn(f)
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("an action charged to a caller panicked")))
+            .unwrap_or_else(|_| Err(io::Error::other("work done as a caller panicked")))
     })
 }
 
@@ -44,22 +49,17 @@ pub struct FsCreds {
 
 /// Runs `f` on a thread of its own that holds `creds` as its fsuid, fsgid and groups.
 pub fn run_as<T: Send>(creds: &FsCreds, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // Groups and gid while fsuid is still root's (setgroups needs CAP_SETGID,
-                // which a change of fsuid does not drop, but keep the order obvious).
-                sys::setgroups_this_thread(&creds.groups)?;
-                sys::setfsgid(creds.gid);
-                sys::setfsuid(creds.uid);
-                // setfsuid reports no failure: ask for the value to know it took.
-                if sys::setfsuid(u32::MAX) != creds.uid || sys::setfsgid(u32::MAX) != creds.gid {
-                    return Err(io::Error::other("could not take the caller's credentials"));
-                }
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("a read made as the caller panicked")))
+    on_a_thread_of_its_own(|| {
+        // Groups and gid while fsuid is still root's (setgroups needs CAP_SETGID, which a
+        // change of fsuid does not drop, but keep the order obvious).
+        sys::setgroups_this_thread(&creds.groups)?;
+        sys::setfsgid(creds.gid);
+        sys::setfsuid(creds.uid);
+        // setfsuid reports no failure: ask for the value to know it took.
+        if sys::setfsuid(u32::MAX) != creds.uid || sys::setfsgid(u32::MAX) != creds.gid {
+            return Err(io::Error::other("could not take the caller's credentials"));
+        }
+        f()
     })
 }
 

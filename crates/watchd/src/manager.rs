@@ -143,7 +143,12 @@ impl Manager {
 
     pub fn subscribe(&self, request: &Request, mut options: Options) -> Result<NewSubscription> {
         let caller = &request.caller;
-        let pipe = self.config().pipe;
+        let pipe = self
+            .config
+            .read()
+            .expect("configuration poisoned")
+            .pipe
+            .clone();
         let depth = options.take_u32("depth")?.unwrap_or(pipe.default_depth);
         options.finish("Subscribe", &["depth"])?;
         if !(2..=pipe.max_depth).contains(&depth) {

@@ -21,7 +21,7 @@ pub enum Sent {
 
 /// A new packet pipe holding `depth` packets (rounded up to a power of two by the kernel).
 /// Returns the read end, the write end (`O_NONBLOCK`) and the depth the kernel granted, which
-/// is also the pages it charges to the daemon's user.
+/// is also the pages it charges to the creating thread's real uid.
 pub fn packet_pipe(depth: u32) -> io::Result<(OwnedFd, OwnedFd, u32)> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_DIRECT | OFlag::O_CLOEXEC)?;
     set_nonblocking(&write)?;

@@ -190,11 +190,11 @@ pub(super) fn check_viewable(caller: &Caller, serial: KeySerial) -> Result<()> {
 
 /// The caller's eyes: its uid, fsgid and groups.
 pub fn viewer_of(caller: &Caller, possessor: bool) -> Result<Viewer> {
-    let (gid, groups) = access::CallerProcess::new(caller)?.fs_groups()?;
+    let creds = access::CallerProcess::new(caller)?.fs_creds()?;
     Ok(Viewer {
-        uid: caller.uid.0,
-        gid,
-        groups,
+        uid: creds.uid,
+        gid: creds.gid,
+        groups: creds.groups,
         possessor,
     })
 }

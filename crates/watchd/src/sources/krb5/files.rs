@@ -1,6 +1,6 @@
 //! `FILE:` caches and `DIR:` collections, followed by a thread of the krb5 source's own
 //! ([`FileWatcher`]): one inotify instance watches the directory of every followed cache,
-//! and every event in a directory re-reads the caches in it, so a change is seen as soon as
+//! and an event naming a cache's file re-reads that cache, so a change is seen as soon as
 //! the file is written or renamed into place. Commands (watch, release) reach the thread
 //! through a channel and a wake-up pipe, as the key poller's do.
 //!
@@ -254,18 +254,27 @@ impl FileWatches {
         }
     }
 
-    /// Reads what inotify has, and re-reads every cache in a directory that changed.
+    /// Reads what inotify has, and re-reads every cache a name in it may concern. A busy
+    /// directory (`/tmp`) changes all the time: an event about another file costs nothing.
     fn on_ready(&mut self, hub: &Hub) {
         let mut touched = Vec::new();
+        let mut overflowed = false;
         while let Ok(events) = self.inotify.read_events() {
             if events.is_empty() {
                 break;
             }
-            touched.extend(events.into_iter().map(|e| e.wd));
+            for event in events {
+                overflowed |= event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW);
+                touched.push((event.wd, event.name));
+            }
         }
         let digests = &self.digests;
         for (id, watch) in self.watches.iter_mut() {
-            if !touched.contains(&watch.wd) {
+            let concerned = overflowed
+                || touched.iter().any(|(wd, name)| {
+                    *wd == watch.wd && watch.request.layout.concerns(name.as_deref())
+                });
+            if !concerned {
                 continue;
             }
             let Some(new) = read_collection(&watch.request, digests) else {

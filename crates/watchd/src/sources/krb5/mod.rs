@@ -42,7 +42,6 @@ pub use self::names::{
     FileLayout, Target, default_cache, default_ccache_name, expand, parse_cache_name,
 };
 use crate::access;
-use crate::creds::FsCreds;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::identity::Caller;
@@ -243,15 +242,10 @@ impl Source for Krb5Source {
             }
             Target::Files { dir, layout } => {
                 let dir = access::open_path(caller, &dir)?;
-                let (gid, groups) = access::CallerProcess::new(caller)?.fs_groups()?;
                 let request = FileRequest {
                     dir,
                     layout,
-                    reader: FsCreds {
-                        uid: caller.uid.0,
-                        gid,
-                        groups,
-                    },
+                    reader: access::CallerProcess::new(caller)?.fs_creds()?,
                     name: name.clone(),
                 };
                 check_reachable(&request)?;

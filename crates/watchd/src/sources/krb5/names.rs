@@ -15,6 +15,22 @@ pub enum FileLayout {
     Dir { dir_path: String },
 }
 
+impl FileLayout {
+    /// Whether an event about `name` in the cache's directory may change what the cache
+    /// holds; an event without a name (the directory itself) always may.
+    pub fn concerns(&self, name: Option<&std::ffi::OsStr>) -> bool {
+        let Some(name) = name else {
+            return true;
+        };
+        match self {
+            FileLayout::File { file_name, .. } => name == file_name.as_str(),
+            FileLayout::Dir { .. } => {
+                name == "primary" || name.as_encoded_bytes().starts_with(b"tkt")
+            }
+        }
+    }
+}
+
 /// What a cache name means to the daemon.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Target {
@@ -228,6 +244,24 @@ pub fn default_cache(uid: u32) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_events_about_the_caches_own_names_concern_it() {
+        use std::ffi::OsStr;
+        let file = FileLayout::File {
+            file_name: "krb5cc_1000".into(),
+            cache: "FILE:/tmp/krb5cc_1000".into(),
+        };
+        assert!(file.concerns(Some(OsStr::new("krb5cc_1000"))));
+        assert!(!file.concerns(Some(OsStr::new("krb5cc_1001"))));
+        assert!(file.concerns(None), "the directory itself");
+        let dir = FileLayout::Dir {
+            dir_path: "/run/user/1000/krb5cc".into(),
+        };
+        assert!(dir.concerns(Some(OsStr::new("primary"))));
+        assert!(dir.concerns(Some(OsStr::new("tktAbc"))));
+        assert!(!dir.concerns(Some(OsStr::new("notes.txt"))));
+    }
 
     #[test]
     fn cache_names_resolve_like_mit_krb5() {
