@@ -178,8 +178,7 @@ pub mod attr {
     pub const TRUNCATED: u16 = 0x0006;
 
     // 0x0010..0x003f: mounts.
-    /// u64: the mount's id as `/proc/PID/mountinfo` lists it (reused after unmount). The
-    /// kernel's unique 64-bit id, when sources report it, will get an attribute of its own.
+    /// u64: the mount's id as `/proc/PID/mountinfo` lists it (reused after unmount).
     pub const MOUNT_ID: u16 = 0x0010;
     /// u64: the parent mount's id.
     pub const PARENT_ID: u16 = 0x0011;
@@ -207,6 +206,11 @@ pub mod attr {
     pub const MNT_NS: u16 = 0x001c;
     /// u32: what changed (CHANGE), `mount::CHANGED_*` bits.
     pub const CHANGED: u16 = 0x001d;
+    /// u64: the kernel's 64-bit mount id, never reused while the system runs (statmount's
+    /// `mnt_id`); absent when the source follows mountinfo, which does not show it.
+    pub const MOUNT_UNIQUE_ID: u16 = 0x001e;
+    /// u64: the parent mount's 64-bit id.
+    pub const PARENT_UNIQUE_ID: u16 = 0x001f;
 
     // 0x0040..0x005f: devices. (MAJOR and MINOR above are used by devices too.)
     /// str: the uevent action, e.g. "add" (also the subtype, kept for readers of the text).
@@ -264,9 +268,8 @@ pub mod attr {
     pub fn kind(id: u16) -> Option<super::AttrKind> {
         use super::AttrKind::*;
         Some(match id {
-            LOST_COUNT | FIRST_LOST_SEQ | LOST_TYPES | MOUNT_ID | PARENT_ID | MNT_NS | SEQNUM => {
-                U64
-            }
+            LOST_COUNT | FIRST_LOST_SEQ | LOST_TYPES | MOUNT_ID | PARENT_ID | MNT_NS | SEQNUM
+            | MOUNT_UNIQUE_ID | PARENT_UNIQUE_ID => U64,
             TRUNCATED | MAJOR | MINOR | CHANGED | KEY_ID | AUX | KEY_UID | KEY_GID | PERM
             | WATCHED_KEY => U32,
             OBJECT | REASON | ROOT | MOUNT_POINT | FS_TYPE | SOURCE | MOUNT_OPTIONS
@@ -349,6 +352,8 @@ pub mod names {
             attr::OLD_MOUNT_POINT => "old_mount_point",
             attr::MNT_NS => "mnt_ns",
             attr::CHANGED => "changed",
+            attr::MOUNT_UNIQUE_ID => "mount_unique_id",
+            attr::PARENT_UNIQUE_ID => "parent_unique_id",
             attr::ACTION => "action",
             attr::SUBSYSTEM => "subsystem",
             attr::DEVTYPE => "devtype",
@@ -1273,6 +1278,8 @@ mod tests {
             (attr::OLD_MOUNT_POINT, Str),
             (attr::MNT_NS, U64),
             (attr::CHANGED, U32),
+            (attr::MOUNT_UNIQUE_ID, U64),
+            (attr::PARENT_UNIQUE_ID, U64),
             (attr::ACTION, Str),
             (attr::SUBSYSTEM, Str),
             (attr::DEVTYPE, Str),

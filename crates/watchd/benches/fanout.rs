@@ -42,7 +42,9 @@ use watchd::event::Event;
 use watchd::hub::{Hub, NewSubscription};
 use watchd::identity::{Caller, Uid};
 use watchd::pipe;
-use watchd::sources::mounts::{self, MountChange, MountEntry, MountId, MountScope, Origin};
+use watchd::sources::mounts::{
+    self, MountChange, MountEntry, MountId, MountScope, Origin, UniqueIds,
+};
 use watchd::watch::{Filters, Watch};
 use watchd_proto::{Record, RecordType, mount};
 
@@ -166,6 +168,10 @@ fn user_runtime_dir() -> MountEntry {
         source: b"tmpfs".to_vec(),
         super_options: "rw,size=3266104k,nr_inodes=816526,mode=700,uid=1000,gid=1000,inode64"
             .into(),
+        unique: Some(UniqueIds {
+            id: 0x1_0000_04b3,
+            parent: 0x1_0000_001d,
+        }),
     }
 }
 

@@ -104,6 +104,12 @@ impl<'a> CallerProcess<'a> {
         })
     }
 
+    /// The caller's mount namespace, open (an nsfs descriptor, for `FAN_MARK_MNTNS` and
+    /// `NS_GET_MNTNS_ID`).
+    pub fn mount_namespace(&self) -> Result<OwnedFd> {
+        self.checked("ns/mnt", |p| File::open(p).map(OwnedFd::from))
+    }
+
     fn root(&self) -> Result<OwnedFd> {
         self.checked("root", |p| File::open(p).map(OwnedFd::from))
     }

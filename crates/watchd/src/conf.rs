@@ -123,6 +123,9 @@ pub struct Sources {
     /// Where device events come from: "auto" (udev when udevd runs, else the kernel),
     /// "udev" or "kernel".
     pub device_events: DeviceEvents,
+    /// How mount changes are followed: "auto" (fanotify mount events and statmount where the
+    /// kernel has them, 6.15+, else mountinfo), "fanotify" or "mountinfo".
+    pub mount_events: MountEvents,
 }
 
 impl Default for Sources {
@@ -133,6 +136,7 @@ impl Default for Sources {
             keys: true,
             krb5: true,
             device_events: DeviceEvents::Auto,
+            mount_events: MountEvents::Auto,
         }
     }
 }
@@ -144,6 +148,15 @@ pub enum DeviceEvents {
     Auto,
     Udev,
     Kernel,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MountEvents {
+    #[default]
+    Auto,
+    Fanotify,
+    Mountinfo,
 }
 
 /// The sections a reload (SIGHUP) applies to new requests; every other key is read once, at

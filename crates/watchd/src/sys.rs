@@ -6,6 +6,8 @@
 //! Those no crate wraps are hand-written in the submodules, the only places of the daemon
 //! where `unsafe` is allowed (each says why at its top, each block why it is sound):
 //! [`keyctl`] (keyctl(2), add_key(2)), [`watch_queue`] (the watch-queue ioctls),
+//! [`mount_api`] (statmount(2), listmount(2), the mount namespace id), [`fanotify`]
+//! (fanotify_init(2) and fanotify_mark(2) with the mount-namespace flags),
 //! [`interrupt`] (a no-op signal handler and a per-thread POSIX timer) and [`reactor`]
 //! (registering a descriptor with Tokio, an `unsafe fn`).
 
@@ -15,12 +17,16 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rustix::fs::{Mode, OFlags};
 
+mod fanotify;
 mod interrupt;
 mod keyctl;
+mod mount_api;
 mod reactor;
 mod watch_queue;
+pub use fanotify::*;
 pub use interrupt::*;
 pub use keyctl::*;
+pub use mount_api::*;
 pub use reactor::*;
 pub use rustix::fs::ResolveFlags;
 pub use watch_queue::*;

@@ -1,7 +1,8 @@
 //! Sources: one per kind of watch, each following its part of the kernel on a task or
 //! thread of its own and handing [`crate::event::Event`]s to [`crate::hub::Hub::publish`].
 //!
-//! - [`mounts`]: mount topology and option changes (mountinfo `POLLPRI` + diff).
+//! - [`mounts`]: mount topology and option changes (fanotify mount events + statmount, or
+//!   mountinfo `POLLPRI` + diff).
 //! - [`devices`]: udev device events (libudev monitor), or raw kernel uevents.
 //! - [`keys`]: kernel keys and keyrings, followed by one poller thread, told of changes by
 //!   the kernel's watch queue where the kernel has one (`CONFIG_WATCH_QUEUE`).
@@ -55,7 +56,13 @@ pub fn start(
     let enabled = &config.sources;
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     if enabled.mounts {
-        sources.push(mounts::MountSource::new(hub.clone()));
+        let backend =
+            mounts::Backend::choose(enabled.mount_events).map_err(|error| StartError {
+                kind: mounts::KIND,
+                needs: "was set to fanotify (mount_events), which needs fanotify mount events and statmount(2) (kernel 6.15 or later, allowed by any seccomp filter)",
+                error,
+            })?;
+        sources.push(mounts::MountSource::new(hub.clone(), backend));
     }
     if enabled.devices {
         let events = match enabled.device_events {

@@ -1,27 +1,31 @@
-//! Mount topology as each caller sees it, from the caller's own `/proc/PID/mountinfo`.
+//! Mount topology as each caller sees it: attaches, detaches, moves and option changes.
 //!
 //! A watch is bound to its caller's view of the mount tree (mount namespace and root
-//! directory): a client in a container sees its container's mounts, and nobody else's. Each
-//! view that someone watches is followed by one thread: the kernel flags the open mountinfo
-//! with `POLLPRI` on every change in the namespace, and each wake-up costs a full re-read and
-//! a diff against the last table, keyed by mount id. Changes that come and go between two
-//! reads are not seen (fanotify mount events, kernel ≥ 6.15, will close that gap behind the
-//! same [`MountChange`] type). The table lock is held while a diff is published and while a
-//! new watch takes its snapshot, so a watch sees each change once: in its snapshot or live.
+//! directory): a client in a container sees its container's mounts, and nobody else's. Two
+//! backends follow a view, each on a thread of its own while someone watches it:
+//! - [`namespace`] (kernel 6.15+): fanotify mount events of the namespace, looked up with
+//!   `statmount(2)`; every change is seen, at a cost independent of the number of mounts.
+//!   One group and one mark per namespace, shared by every watch on it.
+//! - [`mountinfo`] (the fallback): the caller's mountinfo re-read and diffed on each change.
+//!
+//! Both publish the same [`MountChange`]s, and hold their table still while a new watch
+//! takes its snapshot, so a watch sees each change once: in its snapshot or live.
 #![forbid(unsafe_code)]
 
+pub mod mountinfo;
+pub mod namespace;
+
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, mount};
+use watchd_proto::{RecordBuilder, RecordType, attr, mount};
 
 use crate::access::{self, CallerProcess, MountView};
+use crate::conf::MountEvents;
 use crate::error::{Error, Result};
 use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
@@ -30,14 +34,24 @@ use crate::options::Options;
 use crate::source::Source;
 use crate::watch::{Kind, Scope};
 
+pub use mountinfo::parse_mountinfo;
+
 /// The kind clients name in `AddWatch`.
 pub const KIND: Kind = Kind("mounts");
 
-/// A mount id: mountinfo's first field in this version.
+/// A mount id as mountinfo shows it (reused after unmount).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MountId(pub u64);
 
-/// One line of mountinfo, unescaped.
+/// The kernel's 64-bit mount ids (never reused while the system runs), where the backend
+/// knows them (statmount does, mountinfo does not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UniqueIds {
+    pub id: u64,
+    pub parent: u64,
+}
+
+/// One mount, as a line of mountinfo shows it (unescaped), from either backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountEntry {
     pub id: MountId,
@@ -52,9 +66,40 @@ pub struct MountEntry {
     pub fs_type: String,
     pub source: Vec<u8>,
     pub super_options: String,
+    pub unique: Option<UniqueIds>,
 }
 
 impl MountEntry {
+    /// A mount known only by its unique id: it was gone before it could be looked at.
+    pub fn gone(unique_id: u64) -> MountEntry {
+        MountEntry {
+            id: MountId(0),
+            parent: MountId(0),
+            major: 0,
+            minor: 0,
+            root: Vec::new(),
+            mount_point: Vec::new(),
+            options: String::new(),
+            propagation: String::new(),
+            fs_type: String::new(),
+            source: Vec::new(),
+            super_options: String::new(),
+            unique: Some(UniqueIds {
+                id: unique_id,
+                parent: 0,
+            }),
+        }
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.fs_type.is_empty()
+    }
+
+    /// What tables are keyed by: the unique id where known.
+    fn key(&self) -> u64 {
+        self.unique.map_or(self.id.0, |u| u.id)
+    }
+
     /// Same filesystem at the same place in it: otherwise a reused id is a new mount.
     fn same_mount(&self, other: &MountEntry) -> bool {
         (
@@ -90,79 +135,9 @@ impl MountEntry {
     }
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\134` for a backslash…).
-fn unescape(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (field[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') << 6 | (d[1] - b'0') << 3 | (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-fn parse_line(line: &[u8]) -> Option<MountEntry> {
-    let text = |f: &[u8]| String::from_utf8_lossy(f).into_owned();
-    let mut fields = line.split(|&c| c == b' ');
-    let mut next = || fields.next();
-    let id = MountId(std::str::from_utf8(next()?).ok()?.parse().ok()?);
-    let parent = MountId(std::str::from_utf8(next()?).ok()?.parse().ok()?);
-    let (major, minor) = std::str::from_utf8(next()?).ok()?.split_once(':')?;
-    let (major, minor) = (major.parse().ok()?, minor.parse().ok()?);
-    let root = unescape(next()?);
-    let mount_point = unescape(next()?);
-    let options = text(next()?);
-    let mut propagation = Vec::new();
-    loop {
-        match next()? {
-            b"-" => break,
-            tag => propagation.push(text(tag)),
-        }
-    }
-    Some(MountEntry {
-        id,
-        parent,
-        major,
-        minor,
-        root,
-        mount_point,
-        options,
-        propagation: propagation.join(" "),
-        fs_type: text(next()?),
-        source: unescape(next()?),
-        super_options: text(next()?),
-    })
-}
-
-/// Parses a whole mountinfo file; lines that do not parse are skipped (and counted).
-pub fn parse_mountinfo(text: &[u8]) -> (Vec<MountEntry>, usize) {
-    let mut bad = 0;
-    let entries = text
-        .split(|&c| c == b'\n')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| {
-            parse_line(l).or_else(|| {
-                bad += 1;
-                None
-            })
-        })
-        .collect();
-    (entries, bad)
-}
-
-/// Where a mount event was seen: the namespace (for the record) and the followed view (for
-/// matching: one namespace seen from two roots is two views).
+/// Where a mount event was seen: the namespace (for the record) and the feed that saw it
+/// (for matching: a namespace followed through fanotify is one feed for all its watchers;
+/// through mountinfo, each caller's view is one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Origin {
     pub ns: u64,
@@ -179,21 +154,42 @@ pub struct MountChange {
 }
 
 impl MountChange {
+    pub fn new(entry: Arc<MountEntry>, origin: Origin) -> MountChange {
+        MountChange {
+            entry,
+            origin,
+            old_mount_point: None,
+            changed: 0,
+        }
+    }
+
     pub fn into_event(self, subtype: u8, flags: u8) -> Event {
         Event::new(RecordType::Mount, subtype, flags, Arc::new(self))
     }
 }
 
 impl Change for MountChange {
-    /// Most useful fields first, so that if paths are huge it is the least useful that give way.
+    /// Most useful fields first, so that if paths are huge it is the least useful that give
+    /// way. A mount gone before it was looked at has only its unique id and namespace.
     fn encode(&self, builder: &mut RecordBuilder, _: RecordType) {
         let e = &self.entry;
         let mut f = Fields::new(builder);
-        f.u64(attr::MOUNT_ID, e.id.0);
-        f.u64(attr::PARENT_ID, e.parent.0);
+        if !e.is_gone() {
+            f.u64(attr::MOUNT_ID, e.id.0);
+            f.u64(attr::PARENT_ID, e.parent.0);
+        }
+        if let Some(unique) = e.unique {
+            f.u64(attr::MOUNT_UNIQUE_ID, unique.id);
+            if !e.is_gone() {
+                f.u64(attr::PARENT_UNIQUE_ID, unique.parent);
+            }
+        }
+        f.u64(attr::MNT_NS, self.origin.ns);
+        if e.is_gone() {
+            return f.finish();
+        }
         f.u32(attr::MAJOR, e.major);
         f.u32(attr::MINOR, e.minor);
-        f.u64(attr::MNT_NS, self.origin.ns);
         if self.changed != 0 {
             f.u32(attr::CHANGED, self.changed);
         }
@@ -214,10 +210,11 @@ impl Change for MountChange {
 /// Which mounts a watch covers: the caller's view, optionally only at or under a path.
 #[derive(Clone)]
 pub struct MountScope {
+    /// The feed ([`Origin::view`]) whose changes this watch gets.
     pub view: u64,
     pub under: Option<Vec<u8>>,
-    /// Keeps the view followed while the watch exists (none in unit tests).
-    pub lease: Option<Arc<ViewLease>>,
+    /// Keeps the feed followed while the watch exists (none in unit tests).
+    pub lease: Option<Arc<Lease>>,
 }
 
 impl PartialEq for MountScope {
@@ -247,12 +244,15 @@ impl MountScope {
         }
     }
 
+    /// A mount gone before it was looked at has no known mount point: only watches of the
+    /// whole tree ("/" or no path) get it.
     pub fn covers_change(&self, change: &MountChange) -> bool {
         change.origin.view == self.view
             && match &self.under {
                 None => true,
                 Some(dir) => {
-                    is_at_or_under(&change.entry.mount_point, dir)
+                    (!change.entry.is_gone() && is_at_or_under(&change.entry.mount_point, dir)
+                        || change.entry.is_gone() && dir == b"/")
                         || change
                             .old_mount_point
                             .as_deref()
@@ -290,11 +290,11 @@ pub fn diff(
         old_mount_point,
         changed,
     };
-    let old_by_id: HashMap<MountId, &Arc<MountEntry>> = old.iter().map(|e| (e.id, e)).collect();
-    let new_by_id: HashMap<MountId, &Arc<MountEntry>> = new.iter().map(|e| (e.id, e)).collect();
+    let old_by_id: HashMap<u64, &Arc<MountEntry>> = old.iter().map(|e| (e.key(), e)).collect();
+    let new_by_id: HashMap<u64, &Arc<MountEntry>> = new.iter().map(|e| (e.key(), e)).collect();
     let mut detached = Vec::new();
     for before in old.iter().rev() {
-        match new_by_id.get(&before.id) {
+        match new_by_id.get(&before.key()) {
             Some(after) if after.same_mount(before) => {}
             _ => detached.push((mount::DETACH, change(before, None, 0))),
         }
@@ -302,7 +302,7 @@ pub fn diff(
     let mut modified = Vec::new();
     let mut attached = Vec::new();
     for after in new {
-        match old_by_id.get(&after.id) {
+        match old_by_id.get(&after.key()) {
             Some(before) if after.same_mount(before) => {
                 let changed = after.changes_from(before);
                 if after.mount_point != before.mount_point {
@@ -322,59 +322,99 @@ pub fn diff(
     detached
 }
 
-/// A view's mount table as last read.
-struct Table {
-    mounts: Vec<Arc<MountEntry>>,
-    file: File,
-    buf: Vec<u8>,
+/// A feed followed by a thread of its own for as long as this exists: dropping it closes
+/// the write end of the thread's stop pipe, and the thread ends.
+pub struct Followed<S> {
+    pub state: Arc<S>,
+    _stop: OwnedFd,
 }
 
-impl Table {
-    fn reread(&mut self) -> io::Result<Vec<Arc<MountEntry>>> {
-        self.buf.clear();
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.read_to_end(&mut self.buf)?;
-        let (entries, bad) = parse_mountinfo(&self.buf);
-        if bad > 0 {
-            tracing::warn!(lines = bad, "skipped mountinfo lines that did not parse");
-        }
-        Ok(entries.into_iter().map(Arc::new).collect())
+impl<S: Send + Sync + 'static> Followed<S> {
+    /// Starts thread `name` running `follow(state, stop)`.
+    fn start(
+        name: String,
+        state: S,
+        follow: impl FnOnce(&S, OwnedFd) + Send + 'static,
+    ) -> Result<Followed<S>> {
+        let (stop_read, stop_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| Error::Failed(format!("cannot make a pipe: {e}")))?;
+        let state = Arc::new(state);
+        let followed = state.clone();
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || follow(&followed, stop_read))
+            .map_err(|e| Error::Failed(format!("cannot start a thread: {e}")))?;
+        Ok(Followed {
+            state,
+            _stop: stop_write,
+        })
     }
 }
 
-/// One view of the mount tree being followed, by a thread of its own.
-struct FollowedView {
-    origin: Origin,
-    table: Mutex<Table>,
+/// Held by every watch on a view: keeps its feed followed.
+pub enum Lease {
+    Mountinfo(Followed<mountinfo::View>),
+    Namespace(Arc<Followed<namespace::Namespace>>),
 }
 
-/// Held by every watch on a view. Its only content is the write end of the view thread's
-/// stop pipe: when the last watch goes, the pipe closes and the thread ends.
-pub struct ViewLease {
-    view: Arc<FollowedView>,
-    _stop: OwnedFd,
+impl Lease {
+    fn origin(&self) -> Origin {
+        match self {
+            Lease::Mountinfo(view) => view.state.origin,
+            Lease::Namespace(ns) => ns.state.origin,
+        }
+    }
+}
+
+/// Which backend follows mount namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Namespace,
+    Mountinfo,
+}
+
+impl Backend {
+    /// The configured backend; "auto" takes fanotify and statmount when the kernel (and any
+    /// seccomp filter around the daemon) allows them, and says why not when it falls back.
+    pub fn choose(configured: MountEvents) -> std::io::Result<Backend> {
+        match configured {
+            MountEvents::Mountinfo => Ok(Backend::Mountinfo),
+            MountEvents::Fanotify => namespace::probe().map(|()| Backend::Namespace),
+            MountEvents::Auto => Ok(match namespace::probe() {
+                Ok(()) => Backend::Namespace,
+                Err(e) => {
+                    tracing::info!(error = %e, "no fanotify mount events or statmount here: following mountinfo");
+                    Backend::Mountinfo
+                }
+            }),
+        }
+    }
 }
 
 pub struct MountSource {
     hub: Arc<Hub>,
-    views: Mutex<HashMap<(Uid, MountView), Weak<ViewLease>>>,
-    next_view: AtomicU64,
+    backend: Backend,
+    views: Mutex<HashMap<(Uid, MountView), Weak<Lease>>>,
+    namespaces: Mutex<HashMap<u64, Weak<Followed<namespace::Namespace>>>>,
+    next_feed: AtomicU64,
 }
 
 impl MountSource {
     /// Views are followed only while someone watches them; nothing runs until then.
-    pub fn new(hub: Arc<Hub>) -> Arc<MountSource> {
+    pub fn new(hub: Arc<Hub>, backend: Backend) -> Arc<MountSource> {
         Arc::new(MountSource {
             hub,
+            backend,
             views: Mutex::new(HashMap::new()),
-            next_view: AtomicU64::new(1),
+            namespaces: Mutex::new(HashMap::new()),
+            next_feed: AtomicU64::new(1),
         })
     }
 
     /// The lease on the caller's view, shared with every other watch on it.
     /// Views are shared only between callers of one uid: a caller cannot plant a view (say,
     /// by changing namespace while it is being opened) that another user's watches join.
-    fn lease(&self, process: &CallerProcess<'_>, uid: Uid) -> Result<Arc<ViewLease>> {
+    fn lease(&self, process: &CallerProcess<'_>, uid: Uid) -> Result<Arc<Lease>> {
         let view = process.mount_view()?;
         // The open file pins the namespace it was opened in; the view read on both sides of
         // the open proves it is the one `view` names.
@@ -390,87 +430,99 @@ impl MountSource {
         if let Some(lease) = views.get(&key).and_then(Weak::upgrade) {
             return Ok(lease);
         }
-        let origin = Origin {
-            ns: view.ns,
-            view: self.next_view.fetch_add(1, Ordering::Relaxed),
-        };
-        let mut table = Table {
-            mounts: Vec::new(),
-            file,
-            buf: Vec::with_capacity(64 * 1024),
-        };
-        table.mounts = table
-            .reread()
-            .map_err(|e| Error::Failed(format!("cannot read the caller's mountinfo: {e}")))?;
-        let (stop_read, stop_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-            .map_err(|e| Error::Failed(format!("cannot make a pipe: {e}")))?;
-        let view = Arc::new(FollowedView {
-            origin,
-            table: Mutex::new(table),
+        let lease = Arc::new(match self.backend {
+            Backend::Namespace => match self.namespace_lease(process, view, &file)? {
+                Some(lease) => lease,
+                None => self.mountinfo_lease(view, file)?,
+            },
+            Backend::Mountinfo => self.mountinfo_lease(view, file)?,
         });
-        let (follower, hub) = (view.clone(), self.hub.clone());
-        std::thread::Builder::new()
-            .name(format!("mounts-{}", origin.view))
-            .spawn(move || follow(&follower, &hub, stop_read))
-            .map_err(|e| Error::Failed(format!("cannot start a thread: {e}")))?;
         tracing::info!(
-            ns = origin.ns,
+            ns = view.ns,
             uid = %uid,
-            view = origin.view,
+            feed = lease.origin().view,
+            backend = match *lease { Lease::Mountinfo(_) => "mountinfo", Lease::Namespace(_) => "fanotify" },
             "following a mount namespace"
         );
-        let lease = Arc::new(ViewLease {
-            view,
-            _stop: stop_write,
-        });
         views.insert(key, Arc::downgrade(&lease));
         Ok(lease)
     }
-}
 
-/// Re-reads the view's mountinfo on every change until the last lease is dropped.
-fn follow(view: &FollowedView, hub: &Hub, stop: OwnedFd) {
-    let watched = match view
-        .table
-        .lock()
-        .expect("mount table poisoned")
-        .file
-        .try_clone()
-    {
-        Ok(file) => file,
-        Err(e) => return tracing::error!(error = %e, "cannot follow a mount namespace"),
-    };
-    loop {
-        let mut fds = [
-            PollFd::new(watched.as_fd(), PollFlags::POLLPRI),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                return tracing::error!(error = %e, "stopped following a mount namespace: poll failed");
-            }
+    fn mountinfo_lease(&self, view: MountView, file: std::fs::File) -> Result<Lease> {
+        let origin = Origin {
+            ns: view.ns,
+            view: self.next_feed.fetch_add(1, Ordering::Relaxed),
+        };
+        let state = mountinfo::View::open(origin, file)
+            .map_err(|e| Error::Failed(format!("cannot read the caller's mountinfo: {e}")))?;
+        let hub = self.hub.clone();
+        Followed::start(
+            format!("mounts-{}", origin.view),
+            state,
+            move |view, stop| view.follow(&hub, stop),
+        )
+        .map(Lease::Mountinfo)
+    }
+
+    /// The namespace's shared feed, if it gives this caller's view: statmount resolves mount
+    /// points against the namespace's root, so a caller whose root is elsewhere (a chroot)
+    /// is followed through its own mountinfo instead (`None`).
+    fn namespace_lease(
+        &self,
+        process: &CallerProcess<'_>,
+        view: MountView,
+        caller_mountinfo: &std::fs::File,
+    ) -> Result<Option<Lease>> {
+        let ns_fd = process.mount_namespace()?;
+        // The descriptor itself names the namespace: no race with the caller moving.
+        let ns_ino = std::fs::File::from(ns_fd.try_clone().map_err(failed)?)
+            .metadata()
+            .map_err(failed)?
+            .ino();
+        if ns_ino != view.ns {
+            return Err(Error::Failed(
+                "the caller changed mount namespace while its watch was being set".into(),
+            ));
         }
-        if fds[1].any().unwrap_or(true) {
-            return tracing::info!(
-                view = view.origin.view,
-                "no watch left on a mount namespace: stopped following it"
+        let mut namespaces = self.namespaces.lock().expect("mount namespaces poisoned");
+        namespaces.retain(|_, ns| ns.strong_count() > 0);
+        let followed = match namespaces.get(&view.ns).and_then(Weak::upgrade) {
+            Some(followed) => followed,
+            None => {
+                let origin = Origin {
+                    ns: view.ns,
+                    view: self.next_feed.fetch_add(1, Ordering::Relaxed),
+                };
+                let poll_file = caller_mountinfo.try_clone().map_err(failed)?;
+                let state =
+                    namespace::Namespace::open(origin, ns_fd.as_fd(), poll_file).map_err(|e| {
+                        Error::Failed(format!("cannot follow the caller's mount namespace: {e}"))
+                    })?;
+                let hub = self.hub.clone();
+                let followed = Arc::new(Followed::start(
+                    format!("mountns-{}", origin.view),
+                    state,
+                    move |ns, stop| ns.follow(&hub, stop),
+                )?);
+                namespaces.insert(view.ns, Arc::downgrade(&followed));
+                followed
+            }
+        };
+        let mut reader = caller_mountinfo.try_clone().map_err(failed)?;
+        if followed.state.agrees_with_mountinfo(&mut reader) {
+            Ok(Some(Lease::Namespace(followed)))
+        } else {
+            tracing::info!(
+                ns = view.ns,
+                "the caller's root is not its mount namespace's: following its mountinfo"
             );
-        }
-        let mut table = view.table.lock().expect("mount table poisoned");
-        match table.reread() {
-            Ok(mounts) => {
-                for (subtype, change) in diff(&table.mounts, &mounts, view.origin) {
-                    hub.publish(&change.into_event(subtype, 0));
-                }
-                table.mounts = mounts;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "re-reading mountinfo failed; retrying on the next change")
-            }
+            Ok(None)
         }
     }
+}
+
+fn failed(e: std::io::Error) -> Error {
+    Error::Failed(format!("cannot follow the caller's mount namespace: {e}"))
 }
 
 impl Source for MountSource {
@@ -479,7 +531,10 @@ impl Source for MountSource {
     }
 
     fn describe(&self) -> String {
-        "the caller's /proc/PID/mountinfo, re-read on every change (POLLPRI)".into()
+        match self.backend {
+            Backend::Namespace => "fanotify mount events of each watched namespace, looked up with statmount(2) (options changes: mountinfo POLLPRI, then statmount)".into(),
+            Backend::Mountinfo => "the caller's /proc/PID/mountinfo, re-read on every change (POLLPRI)".into(),
+        }
     }
 
     /// Mount watches are bound to the caller's own view of the mount tree.
@@ -490,7 +545,7 @@ impl Source for MountSource {
         };
         let lease = self.lease(&CallerProcess::new(caller)?, caller.uid)?;
         Ok(Arc::new(MountScope {
-            view: lease.view.origin.view,
+            view: lease.origin().view,
             under,
             lease: Some(lease),
         }))
@@ -501,28 +556,14 @@ impl Source for MountSource {
     }
 
     fn with_snapshot(&self, scope: &dyn Scope, then: &mut dyn FnMut(&[Event])) {
-        let Some(MountScope {
-            lease: Some(lease), ..
-        }) = scope.downcast::<MountScope>()
-        else {
-            return then(&[]);
-        };
-        let view = &lease.view;
-        let table = view.table.lock().expect("mount table poisoned");
-        let snapshot: Vec<Event> = table
-            .mounts
-            .iter()
-            .map(|entry| {
-                let change = MountChange {
-                    entry: entry.clone(),
-                    origin: view.origin,
-                    old_mount_point: None,
-                    changed: 0,
-                };
-                change.into_event(mount::ATTACH, FLAG_SNAPSHOT)
-            })
-            .collect();
-        then(&snapshot);
+        match scope
+            .downcast::<MountScope>()
+            .and_then(|s| s.lease.as_deref())
+        {
+            Some(Lease::Mountinfo(view)) => view.state.with_snapshot(then),
+            Some(Lease::Namespace(ns)) => ns.state.with_snapshot(then),
+            None => then(&[]),
+        }
     }
 }
 

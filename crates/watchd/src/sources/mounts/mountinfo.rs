@@ -1,0 +1,194 @@
+//! The fallback backend: the caller's own `/proc/PID/mountinfo`, re-read on every change.
+//!
+//! The kernel flags the open mountinfo with `POLLPRI` on every change in the namespace; each
+//! wake-up costs a full re-read and a diff against the last table, keyed by mount id.
+//! Changes that come and go between two reads are not seen. Used where the kernel lacks
+//! fanotify mount events or statmount (before 6.15, or refused by a seccomp filter), and for
+//! a caller whose root is not its namespace's (a chroot), whose mount points only its own
+//! mountinfo gives.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use watchd_proto::{FLAG_SNAPSHOT, mount};
+
+use super::{MountChange, MountEntry, MountId, Origin, diff};
+use crate::event::Event;
+use crate::hub::Hub;
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\134` for a backslash…).
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (field[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') << 6 | (d[1] - b'0') << 3 | (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn parse_line(line: &[u8]) -> Option<MountEntry> {
+    let text = |f: &[u8]| String::from_utf8_lossy(f).into_owned();
+    let mut fields = line.split(|&c| c == b' ');
+    let mut next = || fields.next();
+    let id = MountId(std::str::from_utf8(next()?).ok()?.parse().ok()?);
+    let parent = MountId(std::str::from_utf8(next()?).ok()?.parse().ok()?);
+    let (major, minor) = std::str::from_utf8(next()?).ok()?.split_once(':')?;
+    let (major, minor) = (major.parse().ok()?, minor.parse().ok()?);
+    let root = unescape(next()?);
+    let mount_point = unescape(next()?);
+    let options = text(next()?);
+    let mut propagation = Vec::new();
+    loop {
+        match next()? {
+            b"-" => break,
+            tag => propagation.push(text(tag)),
+        }
+    }
+    Some(MountEntry {
+        id,
+        parent,
+        major,
+        minor,
+        root,
+        mount_point,
+        options,
+        propagation: propagation.join(" "),
+        fs_type: text(next()?),
+        source: unescape(next()?),
+        super_options: text(next()?),
+        unique: None,
+    })
+}
+
+/// Parses a whole mountinfo file; lines that do not parse are skipped (and counted).
+pub fn parse_mountinfo(text: &[u8]) -> (Vec<MountEntry>, usize) {
+    let mut bad = 0;
+    let entries = text
+        .split(|&c| c == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            parse_line(l).or_else(|| {
+                bad += 1;
+                None
+            })
+        })
+        .collect();
+    (entries, bad)
+}
+
+/// A view's mount table as last read.
+struct Table {
+    mounts: Vec<Arc<MountEntry>>,
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl Table {
+    fn reread(&mut self) -> io::Result<Vec<Arc<MountEntry>>> {
+        self.buf.clear();
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.read_to_end(&mut self.buf)?;
+        let (entries, bad) = parse_mountinfo(&self.buf);
+        if bad > 0 {
+            tracing::warn!(lines = bad, "skipped mountinfo lines that did not parse");
+        }
+        Ok(entries.into_iter().map(Arc::new).collect())
+    }
+}
+
+/// One caller's view of the mount tree, followed through its mountinfo.
+pub struct View {
+    pub origin: Origin,
+    table: Mutex<Table>,
+}
+
+impl View {
+    /// Reads the first table from `file`, a caller's open mountinfo.
+    pub fn open(origin: Origin, file: File) -> io::Result<View> {
+        let mut table = Table {
+            mounts: Vec::new(),
+            file,
+            buf: Vec::with_capacity(64 * 1024),
+        };
+        table.mounts = table.reread()?;
+        Ok(View {
+            origin,
+            table: Mutex::new(table),
+        })
+    }
+
+    /// The current table as SNAPSHOT attaches, handed to `then` with the table held still.
+    pub fn with_snapshot(&self, then: &mut dyn FnMut(&[Event])) {
+        let table = self.table.lock().expect("mount table poisoned");
+        let snapshot: Vec<Event> = table
+            .mounts
+            .iter()
+            .map(|entry| {
+                MountChange::new(entry.clone(), self.origin)
+                    .into_event(mount::ATTACH, FLAG_SNAPSHOT)
+            })
+            .collect();
+        then(&snapshot);
+    }
+
+    /// Re-reads the view's mountinfo on every change until `stop` closes.
+    pub fn follow(&self, hub: &Hub, stop: OwnedFd) {
+        let watched = match self
+            .table
+            .lock()
+            .expect("mount table poisoned")
+            .file
+            .try_clone()
+        {
+            Ok(file) => file,
+            Err(e) => return tracing::error!(error = %e, "cannot follow a mount namespace"),
+        };
+        loop {
+            let mut fds = [
+                PollFd::new(watched.as_fd(), PollFlags::POLLPRI),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    return tracing::error!(error = %e, "stopped following a mount namespace: poll failed");
+                }
+            }
+            if fds[1].any().unwrap_or(true) {
+                return tracing::info!(
+                    view = self.origin.view,
+                    "no watch left on a mount namespace: stopped following it"
+                );
+            }
+            let mut table = self.table.lock().expect("mount table poisoned");
+            match table.reread() {
+                Ok(mounts) => {
+                    for (subtype, change) in diff(&table.mounts, &mounts, self.origin) {
+                        hub.publish(&change.into_event(subtype, 0));
+                    }
+                    table.mounts = mounts;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "re-reading mountinfo failed; retrying on the next change")
+                }
+            }
+        }
+    }
+}
