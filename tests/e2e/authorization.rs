@@ -389,23 +389,6 @@ async fn identity_changed() -> Result<()> {
 }
 
 /// Lines from a child's stdout, on a thread.
-fn stdout_lines(process: &mut Process) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let stdout = process.child().stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 async fn namespace_isolation() -> Result<()> {
     let env = Env::start("namespaces").await?;
     let dir = dir(&env);
@@ -425,7 +408,7 @@ async fn namespace_isolation() -> Result<()> {
         ])
         .stdout(Stdio::piped());
     let mut contained = Process::spawn(contained, "watchctl in its own mount namespace")?;
-    let contained_lines = stdout_lines(&mut contained);
+    let contained_lines = watchd_e2e::stdout_lines(&mut contained);
     // A client in the test's (the "host's") namespace.
     let mut host = env.watch_scratch(1, WatchOptions::new()).await?;
     let root = env.client().await?;

@@ -1,32 +1,106 @@
-//! Mount changes in the namespace reach subscribers with the right subtype and fields.
+//! Mount changes in the namespace reach subscribers with the right subtype and fields, from
+//! either backend: every trial runs against fanotify + statmount and against mountinfo
+//! (`sources.mount_events`). What only fanotify promises (changes faster than any re-read,
+//! bursts, the kernel queue's overflow) runs against it alone.
 
-use anyhow::{Result, ensure};
-use watchd_client::WatchOptions;
-use watchd_e2e::{Env, Trial, mounts};
+use std::process::Stdio;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use watchd_client::{SubscribeOptions, WatchOptions};
+use watchd_e2e::{Env, Process, Trial, mounts};
 use watchd_proto::{RecordType, attr, mount};
 
-use crate::{expect_mount, trial};
+use crate::expect_mount;
 
-pub fn trials() -> Vec<Trial> {
-    vec![
-        trial(
-            "mounts::a_tmpfs_mount_reaches_two_subscribers_each_with_its_own_tag_and_true_fields",
-            two_subscribers,
-        ),
-        trial("mounts::umount_is_a_detach", umount_detach),
-        trial(
-            "mounts::remount_read_only_is_a_change_naming_the_new_options",
-            remount_change,
-        ),
-        trial(
-            "mounts::mount_move_is_a_move_with_old_and_new_mount_points",
-            move_mount,
-        ),
-    ]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Fanotify,
+    Mountinfo,
 }
 
-async fn two_subscribers() -> Result<()> {
-    let env = Env::start("two-subs").await?;
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Fanotify => "fanotify",
+            Backend::Mountinfo => "mountinfo",
+        }
+    }
+
+    /// What `SourceDetails` says of it.
+    fn described_as(self) -> &'static str {
+        match self {
+            Backend::Fanotify => "fanotify mount events",
+            Backend::Mountinfo => "mountinfo, re-read",
+        }
+    }
+
+    async fn env(self, label: &str) -> Result<Env> {
+        let config = format!("[sources]\nmount_events = \"{}\"\n", self.name());
+        Env::start_with_config(&format!("{label}-{}", self.name()), &config).await
+    }
+}
+
+fn trial<F, Fut>(backend: Backend, name: &str, body: F) -> Trial
+where
+    F: FnOnce(Backend) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    Trial::test(format!("mounts::{}::{name}", backend.name()), move || {
+        watchd_e2e::run(body(backend))
+    })
+}
+
+pub fn trials() -> Vec<Trial> {
+    let mut trials = Vec::new();
+    for backend in [Backend::Fanotify, Backend::Mountinfo] {
+        trials.extend([
+            trial(
+                backend,
+                "a_tmpfs_mount_reaches_two_subscribers_each_with_its_own_tag_and_true_fields",
+                two_subscribers,
+            ),
+            trial(backend, "umount_is_a_detach", umount_detach),
+            trial(
+                backend,
+                "remount_read_only_then_read_write_are_changes_naming_the_new_options",
+                remount_change,
+            ),
+            trial(
+                backend,
+                "a_bind_remount_noexec_changes_the_mount_options_only",
+                bind_remount_noexec,
+            ),
+            trial(
+                backend,
+                "making_a_mount_shared_with_mount_setattr_is_a_propagation_change",
+                make_shared,
+            ),
+            trial(
+                backend,
+                "mount_move_is_a_move_with_old_and_new_mount_points",
+                move_mount,
+            ),
+        ]);
+    }
+    trials.extend([
+        trial(
+            Backend::Fanotify,
+            "a_mount_and_umount_made_faster_than_any_reread_are_both_reported",
+            quick_pairs,
+        ),
+        trial(
+            Backend::Fanotify,
+            "a_burst_of_1000_mounts_is_reported_in_order_without_loss",
+            burst,
+        ),
+    ]);
+    trials
+}
+
+async fn two_subscribers(backend: Backend) -> Result<()> {
+    let env = backend.env("two-subs").await?;
     let mut a = env.watch_scratch(7, WatchOptions::new()).await?;
     let mut b = env.watch_scratch(8, WatchOptions::new()).await?;
 
@@ -75,12 +149,23 @@ async fn two_subscribers() -> Result<()> {
         let ns = std::fs::metadata("/proc/self/ns/mnt")
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
         ensure!(r.get_u64(attr::MNT_NS) == Some(ns), "the namespace's inode");
+        ensure!(
+            r.get_u64(attr::MOUNT_UNIQUE_ID).is_some() == (backend == Backend::Fanotify),
+            "the 64-bit mount id comes with statmount only: {:?}",
+            r.get_u64(attr::MOUNT_UNIQUE_ID)
+        );
     }
+    let status = env.client().await?.status().await?;
+    let details = &status.source_details["mounts"];
+    ensure!(
+        details.contains(backend.described_as()),
+        "status names the backend: {details}"
+    );
     Ok(())
 }
 
-async fn umount_detach() -> Result<()> {
-    let env = Env::start("umount").await?;
+async fn umount_detach(backend: Backend) -> Result<()> {
+    let env = backend.env("umount").await?;
     let mut events = env.watch_scratch(1, WatchOptions::new()).await?;
     let target = env.scratch.join("gone");
     mounts::tmpfs(&target, "e2e", "size=1m")?;
@@ -94,8 +179,8 @@ async fn umount_detach() -> Result<()> {
     Ok(())
 }
 
-async fn remount_change() -> Result<()> {
-    let env = Env::start("remount").await?;
+async fn remount_change(backend: Backend) -> Result<()> {
+    let env = backend.env("remount").await?;
     let target = env.scratch.join("ro");
     mounts::tmpfs(&target, "e2e", "size=1m")?;
     let mut events = env.watch_scratch(1, WatchOptions::new()).await?;
@@ -113,11 +198,20 @@ async fn remount_change() -> Result<()> {
             .is_some_and(|c| c & mount::CHANGED_OPTIONS != 0),
         "CHANGED names the options"
     );
+    mounts::remount_read_write(&target)?;
+    let change = expect_mount(&mut events, mount::CHANGE, &target).await?;
+    let r = change.record();
+    ensure!(
+        r.get_str(attr::SUPER_OPTIONS)
+            .is_some_and(|o| o.starts_with("rw")),
+        "superblock options after remount,rw: {:?}",
+        r.get_str(attr::SUPER_OPTIONS)
+    );
     Ok(())
 }
 
-async fn move_mount() -> Result<()> {
-    let env = Env::start("move").await?;
+async fn move_mount(backend: Backend) -> Result<()> {
+    let env = backend.env("move").await?;
     let mut events = env.watch_scratch(1, WatchOptions::new()).await?;
     let (from, to) = (env.scratch.join("from"), env.scratch.join("to"));
     mounts::tmpfs(&from, "e2e", "size=1m")?;
@@ -130,4 +224,208 @@ async fn move_mount() -> Result<()> {
         "old mount point"
     );
     Ok(())
+}
+
+async fn bind_remount_noexec(backend: Backend) -> Result<()> {
+    let env = backend.env("noexec").await?;
+    let target = env.scratch.join("noexec");
+    mounts::tmpfs(&target, "e2e", "size=1m")?;
+    let mut events = env.watch_scratch(1, WatchOptions::new()).await?;
+    mounts::bind_remount_noexec(&target)?;
+    let change = expect_mount(&mut events, mount::CHANGE, &target).await?;
+    let r = change.record();
+    ensure!(
+        r.get_str(attr::MOUNT_OPTIONS)
+            .is_some_and(|o| o.split(',').any(|o| o == "noexec")),
+        "options: {:?}",
+        r.get_str(attr::MOUNT_OPTIONS)
+    );
+    ensure!(
+        r.get_u32(attr::CHANGED) == Some(mount::CHANGED_OPTIONS),
+        "only the per-mount options changed: {:?}",
+        r.get_u32(attr::CHANGED)
+    );
+    Ok(())
+}
+
+async fn make_shared(backend: Backend) -> Result<()> {
+    let env = backend.env("shared").await?;
+    let target = env.scratch.join("shared");
+    mounts::tmpfs(&target, "e2e", "size=1m")?;
+    let mut events = env.watch_scratch(1, WatchOptions::new()).await?;
+    mounts::make_shared_with_setattr(&target)?;
+    let change = expect_mount(&mut events, mount::CHANGE, &target).await?;
+    let r = change.record();
+    ensure!(
+        r.get_u32(attr::CHANGED)
+            .is_some_and(|c| c & mount::CHANGED_PROPAGATION != 0),
+        "CHANGED names the propagation: {:?}",
+        r.get_u32(attr::CHANGED)
+    );
+    let info = mounts::mountinfo_line(&target)?;
+    let shared = info.iter().find(|f| f.starts_with("shared:")).cloned();
+    ensure!(
+        shared.is_some() && r.get_str(attr::PROPAGATION) == shared,
+        "propagation {:?}, mountinfo says {shared:?}",
+        r.get_str(attr::PROPAGATION)
+    );
+    Ok(())
+}
+
+/// A `watchctl watch mounts --json` in `ns`, with `args` added; its lines, once its watch
+/// is set.
+async fn watch_in(
+    env: &Env,
+    ns: &mounts::Namespace,
+    args: &[&str],
+) -> Result<(Process, Receiver<String>)> {
+    let mut command = ns.command(watchd_e2e::watchctl_bin());
+    command
+        .arg("--bus-address")
+        .arg(&env.bus.address)
+        .args(["watch", "mounts", "--json"])
+        .args(args)
+        .stdout(Stdio::piped());
+    let mut watcher = Process::spawn(command, "watchctl in a namespace of its own")?;
+    let lines = watchd_e2e::stdout_lines(&mut watcher);
+    let client = env.client().await?;
+    for _ in 0..500 {
+        if client.status().await?.watches == 1 {
+            return Ok((watcher, lines));
+        }
+        watcher.check_running()?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("watchctl did not set its watch")
+}
+
+/// `mount-storm args…` run in `ns`, to its end.
+fn storm(ns: &mounts::Namespace, args: &[&str]) -> Result<()> {
+    let status = ns
+        .command(env!("CARGO_BIN_EXE_mount-storm"))
+        .args(args)
+        .stdout(Stdio::null())
+        .status()?;
+    ensure!(status.success(), "mount-storm {args:?}: {status}");
+    Ok(())
+}
+
+fn json_lines(lines: &Receiver<String>, n: usize) -> Result<Vec<serde_json::Value>> {
+    (0..n)
+        .map(|i| {
+            let line = lines
+                .recv_timeout(Duration::from_secs(10))
+                .with_context(|| format!("only {i} of {n} records arrived"))?;
+            Ok(serde_json::from_str(&line)?)
+        })
+        .collect()
+}
+
+/// Each pair is made and undone within microseconds, long before a re-read of mountinfo
+/// could see it: fanotify still reports both halves, the attach by the mount's id alone
+/// when the mount was gone before it could be looked at.
+async fn quick_pairs(backend: Backend) -> Result<()> {
+    const PAIRS: usize = 50;
+    let env = backend.env("pairs").await?;
+    let ns = mounts::Namespace::new()?;
+    let (_watcher, lines) = watch_in(&env, &ns, &["--depth", "256"]).await?;
+    let point = env.scratch.join("pairs");
+    storm(&ns, &["pairs", &PAIRS.to_string(), point.to_str().unwrap()])?;
+    let records = json_lines(&lines, 2 * PAIRS)?;
+    for (i, pair) in records.chunks(2).enumerate() {
+        let (attach, detach) = (&pair[0], &pair[1]);
+        ensure!(
+            attach["event"] == "attach" && detach["event"] == "detach",
+            "pair {i}: {attach} then {detach}"
+        );
+        ensure!(
+            attach["mount_unique_id"].is_u64()
+                && attach["mount_unique_id"] == detach["mount_unique_id"],
+            "pair {i}: one mount, by its unique id: {attach} then {detach}"
+        );
+        for record in [attach, detach] {
+            ensure!(
+                record["mount_point"].is_null() || record["mount_point"] == point.to_str().unwrap(),
+                "pair {i}: {record}"
+            );
+        }
+    }
+    ensure!(
+        lines.recv_timeout(Duration::from_millis(200)).is_err(),
+        "nothing more than the pairs"
+    );
+    Ok(())
+}
+
+/// 1,000 mounts made back to back: each reported, in the order made, and the unmounts
+/// (last first) too, with nothing lost for a reader that keeps up (a thread of this process
+/// blocked in read(2) on the pipe, at depth 256).
+async fn burst(backend: Backend) -> Result<()> {
+    const MOUNTS: usize = 1000;
+    let env = backend.env("burst").await?;
+    let dir = env.scratch.join("burst");
+    std::fs::create_dir_all(&dir)?;
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let subscription = env
+        .client()
+        .await?
+        .subscribe(SubscribeOptions { depth: Some(256) })
+        .await?;
+    subscription
+        .add_watch(1, "mounts", &WatchOptions::new().path(&dir_text))
+        .await?;
+    let pipe = std::fs::File::from(subscription.into_pipe());
+    let reader = std::thread::spawn(move || read_packets(pipe, 2 * MOUNTS));
+    let count = MOUNTS.to_string();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for command in ["burst", "unburst"] {
+            let status = std::process::Command::new(env!("CARGO_BIN_EXE_mount-storm"))
+                .args([command, &count, &dir_text])
+                .stdout(Stdio::null())
+                .status()?;
+            ensure!(status.success(), "mount-storm {command}: {status}");
+        }
+        Ok(())
+    })
+    .await??;
+    let records = reader.join().expect("the reader thread")?;
+    let expected = (0..MOUNTS)
+        .map(|i| (mount::ATTACH, i))
+        .chain((0..MOUNTS).rev().map(|i| (mount::DETACH, i)));
+    for (packet, (subtype, i)) in records.iter().zip(expected) {
+        let record = watchd_proto::Record::parse(packet)?;
+        let at = dir.join(i.to_string());
+        ensure!(
+            record.header.is(RecordType::Mount, subtype)
+                && record.get_str(attr::MOUNT_POINT).as_deref() == at.to_str(),
+            "expected subtype {subtype} at {}, got {:?} at {:?} (seq {})",
+            at.display(),
+            (record.header.record_type, record.header.subtype),
+            record.get_str(attr::MOUNT_POINT),
+            record.header.seq
+        );
+    }
+    Ok(())
+}
+
+/// Reads `n` packets from `pipe` as fast as they come, 10 s at most between two.
+fn read_packets(pipe: std::fs::File, n: usize) -> Result<Vec<Vec<u8>>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let mut packets = Vec::with_capacity(n);
+    let mut buf = [0u8; 4096];
+    while packets.len() < n {
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(10_000u16))? == 0 {
+            bail!("only {} of {n} records arrived", packets.len());
+        }
+        match (&pipe).read(&mut buf) {
+            Ok(0) => bail!("the pipe ended after {} records", packets.len()),
+            Ok(len) => packets.push(buf[..len].to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(packets)
 }

@@ -437,6 +437,24 @@ impl Env {
     }
 }
 
+/// The lines `process` prints on its (piped) stdout, as they come, read by a thread.
+pub fn stdout_lines(process: &mut Process) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = process.child().stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Waits (10 s at most) until the process `process` owns `name` on the bus at `address`;
 /// fails at once, with the process's log, if it exits first.
 pub async fn wait_for_bus_name(
@@ -490,6 +508,7 @@ pub fn wait_until(
 pub mod mounts {
     use super::*;
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    use std::os::unix::fs::MetadataExt;
 
     pub fn tmpfs(target: &Path, source: &str, options: &str) -> Result<()> {
         std::fs::create_dir_all(target)?;
@@ -522,6 +541,67 @@ pub mod mounts {
 
     pub fn unmount(target: &Path) -> Result<()> {
         umount2(target, MntFlags::empty()).with_context(|| format!("umount {}", target.display()))
+    }
+
+    /// `mount -o remount,bind,noexec`: a per-mount flag changed, the superblock untouched.
+    pub fn bind_remount_noexec(target: &Path) -> Result<()> {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .with_context(|| format!("remount,bind,noexec {}", target.display()))
+    }
+
+    /// `remount,rw`: the superblock writable again.
+    pub fn remount_read_write(target: &Path) -> Result<()> {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )
+        .with_context(|| format!("remount,rw {}", target.display()))
+    }
+
+    /// Makes the mount at `target` shared through `mount_setattr(2)` (which, unlike
+    /// `mount(2)` with `MS_SHARED`, tells the namespace's watchers).
+    pub fn make_shared_with_setattr(target: &Path) -> Result<()> {
+        let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
+        crate::sys::mount_setattr(&path, 0, 0, MsFlags::MS_SHARED.bits())
+            .with_context(|| format!("mount_setattr(MS_SHARED) {}", target.display()))
+    }
+
+    /// A mount namespace of its own (a copy of the test's, private), held by a process
+    /// that sleeps in it until dropped; commands run in it through `nsenter`.
+    pub struct Namespace {
+        holder: Process,
+    }
+
+    impl Namespace {
+        pub fn new() -> Result<Namespace> {
+            let mut command = Command::new("unshare");
+            command.args(["--mount", "--propagation", "private", "--", "sleep", "3600"]);
+            let holder = Process::spawn(command, "a mount namespace holder")?;
+            let ours = std::fs::metadata("/proc/self/ns/mnt")?.ino();
+            let theirs = format!("/proc/{}/ns/mnt", holder.pid());
+            crate::wait_until(Duration::from_secs(5), "unshare made its namespace", || {
+                Ok(std::fs::metadata(&theirs).is_ok_and(|m| m.ino() != ours))
+            })?;
+            Ok(Namespace { holder })
+        }
+
+        /// `program` to be run inside the namespace.
+        pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+            let mut command = Command::new("nsenter");
+            command
+                .args(["-t", &self.holder.pid().to_string(), "-m", "--"])
+                .arg(program);
+            command
+        }
     }
 
     /// Mount ids, parent ids, and devices of the mounts at `target`, from our mountinfo.

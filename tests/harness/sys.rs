@@ -191,3 +191,42 @@ fn cvt(ret: libc::c_long) -> std::io::Result<i64> {
         Ok(ret)
     }
 }
+
+/// `struct mount_attr` of `<linux/mount.h>`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(2)` on the mount at `path` (not recursive): sets propagation to
+/// `propagation` (`MS_SHARED`, `MS_PRIVATE`…, 0 to leave it), sets `attr_set` and clears
+/// `attr_clr` (`MOUNT_ATTR_*`).
+pub fn mount_setattr(
+    path: &CStr,
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+) -> nix::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr,
+        propagation,
+        userns_fd: 0,
+    };
+    // SAFETY: `path` is NUL-terminated and `attr` a complete struct mount_attr of the size
+    // passed; both outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            0,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    nix::errno::Errno::result(ret).map(drop)
+}
