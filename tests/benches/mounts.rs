@@ -1,0 +1,273 @@
+//! Mounts at scale (issue 11): 200 mount+umount pairs made at full speed in a namespace
+//! that holds 1,000 and then 10,000 other mounts, watched at once by `findmnt --poll`
+//! (util-linux: mountinfo re-read and diffed on each change) and by 1 or 10 watchd
+//! subscribers (fanotify mount events + statmount). Reported: changes seen out of 400, CPU
+//! time of findmnt and of the daemon, and per change. Then 1,000 remounts of one mount among
+//! them (changes fanotify does not report, found by the daemon's coalesced statmount scan).
+//!
+//! Run it as root, with a fresh release build of the daemon:
+//!
+//! ```sh
+//! cargo build --release --workspace && cargo bench -p watchd-e2e --bench mounts
+//! ```
+//!
+//! Everything happens in a private mount namespace (the harness's, as in the end-to-end
+//! tests) on a private `dbus-daemon`; the mounts are small tmpfs, made by `mount-storm`.
+//! CPU time is the sum of `/proc/PID/task/*/schedstat` (nanoseconds on a CPU) before and
+//! after each run. Results and what they mean: docs/benchmarks.md.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use watchd_client::{SubscribeOptions, WatchOptions};
+use watchd_e2e::bench::{daemon_profile, machine};
+use watchd_e2e::{Env, Process};
+use watchd_proto::{Record, RecordType, attr, mount};
+
+const COMMAND: &str = "cargo build --release --workspace && cargo bench -p watchd-e2e --bench mounts";
+const PAIRS: u64 = 200;
+const REMOUNTS: u64 = 1000;
+
+fn main() -> ExitCode {
+    watchd_e2e::bench::main("mounts", false, bench)
+}
+
+/// Nanoseconds process `pid` has spent on a CPU, all its threads.
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+fn storm(args: &[&str]) -> Result<f64> {
+    let out = Command::new(env!("CARGO_BIN_EXE_mount-storm"))
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "mount-storm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// A thread counting the records of one pipe that `matches`, until the pipe ends.
+fn counter(pipe: OwnedFd, matches: impl Fn(&Record<'_>) -> bool + Send + 'static) -> Arc<AtomicU64> {
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = count.clone();
+    std::thread::spawn(move || {
+        let file = std::fs::File::from(pipe);
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::NONE).is_err() {
+                return;
+            }
+            match std::io::Read::read(&mut &file, &mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if Record::parse(&buf[..n]).is_ok_and(|r| matches(&r)) {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    });
+    count
+}
+
+/// Waits until `done` holds, or nothing changed in `quiet` (as seen by `progress`).
+fn settle(quiet: Duration, progress: impl Fn() -> u64, done: impl Fn() -> bool) {
+    let (mut last, mut since) = (progress(), Instant::now());
+    while !done() && since.elapsed() < quiet {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = progress();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
+
+struct Row {
+    mounts: usize,
+    subscribers: usize,
+    storm_s: f64,
+    findmnt_seen: u64,
+    findmnt_cpu_ns: u64,
+    watchd_seen_min: u64,
+    watchd_cpu_ns: u64,
+}
+
+/// `findmnt --poll`, printing ACTION and TARGET, its lines counted when they name `dir`.
+fn findmnt(dir: &Path) -> Result<(Process, Arc<AtomicU64>)> {
+    let mut command = Command::new("findmnt");
+    command
+        .args(["--poll", "--noheadings", "--output", "ACTION,TARGET"])
+        .stdout(Stdio::piped());
+    let mut process = Process::spawn(command, "findmnt --poll")?;
+    let stdout = process.child().stdout.take().context("piped")?;
+    let count = Arc::new(AtomicU64::new(0));
+    let (counted, dir) = (count.clone(), dir.to_string_lossy().into_owned());
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.split_whitespace().nth(1) == Some(dir.as_str()) {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    Ok((process, count))
+}
+
+async fn pairs_run(env: &Env, mounts: usize, subscribers: usize) -> Result<Row> {
+    let dir = env.scratch.join("pairs");
+    std::fs::create_dir_all(&dir)?;
+    let (findmnt, findmnt_seen) = findmnt(&dir)?;
+    let client = env.client().await?;
+    let mut counts = Vec::new();
+    for tag in 1..=subscribers as u64 {
+        let subscription = client.subscribe(SubscribeOptions { depth: Some(256) }).await?;
+        subscription.add_watch(tag, "mounts", &WatchOptions::new()).await?;
+        let dir = dir.to_string_lossy().into_owned();
+        counts.push(counter(subscription.into_pipe(), move |r| {
+            r.header.record_type == RecordType::Mount as u32
+                && matches!(r.header.subtype, mount::ATTACH | mount::DETACH)
+                && r.get_str(attr::MOUNT_POINT).is_none_or(|p| p == dir)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (daemon, finder) = (env.daemon.pid(), findmnt.pid());
+    let before = (cpu_ns(daemon)?, cpu_ns(finder)?);
+    let storm_s = storm(&["pairs", &PAIRS.to_string(), &dir.to_string_lossy()])?;
+    let seen_min = || counts.iter().map(|c| c.load(Ordering::Relaxed)).min().unwrap_or(0);
+    let seen_sum = || counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
+    settle(Duration::from_secs(2), seen_sum, || seen_min() >= 2 * PAIRS);
+    settle(
+        Duration::from_secs(1),
+        || findmnt_seen.load(Ordering::Relaxed),
+        || findmnt_seen.load(Ordering::Relaxed) >= 2 * PAIRS,
+    );
+    let after = (cpu_ns(daemon)?, cpu_ns(finder)?);
+    drop(findmnt);
+    Ok(Row {
+        mounts,
+        subscribers,
+        storm_s,
+        findmnt_seen: findmnt_seen.load(Ordering::Relaxed),
+        findmnt_cpu_ns: after.1 - before.1,
+        watchd_seen_min: seen_min(),
+        watchd_cpu_ns: after.0 - before.0,
+    })
+}
+
+/// 1,000 bind-remounts of one mount, alternately ro and rw: how many CHANGE records one
+/// subscriber gets (coalesced: a burst costs a few scans) and the daemon's CPU per remount.
+async fn remount_run(env: &Env, mounts: usize) -> Result<String> {
+    let target = env.scratch.join("remounted");
+    std::fs::create_dir_all(&target)?;
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "remounted"])
+        .arg(&target)
+        .status()?;
+    ensure!(status.success(), "mount {}", target.display());
+    let client = env.client().await?;
+    let subscription = client.subscribe(SubscribeOptions { depth: Some(256) }).await?;
+    subscription.add_watch(1, "mounts", &WatchOptions::new()).await?;
+    let point = target.to_string_lossy().into_owned();
+    let changes = counter(subscription.into_pipe(), move |r| {
+        r.header.record_type == RecordType::Mount as u32
+            && r.header.subtype == mount::CHANGE
+            && r.get_str(attr::MOUNT_POINT).as_deref() == Some(point.as_str())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let daemon = env.daemon.pid();
+    let before = cpu_ns(daemon)?;
+    let storm_s = storm(&["remounts", &REMOUNTS.to_string(), &target.to_string_lossy()])?;
+    settle(Duration::from_millis(500), || changes.load(Ordering::Relaxed), || false);
+    let cpu = cpu_ns(daemon)? - before;
+    nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH)?;
+    Ok(format!(
+        "| {mounts} | {REMOUNTS} in {:.0} ms | {} | {:.1} ms | {:.1} µs |",
+        storm_s * 1000.0,
+        changes.load(Ordering::Relaxed),
+        cpu as f64 / 1e6,
+        cpu as f64 / 1e3 / REMOUNTS as f64,
+    ))
+}
+
+async fn bench() -> Result<()> {
+    let profile = daemon_profile(COMMAND)?;
+    let machine = machine(&profile);
+    let env =
+        Env::start_with_config("bench-mounts", "[sources]\nmount_events = \"fanotify\"\n").await?;
+    let mut rows = Vec::new();
+    let mut remounts = Vec::new();
+    let mut made = 0;
+    for (size, part) in [(1000, "a"), (10_000, "b")] {
+        let fill = env.scratch.join("fill").join(part);
+        std::fs::create_dir_all(&fill)?;
+        storm(&["burst", &(size - made).to_string(), &fill.to_string_lossy()])?;
+        made = size;
+        for subscribers in [1, 10] {
+            rows.push(pairs_run(&env, size, subscribers).await?);
+        }
+        remounts.push(remount_run(&env, size).await?);
+    }
+    println!(
+        "mounts: {} cores, {}, kernel {}, {} ({} daemon)\n",
+        machine.cores, machine.cpu, machine.kernel, machine.date, machine.profile
+    );
+    println!("{PAIRS} mount+umount pairs at full speed ({} changes):\n", 2 * PAIRS);
+    println!("| other mounts | watchd subscribers | pairs made in | findmnt --poll saw | findmnt CPU | per change | watchd saw (each) | watchd CPU | per change | watchd / findmnt |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let changes = (2 * PAIRS) as f64;
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} ms | {}/{} | {:.1} ms | {:.1} µs | {}/{} | {:.1} ms | {:.1} µs | {:.3} |",
+            r.mounts,
+            r.subscribers,
+            r.storm_s * 1000.0,
+            r.findmnt_seen,
+            2 * PAIRS,
+            r.findmnt_cpu_ns as f64 / 1e6,
+            r.findmnt_cpu_ns as f64 / 1e3 / changes,
+            r.watchd_seen_min,
+            2 * PAIRS,
+            r.watchd_cpu_ns as f64 / 1e6,
+            r.watchd_cpu_ns as f64 / 1e3 / changes,
+            r.watchd_cpu_ns as f64 / r.findmnt_cpu_ns.max(1) as f64,
+        );
+    }
+    let per_change = |mounts, subscribers| {
+        rows.iter()
+            .find(|r| r.mounts == mounts && r.subscribers == subscribers)
+            .map_or(0.0, |r| r.watchd_cpu_ns as f64)
+    };
+    println!(
+        "\nwatchd CPU per change, 10,000 vs 1,000 other mounts: {:.2}× (1 subscriber), {:.2}× (10)",
+        per_change(10_000, 1) / per_change(1000, 1),
+        per_change(10_000, 10) / per_change(1000, 10),
+    );
+    println!("\n{REMOUNTS} bind-remounts of one mount (ro, rw, …), 1 subscriber:\n");
+    println!("| other mounts | remounts | CHANGE records | watchd CPU | per remount |");
+    println!("|---|---|---|---|---|");
+    for line in remounts {
+        println!("{line}");
+    }
+    Ok(())
+}
