@@ -298,9 +298,15 @@ async fn restart_during_storm() -> Result<()> {
         .iter()
         .filter(|e| e.header().is(RecordType::Meta, meta::LOSS))
         .collect();
+    let replayed = env
+        .daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("passing on raw the uevents udevd had not"))
+        .map(str::to_owned);
     eprintln!(
         "storm: {total} changes written, {storm_received} received, switches {switches:?}, \
-         {} LOSS records",
+         {} LOSS records; the daemon: {replayed:?}",
         losses.len()
     );
     ensure!(

@@ -421,7 +421,7 @@ impl DeviceSource {
     pub fn start(hub: Arc<Hub>, events: DeviceEvents) -> io::Result<Arc<DeviceSource>> {
         let (wake_read, wake_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         let udevd = match events {
-            DeviceEvents::Auto => Some(udevd::UdevdWatch::new()?),
+            DeviceEvents::Auto => Some(udevd::UdevdWatch::new()),
             DeviceEvents::Udev | DeviceEvents::Kernel => None,
         };
         let source = match (events, &udevd) {
@@ -658,6 +658,12 @@ fn switch_source(
         to.name()
     );
     hub.publish(&Notice::source_changed(KIND, to.name(), reason));
+    if !flow.pending.is_empty() {
+        tracing::info!(
+            count = flow.pending.len(),
+            "passing on raw the uevents udevd had not passed on"
+        );
+    }
     for (seqnum, info) in std::mem::take(&mut flow.pending) {
         flow.delivered.insert(seqnum);
         hub.publish(&info.into_event(0));

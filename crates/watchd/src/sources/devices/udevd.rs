@@ -74,7 +74,8 @@ fn probe(path: &str) -> Probe {
 /// [`UdevdWatch::fds`] and calls [`UdevdWatch::woken`] when one is readable or
 /// [`UdevdWatch::timeout`] passed.
 pub struct UdevdWatch {
-    inotify: Inotify,
+    /// None when the kernel gave no inotify instance: the backstop alone is left.
+    inotify: Option<Inotify>,
     run: Option<WatchDescriptor>,
     run_udev: Option<WatchDescriptor>,
     /// udevd's, while it runs and bound its own socket.
@@ -85,8 +86,12 @@ pub struct UdevdWatch {
 }
 
 impl UdevdWatch {
-    pub fn new() -> std::io::Result<UdevdWatch> {
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+    pub fn new() -> UdevdWatch {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "no inotify: udevd starting or stopping is noticed within {BACKSTOP:?}");
+            })
+            .ok();
         let mut watch = UdevdWatch {
             inotify,
             run: None,
@@ -97,13 +102,14 @@ impl UdevdWatch {
             quick_retries_left: 0,
         };
         // Without /run (a bare chroot) only the backstop is left.
-        watch.run = watch
-            .inotify
-            .add_watch(RUN, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
-            .ok();
+        watch.run = watch.inotify.as_ref().and_then(|inotify| {
+            inotify
+                .add_watch(RUN, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+                .ok()
+        });
         watch.watch_run_udev();
         watch.check();
-        Ok(watch)
+        watch
     }
 
     pub fn running(&self) -> bool {
@@ -112,9 +118,12 @@ impl UdevdWatch {
 
     /// The inotify descriptor, and udevd's pidfd while there is one.
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        let mut fds = vec![self.inotify.as_fd()];
-        fds.extend(self.pidfd.as_ref().map(AsFd::as_fd));
-        fds
+        self.inotify
+            .as_ref()
+            .map(AsFd::as_fd)
+            .into_iter()
+            .chain(self.pidfd.as_ref().map(AsFd::as_fd))
+            .collect()
     }
 
     /// How long until the next check is due.
@@ -125,13 +134,15 @@ impl UdevdWatch {
     /// Something in `fds` was readable, or the timeout passed: looks again.
     pub fn woken(&mut self) {
         let mut control_changed = false;
-        while let Ok(events) = self.inotify.read_events() {
+        while let Some(Ok(events)) = self.inotify.as_ref().map(Inotify::read_events) {
             if events.is_empty() {
                 break;
             }
             for event in events {
                 let name = event.name.as_deref();
-                if Some(event.wd) == self.run && name == Some(OsStr::new("udev")) {
+                if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    control_changed = true;
+                } else if Some(event.wd) == self.run && name == Some(OsStr::new("udev")) {
                     self.watch_run_udev();
                     control_changed = true;
                 } else if Some(event.wd) == self.run_udev
@@ -155,15 +166,18 @@ impl UdevdWatch {
             )];
             nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap_or(0) > 0
         });
+        if pid_ended {
+            // Readable for good: a udevd that answers next has a pidfd of its own.
+            self.pidfd = None;
+        }
         if control_changed || pid_ended || Instant::now() >= self.next_check {
             self.check();
         }
     }
 
     fn watch_run_udev(&mut self) {
-        if self.run_udev.is_none() {
-            self.run_udev = self
-                .inotify
+        if let (None, Some(inotify)) = (&self.run_udev, &self.inotify) {
+            self.run_udev = inotify
                 .add_watch(
                     RUN_UDEV,
                     AddWatchFlags::IN_CREATE
