@@ -19,7 +19,7 @@ use crate::{next_within, trial};
 pub fn trials() -> Vec<Trial> {
     vec![
         trial(
-            "devices::udevd::a_stale_control_socket_means_kernel_events_and_udevd_starting_switches_to_udev",
+            "devices::udevd::a_stale_control_socket_means_kernel_events_and_udevd_starting_or_stopping_switches",
             stale_socket_then_udevd_starts,
         ),
         trial(
@@ -103,6 +103,42 @@ async fn read_until(
     }
 }
 
+/// Waits for the SOURCE_CHANGED record naming `backend`, checks that status says
+/// `detail…`, then makes change number `index` of the disk and returns its record, which
+/// must come from `backend`.
+async fn expect_switch(
+    env: &Env,
+    events: &mut EventStream,
+    disk: &LoopDevice,
+    backend: &str,
+    detail: &str,
+    index: usize,
+) -> Result<Event> {
+    read_until(
+        events,
+        Duration::from_secs(20),
+        &format!("SOURCE_CHANGED {backend}"),
+        |e| is_source_change(e, backend),
+    )
+    .await?;
+    let now = devices_detail(env).await?;
+    ensure!(now.starts_with(detail), "status follows udevd: {now:?}");
+    let uuid = uuid(2, index);
+    synth_change(disk.name(), &uuid)?;
+    let mut seen = read_until(events, Duration::from_secs(20), "the change", |e| {
+        synth_uuid(e).as_deref() == Some(uuid.as_str())
+    })
+    .await?;
+    let change = seen
+        .pop()
+        .expect("read_until returns the one it waited for");
+    ensure!(
+        change.record().get_str(attr::EVENT_SOURCE).as_deref() == Some(backend),
+        "after the switch events come from {backend}"
+    );
+    Ok(change)
+}
+
 async fn stale_socket_then_udevd_starts() -> Result<()> {
     const CHANGES: usize = 300;
     let Some(mut owner) = UdevdOwner::take()? else {
@@ -151,35 +187,14 @@ async fn stale_socket_then_udevd_starts() -> Result<()> {
     // udevd starts again (it replaces the stale socket): the watch is told, then events come
     // after udevd's rules.
     owner.start()?;
-    read_until(
-        &mut events,
-        Duration::from_secs(20),
-        "SOURCE_CHANGED udev",
-        |e| is_source_change(e, "udev"),
-    )
-    .await?;
-    let detail = devices_detail(&env).await?;
+    let change = expect_switch(&env, &mut events, &disk, "udev", "udev monitor", 0).await?;
     ensure!(
-        detail.starts_with("udev monitor"),
-        "status follows udevd: {detail:?}"
-    );
-    let after = uuid(2, 0);
-    synth_change(disk.name(), &after)?;
-    let seen = read_until(&mut events, Duration::from_secs(20), "the change", |e| {
-        synth_uuid(e).as_deref() == Some(after.as_str())
-    })
-    .await?;
-    let change = seen
-        .last()
-        .expect("read_until returns the one it waited for");
-    ensure!(
-        change.record().get_str(attr::EVENT_SOURCE).as_deref() == Some("udev"),
-        "after the switch events come from udevd"
-    );
-    ensure!(
-        property(change, "ID_PART_TABLE_TYPE").is_some(),
+        property(&change, "ID_PART_TABLE_TYPE").is_some(),
         "with udevd's properties (blkid's ID_PART_TABLE_TYPE)"
     );
+    // Stopped cleanly, udevd removes its socket: back to the kernel's events.
+    owner.stop()?;
+    expect_switch(&env, &mut events, &disk, "kernel", "kernel uevents", 1).await?;
     Ok(())
 }
 

@@ -310,6 +310,13 @@ impl UdevdOwner {
         Ok(())
     }
 
+    /// SIGTERM, as `systemctl stop` sends it: udevd removes its control socket as it exits.
+    pub fn stop(&mut self) -> Result<()> {
+        let process = self.process.take().context("udevd is not running")?;
+        drop(process);
+        Ok(())
+    }
+
     /// What the udevd started last has logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.scratch.join(&format!("udevd-{}.log", self.starts)))
