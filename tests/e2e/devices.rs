@@ -67,7 +67,8 @@ fn sysname(event: &Event) -> String {
     event.record().get_str(attr::SYSNAME).unwrap_or_default()
 }
 
-fn property(event: &Event, key: &str) -> Option<String> {
+/// The value of device property `key` in the record, if it has one.
+pub(crate) fn property(event: &Event, key: &str) -> Option<String> {
     let prefix = format!("{key}=");
     event.record().get_all(attr::PROPERTY).find_map(|a| {
         a.as_str()

@@ -21,6 +21,7 @@ mod pipe_budget;
 mod pipe_contract;
 mod polkit_files;
 mod udev_harness;
+mod udevd_switch;
 
 use std::time::Duration;
 
@@ -60,6 +61,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(polkit_files::trials());
     trials.extend(udev_harness::trials());
     trials.extend(devices::trials());
+    trials.extend(udevd_switch::trials());
     trials.extend(krb5_harness::trials());
     trials.extend(keys::trials());
     trials.extend(krb5_events::trials());

@@ -6,6 +6,9 @@
 //!   `/lib/systemd/systemd-udevd` (package `udev`) once for the whole test binary, shared by
 //!   every test that holds a handle and stopped by its PID (after `udevadm settle`) when the
 //!   last handle drops. Nothing else about the system is touched: no `udevadm trigger`.
+//! - [`UdevdOwner`]: udevd to one test alone, for the tests that kill and restart it: waits
+//!   until no other test of this binary holds a [`Udevd`], refuses to touch a udevd it did
+//!   not start, and leaves `/run/udev` as it found it.
 //! - [`LoopDevice::attach_partitioned`]: an image with an MBR and one Linux partition, on a
 //!   loop device created for it (`LOOP_CTL_ADD`, so the disk itself gets `add` and `remove`),
 //!   its partition `loopNp1` made by the kernel's partition scan (`losetup -P`) or, on
@@ -71,6 +74,43 @@ pub const LIBUDEV_MAX_MESSAGE: usize = 8192;
 /// not exist before, removes the `/run/udev` it left behind.
 pub struct Udevd {
     started: Option<Arc<Started>>,
+    _use: SharedUse,
+}
+
+/// How many handles of this binary use udevd now, and whether one test has it to itself.
+#[derive(Default)]
+struct Sharing {
+    users: usize,
+    sole: bool,
+}
+
+fn sharing() -> &'static (Mutex<Sharing>, std::sync::Condvar) {
+    static SHARING: OnceLock<(Mutex<Sharing>, std::sync::Condvar)> = OnceLock::new();
+    SHARING.get_or_init(Default::default)
+}
+
+/// One user of the shared udevd, for as long as it lives; waits while a test has udevd to
+/// itself.
+struct SharedUse;
+
+impl SharedUse {
+    fn new() -> SharedUse {
+        let (state, changed) = sharing();
+        let state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = changed
+            .wait_while(state, |s| s.sole)
+            .unwrap_or_else(|e| e.into_inner());
+        state.users += 1;
+        SharedUse
+    }
+}
+
+impl Drop for SharedUse {
+    fn drop(&mut self) {
+        let (state, changed) = sharing();
+        state.lock().unwrap_or_else(|e| e.into_inner()).users -= 1;
+        changed.notify_all();
+    }
 }
 
 /// The udevd this test binary started.
@@ -120,19 +160,25 @@ impl Udevd {
     /// started, or a new one, started in the foreground as a [`Process`] and ready when
     /// `udevadm control --ping` answers.
     pub fn ensure() -> Result<Udevd> {
+        let sharing = SharedUse::new();
         let mut slot = shared().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(started) = slot.upgrade() {
             return Ok(Udevd {
                 started: Some(started),
+                _use: sharing,
             });
         }
         if is_running()? {
-            return Ok(Udevd { started: None });
+            return Ok(Udevd {
+                started: None,
+                _use: sharing,
+            });
         }
         let started = Arc::new(start()?);
         *slot = Arc::downgrade(&started);
         Ok(Udevd {
             started: Some(started),
+            _use: sharing,
         })
     }
 
@@ -175,6 +221,137 @@ impl Drop for Udevd {
             let _slot = shared().lock().unwrap_or_else(|e| e.into_inner());
             drop(started);
         }
+    }
+}
+
+/// What a udevd killed with SIGKILL leaves in /run/udev: its control socket, and the
+/// queue flag file when events were in flight.
+const LEFT_BY_A_KILLED_UDEVD: [&str; 2] = ["control", "queue"];
+
+/// udevd to one test alone, started and stopped (also with SIGKILL, which leaves its control
+/// socket behind) as the test says. On drop it stops the udevd it runs, by its PID, and puts
+/// `/run/udev` back: removed if it did not exist before, else without the control socket
+/// and queue file a killed udevd left.
+pub struct UdevdOwner {
+    process: Option<Process>,
+    run_udev_existed: bool,
+    /// The files of /run/udev a udevd leaves when killed that were there before the test.
+    left_before: Vec<&'static str>,
+    scratch: Scratch,
+    starts: u32,
+}
+
+impl UdevdOwner {
+    /// Waits until no other test of this binary uses udevd. `None` (with the reason printed;
+    /// an error in CI) when a udevd this binary did not start runs: it is not ours to kill.
+    pub fn take() -> Result<Option<UdevdOwner>> {
+        let (state, changed) = sharing();
+        let state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = changed
+            .wait_while(state, |s| s.sole || s.users > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        // Released by drop, which also wakes the tests waiting to share udevd.
+        state.sole = true;
+        drop(state);
+        let owner = UdevdOwner {
+            process: None,
+            run_udev_existed: Path::new("/run/udev").exists(),
+            left_before: LEFT_BY_A_KILLED_UDEVD
+                .into_iter()
+                .filter(|name| Path::new("/run/udev").join(name).exists())
+                .collect(),
+            scratch: Scratch::new("udevd-owned")?,
+            starts: 0,
+        };
+        if is_running()? {
+            let why = "a systemd-udevd that this test binary did not start is running: the tests                        that kill and restart udevd would kill it";
+            ensure!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("SKIP: {why}");
+            return Ok(None);
+        }
+        ensure!(
+            Path::new(UDEVD).exists(),
+            "{UDEVD} is missing: install the package udev"
+        );
+        Ok(Some(owner))
+    }
+
+    /// Starts udevd in the foreground and returns once it answers a ping.
+    pub fn start(&mut self) -> Result<u32> {
+        self.spawn()?;
+        self.wait_ready()
+    }
+
+    /// Starts udevd without waiting for it; [`UdevdOwner::wait_ready`] waits.
+    pub fn spawn(&mut self) -> Result<()> {
+        ensure!(self.process.is_none(), "udevd already runs");
+        self.starts += 1;
+        let log = self.scratch.join(&format!("udevd-{}.log", self.starts));
+        self.process = Some(spawn_udevd(&log)?);
+        Ok(())
+    }
+
+    /// Waits until the udevd started answers a ping; its PID.
+    pub fn wait_ready(&mut self) -> Result<u32> {
+        let process = self.process.as_mut().context("udevd was not started")?;
+        wait_until(Duration::from_secs(20), "udevd to answer a ping", || {
+            process.check_running()?;
+            is_running()
+        })?;
+        Ok(process.pid())
+    }
+
+    /// SIGKILL, as when udevd is stopped outside systemd without its cleanup: its control
+    /// socket stays in /run/udev with nobody listening.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut process = self.process.take().context("udevd is not running")?;
+        crate::send_signal(process.pid(), nix::sys::signal::Signal::SIGKILL)?;
+        process.child().wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, as `systemctl stop` sends it: udevd removes its control socket as it exits.
+    pub fn stop(&mut self) -> Result<()> {
+        let process = self.process.take().context("udevd is not running")?;
+        drop(process);
+        Ok(())
+    }
+
+    /// What the udevd started last has logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.join(&format!("udevd-{}.log", self.starts)))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for UdevdOwner {
+    fn drop(&mut self) {
+        // SIGTERM, by its PID: udevd removes its control socket as it exits.
+        drop(self.process.take());
+        let ours: Vec<PathBuf> = if self.run_udev_existed {
+            LEFT_BY_A_KILLED_UDEVD
+                .into_iter()
+                .filter(|name| !self.left_before.contains(name))
+                .map(|name| Path::new("/run/udev").join(name))
+                .collect()
+        } else {
+            vec![PathBuf::from("/run/udev")]
+        };
+        for path in ours {
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if let Err(e) = removed
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!("cleanup: {}: {e}", path.display());
+            }
+        }
+        let (state, changed) = sharing();
+        state.lock().unwrap_or_else(|e| e.into_inner()).sole = false;
+        changed.notify_all();
     }
 }
 

@@ -220,6 +220,17 @@ fn type_set(bits: u64) -> String {
 fn describe_meta(record: &Record<'_>) -> Option<String> {
     let h = &record.header;
     Some(match h.subtype {
+        meta::LOSS if h.tag != 0 => {
+            // Lost by the watch's source, before any matching: no count, no gap in seq.
+            let mut line = format!("events lost at their source (tag {})", h.tag);
+            if let Some(types) = record.get_u64(attr::LOST_TYPES).filter(|t| *t != 0) {
+                let _ = write!(line, " (types: {})", type_set(types));
+            }
+            if let Some(reason) = record.get_str(attr::REASON) {
+                let _ = write!(line, ": {reason}");
+            }
+            line
+        }
         meta::LOSS => {
             let count = record.get_u64(attr::LOST_COUNT).unwrap_or(0);
             let mut details = Vec::new();
@@ -236,6 +247,16 @@ fn describe_meta(record: &Record<'_>) -> Option<String> {
             line
         }
         meta::SYNC => format!("snapshot complete (tag {})", h.tag),
+        meta::SOURCE_CHANGED => {
+            let backend = record
+                .get(attr::BACKEND)
+                .map_or_else(|| "?".to_owned(), |b| text(&b));
+            let mut line = format!("source changed (tag {}): now {backend}", h.tag);
+            if let Some(reason) = record.get_str(attr::REASON) {
+                let _ = write!(line, " ({reason})");
+            }
+            line
+        }
         meta::REMOVAL => {
             let mut line = format!("watch {} ended", h.tag);
             if let Some(object) = record.get(attr::OBJECT) {
@@ -647,6 +668,33 @@ mod tests {
         assert_eq!(
             human_line(&parse(&bytes), 0),
             "22:13:20.123  lost 1 record (types: key, mount, 40)"
+        );
+    }
+
+    #[test]
+    fn records_of_a_watchs_source_loss_and_source_change() {
+        let mut b = RecordBuilder::new(RecordType::Meta, meta::LOSS, 0, T);
+        b.put_u64(attr::LOST_TYPES, RecordType::Device.bit())
+            .unwrap();
+        b.put_str(attr::REASON, "the socket overflowed").unwrap();
+        let bytes = build(b, 5, 12);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  events lost at their source (tag 5) (types: device): the socket overflowed"
+        );
+
+        let mut b = RecordBuilder::new(RecordType::Meta, meta::SOURCE_CHANGED, 0, T);
+        b.put_str(attr::BACKEND, "kernel").unwrap();
+        b.put_str(attr::REASON, "udevd stopped").unwrap();
+        let bytes = build(b, 5, 13);
+        let record = parse(&bytes);
+        assert_eq!(
+            human_line(&record, 0),
+            "22:13:20.123  source changed (tag 5): now kernel (udevd stopped)"
+        );
+        assert_eq!(
+            json_line(&record),
+            r#"{"type":"meta","event":"source_changed","tag":5,"seq":13,"time_ns":1700000000123456789,"snapshot":false,"backend":"kernel","reason":"udevd stopped"}"#
         );
     }
 

@@ -65,6 +65,7 @@ extern "C" {
 #define WATCHD_META_REMOVAL 0u /* watched object gone or access revoked; the watch has ended */
 #define WATCHD_META_LOSS 1u    /* records were dropped because the pipe was full */
 #define WATCHD_META_SYNC 2u    /* initial state for this tag has been sent in full */
+#define WATCHD_META_SOURCE_CHANGED 3u /* events now come another way (WATCHD_ATTR_BACKEND) */
 
 /* WATCHD_TYPE_KEY: the kernel's enum key_notification_subtype */
 #define WATCHD_KEY_INSTANTIATED 0u
@@ -113,6 +114,7 @@ extern "C" {
 #define WATCHD_ATTR_OBJECT 0x0004u         /* str */
 #define WATCHD_ATTR_REASON 0x0005u         /* str */
 #define WATCHD_ATTR_TRUNCATED 0x0006u      /* u32 */
+#define WATCHD_ATTR_BACKEND 0x0007u        /* str, SOURCE_CHANGED: e.g. "udev", "kernel" */
 
 /* Mounts, 0x0010..0x003f */
 #define WATCHD_ATTR_MOUNT_ID 0x0010u        /* u64 */
@@ -470,6 +472,7 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 		return WATCHD_KIND_U32;
 	case WATCHD_ATTR_OBJECT:
 	case WATCHD_ATTR_REASON:
+	case WATCHD_ATTR_BACKEND:
 	case WATCHD_ATTR_ROOT:
 	case WATCHD_ATTR_MOUNT_POINT:
 	case WATCHD_ATTR_FS_TYPE:
@@ -509,6 +512,7 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_OBJECT: return "object";
 	case WATCHD_ATTR_REASON: return "reason";
 	case WATCHD_ATTR_TRUNCATED: return "truncated";
+	case WATCHD_ATTR_BACKEND: return "backend";
 	case WATCHD_ATTR_MOUNT_ID: return "mount_id";
 	case WATCHD_ATTR_PARENT_ID: return "parent_id";
 	case WATCHD_ATTR_MAJOR: return "major";
@@ -566,7 +570,7 @@ static inline const char *watchd_type_name(uint32_t type)
 
 static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
 {
-	static const char *const meta[] = {"removal", "loss", "sync"};
+	static const char *const meta[] = {"removal", "loss", "sync", "source_changed"};
 	static const char *const key[] = {"instantiated", "updated", "linked", "unlinked",
 					  "cleared", "revoked", "invalidated", "setattr"};
 	static const char *const mount[] = {"attach", "detach", "move", "change"};

@@ -80,6 +80,9 @@ pub mod meta {
     pub const LOSS: u8 = 1;
     /// The initial state requested for a watch has been sent in full.
     pub const SYNC: u8 = 2;
+    /// The watch's source now gets its events another way (`attr::BACKEND` names it), so
+    /// records before and after this one may carry different properties.
+    pub const SOURCE_CHANGED: u8 = 3;
 }
 
 /// Subtypes of [`RecordType::Key`]: the kernel's `enum key_notification_subtype`.
@@ -176,6 +179,8 @@ pub mod attr {
     pub const REASON: u16 = 0x0005;
     /// u32: attributes left out of this record (with `FLAG_TRUNCATED`).
     pub const TRUNCATED: u16 = 0x0006;
+    /// str: how the source gets its events from now on (SOURCE_CHANGED), e.g. "kernel".
+    pub const BACKEND: u16 = 0x0007;
 
     // 0x0010..0x003f: mounts.
     /// u64: the mount's id as `/proc/PID/mountinfo` lists it (reused after unmount).
@@ -275,7 +280,9 @@ pub mod attr {
             OBJECT | REASON | ROOT | MOUNT_POINT | FS_TYPE | SOURCE | MOUNT_OPTIONS
             | SUPER_OPTIONS | PROPAGATION | OLD_MOUNT_POINT | ACTION | SUBSYSTEM | DEVTYPE
             | SYSNAME | SYSPATH | DEVNODE | DRIVER | TAGS | PROPERTY | OLD_SYSPATH
-            | EVENT_SOURCE | KEY_TYPE | DESCRIPTION | CACHE | PRINCIPAL | COLLECTION => Str,
+            | EVENT_SOURCE | BACKEND | KEY_TYPE | DESCRIPTION | CACHE | PRINCIPAL | COLLECTION => {
+                Str
+            }
             _ => return None,
         })
     }
@@ -302,6 +309,7 @@ pub mod names {
             (RecordType::Meta, meta::REMOVAL) => "removal",
             (RecordType::Meta, meta::LOSS) => "loss",
             (RecordType::Meta, meta::SYNC) => "sync",
+            (RecordType::Meta, meta::SOURCE_CHANGED) => "source_changed",
             (RecordType::Key, key::INSTANTIATED) => "instantiated",
             (RecordType::Key, key::UPDATED) => "updated",
             (RecordType::Key, key::LINKED) => "linked",
@@ -338,6 +346,7 @@ pub mod names {
             attr::OBJECT => "object",
             attr::REASON => "reason",
             attr::TRUNCATED => "truncated",
+            attr::BACKEND => "backend",
             attr::MOUNT_ID => "mount_id",
             attr::PARENT_ID => "parent_id",
             attr::MAJOR => "major",
@@ -1114,7 +1123,7 @@ mod tests {
 
         let known_subtypes = |t: RecordType| -> u8 {
             match t {
-                RecordType::Meta => 3,
+                RecordType::Meta => 4,
                 RecordType::Key => 8,
                 RecordType::Mount => 4,
                 RecordType::Device => 8,
@@ -1146,7 +1155,7 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 43);
+        assert_eq!(seen.len(), 44);
     }
 
     #[test]
@@ -1264,6 +1273,7 @@ mod tests {
             (attr::OBJECT, Str),
             (attr::REASON, Str),
             (attr::TRUNCATED, U32),
+            (attr::BACKEND, Str),
             (attr::MOUNT_ID, U64),
             (attr::PARENT_ID, U64),
             (attr::MAJOR, U32),

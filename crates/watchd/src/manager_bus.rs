@@ -117,9 +117,10 @@ impl ManagerObject {
         self.manager.source_names()
     }
 
-    /// For each kind, how its source gets its events (e.g. devices from udev, or raw kernel
-    /// uevents when udevd is not running).
-    #[zbus(property(emits_changed_signal = "const"))]
+    /// For each kind, how its source gets its events now (e.g. devices from udev, or raw
+    /// kernel uevents when udevd is not running): read it again, it changes when udevd
+    /// starts or stops.
+    #[zbus(property(emits_changed_signal = "false"))]
     fn source_details(&self) -> HashMap<String, String> {
         self.manager.source_details()
     }

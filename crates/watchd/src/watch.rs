@@ -10,9 +10,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use watchd_proto::RecordType;
+use watchd_proto::{RecordBuilder, RecordType, attr, meta};
 
-use crate::event::Event;
+use crate::event::{Change, Event, Fields};
 use crate::identity::Caller;
 
 /// The client-chosen number that marks every record a watch produces.
@@ -104,6 +104,57 @@ impl dyn Scope {
     }
 }
 
+/// What a source tells every watch of its kind at once, as a META record that each gets
+/// with its own tag: events it lost before they could be matched (LOSS), or that its events
+/// now come another way (SOURCE_CHANGED). Type filters never hold it back, as any META.
+#[derive(Debug)]
+pub struct Notice {
+    pub kind: Kind,
+    /// SOURCE_CHANGED: how the source gets its events from now on.
+    pub backend: Option<&'static str>,
+    /// LOSS: the types of the records lost.
+    pub lost_types: u64,
+    pub reason: String,
+}
+
+impl Notice {
+    /// Events of `lost` records were lost for every watch of `kind`; how many is not known.
+    pub fn loss(kind: Kind, lost: RecordType, reason: impl Into<String>) -> Event {
+        let notice = Notice {
+            kind,
+            backend: None,
+            lost_types: lost.bit(),
+            reason: reason.into(),
+        };
+        Event::new(RecordType::Meta, meta::LOSS, 0, Arc::new(notice))
+    }
+
+    /// `kind`'s events now come from `backend`.
+    pub fn source_changed(kind: Kind, backend: &'static str, reason: impl Into<String>) -> Event {
+        let notice = Notice {
+            kind,
+            backend: Some(backend),
+            lost_types: 0,
+            reason: reason.into(),
+        };
+        Event::new(RecordType::Meta, meta::SOURCE_CHANGED, 0, Arc::new(notice))
+    }
+}
+
+impl Change for Notice {
+    fn encode(&self, record: &mut RecordBuilder, _: RecordType) {
+        let mut fields = Fields::new(record);
+        if self.lost_types != 0 {
+            fields.u64(attr::LOST_TYPES, self.lost_types);
+        }
+        if let Some(backend) = self.backend {
+            fields.bytes(attr::BACKEND, backend.as_bytes());
+        }
+        fields.bytes(attr::REASON, self.reason.as_bytes());
+        fields.finish();
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Watch {
     pub tag: Tag,
@@ -115,6 +166,9 @@ pub struct Watch {
 impl Watch {
     /// Whether `event` goes to this watch; decided before anything is encoded.
     pub fn wants(&self, event: &Event) -> bool {
+        if let Some(notice) = event.subject::<Notice>() {
+            return notice.kind == self.kind;
+        }
         self.filters
             .passes(event.record_type as u32, event.subtype, event.flags)
             && self.scope.covers(event)
@@ -152,5 +206,49 @@ mod tests {
             "META always passes"
         );
         assert!(Filters::default().passes(mount, mount::CHANGE, 0));
+    }
+
+    #[derive(Debug)]
+    struct Nothing;
+
+    impl Scope for Nothing {
+        fn covers(&self, _: &Event) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_notice_reaches_every_watch_of_its_kind_whatever_its_filters_and_scope() {
+        let watch = |kind, filters| Watch {
+            tag: 1,
+            kind: Kind(kind),
+            filters,
+            scope: Arc::new(Nothing),
+        };
+        let only_attach = Filters(vec![TypeFilter {
+            record_type: RecordType::Mount as u32,
+            subtypes: 1 << mount::ATTACH,
+            flags_mask: 0,
+            flags_value: 0,
+        }]);
+        let loss = Notice::loss(Kind("probe"), RecordType::Mount, "overflow");
+        let switch = Notice::source_changed(Kind("probe"), "other", "restarted");
+        for notice in [&loss, &switch] {
+            assert!(watch("probe", Filters::default()).wants(notice));
+            assert!(watch("probe", only_attach.clone()).wants(notice));
+            assert!(!watch("other", Filters::default()).wants(notice));
+        }
+        let record = watchd_proto::Record::parse(switch.record()).unwrap();
+        assert!(record.header.is(RecordType::Meta, meta::SOURCE_CHANGED));
+        assert_eq!(record.get_str(attr::BACKEND).as_deref(), Some("other"));
+        assert_eq!(record.get_str(attr::REASON).as_deref(), Some("restarted"));
+        let record = watchd_proto::Record::parse(loss.record()).unwrap();
+        assert_eq!(
+            record.get_u64(attr::LOST_TYPES),
+            Some(RecordType::Mount.bit())
+        );
+        assert!(
+            record.get(attr::LOST_COUNT).is_none() && record.get(attr::FIRST_LOST_SEQ).is_none()
+        );
     }
 }

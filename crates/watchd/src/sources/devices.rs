@@ -1,18 +1,27 @@
 //! Devices, from libudev: the "udev" netlink group (events after systemd-udevd's rules, with
 //! all their properties), or the kernel's own uevent group when udevd is not running.
 //!
-//! One thread owns the monitor socket. Its kernel-side filter is the union of what the live
-//! watches ask for (subsystem/devtype, tag), so events nobody wants never wake the daemon;
-//! each watch then applies its full match (property globs, sysname glob) before anything is
-//! encoded. When the set of watches changes, the new socket is opened before the old one is
-//! drained, and events seen on both are passed on once (by sequence number).
+//! One thread owns the monitor sockets. Their kernel-side filter is the union of what the
+//! live watches ask for (subsystem/devtype, tag), so events nobody wants never wake the
+//! daemon; each watch then applies its full match (property globs, sysname glob) before
+//! anything is encoded. When the set of watches changes, the new sockets are opened before
+//! the old ones are drained, and events seen on both are passed on once (by sequence number).
+//!
+//! With `device_events = "auto"` the thread follows udevd ([`udevd`]) and switches between
+//! the two groups when udevd starts or stops, telling every device watch with a META
+//! SOURCE_CHANGED record. While udevd serves, a stand-by socket on the kernel's group keeps
+//! the uevents udevd has not passed on yet, so that those it never passes on (it was
+//! stopped or killed) are passed on raw after the switch. A socket that overflows (ENOBUFS:
+//! uevents came faster than the thread read them) costs every device watch a LOSS record.
 //!
 //! Initial state is an enumeration under the same matches, taken while the thread is held
 //! still. An event already queued on the socket at that moment may repeat what the snapshot
 //! shows (an add for a device it lists); it is never missing.
 #![forbid(unsafe_code)]
 
-use std::collections::HashSet;
+mod udevd;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,17 +29,19 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use glob::Pattern;
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, device};
 
+use crate::conf::DeviceEvents;
 use crate::error::{Error, Result, Truncated};
 use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
 use crate::identity::Caller;
 use crate::options::Options;
 use crate::source::Source;
-use crate::watch::{Kind, MAX_FILTERS, Scope};
+use crate::watch::{Kind, MAX_FILTERS, Notice, Scope};
 
 /// The kind clients name in `AddWatch`.
 pub const KIND: Kind = Kind("devices");
@@ -40,6 +51,14 @@ const MAX_PATTERN_LEN: usize = 256;
 /// The monitor's receive buffer: a storm of uevents must not overflow the kernel socket
 /// while the daemon fans out (udevd itself asks for 128 MiB).
 const RECEIVE_BUFFER: usize = 128 * 1024 * 1024;
+/// Sets a smaller receive buffer, in bytes, for the tests that make the socket overflow.
+const RECEIVE_BUFFER_ENV: &str = "WATCHD_DEVICE_RECEIVE_BUFFER";
+/// Most uevents kept while udevd has not passed them on; beyond, a switch to the kernel's
+/// group cannot pass them all on and reports a LOSS.
+const MAX_PENDING: usize = 4096;
+/// How many passed-on sequence numbers are remembered, so that a uevent seen on two sockets
+/// (old and new filter, kernel and udev group) is passed on once.
+const REMEMBERED: usize = 16384;
 /// How long AddWatch waits for the monitor thread to cover a new watch (it takes well under
 /// a millisecond; this only bounds a stuck thread).
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,15 +74,6 @@ pub enum EventSource {
 }
 
 impl EventSource {
-    /// udevd listens on /run/udev/control while it runs.
-    pub fn detect() -> EventSource {
-        if std::path::Path::new("/run/udev/control").exists() {
-            EventSource::Udev
-        } else {
-            EventSource::Kernel
-        }
-    }
-
     fn name(self) -> &'static str {
         match self {
             EventSource::Udev => "udev",
@@ -310,7 +320,9 @@ struct SocketFilter {
 }
 
 struct Shared {
-    source: EventSource,
+    /// Where events come from now: changes only while `follows_udevd`.
+    source: Mutex<EventSource>,
+    follows_udevd: bool,
     leases: Mutex<Vec<Weak<FilterLease>>>,
     /// Bumped by each new watch after its lease is in `leases`.
     requested: AtomicU64,
@@ -325,9 +337,10 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(source: EventSource, wake_write: OwnedFd) -> Shared {
+    fn new(source: EventSource, follows_udevd: bool, wake_write: OwnedFd) -> Shared {
         Shared {
-            source,
+            source: Mutex::new(source),
+            follows_udevd,
             leases: Mutex::new(Vec::new()),
             requested: AtomicU64::new(0),
             applied: Mutex::new((0, None)),
@@ -359,6 +372,10 @@ impl Shared {
             ))),
             _ => Ok(()),
         }
+    }
+
+    fn source(&self) -> EventSource {
+        *self.source.lock().expect("device source state poisoned")
     }
 
     fn mark_applied(&self, request: u64, failure: Option<String>) {
@@ -400,14 +417,24 @@ pub struct DeviceSource {
 }
 
 impl DeviceSource {
-    pub fn start(hub: Arc<Hub>, source: EventSource) -> io::Result<Arc<DeviceSource>> {
+    /// `events` says where events come from: "auto" follows udevd starting and stopping.
+    pub fn start(hub: Arc<Hub>, events: DeviceEvents) -> io::Result<Arc<DeviceSource>> {
         let (wake_read, wake_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-        let shared = Arc::new(Shared::new(source, wake_write));
+        let udevd = match events {
+            DeviceEvents::Auto => Some(udevd::UdevdWatch::new()),
+            DeviceEvents::Udev | DeviceEvents::Kernel => None,
+        };
+        let source = match (events, &udevd) {
+            (_, Some(watch)) if watch.running() => EventSource::Udev,
+            (DeviceEvents::Udev, _) => EventSource::Udev,
+            _ => EventSource::Kernel,
+        };
+        let shared = Arc::new(Shared::new(source, udevd.is_some(), wake_write));
         let follower = shared.clone();
         std::thread::Builder::new()
             .name("devices".into())
-            .spawn(move || follow(&follower, &hub, wake_read))?;
-        tracing::info!(source = source.name(), "device source started");
+            .spawn(move || follow(&follower, &hub, wake_read, udevd))?;
+        tracing::info!(source = source.name(), ?events, "device source started");
         Ok(Arc::new(DeviceSource { shared }))
     }
 }
@@ -427,91 +454,265 @@ fn open_monitor(source: EventSource, filter: &SocketFilter) -> io::Result<udev::
         builder = builder.match_tag(tag)?;
     }
     let socket = builder.listen()?;
+    let size = std::env::var(RECEIVE_BUFFER_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RECEIVE_BUFFER);
     // Needs CAP_NET_ADMIN; without it the kernel's default (rmem_max) must do.
-    let forced = nix::sys::socket::setsockopt(
-        &socket,
-        nix::sys::socket::sockopt::RcvBufForce,
-        &RECEIVE_BUFFER,
-    );
+    let forced =
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &size);
     if forced.is_err() {
-        let _ = nix::sys::socket::setsockopt(
-            &socket,
-            nix::sys::socket::sockopt::RcvBuf,
-            &RECEIVE_BUFFER,
-        );
+        let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &size);
     }
     Ok(socket)
 }
 
-/// Publishes what is waiting on `socket`; `seen` collects (or filters out) sequence numbers
-/// across a socket switch.
-fn drain(socket: &udev::MonitorSocket, hub: &Hub, shared: &Shared, seen: &mut Seen) {
+/// The monitor sockets open for one filter: the udev group's while udevd serves; the
+/// kernel group's while the kernel serves, or, when the thread follows udevd, as the
+/// stand-by that keeps what udevd has not passed on yet.
+struct Sockets {
+    filter: SocketFilter,
+    udev: Option<udev::MonitorSocket>,
+    kernel: Option<udev::MonitorSocket>,
+}
+
+impl Sockets {
+    fn open(shared: &Shared, filter: &SocketFilter) -> io::Result<Sockets> {
+        let source = shared.source();
+        let udev = (source == EventSource::Udev)
+            .then(|| open_monitor(EventSource::Udev, filter))
+            .transpose()?;
+        let kernel = (source == EventSource::Kernel || shared.follows_udevd)
+            .then(|| open_monitor(EventSource::Kernel, filter))
+            .transpose()?;
+        Ok(Sockets {
+            filter: filter.clone(),
+            udev,
+            kernel,
+        })
+    }
+
+    /// Publishes what waits on every socket, the serving one first.
+    fn drain(&self, flow: &mut Flow, hub: &Hub, shared: &Shared) {
+        for (socket, from) in [
+            (&self.udev, EventSource::Udev),
+            (&self.kernel, EventSource::Kernel),
+        ] {
+            if let Some(socket) = socket {
+                drain(socket, from, flow, hub, shared);
+            }
+        }
+    }
+}
+
+/// What the thread knows across sockets and switches.
+#[derive(Default)]
+struct Flow {
+    /// Sequence numbers of the newest uevents passed on.
+    delivered: Remembered,
+    /// While udevd serves: uevents the kernel sent that udevd has not passed on yet.
+    pending: BTreeMap<u64, DeviceInfo>,
+    /// `pending` may lack some: it overflowed, or the stand-by socket did.
+    pending_incomplete: bool,
+}
+
+/// A bounded set of sequence numbers: the oldest go first.
+#[derive(Default)]
+struct Remembered {
+    numbers: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Remembered {
+    fn insert(&mut self, seqnum: u64) {
+        if self.numbers.insert(seqnum) {
+            self.order.push_back(seqnum);
+            if self.order.len() > REMEMBERED
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.numbers.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, seqnum: u64) -> bool {
+        self.numbers.contains(&seqnum)
+    }
+}
+
+/// Publishes what is waiting on `socket`, which gets events `from` udev or the kernel: each
+/// uevent not passed on before, when `from` serves; into `flow.pending` when it stands by.
+fn drain(
+    socket: &udev::MonitorSocket,
+    from: EventSource,
+    flow: &mut Flow,
+    hub: &Hub,
+    shared: &Shared,
+) {
     let _held = shared
         .publishing
         .lock()
         .expect("device publishing poisoned");
-    for event in socket.iter() {
+    let serving = shared.source() == from;
+    loop {
+        Errno::clear();
+        let Some(event) = socket.iter().next() else {
+            // libudev leaves recvmsg's errno: ENOBUFS once per overflow, then the rest of
+            // the queue can still be read.
+            if Errno::last() != Errno::ENOBUFS {
+                break;
+            }
+            if serving {
+                tracing::warn!(
+                    source = from.name(),
+                    "the device monitor socket overflowed: uevents were lost"
+                );
+                hub.publish(&Notice::loss(
+                    KIND,
+                    RecordType::Device,
+                    format!(
+                        "the {} uevent socket overflowed (ENOBUFS): uevents came faster than \
+                         the daemon read them",
+                        from.name()
+                    ),
+                ));
+            } else {
+                flow.pending_incomplete = true;
+            }
+            continue;
+        };
         let seqnum = event.sequence_number();
-        if !seen.first_time(seqnum) {
+        if flow.delivered.contains(seqnum) {
             continue;
         }
         let dev = event.device();
         let action = dev.action().map(text);
-        match DeviceInfo::from_device(&dev, action.as_deref(), seqnum, shared.source) {
-            Some(info) => hub.publish(&info.into_event(0)),
-            None => tracing::debug!(?action, "uevent with an action this version does not know"),
-        }
-    }
-}
-
-/// Sequence numbers delivered by the old socket during a switch, so the new one does not
-/// deliver them again.
-#[derive(Default)]
-struct Seen {
-    recording: bool,
-    numbers: HashSet<u64>,
-}
-
-impl Seen {
-    fn first_time(&mut self, seqnum: u64) -> bool {
-        if self.recording {
-            self.numbers.insert(seqnum);
-            true
+        let Some(info) = DeviceInfo::from_device(&dev, action.as_deref(), seqnum, from) else {
+            tracing::debug!(?action, "uevent with an action this version does not know");
+            continue;
+        };
+        if serving {
+            flow.pending.remove(&seqnum);
+            flow.delivered.insert(seqnum);
+            hub.publish(&info.into_event(0));
         } else {
-            !self.numbers.remove(&seqnum)
+            if flow.pending.len() >= MAX_PENDING {
+                flow.pending.pop_first();
+                flow.pending_incomplete = true;
+            }
+            flow.pending.insert(seqnum, info);
         }
     }
 }
 
-fn follow(shared: &Shared, hub: &Hub, wake: OwnedFd) {
-    let mut current: Option<(SocketFilter, udev::MonitorSocket)> = None;
-    let mut seen = Seen::default();
+/// Moves to events from `to` (udevd started or stopped) and tells every device watch.
+fn switch_source(
+    to: EventSource,
+    sockets: &mut Option<Sockets>,
+    flow: &mut Flow,
+    hub: &Hub,
+    shared: &Shared,
+) -> io::Result<()> {
+    let set = |source| *shared.source.lock().expect("device source state poisoned") = source;
+    let Some(open) = sockets else {
+        // No watch, no socket: the next one opens on the new source.
+        set(to);
+        return Ok(());
+    };
+    let reason = match to {
+        EventSource::Udev => {
+            let udev = open_monitor(EventSource::Udev, &open.filter)?;
+            // What the kernel sent up to now is passed on raw; udevd's versions of it are
+            // then skipped as passed on. The kernel's socket stays, standing by.
+            if let Some(kernel) = &open.kernel {
+                drain(kernel, EventSource::Kernel, flow, hub, shared);
+            }
+            flow.pending.clear();
+            flow.pending_incomplete = false;
+            open.udev = Some(udev);
+            "udevd started: events come after its rules, with its properties"
+        }
+        EventSource::Kernel => {
+            if open.kernel.is_none() {
+                open.kernel = Some(open_monitor(EventSource::Kernel, &open.filter)?);
+                flow.pending_incomplete = true;
+            }
+            // Whatever udevd passed on before it stopped, then what the kernel sent since.
+            if let Some(udev) = open.udev.take() {
+                drain(&udev, EventSource::Udev, flow, hub, shared);
+            }
+            if let Some(kernel) = &open.kernel {
+                drain(kernel, EventSource::Kernel, flow, hub, shared);
+            }
+            "udevd stopped: events are the kernel's raw uevents"
+        }
+    };
+    let _held = shared
+        .publishing
+        .lock()
+        .expect("device publishing poisoned");
+    set(to);
+    tracing::info!(
+        source = to.name(),
+        "device events now come from {}",
+        to.name()
+    );
+    hub.publish(&Notice::source_changed(KIND, to.name(), reason));
+    if !flow.pending.is_empty() {
+        tracing::info!(
+            count = flow.pending.len(),
+            "passing on raw the uevents udevd had not passed on"
+        );
+    }
+    for (seqnum, info) in std::mem::take(&mut flow.pending) {
+        flow.delivered.insert(seqnum);
+        hub.publish(&info.into_event(0));
+    }
+    if std::mem::take(&mut flow.pending_incomplete) {
+        hub.publish(&Notice::loss(
+            KIND,
+            RecordType::Device,
+            "udevd stopped with more uevents not passed on than the daemon keeps",
+        ));
+    }
+    Ok(())
+}
+
+fn follow(shared: &Shared, hub: &Hub, wake: OwnedFd, mut udevd: Option<udevd::UdevdWatch>) {
+    let mut sockets: Option<Sockets> = None;
+    let mut flow = Flow::default();
     loop {
         // Read before the leases: a lease added after this has a higher request number.
         let request = shared.requested.load(Ordering::SeqCst);
         let wanted = shared.wanted_filter();
         let mut failure = None;
-        if wanted.as_ref() != current.as_ref().map(|(f, _)| f) {
-            // On failure the old socket stays: it still covers every watch but the new one,
+        if let Some(watch) = &udevd {
+            let now = if watch.running() {
+                EventSource::Udev
+            } else {
+                EventSource::Kernel
+            };
+            if now != shared.source()
+                && let Err(e) = switch_source(now, &mut sockets, &mut flow, hub, shared)
+            {
+                // Tried again at the next wake-up; the old source goes on meanwhile.
+                tracing::error!(error = %e, "cannot open the device monitor for {}", now.name());
+            }
+        }
+        if wanted.as_ref() != sockets.as_ref().map(|s| &s.filter) {
+            // On failure the old sockets stay: they still cover every watch but the new one,
             // whose AddWatch then fails (and whose lease, dropped, wakes us to settle back).
             let next = match &wanted {
                 None => Ok(None),
-                Some(filter) => {
-                    open_monitor(shared.source, filter).map(|socket| Some((filter.clone(), socket)))
-                }
+                Some(filter) => Sockets::open(shared, filter).map(Some),
             };
             match next {
                 Ok(next) => {
-                    seen = Seen {
-                        recording: true,
-                        numbers: HashSet::new(),
-                    };
-                    if let Some((_, old)) = &current {
-                        drain(old, hub, shared, &mut seen);
+                    if let Some(old) = &sockets {
+                        old.drain(&mut flow, hub, shared);
                     }
-                    seen.recording = false;
                     tracing::debug!(filter = ?wanted, "device monitor filter");
-                    current = next;
+                    sockets = next;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot open the device monitor with a new filter; keeping the old one");
@@ -521,22 +722,44 @@ fn follow(shared: &Shared, hub: &Hub, wake: OwnedFd) {
         }
         shared.mark_applied(request, failure);
         let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
-        if let Some((_, socket)) = &current {
-            fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
+        let udevd_fds = udevd.as_ref().map_or(Vec::new(), |w| w.fds());
+        let first_udevd_fd = fds.len();
+        fds.extend(
+            udevd_fds
+                .iter()
+                .map(|fd| PollFd::new(*fd, PollFlags::POLLIN)),
+        );
+        let first_socket = fds.len();
+        if let Some(open) = &sockets {
+            for socket in [&open.udev, &open.kernel].into_iter().flatten() {
+                fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
+            }
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = udevd.as_ref().map_or(PollTimeout::NONE, |w| {
+            PollTimeout::try_from(w.timeout() + Duration::from_millis(1))
+                .unwrap_or(PollTimeout::MAX)
+        });
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return tracing::error!(error = %e, "device source stopped: poll failed"),
         }
-        let woken = fds[0].any().unwrap_or(false);
-        let readable = fds.get(1).is_some_and(|f| f.any().unwrap_or(false));
+        let ready = |fd: &PollFd| fd.any().unwrap_or(false);
+        let woken = ready(&fds[0]);
+        let udevd_ready = fds[first_udevd_fd..first_socket].iter().any(ready);
+        let readable = fds[first_socket..].iter().any(ready);
         drop(fds);
+        drop(udevd_fds);
         if woken {
             let mut buf = [0u8; 64];
             while matches!(nix::unistd::read(&wake, &mut buf), Ok(n) if n > 0) {}
         }
-        if readable && let Some((_, socket)) = &current {
-            drain(socket, hub, shared, &mut seen);
+        if readable && let Some(open) = &sockets {
+            open.drain(&mut flow, hub, shared);
+        }
+        if let Some(watch) = &mut udevd
+            && (udevd_ready || watch.timeout().is_zero())
+        {
+            watch.woken();
         }
     }
 }
@@ -587,11 +810,16 @@ impl Source for DeviceSource {
     }
 
     fn describe(&self) -> String {
-        match self.shared.source {
-            EventSource::Udev => "udev monitor (events after udevd's rules)".into(),
+        let now = match self.shared.source() {
+            EventSource::Udev => "udev monitor (events after udevd's rules)",
             EventSource::Kernel => {
-                "kernel uevents: udevd is not running, properties are the kernel's raw ones".into()
+                "kernel uevents: udevd is not running, properties are the kernel's raw ones"
             }
+        };
+        if self.shared.follows_udevd {
+            format!("{now}; switches when udevd starts or stops")
+        } else {
+            now.to_owned()
         }
     }
 
@@ -662,7 +890,7 @@ impl Source for DeviceSource {
             .publishing
             .lock()
             .expect("device publishing poisoned");
-        let snapshot = enumerate(matcher, self.shared.source).unwrap_or_else(|e| {
+        let snapshot = enumerate(matcher, self.shared.source()).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot enumerate devices for an initial state");
             Vec::new()
         });
@@ -830,10 +1058,26 @@ mod tests {
     }
 
     #[test]
+    fn passed_on_sequence_numbers_are_remembered_up_to_a_bound() {
+        let mut remembered = Remembered::default();
+        for seqnum in 0..(REMEMBERED as u64 + 10) {
+            remembered.insert(seqnum);
+        }
+        remembered.insert(20);
+        assert!(!remembered.contains(9), "the oldest went first");
+        assert!(remembered.contains(10) && remembered.contains(REMEMBERED as u64 + 9));
+        assert_eq!(
+            remembered.order.len(),
+            REMEMBERED,
+            "a repeat is not counted twice"
+        );
+    }
+
+    #[test]
     fn the_socket_filter_is_the_union_and_only_where_every_watch_has_one() {
         let (wake_read, wake_write) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
-        let shared = Arc::new(Shared::new(EventSource::Udev, wake_write));
+        let shared = Arc::new(Shared::new(EventSource::Udev, false, wake_write));
         let lease = |subsystem: Option<&str>, tag: Option<&str>| {
             let matcher = Arc::new(DeviceMatch {
                 subsystem: subsystem.map(str::to_owned),

@@ -22,7 +22,7 @@ pub mod mounts;
 
 use std::sync::Arc;
 
-use crate::conf::{Config, DeviceEvents};
+use crate::conf::Config;
 use crate::hub::Hub;
 use crate::source::Source;
 use crate::watch::Kind;
@@ -65,16 +65,13 @@ pub fn start(
         sources.push(mounts::MountSource::new(hub.clone(), backend));
     }
     if enabled.devices {
-        let events = match enabled.device_events {
-            DeviceEvents::Auto => devices::EventSource::detect(),
-            DeviceEvents::Udev => devices::EventSource::Udev,
-            DeviceEvents::Kernel => devices::EventSource::Kernel,
-        };
         sources.push(
-            devices::DeviceSource::start(hub.clone(), events).map_err(|error| StartError {
-                kind: devices::KIND,
-                needs: "needs libudev and a netlink socket (AF_NETLINK)",
-                error,
+            devices::DeviceSource::start(hub.clone(), enabled.device_events).map_err(|error| {
+                StartError {
+                    kind: devices::KIND,
+                    needs: "needs libudev and a netlink socket (AF_NETLINK)",
+                    error,
+                }
             })?,
         );
     }
