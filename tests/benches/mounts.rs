@@ -31,7 +31,8 @@ use watchd_e2e::bench::{daemon_profile, machine};
 use watchd_e2e::{Env, Process};
 use watchd_proto::{Record, RecordType, attr, mount};
 
-const COMMAND: &str = "cargo build --release --workspace && cargo bench -p watchd-e2e --bench mounts";
+const COMMAND: &str =
+    "cargo build --release --workspace && cargo bench -p watchd-e2e --bench mounts";
 const PAIRS: u64 = 200;
 const REMOUNTS: u64 = 1000;
 
@@ -66,7 +67,10 @@ fn storm(args: &[&str]) -> Result<f64> {
 }
 
 /// A thread counting the records of one pipe that `matches`, until the pipe ends.
-fn counter(pipe: OwnedFd, matches: impl Fn(&Record<'_>) -> bool + Send + 'static) -> Arc<AtomicU64> {
+fn counter(
+    pipe: OwnedFd,
+    matches: impl Fn(&Record<'_>) -> bool + Send + 'static,
+) -> Arc<AtomicU64> {
     let count = Arc::new(AtomicU64::new(0));
     let counted = count.clone();
     std::thread::spawn(move || {
@@ -141,8 +145,12 @@ async fn pairs_run(env: &Env, mounts: usize, subscribers: usize) -> Result<Row> 
     let client = env.client().await?;
     let mut counts = Vec::new();
     for tag in 1..=subscribers as u64 {
-        let subscription = client.subscribe(SubscribeOptions { depth: Some(256) }).await?;
-        subscription.add_watch(tag, "mounts", &WatchOptions::new()).await?;
+        let subscription = client
+            .subscribe(SubscribeOptions { depth: Some(256) })
+            .await?;
+        subscription
+            .add_watch(tag, "mounts", &WatchOptions::new())
+            .await?;
         let dir = dir.to_string_lossy().into_owned();
         counts.push(counter(subscription.into_pipe(), move |r| {
             r.header.record_type == RecordType::Mount as u32
@@ -154,8 +162,19 @@ async fn pairs_run(env: &Env, mounts: usize, subscribers: usize) -> Result<Row> 
     let (daemon, finder) = (env.daemon.pid(), findmnt.pid());
     let before = (cpu_ns(daemon)?, cpu_ns(finder)?);
     let storm_s = storm(&["pairs", &PAIRS.to_string(), &dir.to_string_lossy()])?;
-    let seen_min = || counts.iter().map(|c| c.load(Ordering::Relaxed)).min().unwrap_or(0);
-    let seen_sum = || counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
+    let seen_min = || {
+        counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    };
+    let seen_sum = || {
+        counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
     settle(Duration::from_secs(2), seen_sum, || seen_min() >= 2 * PAIRS);
     settle(
         Duration::from_secs(1),
@@ -186,8 +205,12 @@ async fn remount_run(env: &Env, mounts: usize) -> Result<String> {
         .status()?;
     ensure!(status.success(), "mount {}", target.display());
     let client = env.client().await?;
-    let subscription = client.subscribe(SubscribeOptions { depth: Some(256) }).await?;
-    subscription.add_watch(1, "mounts", &WatchOptions::new()).await?;
+    let subscription = client
+        .subscribe(SubscribeOptions { depth: Some(256) })
+        .await?;
+    subscription
+        .add_watch(1, "mounts", &WatchOptions::new())
+        .await?;
     let point = target.to_string_lossy().into_owned();
     let changes = counter(subscription.into_pipe(), move |r| {
         r.header.record_type == RecordType::Mount as u32
@@ -198,7 +221,11 @@ async fn remount_run(env: &Env, mounts: usize) -> Result<String> {
     let daemon = env.daemon.pid();
     let before = cpu_ns(daemon)?;
     let storm_s = storm(&["remounts", &REMOUNTS.to_string(), &target.to_string_lossy()])?;
-    settle(Duration::from_millis(500), || changes.load(Ordering::Relaxed), || false);
+    settle(
+        Duration::from_millis(500),
+        || changes.load(Ordering::Relaxed),
+        || false,
+    );
     let cpu = cpu_ns(daemon)? - before;
     nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH)?;
     Ok(format!(
@@ -232,8 +259,13 @@ async fn bench() -> Result<()> {
         "mounts: {} cores, {}, kernel {}, {} ({} daemon)\n",
         machine.cores, machine.cpu, machine.kernel, machine.date, machine.profile
     );
-    println!("{PAIRS} mount+umount pairs at full speed ({} changes):\n", 2 * PAIRS);
-    println!("| other mounts | watchd subscribers | pairs made in | findmnt --poll saw | findmnt CPU | per change | watchd saw (each) | watchd CPU | per change | watchd / findmnt |");
+    println!(
+        "{PAIRS} mount+umount pairs at full speed ({} changes):\n",
+        2 * PAIRS
+    );
+    println!(
+        "| other mounts | watchd subscribers | pairs made in | findmnt --poll saw | findmnt CPU | per change | watchd saw (each) | watchd CPU | per change | watchd / findmnt |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let changes = (2 * PAIRS) as f64;
     for r in &rows {

@@ -95,6 +95,11 @@ pub fn trials() -> Vec<Trial> {
             "a_burst_of_1000_mounts_is_reported_in_order_without_loss",
             burst,
         ),
+        trial(
+            Backend::Fanotify,
+            "an_overflow_of_the_kernel_queue_is_a_loss_then_what_changed_meanwhile",
+            overflow,
+        ),
     ]);
     trials
 }
@@ -428,4 +433,65 @@ fn read_packets(pipe: std::fs::File, n: usize) -> Result<Vec<Vec<u8>>> {
         }
     }
     Ok(packets)
+}
+
+/// `mount -t tmpfs SOURCE TARGET` in `ns`.
+fn mount_in(ns: &mounts::Namespace, source: &str, target: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(target)?;
+    let status = ns
+        .command("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", source])
+        .arg(target)
+        .status()?;
+    ensure!(status.success(), "mount {}: {status}", target.display());
+    Ok(())
+}
+
+/// The daemon stopped (SIGSTOP) while 18,000 mount events pile up, more than the kernel's
+/// queue of 16,384 holds; then, past the overflow, one watched mount goes and another comes.
+/// Once resumed, the watch gets a LOSS (from its source, with its tag) and then those two
+/// changes, found by reading the namespace again.
+async fn overflow(backend: Backend) -> Result<()> {
+    use nix::sys::signal::Signal;
+    let env = backend.env("overflow").await?;
+    let ns = mounts::Namespace::new()?;
+    let watched = env.scratch.join("watched");
+    let (old, new) = (watched.join("old"), watched.join("new"));
+    mount_in(&ns, "old", &old)?;
+    std::fs::create_dir_all(&new)?;
+    let watched_text = watched.to_str().unwrap();
+    let (_watcher, lines) = watch_in(&env, &ns, &["--path", watched_text]).await?;
+    let daemon = env.daemon.pid();
+    watchd_e2e::send_signal(daemon, Signal::SIGSTOP)?;
+    let storm_dir = env.scratch.join("storm");
+    let stormed = storm(&ns, &["pairs", "9000", storm_dir.to_str().unwrap()]).and_then(|()| {
+        let status = ns.command("umount").arg(&old).status()?;
+        ensure!(status.success(), "umount {}", old.display());
+        mount_in(&ns, "new", &new)
+    });
+    watchd_e2e::send_signal(daemon, Signal::SIGCONT)?;
+    stormed?;
+    let records = json_lines(&lines, 3)?;
+    ensure!(
+        records[0]["event"] == "loss"
+            && records[0]["tag"] == 1
+            && records[0]["first_lost_seq"].is_null(),
+        "first a LOSS from the source, for the watch: {}",
+        records[0]
+    );
+    let mut changes: Vec<(String, String)> = records[1..]
+        .iter()
+        .map(|r| (r["event"].to_string(), r["mount_point"].to_string()))
+        .collect();
+    changes.sort();
+    let quoted = |p: &std::path::Path| format!("{:?}", p.to_str().unwrap());
+    ensure!(
+        changes
+            == [
+                ("\"attach\"".to_string(), quoted(&new)),
+                ("\"detach\"".to_string(), quoted(&old)),
+            ],
+        "then the two changes made past the overflow: {records:?}"
+    );
+    Ok(())
 }

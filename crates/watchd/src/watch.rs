@@ -94,6 +94,13 @@ pub trait Scope: Any + fmt::Debug + Send + Sync {
     /// the subscriber another way too (a D-Bus signal). Runs under the hub's lock: it must
     /// not block.
     fn delivered(&self, _event: &Event, _to: &Delivery<'_>) {}
+
+    /// Whether a notice of this watch's kind addressed to `audience` (a group of the kind's
+    /// watches that the source names, such as the mount namespace a feed follows) is for
+    /// this watch. A notice to all the kind's watches has no audience and never asks.
+    fn in_audience(&self, _audience: u64) -> bool {
+        false
+    }
 }
 
 impl dyn Scope {
@@ -104,12 +111,15 @@ impl dyn Scope {
     }
 }
 
-/// What a source tells every watch of its kind at once, as a META record that each gets
-/// with its own tag: events it lost before they could be matched (LOSS), or that its events
-/// now come another way (SOURCE_CHANGED). Type filters never hold it back, as any META.
+/// What a source tells every watch of its kind at once (or those of one audience, see
+/// [`Scope::in_audience`]), as a META record that each gets with its own tag: events it lost
+/// before they could be matched (LOSS), or that its events now come another way
+/// (SOURCE_CHANGED). Type filters never hold it back, as any META.
 #[derive(Debug)]
 pub struct Notice {
     pub kind: Kind,
+    /// Only the watches whose scope is in this audience; `None`: all of the kind.
+    pub audience: Option<u64>,
     /// SOURCE_CHANGED: how the source gets its events from now on.
     pub backend: Option<&'static str>,
     /// LOSS: the types of the records lost.
@@ -120,8 +130,20 @@ pub struct Notice {
 impl Notice {
     /// Events of `lost` records were lost for every watch of `kind`; how many is not known.
     pub fn loss(kind: Kind, lost: RecordType, reason: impl Into<String>) -> Event {
+        Notice::loss_to(kind, None, lost, reason)
+    }
+
+    /// Events of `lost` records were lost for the watches of `kind` in `audience` (all of the
+    /// kind when `None`).
+    pub fn loss_to(
+        kind: Kind,
+        audience: Option<u64>,
+        lost: RecordType,
+        reason: impl Into<String>,
+    ) -> Event {
         let notice = Notice {
             kind,
+            audience,
             backend: None,
             lost_types: lost.bit(),
             reason: reason.into(),
@@ -133,6 +155,7 @@ impl Notice {
     pub fn source_changed(kind: Kind, backend: &'static str, reason: impl Into<String>) -> Event {
         let notice = Notice {
             kind,
+            audience: None,
             backend: Some(backend),
             lost_types: 0,
             reason: reason.into(),
@@ -167,7 +190,8 @@ impl Watch {
     /// Whether `event` goes to this watch; decided before anything is encoded.
     pub fn wants(&self, event: &Event) -> bool {
         if let Some(notice) = event.subject::<Notice>() {
-            return notice.kind == self.kind;
+            return notice.kind == self.kind
+                && notice.audience.is_none_or(|a| self.scope.in_audience(a));
         }
         self.filters
             .passes(event.record_type as u32, event.subtype, event.flags)

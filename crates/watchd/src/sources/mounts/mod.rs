@@ -268,6 +268,11 @@ impl Scope for MountScope {
             .subject::<MountChange>()
             .is_some_and(|change| self.covers_change(change))
     }
+
+    /// A feed's notices (a LOSS when its kernel queue overflowed) go to the watches it feeds.
+    fn in_audience(&self, feed: u64) -> bool {
+        feed == self.view
+    }
 }
 
 fn is_at_or_under(path: &[u8], dir: &[u8]) -> bool {

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use watchd_proto::{FLAG_SNAPSHOT, mount};
+use watchd_proto::{FLAG_SNAPSHOT, RecordType, mount};
 
 use super::{MountChange, MountEntry, MountId, Origin, UniqueIds, diff, parse_mountinfo};
 use crate::event::Event;
@@ -32,6 +32,7 @@ use crate::fanotify::{self, flags::*};
 use crate::hub::Hub;
 use crate::statmount::{self, MountBasic, Statmount, mask};
 use crate::sys;
+use crate::watch::Notice;
 
 /// What a mount's record needs.
 const FULL: u64 = mask::SB_BASIC
@@ -415,6 +416,12 @@ impl Namespace {
                     feed = self.origin.view,
                     "the mount event queue overflowed: reading the namespace again"
                 );
+                hub.publish(&Notice::loss_to(
+                    super::KIND,
+                    Some(self.origin.view),
+                    RecordType::Mount,
+                    "the kernel's mount event queue overflowed; what changed meanwhile follows",
+                ));
                 self.resync(&mut table, hub)?;
             }
         }
