@@ -95,11 +95,16 @@ async fn introspection() -> Result<()> {
         served.push((name, interface.to_owned()));
     }
     if std::env::var_os("WATCHD_BLESS").is_some() {
-        let preamble = &shipped[..shipped
-            .find("  <interface")
-            .context("no interface in the file")?];
-        let body: Vec<String> = served.iter().map(|(_, xml)| format!("  {xml}")).collect();
-        std::fs::write(&file, format!("{preamble}{}\n</node>\n", body.join("\n")))?;
+        // Each interface element is replaced where it stands: the comments around them (the
+        // interfaces' own gtk-doc comments) are the file's, not the daemon's.
+        let mut blessed = shipped.clone();
+        for (name, interface) in &served {
+            let old = interface_xml(&blessed, name)
+                .with_context(|| format!("{name} is not in the file"))?
+                .to_owned();
+            blessed = blessed.replacen(&old, interface, 1);
+        }
+        std::fs::write(&file, blessed)?;
         return Ok(());
     }
     for (name, interface) in served {
