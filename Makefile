@@ -67,7 +67,7 @@ install:
 	    $(GEN)/completions/watchctl.fish
 	$(INSTALL) -D -m 0644 -t $(DESTDIR)$(DOCDIR) README.md docs/*.md LICENSE-MIT LICENSE-APACHE
 	$(INSTALL) -D -m 0644 -t $(DESTDIR)$(DOCDIR)/examples data/50-watchd-example.rules \
-	    docs/examples/*
+	    docs/examples/* crates/watchd-proto/include/watchd.h
 
 # Removes what install copied, except the configuration in SYSCONFDIR.
 uninstall:
