@@ -151,6 +151,41 @@ async fn busctl() -> Result<()> {
         stdout.starts_with("ho ") && stdout.contains("\"/org/watchd/Watchd1/subscription/"),
         "busctl printed {stdout}"
     );
+    // As the README says: busctl closed the pipe's only read end when it exited, which ended
+    // the subscription, so a second busctl cannot add a watch to it.
+    let path = stdout
+        .split('"')
+        .nth(1)
+        .context("no subscription path")?
+        .to_owned();
+    let mut refused = String::new();
+    for _ in 0..100 {
+        let out = run_busctl(
+            &env,
+            &[
+                "call",
+                "org.watchd.Watchd1",
+                &path,
+                "org.watchd.Watchd1.Subscription",
+                "AddWatch",
+                "tsa{sv}",
+                "7",
+                "mounts",
+                "0",
+            ],
+        )?;
+        if !out.status.success() {
+            refused = String::from_utf8_lossy(&out.stderr).into_owned();
+            break;
+        }
+        // The daemon learns of the closed pipe a moment after busctl exits.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("AddWatch after busctl exited: {refused}");
+    ensure!(
+        refused.contains(&path),
+        "AddWatch on the subscription busctl ended was not refused naming it: {refused:?}"
+    );
     let out = run_busctl(
         &env,
         &[&manager[..], &["Subscribe", "a{sv}", "1", "deep", "u", "8"]].concat(),
