@@ -208,6 +208,12 @@ async fn make_install() -> Result<()> {
         std::fs::read_to_string(root.join(CONFFILE))? == "# edited\n",
         "make install overwrote an existing {CONFFILE}"
     );
+    make(&["uninstall", &format!("DESTDIR={}", root.display())])?;
+    let left = files_under(&root, &[])?;
+    ensure!(
+        left == BTreeSet::from([CONFFILE.to_owned()]),
+        "make uninstall left {left:#?}, not only the configuration"
+    );
 
     // PREFIX moves the binaries, and the unit follows; the unit itself stays where systemd
     // reads it.
