@@ -325,6 +325,24 @@ fn deb_files(deb: &Path) -> Result<BTreeSet<String>> {
     Ok(files)
 }
 
+/// The package's assets name build/ in the repository, which `make` (re)makes; under
+/// `sudo cargo test` that leaves it to root, and the next `make` as the user could not
+/// replace it. On drop, it is given to whoever owns the repository.
+struct GivenBack(PathBuf);
+
+impl Drop for GivenBack {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(repo) = std::fs::metadata(repo()) {
+            let _ = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{}:{}", repo.uid(), repo.gid()))
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
 /// An installed package's name for `path`: man pages are compressed, as Debian wants.
 fn in_package(path: &str) -> String {
     if path.starts_with("usr/share/man/") {
@@ -348,6 +366,7 @@ async fn deb() -> Result<()> {
         return Ok(());
     }
     let host_before: Vec<bool> = HOST_PATHS.iter().map(|p| Path::new(p).exists()).collect();
+    let _owner = GivenBack(repo().join("build"));
     let scratch = Scratch::new("deb")?;
     let deb = scratch.join("watchd.deb");
     make(&[])?;
