@@ -95,11 +95,16 @@ async fn introspection() -> Result<()> {
         served.push((name, interface.to_owned()));
     }
     if std::env::var_os("WATCHD_BLESS").is_some() {
-        let preamble = &shipped[..shipped
-            .find("  <interface")
-            .context("no interface in the file")?];
-        let body: Vec<String> = served.iter().map(|(_, xml)| format!("  {xml}")).collect();
-        std::fs::write(&file, format!("{preamble}{}\n</node>\n", body.join("\n")))?;
+        // Each interface element is replaced where it stands: the comments around them (the
+        // interfaces' own gtk-doc comments) are the file's, not the daemon's.
+        let mut blessed = shipped.clone();
+        for (name, interface) in &served {
+            let old = interface_xml(&blessed, name)
+                .with_context(|| format!("{name} is not in the file"))?
+                .to_owned();
+            blessed = blessed.replacen(&old, interface, 1);
+        }
+        std::fs::write(&file, blessed)?;
         return Ok(());
     }
     for (name, interface) in served {
@@ -145,6 +150,41 @@ async fn busctl() -> Result<()> {
     ensure!(
         stdout.starts_with("ho ") && stdout.contains("\"/org/watchd/Watchd1/subscription/"),
         "busctl printed {stdout}"
+    );
+    // As the README says: busctl closed the pipe's only read end when it exited, which ended
+    // the subscription, so a second busctl cannot add a watch to it.
+    let path = stdout
+        .split('"')
+        .nth(1)
+        .context("no subscription path")?
+        .to_owned();
+    let mut refused = String::new();
+    for _ in 0..100 {
+        let out = run_busctl(
+            &env,
+            &[
+                "call",
+                "org.watchd.Watchd1",
+                &path,
+                "org.watchd.Watchd1.Subscription",
+                "AddWatch",
+                "tsa{sv}",
+                "7",
+                "mounts",
+                "0",
+            ],
+        )?;
+        if !out.status.success() {
+            refused = String::from_utf8_lossy(&out.stderr).into_owned();
+            break;
+        }
+        // The daemon learns of the closed pipe a moment after busctl exits.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("AddWatch after busctl exited: {refused}");
+    ensure!(
+        refused.contains(&path),
+        "AddWatch on the subscription busctl ended was not refused naming it: {refused:?}"
     );
     let out = run_busctl(
         &env,

@@ -17,6 +17,7 @@ mod keys;
 mod krb5_events;
 mod krb5_harness;
 mod mount_events;
+mod packaging;
 mod pipe_budget;
 mod pipe_contract;
 mod polkit_files;
@@ -68,6 +69,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(caller_files::trials());
     trials.extend(key_watch_queue::trials());
     trials.extend(daemon_admin::trials());
+    trials.extend(packaging::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 

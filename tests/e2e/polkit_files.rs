@@ -269,7 +269,7 @@ async fn pkcheck_other_uid() -> Result<()> {
 }
 
 /// data/50-watchd-example.rules as shipped: polkitd compiles and runs it without an error,
-/// and it changes nothing for an ordinary user. Then a copy whose group "wheel" and user
+/// and it changes nothing for an ordinary user. Then a copy whose group "sudo" and user
 /// "guest" are the test user's (what an administrator does when copying it): filesystem-wide
 /// and superblock events are allowed without authentication, mounts are refused. And a
 /// broken rules file does show up as errors in the log, so the first check means something.
@@ -295,12 +295,12 @@ async fn example_rules() -> Result<()> {
     expect_process(polkit, SUPERBLOCK, pid, Decision::Challenge)?;
 
     ensure!(
-        example.contains("subject.isInGroup(\"wheel\")")
+        example.contains("subject.isInGroup(\"sudo\")")
             && example.contains("subject.user == \"guest\""),
-        "the example no longer names group wheel and user guest: update this test"
+        "the example no longer names group sudo and user guest: update this test"
     );
     let site = example
-        .replace("\"wheel\"", &format!("\"{group}\""))
+        .replace("\"sudo\"", &format!("\"{group}\""))
         .replace("\"guest\"", &format!("\"{user}\""));
     let polkit = world.restart(&site).await?;
     let errors = error_lines(&polkit.log()).join("\n");

@@ -1,6 +1,7 @@
 //! `watchctl`: the command-line client of watchd.
 //!
-//! - `main.rs`: arguments (clap), the commands, exit codes, error reporting.
+//! - `lib.rs`: the arguments (clap), shared with the man page and completion generator.
+//! - `main.rs`: the commands, exit codes, error reporting.
 //! - [`format`](mod@format): the output formats as pure functions (human and JSON lines, status).
 //! - [`sys`]: the local time zone offset (the one libc call).
 //!
@@ -14,230 +15,18 @@ use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 use tokio::io::Interest;
 use tokio::signal::unix::{SignalKind, signal};
+use watchctl::{Cli, Command, WatchArgs, WatchKind};
 use watchd_client::proto::{Header, RecordType, meta};
 use watchd_client::{Client, SubscribeOptions, WatchOptions};
 
 /// Exit code: the subscription's pipe ended (watchd stopped or ended the subscription).
 const EXIT_PIPE_ENDED: u8 = 3;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "watchctl",
-    version,
-    about = "Query watchd and watch for changes"
-)]
-struct Cli {
-    /// D-Bus address of the bus watchd is on [default: $DBUS_SYSTEM_BUS_ADDRESS, else the
-    /// system bus]
-    #[arg(long, global = true, value_name = "ADDR")]
-    bus_address: Option<String>,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Show the daemon's version, its sources, and how many subscriptions and watches exist
-    Status {
-        /// Print one JSON object
-        #[arg(long)]
-        json: bool,
-    },
-    /// Set a watch and print one line per event until interrupted, the watch or the
-    /// subscription ends, `--count` records are printed, or stdout is closed
-    Watch {
-        #[command(subcommand)]
-        kind: WatchKind,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum WatchKind {
-    /// Mounts appearing, going away, moving or changing in your mount namespace
-    Mounts {
-        /// Only mounts at or under this path (made absolute if relative)
-        #[arg(long, value_name = "P")]
-        path: Option<PathBuf>,
-
-        #[command(flatten)]
-        common: WatchArgs,
-    },
-    /// Devices appearing, going away or changing (udev events): add, remove, change, move,
-    /// online, offline, bind, unbind
-    Devices {
-        /// Only devices of this subsystem, and of this device type when given: block,
-        /// block/partition, usb/usb_device
-        #[arg(long, value_name = "S[/DEVTYPE]", value_parser = parse_subsystem)]
-        subsystem: Option<String>,
-
-        /// Only devices with this udev tag, e.g. systemd, uaccess
-        #[arg(long, value_name = "T", value_parser = parse_nonempty)]
-        tag: Option<String>,
-
-        /// Only devices with a property matching KEY=GLOB (globs in key and value, e.g.
-        /// ID_FS_TYPE=ext*, DM_*=*); when repeated, every one must match
-        #[arg(long = "property", value_name = "K=GLOB", value_parser = parse_property)]
-        properties: Vec<String>,
-
-        /// Only devices whose kernel name matches this glob, e.g. sd*, loop[0-9]
-        #[arg(long, value_name = "GLOB", value_parser = parse_nonempty)]
-        sysname: Option<String>,
-
-        #[command(flatten)]
-        common: WatchArgs,
-    },
-    /// A key or keyring changing: instantiated, updated, linked, unlinked, cleared, revoked,
-    /// invalidated, setattr (the kernel's key notifications)
-    Keys {
-        /// The key or keyring to watch: @user (your user keyring), @user-session (your user
-        /// session keyring), @persistent (your persistent keyring, where MIT krb5 keeps
-        /// KEYRING:persistent caches), or a key's serial number as `keyctl show` prints it
-        #[arg(
-            value_name = "SPEC",
-            default_value = KEY_SPEC_DEFAULT,
-            value_parser = parse_key_spec
-        )]
-        spec: String,
-
-        /// Whose keyring @user, @user-session or @persistent means [default: yours];
-        /// another user's needs an administrator's authorization. Not with a key serial
-        #[arg(long, value_name = "UID")]
-        uid: Option<u32>,
-
-        /// Also watch the keys in the keyrings linked into it, and in those linked into
-        /// them (the whole tree)
-        #[arg(long)]
-        nested: bool,
-
-        #[command(flatten)]
-        common: WatchArgs,
-    },
-    /// Kerberos credential caches being created (kinit), changed (kinit again, kinit -R,
-    /// new tickets), made primary (kswitch) or destroyed (kdestroy)
-    Krb5 {
-        /// The cache or collection to watch, as MIT krb5 names it, e.g.
-        /// KEYRING:persistent:1000 or FILE:/tmp/krb5cc_1000 [default: $KRB5CCNAME when set
-        /// and not empty, as MIT krb5 would use it for this process; else the daemon uses
-        /// krb5.conf's default_ccache_name for your uid]
-        #[arg(long, value_name = "NAME", value_parser = parse_nonempty)]
-        cache: Option<String>,
-
-        #[command(flatten)]
-        common: WatchArgs,
-    },
-}
-
-#[derive(Args, Debug)]
-struct WatchArgs {
-    /// Print the current state first (marked as snapshot), then the changes
-    #[arg(long)]
-    initial: bool,
-
-    /// Print one JSON object per line
-    #[arg(long)]
-    json: bool,
-
-    /// Let polkit ask you to authenticate when the watch needs it (through your
-    /// authentication agent) instead of refusing
-    #[arg(long)]
-    interactive: bool,
-
-    /// Pipe capacity in events [default: the daemon's, 16]
-    #[arg(long, value_name = "N")]
-    depth: Option<u32>,
-
-    /// Number the watch's records carry (the JSON tag field), not zero
-    #[arg(
-        long = "watch-tag",
-        value_name = "N",
-        default_value_t = 1,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
-    watch_tag: u64,
-
-    /// Exit (with status 0) after printing N records: events and snapshot records count,
-    /// the pipe's own lines (`snapshot complete`, lost records, the watch ending) do not
-    #[arg(
-        long,
-        value_name = "N",
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
-    count: Option<u64>,
-}
-
-/// `--subsystem`: `S` or `S/DEVTYPE`, neither empty.
-fn parse_subsystem(value: &str) -> Result<String, String> {
-    let ok = match value.split_once('/') {
-        Some((subsystem, devtype)) => {
-            !subsystem.is_empty() && !devtype.is_empty() && !devtype.contains('/')
-        }
-        None => !value.is_empty(),
-    };
-    if ok {
-        Ok(value.to_owned())
-    } else {
-        Err("expected a subsystem, or SUBSYSTEM/DEVTYPE (e.g. block or block/partition)".into())
-    }
-}
-
-/// `--property`: `KEY=GLOB` with a key; the glob may be empty (an empty value).
-fn parse_property(value: &str) -> Result<String, String> {
-    match value.split_once('=') {
-        Some((key, _)) if !key.is_empty() => Ok(value.to_owned()),
-        _ => Err("expected KEY=GLOB, e.g. ID_FS_TYPE=ext4 or 'DM_*=*'".into()),
-    }
-}
-
-/// What `watch keys` watches when no SPEC is given.
-const KEY_SPEC_DEFAULT: &str = "@user";
-
-/// The keyrings `watch keys` names with `@`: the daemon resolves them for the caller (or
-/// for `--uid`).
-const KEY_SPECS: [&str; 3] = ["@user", "@user-session", "@persistent"];
-
-/// `watch keys SPEC`: one of [`KEY_SPECS`], or a key serial (a positive decimal number that
-/// fits the kernel's `key_serial_t`), sent in its canonical form.
-fn parse_key_spec(value: &str) -> Result<String, String> {
-    if KEY_SPECS.contains(&value) {
-        return Ok(value.to_owned());
-    }
-    const EXPECTED: &str = "expected @user, @user-session, @persistent or a key serial number";
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return match value.parse::<i32>() {
-            Ok(serial) if serial > 0 => Ok(serial.to_string()),
-            Ok(_) => Err(format!("{EXPECTED}: key serial numbers start at 1")),
-            Err(_) => Err(format!(
-                "{EXPECTED}: a key serial number is at most {}",
-                i32::MAX
-            )),
-        };
-    }
-    let hint = match value {
-        "@u" => " (keyctl's @u is @user here)",
-        "@us" => " (keyctl's @us is @user-session here)",
-        _ if value.starts_with('-') => " (the kernel's negative special ids are not accepted)",
-        _ => "",
-    };
-    Err(format!(
-        "{EXPECTED}, e.g. 123456789 as `keyctl show` prints it{hint}"
-    ))
-}
-
-fn parse_nonempty(value: &str) -> Result<String, String> {
-    if value.is_empty() {
-        Err("must not be empty".into())
-    } else {
-        Ok(value.to_owned())
-    }
-}
 
 /// The `AddWatch` options of a `devices` watch: only those given are sent.
 fn device_options(
@@ -572,6 +361,7 @@ async fn print_events(
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::path::PathBuf;
     use std::time::Duration;
     use watchd_client::zbus;
 

@@ -15,11 +15,12 @@
 //! and [`manager_bus`] (its D-Bus objects), [`watch`] (kinds, filters, the scope trait), [`options`] (the
 //! `a{sv}` options, decoded under bounds), [`identity`] (who is calling), [`access`] (what
 //! the caller can see, decided as the caller), [`creds`] (files opened with the caller's
-//! credentials), [`conf`] (the configuration file), [`error`] (the D-Bus errors) and
+//! credentials), [`cli`] (the command line), [`conf`] (the configuration file), [`error`] (the D-Bus errors) and
 //! [`sys`] (the few raw syscalls, the only `unsafe` code).
 
 pub mod access;
 pub mod authority;
+pub mod cli;
 pub mod conf;
 pub mod creds;
 pub mod error;

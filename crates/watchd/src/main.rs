@@ -12,7 +12,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 use watchd::authority::Authority;
-use watchd::conf::{self, Config};
+use watchd::cli::Args;
+use watchd::conf::Config;
 use watchd::hub::Hub;
 use watchd::manager::Manager;
 use watchd::manager_bus::{BUS_NAME, MANAGER_PATH, ManagerObject, reap_ended, send_signals};
@@ -23,39 +24,6 @@ use zbus::fdo::{DBusProxy, RequestNameFlags, RequestNameReply};
 /// Blocking threads of the async runtime (tokio's default is 512); systemd/watchd.service's
 /// TasksMax= counts on it.
 const MAX_BLOCKING_THREADS: usize = 128;
-
-/// Gathers device, mount, key and file events and hands each D-Bus subscriber a packet pipe
-/// of typed records.
-///
-/// One instance per bus: a second watchd exits with an error naming the one that owns
-/// org.watchd.Watchd1. SIGHUP re-reads the configuration file: [limits] and [pipe] apply to
-/// new requests at once, a bad file is refused (logged) and the old values stay.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// D-Bus address to serve on instead of the system bus
-    /// (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus's well-known socket).
-    #[arg(long, value_name = "ADDR")]
-    bus_address: Option<String>,
-
-    /// Configuration file.
-    #[arg(long, value_name = "FILE", default_value = conf::DEFAULT_PATH)]
-    config: PathBuf,
-
-    /// Check a configuration file (default: the --config file), print every key with the
-    /// value in effect, defaults included, and exit: 0 when it is valid. Connects to no bus
-    /// and starts no source.
-    #[arg(long, value_name = "FILE", num_args = 0..=1)]
-    check_config: Option<Option<PathBuf>>,
-}
-
-impl Args {
-    /// A file named on the command line must exist; only the default path may be missing
-    /// (the built-in defaults then apply).
-    fn config_is_explicit(&self) -> bool {
-        self.config != Path::new(conf::DEFAULT_PATH)
-    }
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

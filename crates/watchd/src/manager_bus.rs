@@ -74,13 +74,21 @@ pub struct ManagerObject {
     pub manager: Arc<Manager>,
 }
 
+// The doc comments below are the introspection XML's (dbus/org.watchd.Watchd1.xml), in
+// gtk-doc form so that gdbus-codegen and watchd-docgen read them: the first line names the
+// member, then one `@arg: text` line per argument, then the text.
 #[interface(name = "org.watchd.Watchd1.Manager")]
 impl ManagerObject {
-    /// Subscribe: create a subscription and return the read end of its packet pipe.
-    /// Options: "depth" (u), the pipe's capacity in packets. The subscription lives as long
-    /// as any copy of the read end is open. Options are read under bounds (64 entries, names
-    /// of 64 bytes, strings of 4096 bytes, lists of 64 entries): past one, the call fails
-    /// with org.freedesktop.DBus.Error.InvalidArgs naming it.
+    /// Subscribe:
+    /// @options: Options of the subscription (below).
+    /// @pipe: The read end of the subscription's packet pipe: one record per read.
+    /// @subscription: The subscription's object, for AddWatch, RemoveWatch and Resync.
+    ///
+    /// Create a subscription and return the read end of its packet pipe. Options: "depth"
+    /// (u), the pipe's capacity in packets. The subscription lives as long as any copy of the
+    /// read end is open. Options are read under bounds (64 entries, names of 64 bytes,
+    /// strings of 4096 bytes, lists of 64 entries): past one, the call fails with
+    /// org.freedesktop.DBus.Error.InvalidArgs naming it.
     #[zbus(out_args("pipe", "subscription"))]
     async fn subscribe(
         &self,
@@ -105,40 +113,40 @@ impl ManagerObject {
         Ok((new.read_end.into(), path))
     }
 
-    /// The daemon's version.
+    /// Version: The daemon's version.
     #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> String {
         env!("CARGO_PKG_VERSION").to_owned()
     }
 
-    /// The kinds of watch this daemon serves.
+    /// Sources: The kinds of watch this daemon serves.
     #[zbus(property(emits_changed_signal = "const"))]
     fn sources(&self) -> Vec<String> {
         self.manager.source_names()
     }
 
-    /// For each kind, how its source gets its events now (e.g. devices from udev, or raw
-    /// kernel uevents when udevd is not running): read it again, it changes when udevd
-    /// starts or stops.
+    /// SourceDetails: For each kind, how its source gets its events now (e.g. devices from
+    /// udev, or raw kernel uevents when udevd is not running): read it again, it changes
+    /// when udevd starts or stops.
     #[zbus(property(emits_changed_signal = "false"))]
     fn source_details(&self) -> HashMap<String, String> {
         self.manager.source_details()
     }
 
-    /// Subscriptions alive now.
+    /// Subscriptions: Subscriptions alive now.
     #[zbus(property(emits_changed_signal = "false"))]
     fn subscriptions(&self) -> u32 {
         self.manager.counts().subscriptions
     }
 
-    /// Who decides whether a caller may set a watch: polkit, or the fallback to the polkit
-    /// actions file's defaults (and why).
+    /// Authorization: Who decides whether a caller may set a watch: polkit, or the fallback
+    /// to the polkit actions file's defaults (and why).
     #[zbus(property(emits_changed_signal = "false"))]
     async fn authorization(&self) -> String {
         self.manager.authorization().await
     }
 
-    /// Watches alive now, over all subscriptions.
+    /// Watches: Watches alive now, over all subscriptions.
     #[zbus(property(emits_changed_signal = "false"))]
     fn watches(&self) -> u32 {
         self.manager.counts().watches
@@ -153,8 +161,12 @@ pub struct SubscriptionObject {
 
 #[interface(name = "org.watchd.Watchd1.Subscription")]
 impl SubscriptionObject {
-    /// AddWatch: records of this watch carry `tag` (non-zero, unique in the subscription).
-    /// Options: "initial" (b) current state first, then SYNC; "filters" (a(utuu)) type,
+    /// AddWatch:
+    /// @tag: The number this watch's records carry: non-zero, unique in the subscription.
+    /// @kind: What to watch: one of the Manager's Sources (mounts, devices, keys, krb5).
+    /// @options: Options of the watch (below).
+    ///
+    /// Add a watch to the subscription. Options: "initial" (b) current state first, then SYNC; "filters" (a(utuu)) type,
     /// subtype mask, flags mask, flags value; plus the kind's own. mounts: "path" (s).
     /// devices: "subsystem" (s, "S" or "S/DEVTYPE"), "tag" (s), "property" (as, "KEY=GLOB",
     /// all must match), "sysname" (s, glob), "properties" (as: only these properties in the
@@ -177,7 +189,10 @@ impl SubscriptionObject {
             .await
     }
 
-    /// RemoveWatch: stop the watch tagged `tag`.
+    /// RemoveWatch:
+    /// @tag: The watch's tag, as AddWatch gave it.
+    ///
+    /// Stop the watch.
     async fn remove_watch(
         &self,
         tag: Tag,
@@ -188,7 +203,10 @@ impl SubscriptionObject {
         self.manager.remove_watch(self.id, &request, tag)
     }
 
-    /// Resync: send the watch's current state again (SNAPSHOT records, then SYNC).
+    /// Resync:
+    /// @tag: The watch's tag, as AddWatch gave it.
+    ///
+    /// Send the watch's current state again (SNAPSHOT records, then SYNC).
     async fn resync(
         &self,
         tag: Tag,
@@ -199,7 +217,7 @@ impl SubscriptionObject {
         self.manager.resync(self.id, &request, tag)
     }
 
-    /// The pipe's capacity in packets, as the kernel granted it. Readable by the
+    /// Depth: The pipe's capacity in packets, as the kernel granted it. Readable by the
     /// subscription's owner and root; others get org.watchd.Watchd1.Error.AccessDenied.
     #[zbus(property(emits_changed_signal = "const"))]
     async fn depth(
@@ -212,9 +230,13 @@ impl SubscriptionObject {
         Ok(depth)
     }
 
+    /// CredentialsCacheChanged:
+    /// @cache: The credential cache, as MIT krb5 names it.
+    /// @principal: Its default principal, e.g. alice@EXAMPLE.ORG; empty when not known.
+    /// @what: 0 created, 1 changed, 2 primary, 3 destroyed (the krb5 record subtypes).
+    ///
     /// A credential cache of a krb5 watch added with "signal": true changed. Sent to the
-    /// subscriber alone (unicast). `what`: 0 created, 1 changed, 2 primary, 3 destroyed (the
-    /// krb5 record subtypes).
+    /// subscriber alone (unicast).
     #[zbus(signal)]
     async fn credentials_cache_changed(
         emitter: &SignalEmitter<'_>,
@@ -223,8 +245,8 @@ impl SubscriptionObject {
         what: u32,
     ) -> zbus::Result<()>;
 
-    /// The uid that owns this subscription. Readable by that uid and root; others get
-    /// org.watchd.Watchd1.Error.AccessDenied.
+    /// Owner: The uid that owns this subscription. Readable by that uid and root; others
+    /// get org.watchd.Watchd1.Error.AccessDenied.
     #[zbus(property(emits_changed_signal = "const"))]
     async fn owner(
         &self,
