@@ -60,7 +60,7 @@ fn main() -> Result<()> {
         }
         "remounts" => {
             for i in 0..count {
-                let read_only = if (count - 1 - i) % 2 == 0 {
+                let read_only = if (count - 1 - i).is_multiple_of(2) {
                     MsFlags::MS_RDONLY
                 } else {
                     MsFlags::empty()
