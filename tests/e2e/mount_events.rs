@@ -444,11 +444,14 @@ async fn burst(backend: Backend) -> Result<()> {
     Ok(())
 }
 
-/// Reads `n` packets from `pipe` as fast as they come, 10 s at most between two.
+/// Reads `n` packets from `pipe` as fast as they come, 10 s at most between two, on a thread
+/// of real-time priority (a reader that keeps up even when the machine is busy); a LOSS
+/// record ends it with an error.
 fn read_packets(pipe: std::fs::File, n: usize) -> Result<Vec<Vec<u8>>> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::io::Read;
     use std::os::fd::AsFd;
+    watchd_e2e::sys::realtime_priority_this_thread()?;
     let mut packets = Vec::with_capacity(n);
     let mut buf = [0u8; 4096];
     while packets.len() < n {
@@ -458,7 +461,17 @@ fn read_packets(pipe: std::fs::File, n: usize) -> Result<Vec<Vec<u8>>> {
         }
         match (&pipe).read(&mut buf) {
             Ok(0) => bail!("the pipe ended after {} records", packets.len()),
-            Ok(len) => packets.push(buf[..len].to_vec()),
+            Ok(len) => {
+                let record = watchd_proto::Record::parse(&buf[..len])?;
+                if record.header.is(RecordType::Meta, watchd_proto::meta::LOSS) {
+                    bail!(
+                        "LOSS of {:?} records after {}",
+                        record.get_u64(attr::LOST_COUNT),
+                        packets.len()
+                    );
+                }
+                packets.push(buf[..len].to_vec());
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e.into()),
         }
