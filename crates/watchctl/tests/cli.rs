@@ -20,6 +20,9 @@ fn usage_mistakes_exit_2_and_point_at_the_usage() {
         &["watch", "mounts", "--watch-tag", "0"],
         &["watch", "devices", "--property", "NO_EQUALS_SIGN"],
         &["watch", "devices", "--subsystem", "block/"],
+        // A further watch, after `--`, is read as `watch` reads its first.
+        &["watch", "mounts", "--", "nope"],
+        &["watch", "mounts", "--", "devices", "--path", "/mnt"],
     ] {
         let out = watchctl(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
