@@ -153,6 +153,19 @@ async fn several_kinds_and_list() -> Result<()> {
             "{kind} and its backend in {listed}"
         );
     }
+    // The text form: the same subscription on one line, its watches as TAG:KIND.
+    let out = env.watchctl().arg("list").output()?;
+    let text = String::from_utf8(out.stdout)?;
+    println!("{text}");
+    let path = sub["path"].as_str().unwrap_or_default();
+    ensure!(
+        out.status.success()
+            && text.starts_with("kinds:\n  mounts ")
+            && text.contains(&format!(
+                "your subscriptions:\n  {path}  depth=16  1:mounts 2:devices\n"
+            )),
+        "{text}"
+    );
     // Another user sees the kinds, and none of root's subscriptions.
     let theirs = list_as(&env, OTHER_UID)?;
     ensure!(theirs["subscriptions"] == serde_json::json!([]), "{theirs}");
@@ -366,6 +379,7 @@ async fn gdbus_example() -> Result<()> {
     mounts::tmpfs(&target, "gdbus-source", "size=1m")?;
     for (lines, what) in lines.iter().zip(["-a", "$DBUS_SYSTEM_BUS_ADDRESS"]) {
         let line = line_where(lines, |line| line.contains("attach"))?;
+        println!("{what}: {line}");
         ensure!(line.starts_with("tag=1 seq="), "{what}: {line}");
         for needle in [
             " mount attach ".to_owned(),
