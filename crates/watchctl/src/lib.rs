@@ -155,13 +155,19 @@ impl WatchKind {
 }
 
 /// A further watch of `watch`, the words after a `--`: a kind and its options, read as
-/// `watch` reads its own.
+/// `watch` reads its own. Usage messages call it [`FURTHER_WATCH`].
 #[derive(Parser, Debug)]
-#[command(name = "watchctl watch KIND [OPTIONS] --", no_binary_name = true)]
+#[command(
+    name = FURTHER_WATCH,
+    about = "Another watch in the same subscription: a kind and its own options"
+)]
 pub struct FurtherWatch {
     #[command(subcommand)]
     pub kind: WatchKind,
 }
+
+/// What usage messages about a further watch call the words before it.
+pub const FURTHER_WATCH: &str = "watchctl watch … --";
 
 /// How `watch` prints its records.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

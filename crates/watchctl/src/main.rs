@@ -229,7 +229,8 @@ fn further_watches(first: WatchKind) -> Result<Vec<WatchKind>, clap::Error> {
         if more.is_empty() {
             return Ok(kinds);
         }
-        kinds.push(FurtherWatch::try_parse_from(more)?.kind);
+        let words = std::iter::once(watchctl::FURTHER_WATCH.to_owned()).chain(more);
+        kinds.push(FurtherWatch::try_parse_from(words)?.kind);
     }
 }
 

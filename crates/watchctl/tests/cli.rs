@@ -34,6 +34,18 @@ fn usage_mistakes_exit_2_and_point_at_the_usage() {
     }
 }
 
+/// A mistake in a further watch shows that watch's usage, under the words before it.
+#[test]
+fn a_further_watchs_usage_names_where_it_stands() {
+    let out = watchctl(&["watch", "mounts", "--", "devices", "--path", "/mnt"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'--path'") && err.contains("Usage: watchctl watch … -- devices [OPTIONS]"),
+        "{err}"
+    );
+}
+
 #[test]
 fn an_absent_bus_is_a_plain_error_naming_the_address() {
     let out = watchctl(&[
