@@ -156,7 +156,6 @@ async fn several_kinds_and_list() -> Result<()> {
     // The text form: the same subscription on one line, its watches as TAG:KIND.
     let out = env.watchctl().arg("list").output()?;
     let text = String::from_utf8(out.stdout)?;
-    println!("{text}");
     let path = sub["path"].as_str().unwrap_or_default();
     ensure!(
         out.status.success()
@@ -230,6 +229,22 @@ async fn text_lines_name_the_watch() -> Result<()> {
     Ok(())
 }
 
+/// How `process` exited, waiting [`LINE`] at most.
+fn exit_status(process: &mut Process) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + LINE;
+    loop {
+        if let Some(status) = process.child().try_wait()? {
+            return Ok(status);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "pid {} did not exit",
+            process.pid()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The poll interval the keyctl test runs the daemon with.
 const KEY_CONFIG: &str = "[keys]\npoll_interval_ms = 250\n";
 
@@ -255,7 +270,7 @@ fn keyctl(script: &str) -> Result<u32> {
 
 /// `watchctl watch keys RING --nested --format keyctl` prints keyutils' `keyctl watch`
 /// lines for real changes to a keyring of its own, and `RING gc` when the keyring goes,
-/// after which it exits 0 (its one watch has ended).
+/// after which it exits 0 (its one watch has ended); `-- END --` when the pipe ends.
 async fn format_keyctl() -> Result<()> {
     let env = Env::start_with_config("keyctl-format", KEY_CONFIG).await?;
     let ring = Keyring(keyctl("keyctl newring watchd-e2e-keyctl-format @u")?);
@@ -310,14 +325,7 @@ async fn format_keyctl() -> Result<()> {
 
     // The watched keyring invalidated: keyctl's gc line last, then watchctl ends.
     keyctl_as(0, &format!("keyctl invalidate {r}"))?;
-    let deadline = Instant::now() + LINE;
-    let status = loop {
-        if let Some(status) = watchctl.child().try_wait()? {
-            break status;
-        }
-        ensure!(Instant::now() < deadline, "watchctl did not end after gc");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_status(&mut watchctl).context("after gc")?;
     ensure!(status.success(), "{status}");
     let rest: Vec<String> = lines.try_iter().collect();
     ensure!(
@@ -327,6 +335,23 @@ async fn format_keyctl() -> Result<()> {
                 .all(|l| *l == format!("{r} inv")),
         "after invalidate: {rest:?}"
     );
+
+    // The pipe ending (the daemon stopped) is keyctl's `-- END --`; watchctl exits 3.
+    let mut command = env.watchctl();
+    command
+        .args(["watch", "keys", "@user", "--format", "keyctl"])
+        .stdout(Stdio::piped());
+    let mut watchctl = Process::spawn(command, "watchctl watch keys @user --format keyctl")?;
+    let lines = stdout_lines(&mut watchctl);
+    wait_for_counts(&env, 1, 1).await?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(env.daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let end = lines.recv_timeout(LINE).context("no line at the end")?;
+    ensure!(end == "-- END --", "{end}");
+    let status = exit_status(&mut watchctl).context("at the pipe's end")?;
+    ensure!(status.code() == Some(3), "{status}");
     Ok(())
 }
 
