@@ -29,6 +29,10 @@ pub fn trials() -> Vec<Trial> {
             format_keyctl,
         ),
         trial(
+            "scripting::watchctl_with_several_watches_ends_when_each_has_ended",
+            ends_when_each_watch_has_ended,
+        ),
+        trial(
             "scripting::the_gdbus_example_builds_and_prints_live_mount_events",
             gdbus_example,
         ),
@@ -352,6 +356,48 @@ async fn format_keyctl() -> Result<()> {
     ensure!(end == "-- END --", "{end}");
     let status = exit_status(&mut watchctl).context("at the pipe's end")?;
     ensure!(status.code() == Some(3), "{status}");
+    Ok(())
+}
+
+/// Two key watches in one command: the first keyring going ends its watch and not the
+/// command; the second going ends both, and watchctl exits 0.
+async fn ends_when_each_watch_has_ended() -> Result<()> {
+    let env = Env::start_with_config("each-ended", KEY_CONFIG).await?;
+    let first = Keyring(keyctl("keyctl newring watchd-e2e-each-1 @u")?);
+    let second = Keyring(keyctl("keyctl newring watchd-e2e-each-2 @u")?);
+    let mut command = env.watchctl();
+    command
+        .args(["watch", "keys", &first.0.to_string()])
+        .args(["--", "keys", &second.0.to_string()])
+        .stdout(Stdio::piped());
+    let mut watchctl = Process::spawn(command, "watchctl watch keys -- keys")?;
+    let lines = stdout_lines(&mut watchctl);
+    wait_for_counts(&env, 1, 2).await?;
+
+    keyctl_as(0, &format!("keyctl invalidate {}", first.0))?;
+    let ended = line_where(&lines, |line| line.contains("ended"))?;
+    ensure!(
+        ended.contains(&format!("  [1 keys]  watch 1 ended: \"key {}\"", first.0)),
+        "{ended}"
+    );
+    // The other watch goes on: the command with it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watchctl.check_running()?;
+    let k = keyctl(&format!("keyctl add user watchd-e2e-each x {}", second.0))?;
+    let linked = line_where(&lines, |line| line.contains("linked"))?;
+    ensure!(
+        linked.contains(&format!(
+            "  [2 keys]  key linked        key={}  aux={k}",
+            second.0
+        )),
+        "{linked}"
+    );
+
+    keyctl_as(0, &format!("keyctl invalidate {}", second.0))?;
+    let ended = line_where(&lines, |line| line.contains("ended"))?;
+    ensure!(ended.contains("  [2 keys]  watch 2 ended: "), "{ended}");
+    let status = exit_status(&mut watchctl).context("after both watches ended")?;
+    ensure!(status.success(), "{status}");
     Ok(())
 }
 
