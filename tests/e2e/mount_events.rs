@@ -87,6 +87,11 @@ pub fn trials() -> Vec<Trial> {
                 "mount_move_is_a_move_with_old_and_new_mount_points",
                 move_mount,
             ),
+            trial(
+                backend,
+                "a_caller_in_a_chroot_sees_mount_points_as_its_root_shows_them_and_nothing_outside",
+                chrooted,
+            ),
         ]);
     }
     trials.extend([
@@ -537,5 +542,94 @@ async fn overflow(backend: Backend) -> Result<()> {
             ],
         "then the two changes made past the overflow: {records:?}"
     );
+    Ok(())
+}
+
+/// A read-only bind mount of `/` to serve as a chroot, detached when dropped. Read-only, so
+/// that nothing removing directories ever reaches the real tree through it.
+struct ChrootDir(std::path::PathBuf);
+
+impl ChrootDir {
+    fn new() -> Result<ChrootDir> {
+        use nix::mount::{MsFlags, mount};
+        let dir = std::env::temp_dir().join(format!(
+            "watchd-e2e-chroot-{}-{}",
+            std::process::id(),
+            watchd_e2e::bench::now_ns()
+        ));
+        std::fs::create_dir(&dir)?;
+        let root = ChrootDir(dir);
+        mount(
+            Some("/"),
+            &root.0,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        mount(
+            None::<&str>,
+            &root.0,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )?;
+        Ok(root)
+    }
+}
+
+impl Drop for ChrootDir {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A watcher chrooted into a bind mount of `/` sees its mounts where its root shows them,
+/// never the namespace's own paths, and none of the mounts outside its root. With fanotify,
+/// its view does not match the namespace's, so it is followed through its own mountinfo.
+async fn chrooted(backend: Backend) -> Result<()> {
+    let env = backend.env("chroot").await?;
+    let root = ChrootDir::new()?;
+    let inside = env.scratch.join("inside");
+    let outside = env.scratch.join("outside");
+    std::fs::create_dir_all(&inside)?;
+    std::fs::create_dir_all(&outside)?;
+    let mut command = std::process::Command::new("chroot");
+    command
+        .arg(&root.0)
+        .arg(watchd_e2e::watchctl_bin())
+        .arg("--bus-address")
+        .arg(&env.bus.address)
+        .args(["watch", "mounts", "--json", "--path"])
+        .arg(&env.scratch.path)
+        .stdout(Stdio::piped());
+    let mut watcher = Process::spawn(command, "watchctl in a chroot")?;
+    let lines = watchd_e2e::stdout_lines(&mut watcher);
+    let client = env.client().await?;
+    for _ in 0..500 {
+        if client.status().await?.watches == 1 {
+            break;
+        }
+        watcher.check_running()?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Outside its root: the real /…/outside, which the chroot does not contain.
+    mounts::tmpfs(&outside, "outside", "size=16k")?;
+    // Inside: …/inside under the chroot's root, which it sees as /…/inside.
+    let seen_inside = root.0.join(inside.strip_prefix("/")?);
+    mounts::tmpfs(&seen_inside, "inside", "size=16k")?;
+    let records = json_lines(&lines, 1)?;
+    ensure!(
+        records[0]["event"] == "attach"
+            && records[0]["source"] == "inside"
+            && records[0]["mount_point"] == inside.to_str().unwrap(),
+        "the mount as the chroot shows it, and only that one: {}",
+        records[0]
+    );
+    ensure!(
+        lines.recv_timeout(Duration::from_millis(300)).is_err(),
+        "nothing about the mount outside the chroot"
+    );
+    mounts::unmount(&seen_inside)?;
     Ok(())
 }
