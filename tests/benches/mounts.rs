@@ -196,7 +196,8 @@ async fn pairs_run(env: &Env, mounts: usize, subscribers: usize) -> Result<Row> 
                 && r.get_str(attr::MOUNT_POINT).is_none_or(|p| p == dir)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past any comparison still owed by what came before (FULL_SCAN_INTERVAL is 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (daemon, finder) = (env.daemon.pid(), findmnt.pid());
     let before = (cpu_ns(daemon)?, cpu_ns(finder)?);
     let storm_s = storm(&["pairs", &PAIRS.to_string(), &dir.to_string_lossy()])?;
@@ -215,7 +216,7 @@ async fn pairs_run(env: &Env, mounts: usize, subscribers: usize) -> Result<Row> 
     drop(findmnt);
     // The full comparison the burst left owed (filesystem options: see
     // sources/mounts/namespace.rs), which runs half a second to two seconds later.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let deferred_ns = cpu_ns(daemon)? - after.0;
     Ok(Row {
         mounts,
@@ -301,7 +302,7 @@ async fn remount_run(env: &Env, mounts: usize) -> Result<String> {
             && r.header.subtype == mount::CHANGE
             && r.get_str(attr::MOUNT_POINT).as_deref() == Some(point.as_str())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let daemon = env.daemon.pid();
     let before = cpu_ns(daemon)?;
     let storm_s = storm(&["remounts", &REMOUNTS.to_string(), &target.to_string_lossy()])?;

@@ -533,10 +533,18 @@ impl Namespace {
             if fds[1].any().unwrap_or(false) {
                 scans.changed(now);
             }
-            match self.drain(hub, &mut buf) {
-                Ok(0) => {}
-                Ok(_) => scans.heard(),
-                Err(e) => tracing::error!(error = %e, "reading mount events failed"),
+            let drained = self.drain(hub, &mut buf).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "reading mount events failed");
+                0
+            });
+            // A change raises POLLPRI before its fanotify event is queued: the POLLPRI of
+            // every event just read has been raised by now, so the burst it joins knows
+            // that events came.
+            if self.changed_since_polled() {
+                scans.changed(now);
+            }
+            if drained > 0 {
+                scans.heard();
             }
             if let Some(depth) = scans.due(now) {
                 match self.scan(hub, depth) {
@@ -545,6 +553,12 @@ impl Namespace {
                 }
             }
         }
+    }
+
+    /// Whether the namespace changed since its mountinfo was last polled (and polls it).
+    fn changed_since_polled(&self) -> bool {
+        let mut fds = [PollFd::new(self.poll_file.as_fd(), PollFlags::POLLPRI)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
     }
 
     /// Reads and publishes every queued mount event; returns how many there were.
