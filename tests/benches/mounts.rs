@@ -323,7 +323,13 @@ async fn remount_run(env: &Env, mounts: usize) -> Result<String> {
 async fn bench() -> Result<()> {
     let profile = daemon_profile(COMMAND)?;
     let machine = machine(&profile);
-    let env = Env::start_with_config("bench-mounts", DAEMON_CONFIG).await?;
+    let log_level = std::ffi::OsString::from("info,watchd::sources::mounts=debug");
+    let env = Env::start_with_config_and_env(
+        "bench-mounts",
+        DAEMON_CONFIG,
+        &[("WATCHD_LOG", &log_level)],
+    )
+    .await?;
     let mut rows = Vec::new();
     let mut remounts = Vec::new();
     let mut comparisons = Vec::new();
@@ -338,6 +344,9 @@ async fn bench() -> Result<()> {
         }
         remounts.push(remount_run(&env, size).await?);
         comparisons.push(comparison_run(&env, size).await?);
+    }
+    for line in env.daemon.log().lines().filter(|l| l.contains("compared")) {
+        eprintln!("{line}");
     }
     println!(
         "mounts: {} cores, {}, kernel {}, {} ({} daemon)\n",
@@ -387,6 +396,9 @@ async fn bench() -> Result<()> {
     for line in remounts {
         println!("{line}");
     }
+    println!(
+        "\nComparisons of the namespace's mounts in the whole run: {fixed} of the fixed fields, {full} full."
+    );
     println!("\nOne remount,bind,ro alone: the comparisons it costs (all mounts):\n");
     println!("| other mounts | fixed fields, at once | then the filesystems' options |");
     println!("|---|---|---|");

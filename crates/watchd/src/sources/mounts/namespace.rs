@@ -51,8 +51,8 @@ const FULL: u64 = mask::SB_BASIC
     | mask::OPT_SEC_ARRAY;
 /// What every comparison looks at for every mount.
 const FIXED: u64 = mask::SB_BASIC | mask::MNT_BASIC;
-/// What a full comparison looks at too: per mount, then once per superblock.
-const FULL_PER_MOUNT: u64 = FIXED | mask::PROPAGATE_FROM;
+/// What a full comparison looks at too, with the first mount of each superblock (and
+/// `PROPAGATE_FROM` for slaves).
 const SUPER: u64 = mask::MNT_OPTS | mask::OPT_SEC_ARRAY;
 
 /// A comparison waits for this long without a further `POLLPRI` (a burst of mount calls
@@ -547,8 +547,19 @@ impl Namespace {
                 scans.heard();
             }
             if let Some(depth) = scans.due(now) {
+                let heard = scans.burst.is_some_and(|(_, _, heard)| heard);
                 match self.scan(hub, depth) {
-                    Ok(found) => scans.scanned(now, depth, found),
+                    Ok(found) => {
+                        tracing::debug!(
+                            feed = self.origin.view,
+                            ?depth,
+                            heard,
+                            found,
+                            took_us = now.elapsed().as_micros() as u64,
+                            "compared the namespace's mounts"
+                        );
+                        scans.scanned(now, depth, found)
+                    }
                     Err(e) => tracing::error!(error = %e, "comparing mounts failed"),
                 }
             }
@@ -680,17 +691,23 @@ impl Namespace {
         let mut guard = self.lock();
         // One borrow of the table, so that its buffer and its maps borrow apart.
         let table = &mut *guard;
+        // Each superblock's options (security's, then the filesystem's), fetched with the
+        // first of its mounts, in the same call.
         let mut super_tails: HashMap<(u32, u32), String> = HashMap::new();
         let mut changed = Vec::new();
-        let mut sb_buf = vec![0u64; 512];
-        let mask = match depth {
-            Depth::Fixed => FIXED,
-            Depth::Full => FULL_PER_MOUNT,
-        };
         for id in ids {
             let Some(old) = table.mounts.get(&id).filter(|e| !e.is_gone()).cloned() else {
                 continue;
             };
+            let known = table.fixed.get(&id).copied();
+            let full = depth == Depth::Full;
+            let with_super = full && known.is_some_and(|f| !super_tails.contains_key(&f.dev));
+            // Only a slave has a propagate_from.
+            let with_from =
+                full && known.is_some_and(|f| f.propagation & statmount::propagation::SLAVE != 0);
+            let mask = FIXED
+                | if with_super { SUPER } else { 0 }
+                | if with_from { mask::PROPAGATE_FROM } else { 0 };
             let Ok(bytes) = sys::statmount(id, self.ns_id, mask, &mut table.buf) else {
                 continue;
             };
@@ -700,21 +717,16 @@ impl Namespace {
             let (Some(fixed), Some(basic)) = (Fixed::of(&sm), sm.basic()) else {
                 continue;
             };
-            let mut differs = table.fixed.get(&id) != Some(&fixed);
-            if depth == Depth::Full && !differs {
-                differs = propagation(&basic, sm.propagate_from()) != old.propagation;
-                let tail = match super_tails.get(&fixed.dev) {
-                    Some(tail) => tail,
-                    None => {
-                        let Ok(bytes) = sys::statmount(id, self.ns_id, SUPER, &mut sb_buf) else {
-                            continue;
-                        };
-                        let tail = Statmount::parse(bytes).map_or_else(String::new, |sm| {
-                            super_options(0, &sm.security_options(), sm.fs_options()).split_off(2)
-                        });
-                        super_tails.entry(fixed.dev).or_insert(tail)
-                    }
-                };
+            let mut differs = known != Some(fixed);
+            if full && !differs {
+                if with_from {
+                    differs = propagation(&basic, sm.propagate_from()) != old.propagation;
+                }
+                if with_super {
+                    let tail = super_options(0, &sm.security_options(), sm.fs_options());
+                    super_tails.insert(fixed.dev, tail[2..].to_owned());
+                }
+                let tail = super_tails.get(&fixed.dev).map_or("", String::as_str);
                 differs |= super_options(fixed.sb_flags, &[], None) + tail != old.super_options;
             }
             if differs {
