@@ -345,9 +345,13 @@ async fn bench() -> Result<()> {
         remounts.push(remount_run(&env, size).await?);
         comparisons.push(comparison_run(&env, size).await?);
     }
-    for line in env.daemon.log().lines().filter(|l| l.contains("compared")) {
-        eprintln!("{line}");
-    }
+    let log = env.daemon.log();
+    let logged = |depth: &str| {
+        log.lines()
+            .filter(|l| l.contains("compared the namespace's mounts") && l.contains(depth))
+            .count()
+    };
+    let (fixed, full) = (logged("depth=Fixed"), logged("depth=Full"));
     println!(
         "mounts: {} cores, {}, kernel {}, {} ({} daemon)\n",
         machine.cores, machine.cpu, machine.kernel, machine.date, machine.profile
