@@ -45,6 +45,14 @@ pub fn trials() -> Vec<Trial> {
             removed,
         ),
         trial(
+            "files::a_watched_file_reports_its_own_changes_until_it_is_deleted",
+            one_file,
+        ),
+        trial(
+            "files::a_lazy_unmount_of_the_watched_filesystem_ends_the_watch",
+            unmounted,
+        ),
+        trial(
             "files::bad_requests_are_refused_and_change_nothing",
             bad_requests,
         ),
@@ -430,6 +438,64 @@ async fn removed() -> Result<()> {
         status.watches == 0,
         "the watch ended: {} left",
         status.watches
+    );
+    Ok(())
+}
+
+async fn one_file() -> Result<()> {
+    use std::io::Write;
+    let (env, top) = on_tmpfs("files-one", "size=4m").await?;
+    let path = top.join("f");
+    std::fs::write(&path, b"")?;
+    std::fs::write(top.join("sibling"), b"")?;
+    let client = env.client().await?;
+    let mut events = watch(&client, 6, &path, false, None).await?;
+    // A sibling's changes are not the file's.
+    std::fs::write(top.join("sibling"), b"x")?;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+    f.write_all(b"more")?;
+    drop(f);
+    expect_files(
+        &mut events,
+        6,
+        &[(file::MODIFY, ""), (file::CLOSE_WRITE, "")],
+    )
+    .await?;
+    std::fs::remove_file(&path)?;
+    let ended = next(&mut events).await?;
+    ensure!(
+        ended.header().is(RecordType::Meta, meta::REMOVAL)
+            && ended.record().get_str(attr::REASON).as_deref() == Some("deleted"),
+        "rm of the watched file: {:?}",
+        shown(&ended)
+    );
+    Ok(())
+}
+
+async fn unmounted() -> Result<()> {
+    let (env, top) = on_tmpfs("files-umount", "size=4m").await?;
+    let client = env.client().await?;
+    let mut events = watch(&client, 7, &top, true, None).await?;
+    // The watch holds the mount busy, as an open directory would.
+    let busy = Command::new("umount").arg(&top).output()?;
+    ensure!(!busy.status.success(), "a plain umount should say busy");
+    ensure!(
+        Command::new("umount")
+            .arg("-l")
+            .arg(&top)
+            .status()?
+            .success(),
+        "umount -l"
+    );
+    let ended = crate::next_within(&mut events, Duration::from_secs(5)).await?;
+    ensure!(
+        ended.header().is(RecordType::Meta, meta::REMOVAL)
+            && ended
+                .record()
+                .get_str(attr::REASON)
+                .is_some_and(|r| r.contains("unmounted")),
+        "umount -l of the watched filesystem: {:?}",
+        shown(&ended)
     );
     Ok(())
 }
