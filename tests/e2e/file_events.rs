@@ -323,8 +323,11 @@ async fn rename_across() -> Result<()> {
     let mut in_a = watch(&client, 1, &a, false, None).await?;
     let mut in_b = watch(&client, 2, &b, false, None).await?;
     let mut both = watch(&client, 3, &top, true, None).await?;
+    // A second watch of the same path shares the daemon's record, with its own tag.
+    let mut in_a_too = watch(&client, 4, &a, false, None).await?;
     std::fs::rename(a.join("f"), b.join("g"))?;
     expect_files(&mut in_a, 1, &[(file::MOVED_FROM, "f")]).await?;
+    expect_files(&mut in_a_too, 4, &[(file::MOVED_FROM, "f")]).await?;
     expect_files(&mut in_b, 2, &[(file::MOVED_TO, "g")]).await?;
     let moved = next(&mut both).await?;
     ensure!(

@@ -206,6 +206,40 @@ struct Run {
     root: OwnedFd,
 }
 
+/// The records of one kernel event, gathered from the watches that see it.
+#[derive(Default)]
+struct Pending {
+    object: Option<Arc<Object>>,
+    records: Vec<(u8, FileChange)>,
+    revisits: Vec<Arc<WatchState>>,
+}
+
+impl Pending {
+    /// Whether `object` is the one of this event (every sighting of a kernel event shares it).
+    fn is_of(&self, object: &Arc<Object>) -> bool {
+        self.object.as_ref().is_some_and(|o| Arc::ptr_eq(o, object))
+    }
+
+    fn add(&mut self, subtype: u8, name: Vec<u8>, old_name: Option<Vec<u8>>, dev: u64, watch: u64) {
+        let same = self.records.iter_mut().find(|(s, c)| {
+            *s == subtype && c.name == name && c.old_name == old_name && c.dev == dev
+        });
+        match same {
+            Some((_, change)) => change.watches.push(watch),
+            None => self.records.push((
+                subtype,
+                FileChange {
+                    watches: vec![watch],
+                    name,
+                    old_name,
+                    object: Arc::default(),
+                    dev,
+                },
+            )),
+        }
+    }
+}
+
 /// Walks already made in one batch: (path, expected id, needs read) → seen.
 type Memo = HashMap<(Vec<u8>, FileId, bool), bool>;
 
@@ -267,12 +301,20 @@ impl Run {
         )
     }
 
+    /// Checks and publishes a batch. The watches that see the same change of the same
+    /// kernel event under the same name (watches of one path) share one record, published
+    /// once: the hub then matches it against every subscription once, not once per watch.
     fn batch(&self, batch: Vec<Sighting>) {
         let mut memo = Memo::new();
+        let mut pending = Pending::default();
         for s in batch {
             let watch = &s.watch;
             if watch.ended.load(Ordering::Relaxed) {
                 continue;
+            }
+            if !pending.is_of(&s.object) {
+                self.flush(std::mem::take(&mut pending));
+                pending.object = Some(s.object.clone());
             }
             let mut revisit = s.revisit;
             let mut seen = |place: &Option<Place>| {
@@ -286,34 +328,41 @@ impl Run {
             };
             let from = seen(&s.from);
             let to = seen(&s.to);
-            let change = |name: Vec<u8>, old_name| FileChange {
-                watch: watch.id,
-                name,
-                old_name,
-                object: s.object.clone(),
-                dev: watch.id_at_start.dev,
-            };
-            let mut records: Vec<(u8, FileChange)> = Vec::new();
+            let dev = watch.id_at_start.dev;
             if s.rename {
                 match (from, to.clone()) {
-                    (Some(old), Some(new)) => records.push((file::RENAME, change(new, Some(old)))),
-                    (Some(old), None) => records.push((file::MOVED_FROM, change(old, None))),
-                    (None, Some(new)) => records.push((file::MOVED_TO, change(new, None))),
+                    (Some(old), Some(new)) => {
+                        pending.add(file::RENAME, new, Some(old), dev, watch.id)
+                    }
+                    (Some(old), None) => pending.add(file::MOVED_FROM, old, None, dev, watch.id),
+                    (None, Some(new)) => pending.add(file::MOVED_TO, new, None, dev, watch.id),
                     (None, None) => {}
                 }
             }
             if let Some(name) = to {
                 for &subtype in &s.subtypes {
-                    records.push((subtype, change(name.clone(), None)));
+                    pending.add(subtype, name.clone(), None, dev, watch.id);
                 }
             }
-            for (subtype, record) in records {
-                self.hub
-                    .publish(&Event::new(RecordType::File, subtype, 0, Arc::new(record)));
-            }
             if revisit {
-                self.revisit(watch);
+                pending.revisits.push(s.watch.clone());
             }
+        }
+        self.flush(pending);
+    }
+
+    fn flush(&self, pending: Pending) {
+        let Some(object) = pending.object else {
+            return;
+        };
+        for (subtype, mut change) in pending.records {
+            change.object = object.clone();
+            change.watches.sort_unstable();
+            self.hub
+                .publish(&Event::new(RecordType::File, subtype, 0, Arc::new(change)));
+        }
+        for watch in pending.revisits {
+            self.revisit(&watch);
         }
     }
 

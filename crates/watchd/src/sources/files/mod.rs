@@ -136,11 +136,11 @@ impl FileId {
     }
 }
 
-/// One change as a record: for one watch (names are relative to its path).
+/// One change as a record: for the watches of one path (names are relative to it).
 #[derive(Debug)]
 pub struct FileChange {
-    /// The watch ([`WatchState::id`]) it is for.
-    pub watch: u64,
+    /// The watches ([`WatchState::id`]) it is for, in ascending order.
+    pub watches: Vec<u64>,
     pub name: Vec<u8>,
     pub old_name: Option<Vec<u8>>,
     pub object: Arc<Object>,
@@ -419,7 +419,7 @@ impl std::fmt::Debug for FileScope {
 impl Scope for FileScope {
     fn covers(&self, event: &Event) -> bool {
         if let Some(change) = event.subject::<FileChange>() {
-            return change.watch == self.state.id;
+            return change.watches.binary_search(&self.state.id).is_ok();
         }
         event
             .subject::<Removed>()
