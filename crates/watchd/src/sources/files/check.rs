@@ -41,6 +41,8 @@ use crate::watch::Notice;
 
 /// Batches of events a checker may have waiting; past it, its caller loses events.
 const QUEUE: usize = 1024;
+/// The reason of the LOSS a checker's full queue gives its watches.
+const BEHIND: &str = "the daemon fell behind checking this subscriber's file events";
 /// How often a checker looks at its watches when no event made it.
 const REVISIT: Duration = Duration::from_secs(1);
 
@@ -91,8 +93,9 @@ pub struct Checker {
     /// Names the checker's watches as an audience of notices.
     pub id: u64,
     queue: SyncSender<Job>,
-    /// Events were dropped since the last LOSS that got through.
-    behind: AtomicBool,
+    /// Events were dropped since the last LOSS that got through; shared with the checker's
+    /// thread, which says so itself once its queue is empty.
+    behind: Arc<AtomicBool>,
     watches: Mutex<Vec<Weak<WatchState>>>,
 }
 
@@ -101,7 +104,7 @@ impl Checker {
     /// first once there is room.
     pub fn send(&self, job: Job) {
         if self.behind.load(Ordering::Relaxed) {
-            let loss = Job::Loss("the daemon fell behind checking this subscriber's file events");
+            let loss = Job::Loss(BEHIND);
             if self.queue.try_send(loss).is_err() {
                 return;
             }
@@ -166,11 +169,12 @@ impl Checkers {
         let checker = Arc::new(Checker {
             id: self.next.fetch_add(1, Ordering::Relaxed),
             queue,
-            behind: AtomicBool::new(false),
+            behind: Arc::new(AtomicBool::new(false)),
             watches: Mutex::new(Vec::new()),
         });
         let (started_tx, started) = std::sync::mpsc::channel();
         let run = Run {
+            behind: checker.behind.clone(),
             hub: self.hub.clone(),
             checker: Arc::downgrade(&checker),
             id: checker.id,
@@ -200,6 +204,7 @@ impl Checkers {
 
 /// A checker's thread: it wears its caller's credentials.
 struct Run {
+    behind: Arc<AtomicBool>,
     hub: Arc<Hub>,
     checker: Weak<Checker>,
     id: u64,
@@ -247,14 +252,20 @@ impl Run {
     fn serve(&self, jobs: &Receiver<Job>) {
         let mut last_visit = Instant::now();
         loop {
-            match jobs.recv_timeout(REVISIT) {
+            let job = match jobs.try_recv() {
+                Ok(job) => Ok(job),
+                Err(_) => {
+                    // Drained: a drop the reading thread could not report yet (no event
+                    // came after it) is reported now, so no loss goes unsaid.
+                    if self.behind.swap(false, Ordering::Relaxed) {
+                        self.loss(BEHIND);
+                    }
+                    jobs.recv_timeout(REVISIT)
+                }
+            };
+            match job {
                 Ok(Job::Batch(batch)) => self.batch(batch),
-                Ok(Job::Loss(reason)) => self.hub.publish(&Notice::loss_to(
-                    KIND,
-                    Some(self.id),
-                    RecordType::File,
-                    reason,
-                )),
+                Ok(Job::Loss(reason)) => self.loss(reason),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -268,6 +279,11 @@ impl Run {
                 }
             }
         }
+    }
+
+    fn loss(&self, reason: &str) {
+        let loss = Notice::loss_to(KIND, Some(self.id), RecordType::File, reason);
+        self.hub.publish(&loss);
     }
 
     /// Whether the caller's own walk reaches `place` of `watch` and may read it.

@@ -489,11 +489,14 @@ fn follow(mut group: File, shared: Weak<Shared>) {
                     return tracing::error!(error = %e, "stopped reading file events");
                 }
             };
-            let events = fanotify::events(&buf[..n]).unwrap_or_else(|kept| {
-                tracing::warn!("a fanotify event did not parse: the rest of the batch is lost");
-                kept
-            });
-            shared.dispatch(&events);
+            let (events, cut) = match fanotify::events(&buf[..n]) {
+                Ok(events) => (events, false),
+                Err(kept) => {
+                    tracing::warn!("a fanotify event did not parse: the rest of the batch is lost");
+                    (kept, true)
+                }
+            };
+            shared.dispatch(&events, cut);
         }
     }
 }
@@ -506,11 +509,11 @@ impl Shared {
     }
 
     /// Finds, for each event of a batch, the watches it falls under, and hands each
-    /// caller's checker its part, in order.
-    fn dispatch(&self, events: &[fanotify::Event<'_>]) {
+    /// caller's checker its part, in order. `cut`: events after these were lost.
+    fn dispatch(&self, events: &[fanotify::Event<'_>], cut: bool) {
         let watches = self.live_watches();
         let mut jobs: HashMap<u64, (Arc<Checker>, Vec<Sighting>)> = HashMap::new();
-        let mut overflowed = false;
+        let mut overflowed = cut;
         for event in events {
             if event.mask & libc::FAN_Q_OVERFLOW != 0 {
                 overflowed = true;
