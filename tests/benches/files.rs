@@ -389,7 +389,7 @@ struct Storm {
     unaccounted: i64,
 }
 
-async fn storm(_env: &Env, client: &Client, dir: &PathBuf) -> Result<Storm> {
+async fn storm(env: &Env, client: &Client, dir: &PathBuf) -> Result<Storm> {
     std::fs::create_dir(dir)?;
     for d in 0..STORM_DIRS {
         std::fs::create_dir(dir.join(format!("d{d}")))?;
@@ -405,7 +405,19 @@ async fn storm(_env: &Env, client: &Client, dir: &PathBuf) -> Result<Storm> {
     let made_s = (now_ns() - start) as f64 / 1e9;
     let (mut delivered, mut pipe_lost, mut source_losses) = (0usize, 0u64, 0usize);
     let mut names = std::collections::HashSet::new();
-    while let Ok(seen) = seen.recv_timeout(GRACE) {
+    let daemon = env.daemon.pid();
+    let mut busy_until = daemon_cpu(daemon)?.0;
+    loop {
+        let Ok(seen) = seen.recv_timeout(GRACE) else {
+            // Quiet for a while: done once the daemon is idle too (on a loaded machine it can
+            // still be working through its backlog).
+            let now = daemon_cpu(daemon)?.0;
+            if now - busy_until < 10_000_000 {
+                break;
+            }
+            busy_until = now;
+            continue;
+        };
         match seen {
             Seen::Create(name, _) => {
                 if names.insert(name) {
@@ -421,6 +433,29 @@ async fn storm(_env: &Env, client: &Client, dir: &PathBuf) -> Result<Storm> {
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     let missing = STORM as i64 - delivered as i64 - pipe_lost as i64;
+    if missing > 0 {
+        // Where the missing ones were: by directory, first and last index.
+        let mut by_dir: std::collections::BTreeMap<usize, (usize, usize, usize)> =
+            std::collections::BTreeMap::new();
+        for i in 0..STORM {
+            let d = i % STORM_DIRS;
+            if !names.contains(&format!("d{d}/f{i}")) {
+                let e = by_dir.entry(d).or_insert((0, i, i));
+                e.0 += 1;
+                e.2 = i;
+            }
+        }
+        let log = env.daemon.log();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        eprintln!(
+            "not delivered, by directory (count, first, last): {:?}",
+            by_dir.iter().take(10).collect::<Vec<_>>()
+        );
+        eprintln!("daemon warnings: {warnings:?}");
+    }
     Ok(Storm {
         made_s,
         delivered,
