@@ -25,8 +25,9 @@
 //! - **Storm**: 100,000 files created back to back in 100 directories of a subtree watch,
 //!   read by a depth-256 subscriber as fast as it can: creates delivered, records the pipe
 //!   dropped (its LOSS records' `lost_count`), LOSS records from the source (the kernel's
-//!   queue overflowed: count unknown), and how many are missing without any LOSS to say so
-//!   (must be 0).
+//!   queue overflowed, or the subscriber's checker fell behind: count unknown; also a pipe
+//!   LOSS whose `lost_types` has the META bit, a source LOSS dropped at the full pipe), and
+//!   how many are missing without any LOSS to say so (must be 0).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -107,7 +108,7 @@ async fn bench() -> Result<()> {
         "\ncheck as uid 1001 (openat2 RESOLVE_IN_ROOT + fstat + faccessat AT_EACCESS): {check_ns:.0} ns per event per subscriber (goal ≤ {GOAL_CHECK_NS:.0})"
     );
     println!(
-        "\nstorm: {STORM} creates in {STORM_DIRS} directories of a subtree watch, made in {:.2} s: {} delivered, {} dropped at the pipe (LOSS lost_count), {} LOSS records from the source, {} missing without a LOSS",
+        "\nstorm: {STORM} creates in {STORM_DIRS} directories of a subtree watch, made in {:.2} s: {} delivered, {} dropped at the pipe (LOSS lost_count), {} LOSS records from the source (or dropped at the pipe: bit 0 of lost_types), {} missing without a LOSS",
         storm.made_s, storm.delivered, storm.pipe_lost, storm.source_losses, storm.unaccounted
     );
     let hundred = &rows[1];
@@ -192,8 +193,11 @@ async fn subscribe(
 /// What a reader saw: per record, (name, time) or a LOSS.
 enum Seen {
     Create(String, u64),
-    /// A LOSS record: its `lost_count`, when the pipe dropped records (a source's has none).
-    Loss(Option<u64>),
+    /// A LOSS record of the pipe: how many records it dropped, and whether a META record (a
+    /// LOSS from the source) was among them.
+    PipeLoss(u64, bool),
+    /// A LOSS from the source: how many, not known.
+    SourceLoss,
 }
 
 /// Reads every pipe on one epoll thread until `stop` closes, sending what it reads.
@@ -229,7 +233,11 @@ fn read_pipes(
                 let t = now_ns();
                 let record = Record::parse(&buf[..len])?;
                 if record.header.is(RecordType::Meta, meta::LOSS) {
-                    let _ = out.send(Seen::Loss(record.get_u64(attr::LOST_COUNT)));
+                    let types = record.get_u64(attr::LOST_TYPES).unwrap_or(0);
+                    let _ = out.send(match record.get_u64(attr::LOST_COUNT) {
+                        Some(n) => Seen::PipeLoss(n, types & RecordType::Meta.bit() != 0),
+                        None => Seen::SourceLoss,
+                    });
                 } else if record.header.is(RecordType::File, file::CREATE)
                     && record.get(attr::IS_DIR).is_none()
                 {
@@ -318,7 +326,7 @@ async fn latency(env: &Env, client: &Client, dir: &Path, subscribers: usize) -> 
     let mut losses = 0usize;
     for seen in seen.try_iter() {
         match seen {
-            Seen::Loss(_) => losses += 1,
+            Seen::PipeLoss(..) | Seen::SourceLoss => losses += 1,
             Seen::Create(name, t) => {
                 let Some(i) = index(&name).filter(|i| *i >= WARMUP) else {
                     continue;
@@ -424,8 +432,11 @@ async fn storm(env: &Env, client: &Client, dir: &PathBuf) -> Result<Storm> {
                     delivered += 1;
                 }
             }
-            Seen::Loss(Some(n)) => pipe_lost += n,
-            Seen::Loss(None) => source_losses += 1,
+            Seen::PipeLoss(n, source_loss_among) => {
+                pipe_lost += n;
+                source_losses += usize::from(source_loss_among);
+            }
+            Seen::SourceLoss => source_losses += 1,
         }
     }
     let _ = stop_tx.send(());
