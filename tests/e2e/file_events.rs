@@ -53,6 +53,10 @@ pub fn trials() -> Vec<Trial> {
             unmounted,
         ),
         trial(
+            "files::a_directory_passed_by_descriptor_is_watched_as_its_path",
+            by_descriptor,
+        ),
+        trial(
             "files::bad_requests_are_refused_and_change_nothing",
             bad_requests,
         ),
@@ -499,6 +503,58 @@ async fn unmounted() -> Result<()> {
                 .is_some_and(|r| r.contains("unmounted")),
         "umount -l of the watched filesystem: {:?}",
         shown(&ended)
+    );
+    Ok(())
+}
+
+/// A descriptor as an option's value.
+fn fd(file: &std::fs::File) -> zbus::Fd<'_> {
+    zbus::Fd::from(file)
+}
+
+async fn by_descriptor() -> Result<()> {
+    let (env, top) = on_tmpfs("files-fd", "size=4m").await?;
+    let dir = top.join("d");
+    std::fs::create_dir(&dir)?;
+    let plain = top.join("plain");
+    std::fs::write(&plain, b"")?;
+    let opened = std::fs::File::open(&dir)?;
+    let client = env.client().await?;
+    let sub = client.subscribe(SubscribeOptions::default()).await?;
+    sub.add_watch(8, "files", &WatchOptions::new().option("fd", fd(&opened)))
+        .await?;
+    // Not a directory, or both ways at once: refused.
+    let file = std::fs::File::open(&plain)?;
+    for options in [
+        WatchOptions::new().option("fd", fd(&file)),
+        WatchOptions::new()
+            .path(text(&dir))
+            .option("fd", fd(&opened)),
+    ] {
+        let name = crate::error_name(sub.add_watch(9, "files", &options).await)?;
+        ensure!(
+            name == "org.watchd.Watchd1.Error.InvalidArgument",
+            "{options:?}: {name}"
+        );
+    }
+    let mut events = sub.into_events();
+    std::fs::File::create(dir.join("x"))?;
+    expect_created(&mut events, 8, "x").await?;
+    // A directory uid 1001 holds open but can no longer reach by its path: refused.
+    let hidden = top.join("hidden");
+    std::fs::create_dir_all(hidden.join("inner"))?;
+    let held = std::fs::File::open(hidden.join("inner"))?;
+    std::fs::set_permissions(&hidden, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let (other, _holder) = client_1001(&env).await?;
+    let theirs = other.subscribe(SubscribeOptions::default()).await?;
+    let name = crate::error_name(
+        theirs
+            .add_watch(1, "files", &WatchOptions::new().option("fd", fd(&held)))
+            .await,
+    )?;
+    ensure!(
+        name == "org.watchd.Watchd1.Error.AccessDenied",
+        "a descriptor of a directory uid 1001 cannot reach: {name}"
     );
     Ok(())
 }

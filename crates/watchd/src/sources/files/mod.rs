@@ -662,11 +662,23 @@ impl Source for FileSource {
     }
 
     fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Arc<dyn Scope>> {
-        let path = options
-            .take_string("path")?
-            .ok_or_else(|| Error::invalid("a files watch needs option 'path' (a string)"))?;
+        let path = options.take_string("path")?;
+        let passed = options.take_fd("fd")?;
         let subtree = options.take_bool("subtree")?.unwrap_or(false);
-        let opened = access::open_path(caller, &path)?;
+        let (opened, path) = match (path, passed) {
+            (Some(path), None) => (access::open_path(caller, &path)?, path),
+            (None, Some(passed)) => opened_from_fd(caller, &passed.0)?,
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "a files watch takes option 'path' or option 'fd', not both",
+                ));
+            }
+            (None, None) => {
+                return Err(Error::invalid(
+                    "a files watch needs option 'path' (a string) or 'fd' (a directory's descriptor)",
+                ));
+            }
+        };
         let caller_path = access::caller_relative(caller, &opened)?;
         let shown = crate::error::Truncated(&path);
         let st = rustix::fs::fstat(&opened)
@@ -745,13 +757,47 @@ impl Source for FileSource {
     }
 
     fn option_names(&self) -> &'static [&'static str] {
-        &["path", "subtree"]
+        &["path", "fd", "subtree"]
     }
 
     /// No initial state: a directory's listing is the caller's to read.
     fn with_snapshot(&self, _: &dyn Scope, then: &mut dyn FnMut(&[Event])) {
         then(&[]);
     }
+}
+
+/// The directory a caller passed by descriptor, opened again by its path as the caller
+/// names it, by the caller's own walk: what every later check of the watch walks is that
+/// path, so the caller must be able to reach the directory by it now (a descriptor alone
+/// proves only that it could once).
+fn opened_from_fd(caller: &Caller, passed: &OwnedFd) -> Result<(OwnedFd, String)> {
+    let st = rustix::fs::fstat(passed)
+        .map_err(|e| Error::invalid(format!("option 'fd': cannot look at it: {e}")))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+        return Err(Error::invalid(
+            "option 'fd' must be a directory's descriptor",
+        ));
+    }
+    let path = String::from_utf8(access::caller_relative(caller, passed)?)
+        .map_err(|_| Error::NotSupported("the directory's path is not UTF-8".into()))?;
+    if !path.starts_with('/') {
+        return Err(Error::AccessDenied(
+            "the directory passed is outside the caller's root".into(),
+        ));
+    }
+    let opened = access::open_path(caller, &path)?;
+    let same = FileId::of(opened.as_fd()).ok()
+        == Some(FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        });
+    if !same {
+        return Err(Error::AccessDenied(format!(
+            "the directory passed is not the one at its path '{}' for the caller",
+            crate::error::Truncated(&path)
+        )));
+    }
+    Ok((opened, path))
 }
 
 /// A path to hand openat2(2) below the caller's root: relative, never empty.
