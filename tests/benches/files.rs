@@ -1,6 +1,7 @@
 //! File events (issue 12, item 7): latency from a file's creation to a watchd subscriber's
-//! `read()`, with 1 and 100 subscribers, side by side with `inotifywait -m` (inotify-tools)
-//! seeing the same creations in the same run; the daemon's CPU per event; the cost of the
+//! `read()`, with 1 and 100 subscribers, side by side with `inotifywait -m` and
+//! `fsnotifywait -m` (inotify-tools; fanotify, as root) seeing the same creations in the same
+//! run; the daemon's CPU per event; the cost of the
 //! per-event as-the-caller check; and 100,000 creates in a watched tree, every one delivered
 //! or accounted for by a LOSS record. The results are in docs/benchmarks.md.
 //!
@@ -67,8 +68,10 @@ fn main() -> ExitCode {
 async fn bench() -> Result<()> {
     let profile = daemon_profile(COMMAND)?;
     let machine = machine(&profile);
-    if Command::new("inotifywait").arg("--help").output().is_err() {
-        bail!("inotifywait is missing: apt-get install inotify-tools (packaging/build-deps.txt)");
+    for program in ["inotifywait", "fsnotifywait"] {
+        if Command::new(program).arg("--help").output().is_err() {
+            bail!("{program} is missing: apt-get install inotify-tools (packaging/build-deps.txt)");
+        }
     }
     let env = Env::start_with_config("bench-files", DAEMON_CONFIG).await?;
     let top = env.scratch.join("top");
@@ -89,14 +92,15 @@ async fn bench() -> Result<()> {
         machine.cores, machine.cpu, machine.kernel, machine.profile, machine.date
     );
     println!(
-        "| subscribers | inotifywait p50 / p99 (µs from create) | watchd p50 / p99 (µs from create) | added p50 / p99 / max (ms) | daemon CPU µs/event | checker CPU µs/event (per subscriber) |"
+        "| subscribers | inotifywait p50 / p99 (µs from create) | fsnotifywait p50 / p99 | watchd p50 / p99 (µs from create) | added p50 / p99 / max (ms) | daemon CPU µs/event | checker CPU µs/event (per subscriber) |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} ({}) |",
+            "| {} | {} | {} | {} | {} | {} | {} ({}) |",
             r.subscribers,
             r.inotify.p50_p99_micros(),
+            r.fsnotify.p50_p99_micros(),
             r.watchd.p50_p99_micros(),
             r.added.ms(3),
             micros(r.daemon_cpu_ns),
@@ -134,6 +138,7 @@ async fn bench() -> Result<()> {
 struct Row {
     subscribers: usize,
     inotify: Pct,
+    fsnotify: Pct,
     watchd: Pct,
     added: Pct,
     daemon_cpu_ns: i64,
@@ -249,9 +254,10 @@ fn read_pipes(
     }
 }
 
-/// `inotifywait -m` on `dir`, its lines (names) with the time each was read.
-fn inotifywait(dir: &Path) -> Result<(Process, mpsc::Receiver<(String, u64)>)> {
-    let mut command = Command::new("inotifywait");
+/// `program -m` (inotifywait or fsnotifywait) on `dir`, its lines (names) with the time
+/// each was read.
+fn waiter(program: &str, dir: &Path) -> Result<(Process, mpsc::Receiver<(String, u64)>)> {
+    let mut command = Command::new(program);
     command
         .args(["-m", "-q", "-e", "create", "--format", "%f"])
         .arg(dir)
@@ -275,18 +281,22 @@ fn inotifywait(dir: &Path) -> Result<(Process, mpsc::Receiver<(String, u64)>)> {
 }
 
 async fn latency(env: &Env, client: &Client, dir: &Path, subscribers: usize) -> Result<Row> {
-    let (_inotify, lines) = inotifywait(dir)?;
-    // inotifywait has set its watch once it prints a probe's name.
-    let mut ready = false;
-    for i in 0..500 {
-        std::fs::File::create(dir.join(format!("probe{i}")))?;
-        if lines.recv_timeout(Duration::from_millis(20)).is_ok() {
-            ready = true;
-            break;
+    let (_inotify, lines) = waiter("inotifywait", dir)?;
+    let (_fsnotify, fs_lines) = waiter("fsnotifywait", dir)?;
+    // Each has set its watch once it prints a probe's name.
+    for (program, lines) in [("inotifywait", &lines), ("fsnotifywait", &fs_lines)] {
+        let mut ready = false;
+        for i in 0..500 {
+            std::fs::File::create(dir.join(format!("probe-{program}-{i}")))?;
+            if lines.recv_timeout(Duration::from_millis(20)).is_ok() {
+                ready = true;
+                break;
+            }
         }
+        ensure!(ready, "{program} never reported a creation");
     }
-    ensure!(ready, "inotifywait never reported a creation");
-    while lines.try_recv().is_ok() {}
+    std::thread::sleep(Duration::from_millis(50));
+    while lines.try_recv().is_ok() || fs_lines.try_recv().is_ok() {}
     let pipes = subscribe(client, dir, subscribers, 64, false).await?;
     let (seen_tx, seen) = mpsc::channel();
     let (stop_tx, stop) = mpsc::channel();
@@ -315,12 +325,14 @@ async fn latency(env: &Env, client: &Client, dir: &Path, subscribers: usize) -> 
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
 
     let index = |name: &str| name.strip_prefix('e').and_then(|n| n.parse::<usize>().ok());
-    let mut inotify_at: HashMap<usize, u64> = HashMap::new();
-    for (name, t) in lines.try_iter() {
-        if let Some(i) = index(&name) {
-            inotify_at.insert(i, t);
-        }
-    }
+    let times = |lines: &mpsc::Receiver<(String, u64)>| -> HashMap<usize, u64> {
+        lines
+            .try_iter()
+            .filter_map(|(name, t)| Some((index(&name)?, t)))
+            .collect()
+    };
+    let inotify_at = times(&lines);
+    let fsnotify_at = times(&fs_lines);
     let (mut ino, mut wd, mut added) = (Vec::new(), Vec::new(), Vec::new());
     let mut got = 0usize;
     let mut losses = 0usize;
@@ -339,9 +351,13 @@ async fn latency(env: &Env, client: &Client, dir: &Path, subscribers: usize) -> 
             }
         }
     }
+    let mut fsn = Vec::new();
     for (i, &t) in created.iter().enumerate().skip(WARMUP) {
         if let Some(&ti) = inotify_at.get(&i) {
             ino.push((ti - t) as i64);
+        }
+        if let Some(&tf) = fsnotify_at.get(&i) {
+            fsn.push((tf - t) as i64);
         }
     }
     ensure!(
@@ -353,6 +369,7 @@ async fn latency(env: &Env, client: &Client, dir: &Path, subscribers: usize) -> 
     Ok(Row {
         subscribers,
         inotify: Pct::of(ino),
+        fsnotify: Pct::of(fsn),
         watchd: Pct::of(wd),
         added: Pct::of(added),
         daemon_cpu_ns: (cpu_end.0 - cpu_start.0) as i64 / events,

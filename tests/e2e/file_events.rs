@@ -41,7 +41,7 @@ pub fn trials() -> Vec<Trial> {
             unreadable_sibling,
         ),
         trial(
-            "files::the_watched_directory_removed_ends_the_watch",
+            "files::the_watched_directory_removed_or_moved_away_ends_the_watch",
             removed,
         ),
         trial(
@@ -445,6 +445,18 @@ async fn removed() -> Result<()> {
         status.watches == 0,
         "the watch ended: {} left",
         status.watches
+    );
+    // A subtree moved away: its path names nothing any more.
+    let tree = env.scratch.join("tree");
+    std::fs::create_dir_all(tree.join("below"))?;
+    let mut events = watch(&client, 3, &tree, true, None).await?;
+    std::fs::rename(&tree, env.scratch.join("elsewhere"))?;
+    let ended = next(&mut events).await?;
+    ensure!(
+        ended.header().is(RecordType::Meta, meta::REMOVAL)
+            && ended.record().get_str(attr::REASON).as_deref() == Some("moved or deleted"),
+        "mv of the watched subtree: {:?}",
+        shown(&ended)
     );
     Ok(())
 }
