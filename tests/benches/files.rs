@@ -461,7 +461,7 @@ async fn storm(env: &Env, client: &Client, dir: &PathBuf) -> Result<Storm> {
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     let missing = STORM as i64 - delivered as i64 - pipe_lost as i64;
-    if missing > 0 {
+    if missing > 0 && source_losses == 0 {
         // Where the missing ones were: by directory, first and last index.
         let mut by_dir: std::collections::BTreeMap<usize, (usize, usize, usize)> =
             std::collections::BTreeMap::new();
