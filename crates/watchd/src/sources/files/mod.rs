@@ -527,12 +527,19 @@ impl Shared {
                     w.forget_dirs();
                 }
             }
-            let object = Arc::new(object_of(event, &watches));
+            // Looked at only when some watch covers the event: a filesystem mark brings
+            // every event of the filesystem, most of them outside any watch.
+            let mut object = None;
+            let mut object_for = || {
+                object
+                    .get_or_insert_with(|| Arc::new(object_of(event, &watches)))
+                    .clone()
+            };
             for watch in &watches {
                 if watch.ended.load(Ordering::Relaxed) {
                     continue;
                 }
-                if let Some(sighting) = sight(event, watch, &object) {
+                if let Some(sighting) = sight(event, watch, &mut object_for) {
                     jobs.entry(watch.checker.id)
                         .or_insert_with(|| (watch.checker.clone(), Vec::new()))
                         .1
@@ -597,18 +604,18 @@ fn object_of(event: &fanotify::Event<'_>, watches: &[Arc<WatchState>]) -> Object
 fn sight(
     event: &fanotify::Event<'_>,
     watch: &Arc<WatchState>,
-    object: &Arc<Object>,
+    object: &mut dyn FnMut() -> Arc<Object>,
 ) -> Option<Sighting> {
     let fid = event.info(info::FID).and_then(|i| i.fid());
     let is_self = fid.as_ref().is_some_and(|f| watch.handle.is(f));
     let revisit = is_self && event.mask & SELF != 0;
-    let base = |from, to, subtypes: Vec<u8>| Sighting {
+    let mut base = |from, to, subtypes: Vec<u8>| Sighting {
         watch: watch.clone(),
         from,
         to,
         subtypes,
         rename: false,
-        object: object.clone(),
+        object: object(),
         revisit,
     };
     if watch.reach == Reach::File {
