@@ -439,6 +439,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_queue_drops_and_its_loss_goes_first_once_there_is_room() {
+        let (queue, jobs) = std::sync::mpsc::sync_channel(1);
+        let checker = Checker {
+            id: 1,
+            queue,
+            behind: Arc::new(AtomicBool::new(false)),
+            watches: Mutex::new(Vec::new()),
+        };
+        let reason = |job: Job| match job {
+            Job::Loss(reason) => reason,
+            Job::Batch(_) => "a batch",
+        };
+        checker.send(Job::Loss("first"));
+        checker.send(Job::Loss("dropped: the queue is full"));
+        assert!(checker.behind.load(Ordering::Relaxed));
+        assert_eq!(reason(jobs.try_recv().unwrap()), "first");
+        // Room for one: the LOSS takes it, and what came with it is dropped in turn.
+        checker.send(Job::Loss("next"));
+        assert_eq!(reason(jobs.try_recv().unwrap()), BEHIND);
+        assert!(jobs.try_recv().is_err());
+        assert!(checker.behind.load(Ordering::Relaxed), "still owed a LOSS");
+        checker.send(Job::Loss("last"));
+        assert_eq!(reason(jobs.try_recv().unwrap()), BEHIND);
+    }
+
+    #[test]
     fn names_are_relative_to_the_watched_path() {
         let id = FileId { dev: 1, ino: 2 };
         let place = |rel: &str, entry: Option<&str>| Place {

@@ -882,6 +882,27 @@ mod tests {
     }
 
     #[test]
+    fn a_handle_opens_the_object_it_was_taken_from() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            eprintln!("SKIP: open_by_handle_at needs CAP_DAC_READ_SEARCH");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("watchd-handle-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let top: OwnedFd = File::open(&dir).unwrap().into();
+        let sub: OwnedFd = File::open(dir.join("sub")).unwrap().into();
+        let (handle_type, bytes, _) = sys::name_to_handle_at(sub.as_fd()).unwrap();
+        let opened =
+            sys::open_by_handle_at(top.as_fd(), handle_type, &bytes, libc::O_PATH).unwrap();
+        let same = FileId::of(opened.as_fd()).unwrap() == FileId::of(sub.as_fd()).unwrap();
+        let path = fd_path(opened.as_fd()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(same, "the handle opens the directory it names");
+        assert_eq!(path, dir.join("sub").as_os_str().as_bytes());
+    }
+
+    #[test]
     fn relative_paths_for_openat2() {
         assert_eq!(relative_c_path(b"/").unwrap().as_bytes(), b".");
         assert_eq!(relative_c_path(b"/a/b").unwrap().as_bytes(), b"a/b");
