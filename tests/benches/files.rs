@@ -42,7 +42,9 @@ use anyhow::{Context, Result, bail, ensure};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use watchd_client::{Client, Filter, SubscribeOptions, WatchOptions};
-use watchd_e2e::bench::{Jitter, Pct, daemon_profile, machine, micros, now_ns, set_nonblocking};
+use watchd_e2e::bench::{
+    Jitter, Pct, daemon_profile, machine, micros, now_ns, realtime_offset, set_nonblocking,
+};
 use watchd_e2e::{Env, Process, mounts};
 use watchd_proto::{MAX_RECORD_LEN, Record, RecordType, attr, file, meta};
 
@@ -109,6 +111,18 @@ async fn bench() -> Result<()> {
         );
     }
     println!(
+        "\n| subscribers | create → daemon's stamp p50 / p99 (µs) | stamp → read() p50 / p99 (µs) |"
+    );
+    println!("| ---: | ---: | ---: |");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} |",
+            r.subscribers,
+            r.to_stamp.p50_p99_micros(),
+            r.from_stamp.p50_p99_micros()
+        );
+    }
+    println!(
         "\ncheck as uid 1001 (openat2 RESOLVE_IN_ROOT + fstat + faccessat AT_EACCESS): {check_ns:.0} ns per event per subscriber (goal ≤ {GOAL_CHECK_NS:.0})"
     );
     println!(
@@ -141,6 +155,10 @@ struct Row {
     fsnotify: Pct,
     watchd: Pct,
     added: Pct,
+    /// Creation to the daemon's stamp (the reading thread and the checker).
+    to_stamp: Pct,
+    /// The stamp to a subscriber's read() (the hub's fan-out, the pipe, the reader).
+    from_stamp: Pct,
     daemon_cpu_ns: i64,
     checker_cpu_ns: i64,
 }
@@ -197,7 +215,9 @@ async fn subscribe(
 
 /// What a reader saw: per record, (name, time) or a LOSS.
 enum Seen {
-    Create(String, u64),
+    /// The name, the read time and the daemon's stamp (CLOCK_REALTIME, taken as the checker
+    /// publishes).
+    Create(String, u64, u64),
     /// A LOSS record of the pipe: how many records it dropped, and whether a META record (a
     /// LOSS from the source) was among them.
     PipeLoss(u64, bool),
@@ -247,7 +267,7 @@ fn read_pipes(
                     && record.get(attr::IS_DIR).is_none()
                 {
                     let name = record.get_str(attr::NAME).unwrap_or_default();
-                    let _ = out.send(Seen::Create(name, t));
+                    let _ = out.send(Seen::Create(name, t, record.header.time_ns));
                 }
             }
         }
@@ -334,17 +354,22 @@ async fn latency(env: &Env, client: &Client, dir: &Path, subscribers: usize) -> 
     let inotify_at = times(&lines);
     let fsnotify_at = times(&fs_lines);
     let (mut ino, mut wd, mut added) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut to_stamp, mut from_stamp) = (Vec::new(), Vec::new());
+    let offset = realtime_offset();
     let mut got = 0usize;
     let mut losses = 0usize;
     for seen in seen.try_iter() {
         match seen {
             Seen::PipeLoss(..) | Seen::SourceLoss => losses += 1,
-            Seen::Create(name, t) => {
+            Seen::Create(name, t, stamp) => {
                 let Some(i) = index(&name).filter(|i| *i >= WARMUP) else {
                     continue;
                 };
                 got += 1;
                 wd.push((t - created[i]) as i64);
+                let stamp = stamp as i64 - offset;
+                to_stamp.push(stamp - created[i] as i64);
+                from_stamp.push(t as i64 - stamp);
                 if let Some(&ti) = inotify_at.get(&i) {
                     added.push(t as i64 - ti as i64);
                 }
@@ -372,6 +397,8 @@ async fn latency(env: &Env, client: &Client, dir: &Path, subscribers: usize) -> 
         fsnotify: Pct::of(fsn),
         watchd: Pct::of(wd),
         added: Pct::of(added),
+        to_stamp: Pct::of(to_stamp),
+        from_stamp: Pct::of(from_stamp),
         daemon_cpu_ns: (cpu_end.0 - cpu_start.0) as i64 / events,
         checker_cpu_ns: (cpu_end.1 - cpu_start.1) as i64 / events,
     })
@@ -444,7 +471,7 @@ async fn storm(env: &Env, client: &Client, dir: &PathBuf) -> Result<Storm> {
             continue;
         };
         match seen {
-            Seen::Create(name, _) => {
+            Seen::Create(name, ..) => {
                 if names.insert(name) {
                     delivered += 1;
                 }
