@@ -179,7 +179,7 @@ extern "C" {
 #define WATCHD_ATTR_HANDLE 0x0082u      /* str, the file handle's bytes in hex */
 #define WATCHD_ATTR_HANDLE_TYPE 0x0083u /* u32, the file handle's type */
 #define WATCHD_ATTR_FSID 0x0084u        /* u64, statfs f_fsid, val[0] in the low half */
-#define WATCHD_ATTR_INODE 0x0085u       /* u64, where the file handle says it */
+#define WATCHD_ATTR_INODE 0x0085u       /* u64, while the object still exists */
 #define WATCHD_ATTR_IS_DIR 0x0086u      /* u32, 1 for a directory */
 
 /* ---- Layouts ------------------------------------------------------------------------ */

@@ -316,7 +316,7 @@ pub mod attr {
     pub const HANDLE_TYPE: u16 = 0x0083;
     /// u64: the filesystem id (`f_fsid` of statfs(2): val[0] in the low 32 bits).
     pub const FSID: u16 = 0x0084;
-    /// u64: the object's inode number, where its file handle says it.
+    /// u64: the object's inode number, when the daemon could still open it by its handle.
     pub const INODE: u16 = 0x0085;
     /// u32: 1 when the object is a directory.
     pub const IS_DIR: u16 = 0x0086;
