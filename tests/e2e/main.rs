@@ -11,6 +11,7 @@ mod bad_requests;
 mod caller_files;
 mod daemon_admin;
 mod devices;
+mod file_events;
 mod hostile_requests;
 mod interfaces;
 mod key_watch_queue;
@@ -70,6 +71,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(keys::trials());
     trials.extend(krb5_events::trials());
     trials.extend(caller_files::trials());
+    trials.extend(file_events::trials());
     trials.extend(key_watch_queue::trials());
     trials.extend(daemon_admin::trials());
     trials.extend(packaging::trials());

@@ -510,6 +510,27 @@ fn describe_krb5(record: &Record<'_>) -> String {
     line
 }
 
+/// `file EVENT  NAME  [from OLD]  [dir]`: the name relative to the watched path ("." for
+/// the watched object itself).
+fn describe_file(record: &Record<'_>) -> String {
+    let h = &record.header;
+    let name = match record.get(attr::NAME) {
+        Some(name) if !name.value.is_empty() => text(&name),
+        _ => ".".to_owned(),
+    };
+    let mut line = format!(
+        "file {:<11}  {name}",
+        subtype_name(h.record_type, h.subtype)
+    );
+    if let Some(old) = record.get(attr::OLD_NAME) {
+        let _ = write!(line, "  from {}", text(&old));
+    }
+    if record.get_u32(attr::IS_DIR) == Some(1) {
+        line.push_str("  [dir]");
+    }
+    line
+}
+
 /// `type event  name=value …` for records without a form of their own.
 fn describe_generic(record: &Record<'_>) -> String {
     let h = &record.header;
@@ -555,6 +576,9 @@ pub fn human_line_at(record: &Record<'_>, time: &str, watch: Option<(u64, &str)>
         }
         Some(RecordType::Krb5) if names::subtype(h.record_type, h.subtype).is_some() => {
             describe_krb5(record)
+        }
+        Some(RecordType::File) if names::subtype(h.record_type, h.subtype).is_some() => {
+            describe_file(record)
         }
         _ => describe_generic(record),
     };
@@ -953,24 +977,24 @@ mod tests {
 
     #[test]
     fn truncated_records_say_so() {
-        let mut b = RecordBuilder::new(RecordType::File, 0, 0, T);
+        let mut b = RecordBuilder::new(RecordType::Superblock, 0, 0, T);
         b.put_u32(attr::TRUNCATED, 3).unwrap();
         b.set_flags(FLAG_TRUNCATED);
         let bytes = build(b, 1, 1);
         let record = parse(&bytes);
         assert_eq!(
             human_line(&record, 0),
-            "22:13:20.123  file 0  [3 attributes left out]"
+            "22:13:20.123  superblock 0  [3 attributes left out]"
         );
         assert!(json_line(&record).ends_with(r#","truncated":3}"#));
 
         // The flag without the count still says something was left out.
-        let mut b = RecordBuilder::new(RecordType::File, 0, 0, T);
+        let mut b = RecordBuilder::new(RecordType::Superblock, 0, 0, T);
         b.set_flags(FLAG_TRUNCATED);
         let bytes = build(b, 1, 2);
         assert_eq!(
             human_line(&parse(&bytes), 0),
-            "22:13:20.123  file 0  [truncated]"
+            "22:13:20.123  superblock 0  [truncated]"
         );
     }
 
@@ -1361,6 +1385,43 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn file_records_human_and_json() {
+        use watchd_proto::file;
+        let record = |subtype, name: &str, old: Option<&str>, dir: bool| {
+            let mut b = RecordBuilder::new(RecordType::File, subtype, 0, T);
+            b.put(attr::NAME, name.as_bytes()).unwrap();
+            if let Some(old) = old {
+                b.put(attr::OLD_NAME, old.as_bytes()).unwrap();
+            }
+            b.put_u32(attr::MAJOR, 0).unwrap();
+            b.put(attr::HANDLE, b"01ab").unwrap();
+            if dir {
+                b.put_u32(attr::IS_DIR, 1).unwrap();
+            }
+            let mut bytes = b.finish();
+            stamp(&mut bytes, 2, 7);
+            bytes
+        };
+        let line = |bytes: &[u8]| human_line(&parse(bytes), 0);
+        assert_eq!(
+            line(&record(file::CREATE, "sub/a b.txt", None, false)),
+            "22:13:20.123  file create       \"sub/a b.txt\""
+        );
+        assert_eq!(
+            line(&record(file::RENAME, "new", Some("old"), true)),
+            "22:13:20.123  file rename       new  from old  [dir]"
+        );
+        assert_eq!(
+            line(&record(file::ATTRIB, "", None, false)),
+            "22:13:20.123  file attrib       ."
+        );
+        assert_eq!(
+            json_line(&parse(&record(file::CLOSE_WRITE, "a", None, false))),
+            r#"{"type":"file","event":"close_write","tag":2,"seq":7,"time_ns":1700000000123456789,"snapshot":false,"name":"a","major":0,"handle":"01ab"}"#
+        );
     }
 
     #[test]

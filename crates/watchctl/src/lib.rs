@@ -108,6 +108,22 @@ pub enum WatchKind {
         #[command(flatten)]
         common: WatchArgs,
     },
+    /// Files and directories under a path being created, deleted, written (modify,
+    /// close_write), changed (attrib) or moved (moved_from, moved_to, rename); only what
+    /// you could look up yourself is shown
+    Files {
+        /// The file or directory to watch (made absolute if relative); for a directory, the
+        /// names in it and their changes
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+
+        /// Everything below the directory, at any depth
+        #[arg(long)]
+        subtree: bool,
+
+        #[command(flatten)]
+        common: WatchArgs,
+    },
     /// Kerberos credential caches being created (kinit), changed (kinit again, kinit -R,
     /// new tickets), made primary (kswitch) or destroyed (kdestroy)
     Krb5 {
@@ -130,7 +146,8 @@ impl WatchKind {
             WatchKind::Mounts { common, .. }
             | WatchKind::Devices { common, .. }
             | WatchKind::Keys { common, .. }
-            | WatchKind::Krb5 { common, .. } => common,
+            | WatchKind::Krb5 { common, .. }
+            | WatchKind::Files { common, .. } => common,
         }
     }
 
@@ -139,7 +156,8 @@ impl WatchKind {
             WatchKind::Mounts { common, .. }
             | WatchKind::Devices { common, .. }
             | WatchKind::Keys { common, .. }
-            | WatchKind::Krb5 { common, .. } => common,
+            | WatchKind::Krb5 { common, .. }
+            | WatchKind::Files { common, .. } => common,
         }
     }
 
@@ -150,6 +168,7 @@ impl WatchKind {
             WatchKind::Devices { .. } => "devices",
             WatchKind::Keys { .. } => "keys",
             WatchKind::Krb5 { .. } => "krb5",
+            WatchKind::Files { .. } => "files",
         }
     }
 }

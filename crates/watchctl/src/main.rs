@@ -112,6 +112,15 @@ fn krb5_options(cache: Option<String>, common: &WatchArgs) -> WatchOptions {
     options
 }
 
+/// `path` made absolute, as the text the daemon takes.
+fn absolute_text(path: &std::path::Path) -> anyhow::Result<String> {
+    let path = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    match path.to_str() {
+        Some(text) => Ok(text.to_owned()),
+        None => bail!("{}: the path is not valid UTF-8", path.display()),
+    }
+}
+
 /// How a command that did not fail ended.
 enum Outcome {
     Done,
@@ -358,12 +367,7 @@ fn watch_options(kind: WatchKind) -> anyhow::Result<WatchOptions> {
                 .initial(common.initial)
                 .interactive(common.interactive);
             if let Some(path) = path {
-                let path =
-                    std::path::absolute(&path).with_context(|| format!("{}", path.display()))?;
-                let Some(path) = path.to_str() else {
-                    bail!("{}: the path is not valid UTF-8", path.display())
-                };
-                options = options.path(path);
+                options = options.path(absolute_text(&path)?);
             }
             options
         }
@@ -380,6 +384,20 @@ fn watch_options(kind: WatchKind) -> anyhow::Result<WatchOptions> {
             nested,
             common,
         } => key_options(spec, uid, nested, &common)?,
+        WatchKind::Files {
+            path,
+            subtree,
+            common,
+        } => {
+            let mut options = WatchOptions::new()
+                .initial(common.initial)
+                .interactive(common.interactive)
+                .path(absolute_text(&path)?);
+            if subtree {
+                options = options.option("subtree", true);
+            }
+            options
+        }
         WatchKind::Krb5 { cache, common } => {
             let cache = krb5_cache(cache, std::env::var_os(KRB5CCNAME))?;
             krb5_options(cache, &common)
@@ -975,7 +993,13 @@ mod tests {
 
     #[test]
     fn watch_count_argument() {
-        for kind in [&["mounts"][..], &["devices"], &["keys"], &["krb5"]] {
+        for kind in [
+            &["mounts"][..],
+            &["devices"],
+            &["keys"],
+            &["krb5"],
+            &["files", "/tmp"],
+        ] {
             let args = ["watchctl", "watch"].iter().chain(kind);
             let cli = Cli::try_parse_from(args.clone().chain(&["--count", "2"])).unwrap();
             let Command::Watch { kind: watch } = cli.command else {
@@ -985,7 +1009,8 @@ mod tests {
                 WatchKind::Mounts { common, .. }
                 | WatchKind::Devices { common, .. }
                 | WatchKind::Keys { common, .. }
-                | WatchKind::Krb5 { common, .. } => common,
+                | WatchKind::Krb5 { common, .. }
+                | WatchKind::Files { common, .. } => common,
             };
             assert_eq!(common.count, Some(2), "{kind:?}");
             for bad in ["0", "-1", "x", ""] {

@@ -83,6 +83,16 @@ extern "C" {
 #define WATCHD_KRB5_PRIMARY 2u   /* it became the collection's primary cache (kswitch) */
 #define WATCHD_KRB5_DESTROYED 3u /* it went away (kdestroy) */
 
+/* WATCHD_TYPE_FILE: what happened under a watched path (one kernel event may give several) */
+#define WATCHD_FILE_CREATE 0u      /* a name was created */
+#define WATCHD_FILE_DELETE 1u      /* a name was removed */
+#define WATCHD_FILE_MODIFY 2u      /* a file's contents were written */
+#define WATCHD_FILE_ATTRIB 3u      /* metadata changed (mode, owner, times, links, xattrs) */
+#define WATCHD_FILE_CLOSE_WRITE 4u /* a file opened for writing was closed */
+#define WATCHD_FILE_MOVED_FROM 5u  /* a name was moved out of the watch */
+#define WATCHD_FILE_MOVED_TO 6u    /* a name was moved into the watch */
+#define WATCHD_FILE_RENAME 7u      /* moved within the watch: OLD_NAME to NAME */
+
 /* WATCHD_TYPE_MOUNT */
 #define WATCHD_MOUNT_ATTACH 0u
 #define WATCHD_MOUNT_DETACH 1u
@@ -131,8 +141,8 @@ extern "C" {
 #define WATCHD_ATTR_OLD_MOUNT_POINT 0x001bu /* str */
 #define WATCHD_ATTR_MNT_NS 0x001cu          /* u64 */
 #define WATCHD_ATTR_CHANGED 0x001du         /* u32, WATCHD_MOUNT_CHANGED_* */
-#define WATCHD_ATTR_MOUNT_UNIQUE_ID 0x001eu  /* u64, the kernel's 64-bit mount id */
-#define WATCHD_ATTR_PARENT_UNIQUE_ID 0x001fu /* u64 */
+#define WATCHD_ATTR_MOUNT_UNIQUE_ID 0x001eu  /* u64, the kernel's 64-bit mount id (statmount) */
+#define WATCHD_ATTR_PARENT_UNIQUE_ID 0x001fu /* u64, the parent's 64-bit mount id */
 
 /* Devices, 0x0040..0x005f (they use WATCHD_ATTR_MAJOR and WATCHD_ATTR_MINOR too) */
 #define WATCHD_ATTR_ACTION 0x0040u       /* str, e.g. "add" */
@@ -162,6 +172,15 @@ extern "C" {
 #define WATCHD_ATTR_CACHE 0x0070u      /* str, e.g. "KEYRING:persistent:1000:krb_ccache_AbCd" */
 #define WATCHD_ATTR_PRINCIPAL 0x0071u  /* str, e.g. "alice@EXAMPLE.ORG"; empty if unknown */
 #define WATCHD_ATTR_COLLECTION 0x0072u /* str, the watched cache or collection, as named */
+
+/* Files, 0x0080..0x008f (they use WATCHD_ATTR_MAJOR and WATCHD_ATTR_MINOR too) */
+#define WATCHD_ATTR_NAME 0x0080u        /* str, relative to the watched path; "" = itself */
+#define WATCHD_ATTR_OLD_NAME 0x0081u    /* str, RENAME: the name before */
+#define WATCHD_ATTR_HANDLE 0x0082u      /* str, the file handle's bytes in hex */
+#define WATCHD_ATTR_HANDLE_TYPE 0x0083u /* u32, the file handle's type */
+#define WATCHD_ATTR_FSID 0x0084u        /* u64, statfs f_fsid, val[0] in the low half */
+#define WATCHD_ATTR_INODE 0x0085u       /* u64, while the object still exists */
+#define WATCHD_ATTR_IS_DIR 0x0086u      /* u32, 1 for a directory */
 
 /* ---- Layouts ------------------------------------------------------------------------ */
 
@@ -462,6 +481,8 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_MOUNT_UNIQUE_ID:
 	case WATCHD_ATTR_PARENT_UNIQUE_ID:
 	case WATCHD_ATTR_SEQNUM:
+	case WATCHD_ATTR_FSID:
+	case WATCHD_ATTR_INODE:
 		return WATCHD_KIND_U64;
 	case WATCHD_ATTR_TRUNCATED:
 	case WATCHD_ATTR_MAJOR:
@@ -473,6 +494,8 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_KEY_GID:
 	case WATCHD_ATTR_PERM:
 	case WATCHD_ATTR_WATCHED_KEY:
+	case WATCHD_ATTR_HANDLE_TYPE:
+	case WATCHD_ATTR_IS_DIR:
 		return WATCHD_KIND_U32;
 	case WATCHD_ATTR_OBJECT:
 	case WATCHD_ATTR_REASON:
@@ -501,6 +524,9 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_CACHE:
 	case WATCHD_ATTR_PRINCIPAL:
 	case WATCHD_ATTR_COLLECTION:
+	case WATCHD_ATTR_NAME:
+	case WATCHD_ATTR_OLD_NAME:
+	case WATCHD_ATTR_HANDLE:
 		return WATCHD_KIND_STR;
 	default:
 		return WATCHD_KIND_UNKNOWN;
@@ -556,6 +582,13 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_CACHE: return "cache";
 	case WATCHD_ATTR_PRINCIPAL: return "principal";
 	case WATCHD_ATTR_COLLECTION: return "collection";
+	case WATCHD_ATTR_NAME: return "name";
+	case WATCHD_ATTR_OLD_NAME: return "old_name";
+	case WATCHD_ATTR_HANDLE: return "handle";
+	case WATCHD_ATTR_HANDLE_TYPE: return "handle_type";
+	case WATCHD_ATTR_FSID: return "fsid";
+	case WATCHD_ATTR_INODE: return "inode";
+	case WATCHD_ATTR_IS_DIR: return "is_dir";
 	default: return NULL;
 	}
 }
@@ -583,6 +616,8 @@ static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
 	static const char *const device[] = {"add",    "remove",  "change", "move",
 					     "online", "offline", "bind",   "unbind"};
 	static const char *const krb5[] = {"created", "changed", "primary", "destroyed"};
+	static const char *const file[] = {"create",      "delete",     "modify",   "attrib",
+					   "close_write", "moved_from", "moved_to", "rename"};
 
 	switch (type) {
 	case WATCHD_TYPE_META:
@@ -595,6 +630,8 @@ static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
 		return subtype < sizeof device / sizeof device[0] ? device[subtype] : NULL;
 	case WATCHD_TYPE_KRB5:
 		return subtype < sizeof krb5 / sizeof krb5[0] ? krb5[subtype] : NULL;
+	case WATCHD_TYPE_FILE:
+		return subtype < sizeof file / sizeof file[0] ? file[subtype] : NULL;
 	default:
 		return NULL;
 	}

@@ -154,6 +154,41 @@ pub mod device {
     }
 }
 
+/// Subtypes of [`RecordType::File`]: what happened to a file or directory under a watched
+/// path. One kernel event can say several of these at once (the kernel merges events on one
+/// name); each is a record of its own, in the order [`file::ORDER`] gives.
+pub mod file {
+    /// A name was created in a watched directory (file, directory, link…).
+    pub const CREATE: u8 = 0;
+    /// A name was removed from a watched directory.
+    pub const DELETE: u8 = 1;
+    /// A file's contents were written.
+    pub const MODIFY: u8 = 2;
+    /// Metadata changed: permissions, owner, timestamps, link count, extended attributes.
+    pub const ATTRIB: u8 = 3;
+    /// A file opened for writing was closed.
+    pub const CLOSE_WRITE: u8 = 4;
+    /// A name was moved out of the watch (`name` is where it was).
+    pub const MOVED_FROM: u8 = 5;
+    /// A name was moved into the watch (`name` is where it is now).
+    pub const MOVED_TO: u8 = 6;
+    /// A name was moved within the watch: `old_name` to `name`.
+    pub const RENAME: u8 = 7;
+
+    /// The order the records of one merged kernel event come in: arrivals first, changes,
+    /// departures last.
+    pub const ORDER: [u8; 8] = [
+        MOVED_TO,
+        CREATE,
+        MODIFY,
+        ATTRIB,
+        CLOSE_WRITE,
+        RENAME,
+        MOVED_FROM,
+        DELETE,
+    ];
+}
+
 /// How an attribute's value is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttrKind {
@@ -269,20 +304,36 @@ pub mod attr {
     /// str: the watched cache or collection, as the watch named it.
     pub const COLLECTION: u16 = 0x0072;
 
+    // 0x0080..0x008f: file records.
+    /// str: the name the record is about, relative to the watched path ("a/b.txt"); empty
+    /// for the watched object itself.
+    pub const NAME: u16 = 0x0080;
+    /// str: RENAME: the name before the move, relative to the watched path.
+    pub const OLD_NAME: u16 = 0x0081;
+    /// str: the object's file handle as `name_to_handle_at(2)` gives it, in hex.
+    pub const HANDLE: u16 = 0x0082;
+    /// u32: the file handle's type (`handle_type` of `struct file_handle`).
+    pub const HANDLE_TYPE: u16 = 0x0083;
+    /// u64: the filesystem id (`f_fsid` of statfs(2): val[0] in the low 32 bits).
+    pub const FSID: u16 = 0x0084;
+    /// u64: the object's inode number, when the daemon could still open it by its handle.
+    pub const INODE: u16 = 0x0085;
+    /// u32: 1 when the object is a directory.
+    pub const IS_DIR: u16 = 0x0086;
+
     /// The layout of each known attribute; `None` for ids this version does not know.
     pub fn kind(id: u16) -> Option<super::AttrKind> {
         use super::AttrKind::*;
         Some(match id {
             LOST_COUNT | FIRST_LOST_SEQ | LOST_TYPES | MOUNT_ID | PARENT_ID | MNT_NS | SEQNUM
-            | MOUNT_UNIQUE_ID | PARENT_UNIQUE_ID => U64,
+            | MOUNT_UNIQUE_ID | PARENT_UNIQUE_ID | FSID | INODE => U64,
             TRUNCATED | MAJOR | MINOR | CHANGED | KEY_ID | AUX | KEY_UID | KEY_GID | PERM
-            | WATCHED_KEY => U32,
+            | WATCHED_KEY | HANDLE_TYPE | IS_DIR => U32,
             OBJECT | REASON | ROOT | MOUNT_POINT | FS_TYPE | SOURCE | MOUNT_OPTIONS
             | SUPER_OPTIONS | PROPAGATION | OLD_MOUNT_POINT | ACTION | SUBSYSTEM | DEVTYPE
             | SYSNAME | SYSPATH | DEVNODE | DRIVER | TAGS | PROPERTY | OLD_SYSPATH
-            | EVENT_SOURCE | BACKEND | KEY_TYPE | DESCRIPTION | CACHE | PRINCIPAL | COLLECTION => {
-                Str
-            }
+            | EVENT_SOURCE | BACKEND | KEY_TYPE | DESCRIPTION | CACHE | PRINCIPAL | COLLECTION
+            | NAME | OLD_NAME | HANDLE => Str,
             _ => return None,
         })
     }
@@ -290,7 +341,7 @@ pub mod attr {
 
 /// Stable names for types, subtypes and attributes (what `watchctl --json` prints).
 pub mod names {
-    use super::{RecordType, attr, device, key, krb5, meta, mount};
+    use super::{RecordType, attr, device, file, key, krb5, meta, mount};
 
     pub fn record_type(t: u32) -> Option<&'static str> {
         Some(match RecordType::from_u32(t)? {
@@ -334,6 +385,14 @@ pub mod names {
             (RecordType::Krb5, krb5::CHANGED) => "changed",
             (RecordType::Krb5, krb5::PRIMARY) => "primary",
             (RecordType::Krb5, krb5::DESTROYED) => "destroyed",
+            (RecordType::File, file::CREATE) => "create",
+            (RecordType::File, file::DELETE) => "delete",
+            (RecordType::File, file::MODIFY) => "modify",
+            (RecordType::File, file::ATTRIB) => "attrib",
+            (RecordType::File, file::CLOSE_WRITE) => "close_write",
+            (RecordType::File, file::MOVED_FROM) => "moved_from",
+            (RecordType::File, file::MOVED_TO) => "moved_to",
+            (RecordType::File, file::RENAME) => "rename",
             _ => return None,
         })
     }
@@ -386,6 +445,13 @@ pub mod names {
             attr::CACHE => "cache",
             attr::PRINCIPAL => "principal",
             attr::COLLECTION => "collection",
+            attr::NAME => "name",
+            attr::OLD_NAME => "old_name",
+            attr::HANDLE => "handle",
+            attr::HANDLE_TYPE => "handle_type",
+            attr::FSID => "fsid",
+            attr::INODE => "inode",
+            attr::IS_DIR => "is_dir",
             _ => return None,
         })
     }
@@ -1126,9 +1192,9 @@ mod tests {
                 RecordType::Meta => 4,
                 RecordType::Key => 8,
                 RecordType::Mount => 4,
-                RecordType::Device => 8,
+                RecordType::Device | RecordType::File => 8,
                 RecordType::Krb5 => 4,
-                RecordType::Superblock | RecordType::File => 0,
+                RecordType::Superblock => 0,
             }
         };
         for t in RecordType::ALL {
@@ -1155,7 +1221,7 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 46);
+        assert_eq!(seen.len(), 53);
     }
 
     #[test]

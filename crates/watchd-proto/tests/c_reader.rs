@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use common::{STRICT, compile_snippet, run, run_on_file, stdout_lines, watchd_dump};
 use watchd_proto::{
     AttrKind, FLAG_SNAPSHOT, FLAG_TRUNCATED, HEADER_LEN, MAX_RECORD_LEN, RecordBuilder, RecordType,
-    VERSION, attr, device, key, krb5, meta, mount, names, stamp,
+    VERSION, attr, device, file, key, krb5, meta, mount, names, stamp,
 };
 
 const TIME: u64 = 1_767_225_600_123_456_789;
@@ -440,6 +440,9 @@ int main(void)
     P(WATCHD_KEY_INVALIDATED); P(WATCHD_KEY_SETATTR);
     P(WATCHD_KRB5_CREATED); P(WATCHD_KRB5_CHANGED); P(WATCHD_KRB5_PRIMARY);
     P(WATCHD_KRB5_DESTROYED);
+    P(WATCHD_FILE_CREATE); P(WATCHD_FILE_DELETE); P(WATCHD_FILE_MODIFY); P(WATCHD_FILE_ATTRIB);
+    P(WATCHD_FILE_CLOSE_WRITE); P(WATCHD_FILE_MOVED_FROM); P(WATCHD_FILE_MOVED_TO);
+    P(WATCHD_FILE_RENAME);
     P(WATCHD_MOUNT_ATTACH); P(WATCHD_MOUNT_DETACH); P(WATCHD_MOUNT_MOVE); P(WATCHD_MOUNT_CHANGE);
     P(WATCHD_DEVICE_ADD); P(WATCHD_DEVICE_REMOVE); P(WATCHD_DEVICE_CHANGE); P(WATCHD_DEVICE_MOVE);
     P(WATCHD_DEVICE_ONLINE); P(WATCHD_DEVICE_OFFLINE); P(WATCHD_DEVICE_BIND);
@@ -462,6 +465,8 @@ int main(void)
     P(WATCHD_ATTR_DESCRIPTION); P(WATCHD_ATTR_KEY_UID); P(WATCHD_ATTR_KEY_GID);
     P(WATCHD_ATTR_PERM); P(WATCHD_ATTR_WATCHED_KEY);
     P(WATCHD_ATTR_CACHE); P(WATCHD_ATTR_PRINCIPAL); P(WATCHD_ATTR_COLLECTION);
+    P(WATCHD_ATTR_NAME); P(WATCHD_ATTR_OLD_NAME); P(WATCHD_ATTR_HANDLE);
+    P(WATCHD_ATTR_HANDLE_TYPE); P(WATCHD_ATTR_FSID); P(WATCHD_ATTR_INODE); P(WATCHD_ATTR_IS_DIR);
 
     for (id = 0; id <= 0xffff; id++) {
         const char *name = watchd_attr_name((uint16_t)id);
@@ -519,6 +524,19 @@ int main(void)
         (
             RecordType::Krb5,
             &[krb5::CREATED, krb5::CHANGED, krb5::PRIMARY, krb5::DESTROYED],
+        ),
+        (
+            RecordType::File,
+            &[
+                file::CREATE,
+                file::DELETE,
+                file::MODIFY,
+                file::ATTRIB,
+                file::CLOSE_WRITE,
+                file::MOVED_FROM,
+                file::MOVED_TO,
+                file::RENAME,
+            ],
         ),
         (
             RecordType::Mount,

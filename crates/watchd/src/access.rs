@@ -110,7 +110,8 @@ impl<'a> CallerProcess<'a> {
         self.checked("ns/mnt", |p| File::open(p).map(OwnedFd::from))
     }
 
-    fn root(&self) -> Result<OwnedFd> {
+    /// The caller's root directory, open: paths the caller names resolve below it.
+    pub fn root(&self) -> Result<OwnedFd> {
         self.checked("root", |p| File::open(p).map(OwnedFd::from))
     }
 
@@ -199,7 +200,7 @@ pub fn resolve_path(caller: &Caller, path: &str) -> Result<Vec<u8>> {
 
 /// The handle's path as the caller names it: the daemon's name for it, less the daemon's
 /// name for the caller's root.
-fn caller_relative(caller: &Caller, handle: &OwnedFd) -> Result<Vec<u8>> {
+pub fn caller_relative(caller: &Caller, handle: &OwnedFd) -> Result<Vec<u8>> {
     let link = |p: PathBuf| std::fs::read_link(&p).map(|t| t.as_os_str().as_bytes().to_vec());
     let fd_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(handle));
     let full = link(PathBuf::from(fd_path))

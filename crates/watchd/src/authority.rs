@@ -31,15 +31,17 @@ pub enum Action {
     WatchOwnKeys,
     WatchOtherUsersKeys,
     WatchKrb5,
+    WatchFiles,
 }
 
 impl Action {
-    pub const ALL: [Action; 5] = [
+    pub const ALL: [Action; 6] = [
         Action::WatchMounts,
         Action::WatchDevices,
         Action::WatchOwnKeys,
         Action::WatchOtherUsersKeys,
         Action::WatchKrb5,
+        Action::WatchFiles,
     ];
 
     /// The action that guards a watch of `kind` with these options, decided before any
@@ -55,6 +57,7 @@ impl Action {
                 _ => Action::WatchOwnKeys,
             },
             "krb5" => Action::WatchKrb5,
+            "files" => Action::WatchFiles,
             _ => return None,
         })
     }
@@ -66,6 +69,7 @@ impl Action {
             Action::WatchOwnKeys => "org.watchd.Watchd1.watch-own-keys",
             Action::WatchOtherUsersKeys => "org.watchd.Watchd1.watch-other-users-keys",
             Action::WatchKrb5 => "org.watchd.Watchd1.watch-krb5",
+            Action::WatchFiles => "org.watchd.Watchd1.watch-files",
         }
     }
 }

@@ -120,6 +120,8 @@ pub struct Sources {
     pub devices: bool,
     pub keys: bool,
     pub krb5: bool,
+    /// File events under a path (fanotify, FID mode; needs CAP_SYS_ADMIN).
+    pub files: bool,
     /// Where device events come from: "auto" (udev when udevd runs, else the kernel),
     /// "udev" or "kernel".
     pub device_events: DeviceEvents,
@@ -135,6 +137,7 @@ impl Default for Sources {
             devices: true,
             keys: true,
             krb5: true,
+            files: true,
             device_events: DeviceEvents::Auto,
             mount_events: MountEvents::Auto,
         }
@@ -303,7 +306,7 @@ impl Config {
             ));
         }
         let s = &self.sources;
-        if !(s.mounts || s.devices || s.keys || s.krb5) {
+        if !(s.mounts || s.devices || s.keys || s.krb5 || s.files) {
             return Err("every source is disabled in [sources]: nothing to serve".into());
         }
         let interval = self.keys.poll_interval_ms;
@@ -369,7 +372,7 @@ mod tests {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
-        assert_eq!(config.values().len(), 17, "{:?}", config.values());
+        assert_eq!(config.values().len(), 18, "{:?}", config.values());
     }
 
     #[test]

@@ -39,7 +39,7 @@ fn on_a_thread_of_its_own<T: Send>(f: impl FnOnce() -> io::Result<T> + Send) -> 
 }
 
 /// Whose rights a file is opened with.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FsCreds {
     pub uid: u32,
     /// The caller's file-system gid, as its process had it.
@@ -50,17 +50,25 @@ pub struct FsCreds {
 /// Runs `f` on a thread of its own that holds `creds` as its fsuid, fsgid and groups.
 pub fn run_as<T: Send>(creds: &FsCreds, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     on_a_thread_of_its_own(|| {
-        // Groups and gid while fsuid is still root's (setgroups needs CAP_SETGID, which a
-        // change of fsuid does not drop, but keep the order obvious).
-        sys::setgroups_this_thread(&creds.groups)?;
-        sys::setfsgid(creds.gid);
-        sys::setfsuid(creds.uid);
-        // setfsuid reports no failure: ask for the value to know it took.
-        if sys::setfsuid(u32::MAX) != creds.uid || sys::setfsgid(u32::MAX) != creds.gid {
-            return Err(io::Error::other("could not take the caller's credentials"));
-        }
+        wear(creds)?;
         f()
     })
+}
+
+/// Gives the calling thread `creds` as its fsuid, fsgid and groups, for the rest of its
+/// life: only for a thread the daemon started for this caller alone (a per-caller checker
+/// of the files source), which wears them from its first instruction to its end.
+pub fn wear(creds: &FsCreds) -> io::Result<()> {
+    // Groups and gid while fsuid is still root's (setgroups needs CAP_SETGID, which a
+    // change of fsuid does not drop, but keep the order obvious).
+    sys::setgroups_this_thread(&creds.groups)?;
+    sys::setfsgid(creds.gid);
+    sys::setfsuid(creds.uid);
+    // setfsuid reports no failure: ask for the value to know it took.
+    if sys::setfsuid(u32::MAX) != creds.uid || sys::setfsgid(u32::MAX) != creds.gid {
+        return Err(io::Error::other("could not take the caller's credentials"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -196,7 +196,7 @@ pub struct SubscriptionObject {
 impl SubscriptionObject {
     /// AddWatch:
     /// @tag: The number this watch's records carry: non-zero, unique in the subscription.
-    /// @kind: What to watch: one of the Manager's Sources (mounts, devices, keys, krb5).
+    /// @kind: What to watch: one of the Manager's Sources (mounts, devices, keys, krb5, files).
     /// @options: Options of the watch (below).
     ///
     /// Add a watch to the subscription. Options: "initial" (b) current state first, then SYNC; "filters" (a(utuu)) type,
@@ -207,6 +207,8 @@ impl SubscriptionObject {
     /// "@user-session", "@persistent" or a serial), "uid" (u: whose named keyring; another
     /// user's needs the admin action), "nested" (b: every key inside too). krb5: "cache"
     /// (s, default: the caller's default ccache), "signal" (b: also CredentialsCacheChanged).
+    /// files: "path" (s: a file or directory, resolved as the caller) or "fd" (h: a directory,
+    /// which must be the one at its path for the caller), "subtree" (b: everything below it).
     /// Options are read under the bounds of Subscribe's.
     async fn add_watch(
         &self,

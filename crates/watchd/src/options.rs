@@ -31,6 +31,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
+use std::os::fd::AsFd;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use watchd_proto::RecordType;
@@ -62,9 +63,23 @@ pub enum Value {
     Str(String),
     Strings(Vec<String>),
     Filters(Vec<FilterEntry>),
+    /// A file descriptor the caller passed (`h`), the daemon's own copy.
+    Fd(PassedFd),
     /// A type no option takes, known by its D-Bus signature only.
     Other(String),
 }
+
+/// A descriptor from the caller's message; two are equal only if they are the same copy.
+#[derive(Clone, Debug)]
+pub struct PassedFd(pub std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl PartialEq for PassedFd {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for PassedFd {}
 
 impl Value {
     /// The D-Bus signature the value came with.
@@ -76,6 +91,7 @@ impl Value {
             Value::Str(_) => "s",
             Value::Strings(_) => "as",
             Value::Filters(_) => "a(utuu)",
+            Value::Fd(_) => "h",
             Value::Other(signature) => signature,
         }
     }
@@ -216,6 +232,14 @@ impl<'de> Visitor<'de> for OptionValue<'_> {
                     entry: PhantomData::<FilterEntry>,
                 })
                 .map(|v| v.map(Value::Filters)),
+            "h" => match variant.next_element::<zbus::Fd<'de>>()? {
+                None => Ok(None),
+                Some(fd) => fd
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map(|fd| Some(Value::Fd(PassedFd(std::sync::Arc::new(fd)))))
+                    .map_err(|e| de::Error::custom(format!("option '{name}': {e}"))),
+            },
             _ => variant
                 .next_element_seed(Walk {
                     name,
@@ -506,6 +530,14 @@ impl Options {
     pub fn take_u32(&mut self, key: &str) -> Result<Option<u32>> {
         self.take(key, "u", |v| match v {
             Value::U32(n) => Ok(n),
+            other => Err(other),
+        })
+    }
+
+    /// A descriptor the caller passed (`h`).
+    pub fn take_fd(&mut self, key: &str) -> Result<Option<PassedFd>> {
+        self.take(key, "h", |v| match v {
+            Value::Fd(fd) => Ok(fd),
             other => Err(other),
         })
     }

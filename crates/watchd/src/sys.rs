@@ -7,7 +7,8 @@
 //! where `unsafe` is allowed (each says why at its top, each block why it is sound):
 //! [`keyctl`] (keyctl(2), add_key(2)), [`watch_queue`] (the watch-queue ioctls),
 //! [`mount_api`] (statmount(2), listmount(2), the mount namespace id), [`fanotify`]
-//! (fanotify_init(2) and fanotify_mark(2) with the mount-namespace flags),
+//! (fanotify_init(2) and fanotify_mark(2) with the mount-namespace flags), [`handle`]
+//! (name_to_handle_at(2), open_by_handle_at(2)),
 //! [`interrupt`] (a no-op signal handler and a per-thread POSIX timer) and [`reactor`]
 //! (registering a descriptor with Tokio, an `unsafe fn`).
 
@@ -18,12 +19,14 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 
 mod fanotify;
+mod handle;
 mod interrupt;
 mod keyctl;
 mod mount_api;
 mod reactor;
 mod watch_queue;
 pub use fanotify::*;
+pub use handle::*;
 pub use interrupt::*;
 pub use keyctl::*;
 pub use mount_api::*;

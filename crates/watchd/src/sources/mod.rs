@@ -7,6 +7,8 @@
 //! - [`keys`]: kernel keys and keyrings, followed by one poller thread, told of changes by
 //!   the kernel's watch queue where the kernel has one (`CONFIG_WATCH_QUEUE`).
 //! - [`krb5`]: Kerberos credential caches, in keyrings (through the key poller) or files.
+//! - [`files`]: file events under a path (one fanotify group in FID mode), each checked as
+//!   its subscriber before it is delivered.
 //!
 //! **Adding a source:** a module here whose change type implements
 //! [`crate::event::Change`], whose watches' scope implements [`crate::watch::Scope`] and
@@ -16,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod devices;
+pub mod files;
 pub mod keys;
 pub mod krb5;
 pub mod mounts;
@@ -28,7 +31,13 @@ use crate::source::Source;
 use crate::watch::Kind;
 
 /// Every kind this daemon knows, served or disabled in the configuration.
-pub const KINDS: [Kind; 4] = [mounts::KIND, devices::KIND, keys::KIND, krb5::KIND];
+pub const KINDS: [Kind; 5] = [
+    mounts::KIND,
+    devices::KIND,
+    keys::KIND,
+    krb5::KIND,
+    files::KIND,
+];
 
 /// A source that could not start, and what it needs.
 #[derive(Debug)]
@@ -88,6 +97,15 @@ pub fn start(
         if enabled.krb5 {
             sources.push(krb5::Krb5Source::new(poller, signals));
         }
+    }
+    if enabled.files {
+        sources.push(
+            files::FileSource::start(hub.clone()).map_err(|error| StartError {
+                kind: files::KIND,
+                needs: "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
+                error,
+            })?,
+        );
     }
     Ok(sources)
 }
