@@ -7,6 +7,7 @@
 
 mod authorization;
 mod bad_requests;
+mod booted;
 mod caller_files;
 mod daemon_admin;
 mod devices;
@@ -70,6 +71,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(key_watch_queue::trials());
     trials.extend(daemon_admin::trials());
     trials.extend(packaging::trials());
+    trials.extend(booted::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 
