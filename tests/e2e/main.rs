@@ -11,6 +11,7 @@ mod booted;
 mod caller_files;
 mod daemon_admin;
 mod devices;
+mod fresh_root;
 mod hostile_requests;
 mod interfaces;
 mod key_watch_queue;
@@ -72,6 +73,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(daemon_admin::trials());
     trials.extend(packaging::trials());
     trials.extend(booted::trials());
+    trials.extend(fresh_root::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 
