@@ -246,6 +246,18 @@ fn steps(c: &mut Container, checkout: &Path, started: Instant) -> Result<()> {
         started.elapsed()
     );
 
+    // The old habit, sudo ./demo.sh: the build is the user's all the same (with the user's
+    // login PATH; here nothing is left to build), the demo root's.
+    let sudo_demo = run_as_user(c, &format!("cd {CHECKOUT} && sudo DEMO_ROUNDS=1 ./demo.sh"))
+        .step("sudo ./demo.sh")?;
+    ensure!(
+        sudo_demo.contains(&format!("building as {USER}, not root"))
+            && sudo_demo.contains("mount attach"),
+        "step: sudo ./demo.sh should build as {USER} and show events:\n{}",
+        watchd_e2e::vm::tail(&sudo_demo, 40)
+    );
+    owned_by_user(checkout).step("after sudo ./demo.sh")?;
+
     // Test it: ./test.sh, filtered.
     let tests = run_as_user(c, &format!("{ci}cd {CHECKOUT} && ./test.sh -- {FILTER}"))
         .step("README, Test it: ./test.sh")?;
