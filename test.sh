@@ -2,7 +2,7 @@
 # The whole test suite (README, "Test it"): run it as yourself.
 #
 #   ./test.sh                       every test
-#   ./test.sh -- mount_events       cargo test's arguments after the build's own
+#   ./test.sh -- mounts::           arguments for cargo test (here: only the mount tests)
 #
 # 1. Installs the Debian packages the tests need (packaging/install-deps test, through sudo)
 #    and cargo-deb, which the packaging tests use, when cargo has none.

@@ -88,7 +88,7 @@ static USER_KEYRING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Runs `script` as `uid` in a fresh session keyring that links the user's `@u`, so that
 /// the user possesses its own keys (as in a login session) and may update, revoke or
 /// setperm them. Returns stdout, trimmed.
-fn keyctl_as(uid: u32, script: &str) -> Result<String> {
+pub(crate) fn keyctl_as(uid: u32, script: &str) -> Result<String> {
     let mut command = Command::new("keyctl");
     command.args([
         "session",

@@ -3,7 +3,8 @@
 //!
 //! Tests are grouped by what they prove: delivery of mount events, the pipe contract (loss,
 //! lifetime, filters, initial state), refusal of bad requests, and the interfaces people use
-//! (busctl, watchctl, a C reader written from docs/protocol.md).
+//! (busctl, watchctl, a C reader written from docs/protocol.md), and clients for scripts and
+//! other languages (watchctl's script options, the GDBus example).
 
 mod authorization;
 mod bad_requests;
@@ -23,6 +24,7 @@ mod packaging;
 mod pipe_budget;
 mod pipe_contract;
 mod polkit_files;
+mod scripting;
 mod udev_harness;
 mod udevd_switch;
 
@@ -60,6 +62,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(bad_requests::trials());
     trials.extend(hostile_requests::trials());
     trials.extend(interfaces::trials());
+    trials.extend(scripting::trials());
     trials.extend(authorization::trials());
     trials.extend(polkit_files::trials());
     trials.extend(udev_harness::trials());

@@ -609,6 +609,19 @@ pub mod mounts {
         .with_context(|| format!("remount,bind,noexec {}", target.display()))
     }
 
+    /// `remount,OPTIONS`: the filesystem's own options changed (e.g. tmpfs `size=`), its
+    /// flags and the mount's untouched.
+    pub fn remount_with(target: &Path, options: &str) -> Result<()> {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT,
+            Some(options),
+        )
+        .with_context(|| format!("remount,{options} {}", target.display()))
+    }
+
     /// `remount,rw`: the superblock writable again.
     pub fn remount_read_write(target: &Path) -> Result<()> {
         mount(

@@ -230,3 +230,14 @@ pub fn mount_setattr(
     };
     nix::errno::Errno::result(ret).map(drop)
 }
+
+/// `sched_setscheduler(2)` of the calling thread to `SCHED_FIFO` at priority 1: it runs
+/// whenever it is runnable, ahead of every ordinary thread (for a reader that must keep up
+/// on a busy machine). Needs CAP_SYS_NICE.
+pub fn realtime_priority_this_thread() -> nix::Result<()> {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param that outlives
+    // the call.
+    let ret = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    nix::errno::Errno::result(ret).map(drop)
+}

@@ -4,7 +4,8 @@
 //! - `pairs N DIR`: N times, mount a tmpfs on DIR and unmount it again at once.
 //! - `burst N DIR`: a tmpfs on each of DIR/0 … DIR/N-1, in that order (source `burst-I`).
 //! - `unburst N DIR`: unmounts those, last first.
-//! - `remounts N TARGET`: N bind-remounts of TARGET, alternately read-only and read-write.
+//! - `remounts N TARGET`: N bind-remounts of TARGET, alternately read-only and read-write,
+//!   the last one read-only.
 //!
 //! Prints the seconds it took on stdout.
 
@@ -59,7 +60,7 @@ fn main() -> Result<()> {
         }
         "remounts" => {
             for i in 0..count {
-                let read_only = if i % 2 == 0 {
+                let read_only = if (count - 1 - i).is_multiple_of(2) {
                     MsFlags::MS_RDONLY
                 } else {
                     MsFlags::empty()

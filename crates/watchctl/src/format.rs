@@ -11,9 +11,11 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde_json::Value;
-use watchd_client::Status;
+use watchctl::TimeFormat;
+use watchd_client::{Status, SubscriptionInfo};
 use watchd_proto::{
-    Attr, AttrKind, FLAG_SNAPSHOT, FLAG_TRUNCATED, Record, RecordType, attr, meta, mount, names,
+    Attr, AttrKind, FLAG_SNAPSHOT, FLAG_TRUNCATED, Record, RecordType, attr, key, meta, mount,
+    names,
 };
 
 /// The JSON member that gathers a record's `property` attributes.
@@ -136,12 +138,19 @@ fn push_property(properties: &mut Object<'_>, a: &Attr<'_>) {
     }
 }
 
-/// One record as one line of JSON (no newline): `type`, `event`, `tag`, `seq`, `time_ns`,
-/// `snapshot`, then every attribute by name, in the record's order. The `property`
-/// attributes (device records) are gathered into one `properties` object, `{"KEY":
-/// "VALUE", …}` in their order, placed where the first of them was; a key that occurs twice
-/// gets the array of its values.
+/// [`json_line_with`] with neither kind nor time.
+#[cfg(test)]
 pub fn json_line(record: &Record<'_>) -> String {
+    json_line_with(record, None, None)
+}
+
+/// One record as one line of JSON (no newline): `type`, `event`, `tag`, `kind` (the kind
+/// of the watch the tag names, when given), `seq`, `time_ns`, `time` (the time as text,
+/// when given), `snapshot`, then every attribute by name, in the record's order. The
+/// `property` attributes (device records) are gathered into one `properties` object,
+/// `{"KEY": "VALUE", …}` in their order, placed where the first of them was; a key that
+/// occurs twice gets the array of its values.
+pub fn json_line_with(record: &Record<'_>, kind: Option<&str>, time: Option<&str>) -> String {
     let h = &record.header;
     let mut object = Object::default();
     object.push("type", Value::from(type_name(h.record_type).as_ref()));
@@ -150,8 +159,14 @@ pub fn json_line(record: &Record<'_>) -> String {
         Value::from(subtype_name(h.record_type, h.subtype).as_ref()),
     );
     object.push("tag", Value::from(h.tag));
+    if let Some(kind) = kind {
+        object.push("kind", Value::from(kind));
+    }
     object.push("seq", Value::from(h.seq));
     object.push("time_ns", Value::from(h.time_ns));
+    if let Some(time) = time {
+        object.push("time", Value::from(time));
+    }
     object.push("snapshot", Value::from(h.flags & FLAG_SNAPSHOT != 0));
     // Record::parse has checked the attribute chain, so no item is an error.
     for a in record.attrs().filter_map(Result::ok) {
@@ -166,15 +181,70 @@ pub fn json_line(record: &Record<'_>) -> String {
 
 /// `HH:MM:SS.mmm` of `time_ns` (nanoseconds since the epoch) at `utc_offset` seconds east.
 pub fn clock(time_ns: u64, utc_offset: i64) -> String {
-    let secs = i64::try_from(time_ns / 1_000_000_000).unwrap_or(i64::MAX);
-    let millis = (time_ns / 1_000_000) % 1000;
-    let day_secs = secs.saturating_add(utc_offset).rem_euclid(86_400);
+    let (_, day_secs, millis) = local_parts(time_ns, utc_offset);
     format!(
         "{:02}:{:02}:{:02}.{millis:03}",
         day_secs / 3600,
         day_secs / 60 % 60,
         day_secs % 60
     )
+}
+
+/// `time_ns` at `utc_offset` seconds east: days since the epoch, seconds into that day,
+/// milliseconds.
+fn local_parts(time_ns: u64, utc_offset: i64) -> (i64, i64, u64) {
+    let secs = i64::try_from(time_ns / 1_000_000_000).unwrap_or(i64::MAX);
+    let local = secs.saturating_add(utc_offset);
+    (
+        local.div_euclid(86_400),
+        local.rem_euclid(86_400),
+        (time_ns / 1_000_000) % 1000,
+    )
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153; // March is 0
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// ISO 8601 (RFC 3339) date and time of `time_ns` at `utc_offset` seconds east, to the
+/// millisecond, with the offset: `2026-12-05T21:14:03.123+01:00`.
+pub fn iso_time(time_ns: u64, utc_offset: i64) -> String {
+    let (days, day_secs, millis) = local_parts(time_ns, utc_offset);
+    let (year, month, day) = civil_date(days);
+    let sign = if utc_offset < 0 { '-' } else { '+' };
+    let offset_minutes = utc_offset.abs() / 60;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}{sign}{:02}:{:02}",
+        day_secs / 3600,
+        day_secs / 60 % 60,
+        day_secs % 60,
+        offset_minutes / 60,
+        offset_minutes % 60
+    )
+}
+
+/// The record's time as `time` says: [`clock`] or [`iso_time`].
+pub fn time_text(time_ns: u64, utc_offset: i64, time: TimeFormat) -> String {
+    match time {
+        TimeFormat::Clock => clock(time_ns, utc_offset),
+        TimeFormat::Iso => iso_time(time_ns, utc_offset),
+    }
 }
 
 /// Text as it should appear in a line: as is when it is one plain word, else quoted and
@@ -459,10 +529,19 @@ fn describe_generic(record: &Record<'_>) -> String {
 
 /// One record as one readable line (no newline), its time shown `utc_offset` seconds east
 /// of UTC. Snapshot records are marked `[snapshot]`.
+#[cfg(test)]
 pub fn human_line(record: &Record<'_>, utc_offset: i64) -> String {
+    human_line_at(record, &clock(record.header.time_ns, utc_offset), None)
+}
+
+/// [`human_line`] starting with `time`, then `[TAG KIND]` when `watch` names the watch the
+/// record is from (when a command has several).
+pub fn human_line_at(record: &Record<'_>, time: &str, watch: Option<(u64, &str)>) -> String {
     let h = &record.header;
-    let mut line = clock(h.time_ns, utc_offset);
-    line.push_str("  ");
+    let mut line = format!("{time}  ");
+    if let Some((tag, kind)) = watch {
+        let _ = write!(line, "[{tag} {kind}]  ");
+    }
     if h.flags & FLAG_SNAPSHOT != 0 {
         line.push_str("[snapshot] ");
     }
@@ -496,6 +575,60 @@ pub fn human_line(record: &Record<'_>, utc_offset: i64) -> String {
     line
 }
 
+/// What `keyctl watch` (keyutils, keyctl_watch.c) prints when its pipe ends.
+pub const KEYCTL_END: &str = "-- END --";
+
+/// The line `keyctl watch` prints for the same notification (no newline), or none for a
+/// record it has no line for (SYNC, SOURCE_CHANGED, anything not about keys). keyutils
+/// prints, with `%u` the key's serial (`key_id`) and `aux` the other key:
+///
+/// | notification | line |
+/// |---|---|
+/// | instantiated | `%u inst` |
+/// | updated | `%u upd` |
+/// | linked | `%u link %u` (keyring, key linked) |
+/// | unlinked | `%u unlk %u` (keyring, key unlinked) |
+/// | cleared | `%u clr` |
+/// | revoked | `%u rev` |
+/// | invalidated | `%u inv` |
+/// | setattr | `%u attr` |
+/// | removal (the watched key is gone) | `%u gc` |
+/// | loss | `-- LOSS --` |
+pub fn keyctl_line(record: &Record<'_>) -> Option<String> {
+    let h = &record.header;
+    let key_id = record.get_u32(attr::KEY_ID);
+    match h.record_type() {
+        Some(RecordType::Key) => {
+            let id = key_id?;
+            // keyutils prints the aux field as is: 0 when the kernel gave none.
+            let aux = record.get_u32(attr::AUX).unwrap_or(0);
+            Some(match h.subtype {
+                key::INSTANTIATED => format!("{id} inst"),
+                key::UPDATED => format!("{id} upd"),
+                key::LINKED => format!("{id} link {aux}"),
+                key::UNLINKED => format!("{id} unlk {aux}"),
+                key::CLEARED => format!("{id} clr"),
+                key::REVOKED => format!("{id} rev"),
+                key::INVALIDATED => format!("{id} inv"),
+                key::SETATTR => format!("{id} attr"),
+                _ => return None,
+            })
+        }
+        Some(RecordType::Meta) => match h.subtype {
+            // keyutils prints the removal's id, 0 when the notification carries none.
+            meta::REMOVAL if h.tag != 0 => Some(format!(
+                "{} gc",
+                key_id
+                    .or_else(|| record.get_u32(attr::WATCHED_KEY))
+                    .unwrap_or(0)
+            )),
+            meta::LOSS => Some("-- LOSS --".to_owned()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The status as aligned `name: value` lines, each ending in a newline.
 pub fn status_human(status: &Status) -> String {
     let sources = if status.sources.is_empty() {
@@ -511,6 +644,65 @@ pub fn status_human(status: &Status) -> String {
         text.push_str(&format!("  {kind}: {detail}\n"));
     }
     text
+}
+
+/// `watchctl list`: the kinds with how each gets its events, then the caller's
+/// subscriptions, one line each with its watches as `TAG:KIND`; each line ends in a newline.
+pub fn list_human(status: &Status, subscriptions: &[SubscriptionInfo]) -> String {
+    let mut text = String::from("kinds:\n");
+    let width = status.sources.iter().map(String::len).max().unwrap_or(0);
+    for kind in &status.sources {
+        let detail = status.source_details.get(kind).map_or("", String::as_str);
+        let _ = writeln!(text, "  {kind:<width$}  {detail}");
+    }
+    if status.sources.is_empty() {
+        text.push_str("  none\n");
+    }
+    text.push_str("your subscriptions:\n");
+    for sub in subscriptions {
+        let watches = if sub.watches.is_empty() {
+            "no watches".to_owned()
+        } else {
+            sub.watches
+                .iter()
+                .map(|w| format!("{}:{}", w.tag, w.kind))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(text, "  {}  depth={}  {watches}", sub.path, sub.depth);
+    }
+    if subscriptions.is_empty() {
+        text.push_str("  none\n");
+    }
+    text
+}
+
+/// `watchctl list --json`: `{"kinds":[{"kind":K,"backend":B},…],"subscriptions":[{"path":P,
+/// "depth":N,"watches":[{"tag":T,"kind":K},…]},…]}` (no newline).
+pub fn list_json(status: &Status, subscriptions: &[SubscriptionInfo]) -> String {
+    let kinds: Vec<Value> = status
+        .sources
+        .iter()
+        .map(|kind| {
+            let detail = status.source_details.get(kind).map(String::as_str);
+            serde_json::json!({ "kind": kind, "backend": detail })
+        })
+        .collect();
+    let subscriptions: Vec<Value> = subscriptions
+        .iter()
+        .map(|sub| {
+            let watches: Vec<Value> = sub
+                .watches
+                .iter()
+                .map(|w| serde_json::json!({ "tag": w.tag, "kind": w.kind }))
+                .collect();
+            serde_json::json!({ "path": sub.path, "depth": sub.depth, "watches": watches })
+        })
+        .collect();
+    let mut object = Object::default();
+    object.push("kinds", Value::from(kinds));
+    object.push("subscriptions", Value::from(subscriptions));
+    object.to_json()
 }
 
 /// The status as one line of JSON (no newline).
@@ -1181,6 +1373,233 @@ mod tests {
         );
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["perm"], 0x3f01_0000);
+    }
+
+    /// Each key notification as keyutils' keyctl_watch.c prints it (the table in
+    /// docs/watchctl.md, `--format keyctl`): `%u inst`, `%u upd`, `%u link %u`, `%u unlk
+    /// %u`, `%u clr`, `%u rev`, `%u inv`, `%u attr`.
+    #[test]
+    fn keyctl_lines_of_each_key_notification() {
+        use watchd_proto::key;
+        for (subtype, aux, line) in [
+            (key::INSTANTIATED, None, "255913279 inst"),
+            (key::UPDATED, None, "255913279 upd"),
+            (key::LINKED, Some(340_681_059), "255913279 link 340681059"),
+            (key::UNLINKED, Some(340_681_059), "255913279 unlk 340681059"),
+            (key::CLEARED, None, "255913279 clr"),
+            (key::REVOKED, None, "255913279 rev"),
+            (key::INVALIDATED, None, "255913279 inv"),
+            (key::SETATTR, None, "255913279 attr"),
+        ] {
+            let bytes = Key {
+                subtype,
+                key_id: 255_913_279,
+                aux,
+                ..Key::krb_linked()
+            }
+            .build(1);
+            assert_eq!(keyctl_line(&parse(&bytes)).as_deref(), Some(line));
+        }
+        // Every subtype this version knows has its line.
+        for subtype in 0..=key::SETATTR {
+            let bytes = Key {
+                subtype,
+                ..Key::krb_linked()
+            }
+            .build(1);
+            assert!(keyctl_line(&parse(&bytes)).is_some(), "{subtype}");
+        }
+        // keyctl prints the kernel's aux as is: 0 when a link record had none.
+        let bytes = Key {
+            aux: None,
+            ..Key::krb_linked()
+        }
+        .build(1);
+        assert_eq!(
+            keyctl_line(&parse(&bytes)).as_deref(),
+            Some("123456 link 0")
+        );
+        // A subtype keyutils does not know gets no line, as in keyctl.
+        let bytes = Key {
+            subtype: 40,
+            ..Key::krb_linked()
+        }
+        .build(1);
+        assert_eq!(keyctl_line(&parse(&bytes)), None);
+    }
+
+    /// The watched key gone is keyctl's `%u gc`, a loss its `-- LOSS --`; the rest of the
+    /// pipe's records, and other types, have no line.
+    #[test]
+    fn keyctl_lines_of_meta_records() {
+        let mut b = RecordBuilder::new(RecordType::Meta, meta::REMOVAL, 0, T);
+        b.put_u32(attr::KEY_ID, 255_913_279).unwrap();
+        b.put_u32(attr::WATCHED_KEY, 255_913_279).unwrap();
+        b.put_str(attr::OBJECT, "key 255913279").unwrap();
+        b.put_str(attr::REASON, "the watched key is gone").unwrap();
+        let bytes = build(b, 1, 9);
+        assert_eq!(keyctl_line(&parse(&bytes)).as_deref(), Some("255913279 gc"));
+        // No key id: keyutils prints 0.
+        let bytes = build(
+            RecordBuilder::new(RecordType::Meta, meta::REMOVAL, 0, T),
+            1,
+            9,
+        );
+        assert_eq!(keyctl_line(&parse(&bytes)).as_deref(), Some("0 gc"));
+
+        let mut b = RecordBuilder::new(RecordType::Meta, meta::LOSS, 0, T);
+        b.put_u64(attr::LOST_COUNT, 3).unwrap();
+        let bytes = build(b, 0, 10);
+        assert_eq!(keyctl_line(&parse(&bytes)).as_deref(), Some("-- LOSS --"));
+        let mut b = RecordBuilder::new(RecordType::Meta, meta::LOSS, 0, T);
+        b.put_str(attr::REASON, "the poller fell behind").unwrap();
+        let bytes = build(b, 1, 11);
+        assert_eq!(keyctl_line(&parse(&bytes)).as_deref(), Some("-- LOSS --"));
+
+        for bytes in [
+            build(
+                RecordBuilder::new(RecordType::Meta, meta::SYNC, 0, T),
+                1,
+                12,
+            ),
+            build(
+                RecordBuilder::new(RecordType::Meta, meta::SOURCE_CHANGED, 0, T),
+                1,
+                13,
+            ),
+            attach(0),
+        ] {
+            assert_eq!(keyctl_line(&parse(&bytes)), None);
+        }
+        assert_eq!(KEYCTL_END, "-- END --");
+    }
+
+    #[test]
+    fn iso_time_has_the_date_and_the_offset() {
+        assert_eq!(iso_time(T, 0), "2023-11-14T22:13:20.123+00:00");
+        assert_eq!(iso_time(T, 7200), "2023-11-15T00:13:20.123+02:00");
+        assert_eq!(
+            iso_time(T, -(5 * 3600 + 1800)),
+            "2023-11-14T16:43:20.123-05:30"
+        );
+        assert_eq!(iso_time(0, 0), "1970-01-01T00:00:00.000+00:00");
+        assert_eq!(iso_time(0, -3600), "1969-12-31T23:00:00.000-01:00");
+        // 29 February of a leap year, and the day after.
+        assert_eq!(
+            iso_time(1_709_164_800_000_000_000, 0),
+            "2024-02-29T00:00:00.000+00:00"
+        );
+        assert_eq!(
+            iso_time(1_709_251_199_999_000_000, 0),
+            "2024-02-29T23:59:59.999+00:00"
+        );
+        assert_eq!(
+            iso_time(1_709_251_200_000_000_000, 0),
+            "2024-03-01T00:00:00.000+00:00"
+        );
+        // 2000 was a leap year, 2100 will not be.
+        assert_eq!(
+            iso_time(951_782_400_000_000_000, 0),
+            "2000-02-29T00:00:00.000+00:00"
+        );
+        assert_eq!(
+            iso_time(4_107_542_400_000_000_000, 0),
+            "2100-03-01T00:00:00.000+00:00"
+        );
+        assert_eq!(
+            time_text(T, 3600, TimeFormat::Iso),
+            "2023-11-14T23:13:20.123+01:00"
+        );
+        assert_eq!(time_text(T, 3600, TimeFormat::Clock), "23:13:20.123");
+    }
+
+    /// With several watches, a text line names the one it came from; JSON says the kind
+    /// and, with --time iso, the time as text.
+    #[test]
+    fn lines_name_their_watch() {
+        let bytes = attach(0);
+        let record = parse(&bytes);
+        assert_eq!(
+            human_line_at(
+                &record,
+                "2023-11-14T22:13:20.123+00:00",
+                Some((1, "mounts"))
+            ),
+            "2023-11-14T22:13:20.123+00:00  [1 mounts]  mount attach   /mnt/x  tmpfs  source=tmpfs  id=123  opts=rw,relatime"
+        );
+        assert_eq!(
+            human_line_at(&record, "22:13:20.123", None),
+            human_line(&record, 0)
+        );
+        let bytes = build(RecordBuilder::new(RecordType::Meta, meta::SYNC, 0, T), 2, 7);
+        assert_eq!(
+            human_line_at(&parse(&bytes), "22:13:20.123", Some((2, "devices"))),
+            "22:13:20.123  [2 devices]  snapshot complete (tag 2)"
+        );
+        assert_eq!(
+            json_line_with(
+                &parse(&bytes),
+                Some("devices"),
+                Some("2023-11-14T22:13:20.123+00:00")
+            ),
+            r#"{"type":"meta","event":"sync","tag":2,"kind":"devices","seq":7,"time_ns":1700000000123456789,"time":"2023-11-14T22:13:20.123+00:00","snapshot":false}"#
+        );
+    }
+
+    fn list_status() -> Status {
+        Status {
+            version: "0.1.0".into(),
+            sources: vec!["mounts".into(), "devices".into()],
+            subscriptions: 3,
+            watches: 4,
+            authorization: "polkit".into(),
+            source_details: [
+                ("mounts".to_owned(), "fanotify".to_owned()),
+                ("devices".to_owned(), "udev".to_owned()),
+            ]
+            .into(),
+        }
+    }
+
+    fn list_subscriptions() -> Vec<SubscriptionInfo> {
+        use watchd_client::WatchInfo;
+        vec![
+            SubscriptionInfo {
+                path: "/org/watchd/Watchd1/subscription/3".into(),
+                depth: 16,
+                watches: vec![
+                    WatchInfo {
+                        tag: 1,
+                        kind: "mounts".into(),
+                    },
+                    WatchInfo {
+                        tag: 2,
+                        kind: "devices".into(),
+                    },
+                ],
+            },
+            SubscriptionInfo {
+                path: "/org/watchd/Watchd1/subscription/9".into(),
+                depth: 4,
+                watches: vec![],
+            },
+        ]
+    }
+
+    #[test]
+    fn list_human_and_json() {
+        assert_eq!(
+            list_human(&list_status(), &list_subscriptions()),
+            "kinds:\n  mounts   fanotify\n  devices  udev\nyour subscriptions:\n  /org/watchd/Watchd1/subscription/3  depth=16  1:mounts 2:devices\n  /org/watchd/Watchd1/subscription/9  depth=4  no watches\n"
+        );
+        assert_eq!(
+            list_human(&list_status(), &[]),
+            "kinds:\n  mounts   fanotify\n  devices  udev\nyour subscriptions:\n  none\n"
+        );
+        assert_eq!(
+            list_json(&list_status(), &list_subscriptions()),
+            r#"{"kinds":[{"backend":"fanotify","kind":"mounts"},{"backend":"udev","kind":"devices"}],"subscriptions":[{"depth":16,"path":"/org/watchd/Watchd1/subscription/3","watches":[{"kind":"mounts","tag":1},{"kind":"devices","tag":2}]},{"depth":4,"path":"/org/watchd/Watchd1/subscription/9","watches":[]}]}"#
+        );
     }
 
     fn krb5_record(subtype: u8, flags: u8, cache: &str, principal: &str) -> Vec<u8> {

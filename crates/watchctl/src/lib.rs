@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,10 +30,19 @@ pub enum Command {
         json: bool,
     },
     /// Set a watch and print one line per event until interrupted, the watch or the
-    /// subscription ends, `--count` records are printed, or stdout is closed
+    /// subscription ends, `--count` records are printed, or stdout is closed. Several kinds
+    /// share one subscription when each further one follows `--`:
+    /// `watch mounts --path /mnt -- devices --subsystem block`
     Watch {
         #[command(subcommand)]
         kind: WatchKind,
+    },
+    /// List the kinds of watch the daemon serves with how each gets its events, and your own
+    /// subscriptions with their watches
+    List {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -81,7 +90,8 @@ pub enum WatchKind {
         #[arg(
             value_name = "SPEC",
             default_value = KEY_SPEC_DEFAULT,
-            value_parser = parse_key_spec
+            value_parser = parse_key_spec,
+            allow_negative_numbers = true
         )]
         spec: String,
 
@@ -113,15 +123,90 @@ pub enum WatchKind {
     },
 }
 
-#[derive(Args, Debug)]
+impl WatchKind {
+    /// The options every kind has.
+    pub fn common(&self) -> &WatchArgs {
+        match self {
+            WatchKind::Mounts { common, .. }
+            | WatchKind::Devices { common, .. }
+            | WatchKind::Keys { common, .. }
+            | WatchKind::Krb5 { common, .. } => common,
+        }
+    }
+
+    pub fn common_mut(&mut self) -> &mut WatchArgs {
+        match self {
+            WatchKind::Mounts { common, .. }
+            | WatchKind::Devices { common, .. }
+            | WatchKind::Keys { common, .. }
+            | WatchKind::Krb5 { common, .. } => common,
+        }
+    }
+
+    /// The kind as `AddWatch` names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WatchKind::Mounts { .. } => "mounts",
+            WatchKind::Devices { .. } => "devices",
+            WatchKind::Keys { .. } => "keys",
+            WatchKind::Krb5 { .. } => "krb5",
+        }
+    }
+}
+
+/// A further watch of `watch`, the words after a `--`: a kind and its options, read as
+/// `watch` reads its own. Usage messages call it [`FURTHER_WATCH`].
+#[derive(Parser, Debug)]
+#[command(
+    name = FURTHER_WATCH,
+    about = "Another watch in the same subscription: a kind and its own options"
+)]
+pub struct FurtherWatch {
+    #[command(subcommand)]
+    pub kind: WatchKind,
+}
+
+/// What usage messages about a further watch call the words before it.
+pub const FURTHER_WATCH: &str = "watchctl watch … --";
+
+/// How `watch` prints its records.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One readable line per record
+    Text,
+    /// One JSON object per line
+    Json,
+    /// Key notifications as `keyctl watch` (keyutils) prints them, e.g. `255913279 link
+    /// 340681059` (keys watches only)
+    Keyctl,
+}
+
+/// How text lines show the record's time.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// HH:MM:SS.mmm, local time
+    Clock,
+    /// ISO 8601 date and time with the local offset, e.g. 2026-12-05T21:14:03.123+00:00
+    Iso,
+}
+
+#[derive(Args, Debug, Default)]
 pub struct WatchArgs {
     /// Print the current state first (marked as snapshot), then the changes
     #[arg(long)]
     pub initial: bool,
 
-    /// Print one JSON object per line
-    #[arg(long)]
+    /// Print one JSON object per line (the same as --format json)
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+
+    /// How to print the records [default: text]
+    #[arg(long, value_name = "F")]
+    pub format: Option<Format>,
+
+    /// How text lines show the time [default: clock]; with JSON, iso adds a "time" member
+    #[arg(long, value_name = "T")]
+    pub time: Option<TimeFormat>,
 
     /// Let polkit ask you to authenticate when the watch needs it (through your
     /// authentication agent) instead of refusing
@@ -132,14 +217,14 @@ pub struct WatchArgs {
     #[arg(long, value_name = "N")]
     pub depth: Option<u32>,
 
-    /// Number the watch's records carry (the JSON tag field), not zero
+    /// Number the watch's records carry (the JSON tag field), not zero [default: the
+    /// lowest number no other watch of the command has: 1 for the first]
     #[arg(
         long = "watch-tag",
         value_name = "N",
-        default_value_t = 1,
         value_parser = clap::value_parser!(u64).range(1..)
     )]
-    pub watch_tag: u64,
+    pub watch_tag: Option<u64>,
 
     /// Exit (with status 0) after printing N records: events and snapshot records count,
     /// the pipe's own lines (`snapshot complete`, lost records, the watch ending) do not
@@ -149,6 +234,12 @@ pub struct WatchArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub count: Option<u64>,
+
+    /// Another watch in the same subscription: a kind and its own options, as after
+    /// `watch`, e.g. `-- devices --subsystem block`; another `--` adds one more. --json,
+    /// --format, --time, --depth and --count are the command's, given with any kind
+    #[arg(last = true, value_name = "KIND [OPTIONS]")]
+    pub more: Vec<String>,
 }
 
 /// `--subsystem`: `S` or `S/DEVTYPE`, neither empty.

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::io::Interest;
 use tokio::signal::unix::{SignalKind, signal};
-use watchctl::{Cli, Command, WatchArgs, WatchKind};
+use watchctl::{Cli, Command, Format, FurtherWatch, TimeFormat, WatchArgs, WatchKind};
 use watchd_client::proto::{Header, RecordType, meta};
 use watchd_client::{Client, SubscribeOptions, WatchOptions};
 
@@ -137,6 +137,15 @@ fn main() -> ExitCode {
             eprintln!("watchctl: the subscription ended (watchd stopped or closed the pipe)");
             ExitCode::from(EXIT_PIPE_ENDED)
         }
+        // A further watch (after `--`) is read when the command runs: its usage mistakes
+        // are shown and end the program as clap's own are (status 2).
+        Err(e) if e.is::<clap::Error>() => e.downcast::<clap::Error>().map_or_else(
+            |e| {
+                report(&e);
+                ExitCode::FAILURE
+            },
+            |usage| usage.exit(),
+        ),
         Err(e) => {
             report(&e);
             ExitCode::FAILURE
@@ -183,14 +192,168 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             } else {
                 format::status_human(&status)
             };
-            match io::stdout().lock().write_all(text.as_bytes()) {
-                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("stdout"),
-                _ => Ok(Outcome::Done),
-            }
+            write_out(&text)
         }
-        Command::Watch {
-            kind: WatchKind::Mounts { path, common },
-        } => {
+        Command::List { json } => {
+            let client = Client::connect(cli.bus_address.as_deref()).await?;
+            let status = client.status().await?;
+            let subscriptions = client.list_subscriptions().await?;
+            let text = if json {
+                format!("{}\n", format::list_json(&status, &subscriptions))
+            } else {
+                format::list_human(&status, &subscriptions)
+            };
+            write_out(&text)
+        }
+        Command::Watch { kind } => {
+            let (watches, output) = plan(further_watches(kind)?)?;
+            watch(cli.bus_address.as_deref(), &watches, &output).await
+        }
+    }
+}
+
+/// Writes all of `text` to stdout; a reader that has gone is no error.
+fn write_out(text: &str) -> anyhow::Result<Outcome> {
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("stdout"),
+        _ => Ok(Outcome::Done),
+    }
+}
+
+/// The watches of one `watch` command: `first`, then each one given after a `--` (read from
+/// the words clap left in `more`), in order.
+fn further_watches(first: WatchKind) -> Result<Vec<WatchKind>, clap::Error> {
+    let mut kinds = vec![first];
+    loop {
+        let more = std::mem::take(&mut kinds.last_mut().expect("one kind").common_mut().more);
+        if more.is_empty() {
+            return Ok(kinds);
+        }
+        let words = std::iter::once(watchctl::FURTHER_WATCH.to_owned()).chain(more);
+        kinds.push(FurtherWatch::try_parse_from(words)?.kind);
+    }
+}
+
+/// One watch of a `watch` command, as `AddWatch` gets it.
+#[derive(Debug)]
+struct Planned {
+    tag: u64,
+    kind: &'static str,
+    options: WatchOptions,
+}
+
+/// What a `watch` command does with its records, and its subscription's depth: options of
+/// the command, which any of its kinds may carry.
+#[derive(Debug, PartialEq, Eq)]
+struct Output {
+    format: Format,
+    time: TimeFormat,
+    count: Option<u64>,
+    depth: Option<u32>,
+}
+
+/// The one value of a command-wide option given with several kinds, refused when they differ.
+fn one_value<T: PartialEq + std::fmt::Display>(
+    option: &str,
+    values: impl IntoIterator<Item = Option<T>>,
+) -> anyhow::Result<Option<T>> {
+    let mut chosen: Option<T> = None;
+    for value in values.into_iter().flatten() {
+        match &chosen {
+            Some(first) if *first != value => bail!(
+                "{option} is given as {first} and as {value}: it is the whole command's, give it once"
+            ),
+            Some(_) => {}
+            None => chosen = Some(value),
+        }
+    }
+    Ok(chosen)
+}
+
+impl<T: clap::ValueEnum> std::fmt::Display for Show<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.to_possible_value() {
+            Some(value) => f.write_str(value.get_name()),
+            None => f.write_str("?"),
+        }
+    }
+}
+
+/// A value of a `clap::ValueEnum`, shown as it is written on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Show<T>(T);
+
+/// The watches of a `watch` command, each with its tag (`--watch-tag`, else the lowest
+/// number no other watch has), and what the command does with their records.
+fn plan(kinds: Vec<WatchKind>) -> anyhow::Result<(Vec<Planned>, Output)> {
+    let format = one_value(
+        "--format",
+        kinds.iter().map(|k| {
+            let common = k.common();
+            if common.json {
+                Some(Show(Format::Json))
+            } else {
+                common.format.map(Show)
+            }
+        }),
+    )?
+    .map_or(Format::Text, |f| f.0);
+    let time = one_value("--time", kinds.iter().map(|k| k.common().time.map(Show)))?;
+    let output = Output {
+        format,
+        time: time.map_or(TimeFormat::Clock, |t| t.0),
+        count: one_value("--count", kinds.iter().map(|k| k.common().count))?,
+        depth: one_value("--depth", kinds.iter().map(|k| k.common().depth))?,
+    };
+    if format == Format::Keyctl {
+        if let Some(other) = kinds.iter().find(|k| k.name() != "keys") {
+            bail!(
+                "--format keyctl prints key notifications, as keyctl watch does: watch {} has none",
+                other.name()
+            );
+        }
+        if kinds.iter().any(|k| k.common().initial) {
+            bail!(
+                "--format keyctl has no form for the initial state (keyctl watch prints none): leave out --initial"
+            );
+        }
+        if time.is_some() {
+            bail!("--format keyctl prints no time (keyctl watch prints none): leave out --time");
+        }
+    }
+    let mut taken = std::collections::BTreeSet::new();
+    for tag in kinds.iter().filter_map(|k| k.common().watch_tag) {
+        if !taken.insert(tag) {
+            bail!("two watches have --watch-tag {tag}: each watch needs a tag of its own");
+        }
+    }
+    let mut next_free = 1;
+    let mut watches = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        let tag = match kind.common().watch_tag {
+            Some(tag) => tag,
+            None => {
+                while taken.contains(&next_free) {
+                    next_free += 1;
+                }
+                taken.insert(next_free);
+                next_free
+            }
+        };
+        let name = kind.name();
+        watches.push(Planned {
+            tag,
+            kind: name,
+            options: watch_options(kind)?,
+        });
+    }
+    Ok((watches, output))
+}
+
+/// The `AddWatch` options of one kind and its command-line options.
+fn watch_options(kind: WatchKind) -> anyhow::Result<WatchOptions> {
+    Ok(match kind {
+        WatchKind::Mounts { path, common } => {
             let mut options = WatchOptions::new()
                 .initial(common.initial)
                 .interactive(common.interactive);
@@ -202,63 +365,52 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 };
                 options = options.path(path);
             }
-            watch(cli.bus_address.as_deref(), "mounts", &options, &common).await
+            options
         }
-        Command::Watch {
-            kind:
-                WatchKind::Devices {
-                    subsystem,
-                    tag,
-                    properties,
-                    sysname,
-                    common,
-                },
-        } => {
-            let options = device_options(subsystem, tag, properties, sysname, &common);
-            watch(cli.bus_address.as_deref(), "devices", &options, &common).await
-        }
-        Command::Watch {
-            kind:
-                WatchKind::Keys {
-                    spec,
-                    uid,
-                    nested,
-                    common,
-                },
-        } => {
-            let options = key_options(spec, uid, nested, &common)?;
-            watch(cli.bus_address.as_deref(), "keys", &options, &common).await
-        }
-        Command::Watch {
-            kind: WatchKind::Krb5 { cache, common },
-        } => {
+        WatchKind::Devices {
+            subsystem,
+            tag,
+            properties,
+            sysname,
+            common,
+        } => device_options(subsystem, tag, properties, sysname, &common),
+        WatchKind::Keys {
+            spec,
+            uid,
+            nested,
+            common,
+        } => key_options(spec, uid, nested, &common)?,
+        WatchKind::Krb5 { cache, common } => {
             let cache = krb5_cache(cache, std::env::var_os(KRB5CCNAME))?;
-            let options = krb5_options(cache, &common);
-            watch(cli.bus_address.as_deref(), "krb5", &options, &common).await
+            krb5_options(cache, &common)
         }
-    }
+    })
 }
 
-/// Subscribes, sets the watch and prints its events until SIGINT/SIGTERM, the end of the
-/// pipe, a REMOVAL record for the watch, `--count` records, or a closed stdout (noticed at
-/// once, not only at the next write).
+/// Subscribes, sets the watches and prints their events until SIGINT/SIGTERM, the end of
+/// the pipe, a REMOVAL record for every watch, `--count` records, or a closed stdout
+/// (noticed at once, not only at the next write).
 async fn watch(
     bus_address: Option<&str>,
-    kind: &str,
-    options: &WatchOptions,
-    args: &WatchArgs,
+    watches: &[Planned],
+    output: &Output,
 ) -> anyhow::Result<Outcome> {
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let work = async {
         let client = Client::connect(bus_address).await?;
         let subscription = client
-            .subscribe(SubscribeOptions { depth: args.depth })
+            .subscribe(SubscribeOptions {
+                depth: output.depth,
+            })
             .await?;
-        subscription
-            .add_watch(args.watch_tag, kind, options)
-            .await?;
-        print_events(subscription.into_events(), args).await
+        for planned in watches {
+            subscription
+                .add_watch(planned.tag, planned.kind, &planned.options)
+                .await
+                .with_context(|| format!("watch {} (tag {})", planned.kind, planned.tag))?;
+        }
+        print_events(subscription.into_events(), watches, output).await
     };
     tokio::select! {
         outcome = work => outcome,
@@ -312,11 +464,54 @@ fn counts(header: &Header) -> bool {
     header.record_type != RecordType::Meta as u32
 }
 
+/// One record as `output` prints it (no newline), or none when the format has no line for
+/// it (`keyctl` and what is not a key notification). `kind` is the kind of the watch the
+/// record's tag names; text lines show the watch when the command has `several`.
+fn record_line(
+    record: &watchd_client::proto::Record<'_>,
+    kind: Option<&str>,
+    several: bool,
+    output: &Output,
+) -> Option<String> {
+    let time_ns = record.header.time_ns;
+    let time = || {
+        let secs = i64::try_from(time_ns / 1_000_000_000).unwrap_or(i64::MAX);
+        format::time_text(time_ns, sys::utc_offset(secs), output.time)
+    };
+    match output.format {
+        Format::Json => {
+            let time = (output.time == TimeFormat::Iso).then(time);
+            Some(format::json_line_with(record, kind, time.as_deref()))
+        }
+        Format::Text => {
+            let watch = kind
+                .filter(|_| several)
+                .map(|kind| (record.header.tag, kind));
+            Some(format::human_line_at(record, &time(), watch))
+        }
+        Format::Keyctl => format::keyctl_line(record),
+    }
+}
+
+/// Writes `line` and a newline to stdout; `false` when the reader has gone
+/// (`watchctl … | head -1`), a normal end.
+fn print_line(mut line: String) -> anyhow::Result<bool> {
+    line.push('\n');
+    let mut out = io::stdout().lock();
+    match out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("stdout"),
+    }
+}
+
 async fn print_events(
     mut events: watchd_client::EventStream,
-    args: &WatchArgs,
+    watches: &[Planned],
+    output: &Output,
 ) -> anyhow::Result<Outcome> {
-    let stdout = io::stdout();
+    let mut live: std::collections::BTreeSet<u64> = watches.iter().map(|w| w.tag).collect();
+    let several = watches.len() > 1;
     let mut counted = 0u64;
     while let Some(event) = events.next().await {
         let event = match event {
@@ -327,32 +522,27 @@ async fn print_events(
             }
             Err(e) => return Err(e.into()),
         };
-        let record = event.record();
-        let mut line = if args.json {
-            format::json_line(&record)
-        } else {
-            let secs = i64::try_from(record.header.time_ns / 1_000_000_000).unwrap_or(i64::MAX);
-            format::human_line(&record, sys::utc_offset(secs))
-        };
-        line.push('\n');
-        let mut out = stdout.lock();
-        match out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
-            Ok(()) => {}
-            // Whoever read our output has gone (`watchctl … | head -1`): a normal end.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(Outcome::Done),
-            Err(e) => return Err(e).context("stdout"),
-        }
         let h = event.header();
-        if h.tag == args.watch_tag && h.is(RecordType::Meta, meta::REMOVAL) {
-            // The watch has ended; nothing more will come for it.
+        let kind = watches.iter().find(|w| w.tag == h.tag).map(|w| w.kind);
+        if let Some(line) = record_line(&event.record(), kind, several, output)
+            && !print_line(line)?
+        {
+            return Ok(Outcome::Done);
+        }
+        if h.is(RecordType::Meta, meta::REMOVAL) && live.remove(&h.tag) && live.is_empty() {
+            // Every watch has ended; nothing more will come.
             return Ok(Outcome::Done);
         }
         if counts(h) {
             counted += 1;
-            if args.count == Some(counted) {
+            if output.count == Some(counted) {
                 return Ok(Outcome::Done);
             }
         }
+    }
+    if output.format == Format::Keyctl {
+        // keyctl watch says so when its queue ends.
+        print_line(format::KEYCTL_END.to_owned())?;
     }
     Ok(Outcome::PipeEnded)
 }
@@ -419,7 +609,7 @@ mod tests {
         };
         assert_eq!(path, Some(PathBuf::from("/mnt")));
         assert!(common.initial && common.json);
-        assert_eq!((common.depth, common.watch_tag), (Some(64), 7));
+        assert_eq!((common.depth, common.watch_tag), (Some(64), Some(7)));
 
         let cli = Cli::try_parse_from(["watchctl", "watch", "mounts"]).unwrap();
         let Command::Watch {
@@ -429,28 +619,26 @@ mod tests {
             panic!("not watch mounts")
         };
         assert_eq!((path, common.initial, common.json), (None, false, false));
-        assert_eq!((common.depth, common.watch_tag), (None, 1));
+        assert_eq!((common.depth, common.watch_tag), (None, None));
+    }
+
+    /// `watch KIND ARGS`: the options `AddWatch` gets, and the options every kind has.
+    fn parse_kind(kind: &str, args: &[&str]) -> Result<(WatchOptions, WatchArgs), clap::Error> {
+        let parse = || match Cli::try_parse_from(["watchctl", "watch", kind].iter().chain(args)) {
+            Ok(Cli {
+                command: Command::Watch { kind },
+                ..
+            }) => Ok(kind),
+            Ok(_) => panic!("not watch"),
+            Err(e) => Err(e),
+        };
+        // Read twice: building the options takes the kind whole.
+        let common = std::mem::take(parse()?.common_mut());
+        Ok((watch_options(parse()?).unwrap(), common))
     }
 
     fn parse_devices(args: &[&str]) -> Result<(WatchOptions, WatchArgs), clap::Error> {
-        let cli = Cli::try_parse_from(["watchctl", "watch", "devices"].iter().chain(args))?;
-        let Command::Watch {
-            kind:
-                WatchKind::Devices {
-                    subsystem,
-                    tag,
-                    properties,
-                    sysname,
-                    common,
-                },
-        } = cli.command
-        else {
-            panic!("not watch devices")
-        };
-        Ok((
-            device_options(subsystem, tag, properties, sysname, &common),
-            common,
-        ))
+        parse_kind("devices", args)
     }
 
     /// The kind's own options as sent: (key, D-Bus signature, value as text).
@@ -501,7 +689,7 @@ mod tests {
         .unwrap();
         assert!(options.initial && !options.interactive);
         assert!(common.initial && common.json);
-        assert_eq!((common.depth, common.watch_tag), (Some(128), 9));
+        assert_eq!((common.depth, common.watch_tag), (Some(128), Some(9)));
         assert_eq!(
             sent(&options),
             [
@@ -517,7 +705,7 @@ mod tests {
         let (options, common) = parse_devices(&[]).unwrap();
         assert!(sent(&options).is_empty());
         assert!(!options.initial && !common.json);
-        assert_eq!((common.depth, common.watch_tag), (None, 1));
+        assert_eq!((common.depth, common.watch_tag), (None, None));
 
         let (options, _) = parse_devices(&["--subsystem", "net", "--interactive"]).unwrap();
         assert!(options.interactive);
@@ -526,7 +714,7 @@ mod tests {
         assert_eq!(sent(&options), [triple("property", "as", "A=1")]);
     }
 
-    /// A command line clap refuses as malformed: a bad value or an unknown argument.
+    /// A command line clap refuses as malformed: a bad value, an unknown argument or kind.
     fn assert_usage_error(err: &clap::Error, args: &[&str]) {
         assert!(
             matches!(
@@ -534,6 +722,7 @@ mod tests {
                 clap::error::ErrorKind::ValueValidation
                     | clap::error::ErrorKind::InvalidValue
                     | clap::error::ErrorKind::UnknownArgument
+                    | clap::error::ErrorKind::InvalidSubcommand
             ),
             "{args:?}: {err}"
         );
@@ -567,7 +756,7 @@ mod tests {
         let err = Cli::try_parse_from(["watchctl", "watch", "mounts", "--tag", "7"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
         let (options, common) = parse_devices(&["--tag", "7"]).unwrap();
-        assert_eq!(common.watch_tag, 1);
+        assert_eq!(common.watch_tag, None);
         assert_eq!(sent(&options), [triple("tag", "s", "7")]);
         let err =
             Cli::try_parse_from(["watchctl", "watch", "mounts", "--watch-tag", "0"]).unwrap_err();
@@ -575,20 +764,7 @@ mod tests {
     }
 
     fn parse_keys(args: &[&str]) -> Result<(WatchOptions, WatchArgs), clap::Error> {
-        let cli = Cli::try_parse_from(["watchctl", "watch", "keys"].iter().chain(args))?;
-        let Command::Watch {
-            kind:
-                WatchKind::Keys {
-                    spec,
-                    uid,
-                    nested,
-                    common,
-                },
-        } = cli.command
-        else {
-            panic!("not watch keys")
-        };
-        Ok((key_options(spec, uid, nested, &common).unwrap(), common))
+        parse_kind("keys", args)
     }
 
     #[test]
@@ -597,7 +773,7 @@ mod tests {
         let (options, common) = parse_keys(&[]).unwrap();
         assert_eq!(sent(&options), [triple("key", "s", "@user")]);
         assert!(!options.initial && !options.interactive && !common.json);
-        assert_eq!((common.depth, common.watch_tag), (None, 1));
+        assert_eq!((common.depth, common.watch_tag), (None, None));
 
         for spec in ["@user", "@user-session", "@persistent"] {
             let (options, _) = parse_keys(&[spec]).unwrap();
@@ -619,7 +795,7 @@ mod tests {
         ])
         .unwrap();
         assert!(options.initial && options.interactive && common.json);
-        assert_eq!((common.depth, common.watch_tag), (Some(64), 5));
+        assert_eq!((common.depth, common.watch_tag), (Some(64), Some(5)));
         assert_eq!(
             sent(&options),
             [
@@ -674,8 +850,9 @@ mod tests {
             );
             assert!(err.to_string().contains(says), "{spec:?}: {err}");
         }
-        // The kernel's negative special ids (-4 is KEY_SPEC_USER_KEYRING) are refused too.
-        let err = parse_keys(&["--", "-4"]).map(|_| ()).unwrap_err();
+        // The kernel's negative special ids (-4 is KEY_SPEC_USER_KEYRING) are refused too,
+        // with a word on why.
+        let err = parse_keys(&["-4"]).map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("negative special ids"), "{err}");
 
         for args in [
@@ -738,7 +915,7 @@ mod tests {
         let (options, common) = parse_krb5(&[], None).unwrap();
         assert!(sent(&options).is_empty());
         assert!(!options.initial && !common.json);
-        assert_eq!((common.depth, common.watch_tag), (None, 1));
+        assert_eq!((common.depth, common.watch_tag), (None, None));
         // Set but empty is unset, for MIT krb5 too.
         let (options, _) = parse_krb5(&[], Some("")).unwrap();
         assert!(sent(&options).is_empty());
@@ -767,7 +944,7 @@ mod tests {
             [triple("cache", "s", "FILE:/tmp/krb5cc_1000")]
         );
         assert!(options.initial && common.json);
-        assert_eq!(common.watch_tag, 3);
+        assert_eq!(common.watch_tag, Some(3));
 
         for args in [
             &["--cache", ""][..],
@@ -889,6 +1066,262 @@ mod tests {
         drop(writer);
         let waited = tokio::time::timeout(Duration::from_millis(100), reader_gone(reader.as_fd()));
         assert!(waited.await.is_err());
+    }
+
+    /// `watchctl watch ARGS`, its watches planned.
+    fn plan_of(args: &[&str]) -> anyhow::Result<(Vec<Planned>, Output)> {
+        let cli = Cli::try_parse_from(["watchctl", "watch"].iter().chain(args))?;
+        let Command::Watch { kind } = cli.command else {
+            panic!("not watch")
+        };
+        plan(further_watches(kind)?)
+    }
+
+    /// A planned watch: tag, kind, options as sent.
+    type Summary<'a> = (u64, &'a str, Vec<(String, String, String)>);
+
+    fn summary(watches: &[Planned]) -> Vec<Summary<'_>> {
+        watches
+            .iter()
+            .map(|w| (w.tag, w.kind, sent(&w.options)))
+            .collect()
+    }
+
+    #[test]
+    fn several_kinds_each_with_its_own_options() {
+        let (watches, output) = plan_of(&[
+            "mounts",
+            "--path",
+            "/mnt",
+            "--json",
+            "--",
+            "devices",
+            "--subsystem",
+            "block",
+            "--initial",
+            "--",
+            "keys",
+            "@persistent",
+            "--nested",
+            "--depth",
+            "64",
+        ])
+        .unwrap();
+        assert_eq!(
+            summary(&watches),
+            [
+                (1, "mounts", vec![triple("path", "s", "/mnt")]),
+                (2, "devices", vec![triple("subsystem", "s", "block")]),
+                (
+                    3,
+                    "keys",
+                    vec![
+                        triple("key", "s", "@persistent"),
+                        triple("nested", "b", "true")
+                    ]
+                ),
+            ]
+        );
+        assert_eq!(
+            watches
+                .iter()
+                .map(|w| w.options.initial)
+                .collect::<Vec<_>>(),
+            [false, true, false],
+            "--initial is the watch's own"
+        );
+        assert_eq!(
+            output,
+            Output {
+                format: Format::Json,
+                time: TimeFormat::Clock,
+                count: None,
+                depth: Some(64)
+            },
+            "--json and --depth are the command's, given with any kind"
+        );
+
+        // One kind twice is two watches; the text form and the clock are the defaults.
+        let (watches, output) = plan_of(&[
+            "mounts", "--path", "/a", "--", "mounts", "--path", "/b", "--count", "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            summary(&watches),
+            [
+                (1, "mounts", vec![triple("path", "s", "/a")]),
+                (2, "mounts", vec![triple("path", "s", "/b")]),
+            ]
+        );
+        assert_eq!(
+            (output.format, output.time),
+            (Format::Text, TimeFormat::Clock)
+        );
+        assert_eq!((output.count, output.depth), (Some(3), None));
+    }
+
+    #[test]
+    fn watch_tags_given_are_kept_and_the_others_take_the_lowest_free() {
+        let (watches, _) = plan_of(&[
+            "mounts",
+            "--watch-tag",
+            "2",
+            "--",
+            "devices",
+            "--",
+            "keys",
+            "--watch-tag",
+            "1",
+            "--",
+            "krb5",
+        ])
+        .unwrap();
+        let tags: Vec<_> = watches.iter().map(|w| (w.tag, w.kind)).collect();
+        assert_eq!(
+            tags,
+            [(2, "mounts"), (3, "devices"), (1, "keys"), (4, "krb5")]
+        );
+
+        let err = plan_of(&[
+            "mounts",
+            "--watch-tag",
+            "5",
+            "--",
+            "devices",
+            "--watch-tag",
+            "5",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            error_line(&err),
+            "two watches have --watch-tag 5: each watch needs a tag of its own"
+        );
+    }
+
+    #[test]
+    fn command_wide_options_must_agree() {
+        for (args, says) in [
+            (
+                &["mounts", "--depth", "16", "--", "devices", "--depth", "32"][..],
+                "--depth is given as 16 and as 32: it is the whole command's, give it once",
+            ),
+            (
+                &["mounts", "--json", "--", "devices", "--format", "text"],
+                "--format is given as json and as text",
+            ),
+            (
+                &[
+                    "mounts", "--time", "iso", "--", "devices", "--time", "clock",
+                ],
+                "--time is given as iso and as clock",
+            ),
+            (
+                &["mounts", "--count", "1", "--", "devices", "--count", "2"],
+                "--count is given as 1 and as 2",
+            ),
+        ] {
+            let err = plan_of(args).unwrap_err();
+            assert!(error_line(&err).starts_with(says), "{args:?}: {err}");
+        }
+        // The same value twice is no contradiction.
+        let (_, output) = plan_of(&[
+            "mounts", "--depth", "8", "--json", "--", "devices", "--depth", "8", "--json",
+        ])
+        .unwrap();
+        assert_eq!((output.format, output.depth), (Format::Json, Some(8)));
+        // --json and --format in one kind are clap's to refuse.
+        let err = plan_of(&["mounts", "--json", "--format", "json"]).unwrap_err();
+        let err = err.downcast_ref::<clap::Error>().expect("a usage error");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    /// A further watch is read as `watch` reads its kinds: its options are its kind's, and
+    /// what is not a kind, or not an option of that kind, is a usage error.
+    #[test]
+    fn further_watches_are_read_as_kinds() {
+        for args in [
+            &["mounts", "--", "nope"][..],
+            &["mounts", "--", "--path", "/x"],
+            &["devices", "--tag", "systemd", "--", "mounts", "--tag", "x"],
+            &["mounts", "--", "devices", "--path", "/mnt"],
+            &["keys", "--", "-4"],
+            &["mounts", "--", "devices", "--subsystem", ""],
+        ] {
+            let err = plan_of(args).unwrap_err();
+            let usage = err.downcast_ref::<clap::Error>().expect("a usage error");
+            assert_usage_error(usage, args);
+        }
+        // A trailing `--` with nothing after it adds nothing.
+        let (watches, _) = plan_of(&["mounts", "--"]).unwrap();
+        assert_eq!(watches.len(), 1);
+    }
+
+    #[test]
+    fn format_and_time_arguments() {
+        let (_, output) = plan_of(&["keys", "--format", "keyctl"]).unwrap();
+        assert_eq!(output.format, Format::Keyctl);
+        let (_, output) = plan_of(&["mounts", "--time", "iso"]).unwrap();
+        assert_eq!(
+            (output.format, output.time),
+            (Format::Text, TimeFormat::Iso)
+        );
+        let (_, output) = plan_of(&["mounts", "--format", "json", "--time", "iso"]).unwrap();
+        assert_eq!(
+            (output.format, output.time),
+            (Format::Json, TimeFormat::Iso)
+        );
+        for args in [
+            &["mounts", "--format", "xml"][..],
+            &["mounts", "--time", "utc"],
+        ] {
+            let err = plan_of(args).unwrap_err();
+            let usage = err.downcast_ref::<clap::Error>().expect("a usage error");
+            assert_eq!(
+                usage.kind(),
+                clap::error::ErrorKind::InvalidValue,
+                "{args:?}"
+            );
+        }
+    }
+
+    /// `--format keyctl` is keyctl watch's output: key watches only, no initial state, no
+    /// time.
+    #[test]
+    fn format_keyctl_is_for_key_watches_alone() {
+        let (watches, _) =
+            plan_of(&["keys", "--format", "keyctl", "--", "keys", "@persistent"]).unwrap();
+        assert_eq!(watches.len(), 2);
+        for (args, says) in [
+            (
+                &["keys", "--format", "keyctl", "--", "mounts"][..],
+                "--format keyctl prints key notifications, as keyctl watch does: watch mounts has none",
+            ),
+            (
+                &["krb5", "--format", "keyctl"],
+                "--format keyctl prints key notifications, as keyctl watch does: watch krb5 has none",
+            ),
+            (
+                &["keys", "--format", "keyctl", "--initial"],
+                "--format keyctl has no form for the initial state (keyctl watch prints none): leave out --initial",
+            ),
+            (
+                &["keys", "--format", "keyctl", "--time", "iso"],
+                "--format keyctl prints no time (keyctl watch prints none): leave out --time",
+            ),
+        ] {
+            let err = plan_of(args).unwrap_err();
+            assert_eq!(error_line(&err), says, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn list_arguments() {
+        let cli = Cli::try_parse_from(["watchctl", "list", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::List { json: true }));
+        let cli = Cli::try_parse_from(["watchctl", "list"]).unwrap();
+        assert!(matches!(cli.command, Command::List { json: false }));
+        let err = Cli::try_parse_from(["watchctl", "list", "mounts"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
     }
 
     #[test]

@@ -20,6 +20,9 @@ fn usage_mistakes_exit_2_and_point_at_the_usage() {
         &["watch", "mounts", "--watch-tag", "0"],
         &["watch", "devices", "--property", "NO_EQUALS_SIGN"],
         &["watch", "devices", "--subsystem", "block/"],
+        // A further watch, after `--`, is read as `watch` reads its first.
+        &["watch", "mounts", "--", "nope"],
+        &["watch", "mounts", "--", "devices", "--path", "/mnt"],
     ] {
         let out = watchctl(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -29,6 +32,18 @@ fn usage_mistakes_exit_2_and_point_at_the_usage() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// A mistake in a further watch shows that watch's usage, under the words before it.
+#[test]
+fn a_further_watchs_usage_names_where_it_stands() {
+    let out = watchctl(&["watch", "mounts", "--", "devices", "--path", "/mnt"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'--path'") && err.contains("Usage: watchctl watch … -- devices [OPTIONS]"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -49,6 +49,26 @@ pub struct Status {
     pub source_details: std::collections::BTreeMap<String, String>,
 }
 
+/// One of the caller's own subscriptions, as `ListSubscriptions` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionInfo {
+    /// Its object, e.g. `/org/watchd/Watchd1/subscription/3`.
+    pub path: String,
+    /// The pipe's capacity in packets.
+    pub depth: u32,
+    /// Its watches, in the order they were added.
+    pub watches: Vec<WatchInfo>,
+}
+
+/// A watch of a [`SubscriptionInfo`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchInfo {
+    /// The number its records carry.
+    pub tag: u64,
+    /// Its kind, e.g. `mounts`.
+    pub kind: String,
+}
+
 /// Options of `Subscribe`; only those that are set are sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubscribeOptions {
@@ -120,6 +140,25 @@ impl Client {
             authorization: manager.authorization().await?,
             source_details: manager.source_details().await?.into_iter().collect(),
         })
+    }
+
+    /// The subscriptions of the caller's uid that are alive now, oldest first (never another
+    /// user's: root too gets only root's).
+    pub async fn list_subscriptions(&self) -> Result<Vec<SubscriptionInfo>> {
+        let manager = self.manager().await?;
+        Ok(manager
+            .list_subscriptions()
+            .await?
+            .into_iter()
+            .map(|(path, depth, watches)| SubscriptionInfo {
+                path: path.to_string(),
+                depth,
+                watches: watches
+                    .into_iter()
+                    .map(|(tag, kind)| WatchInfo { tag, kind })
+                    .collect(),
+            })
+            .collect())
     }
 
     /// Opens a subscription: a pipe of its own, no watches yet.

@@ -13,6 +13,10 @@ pub const MANAGER_INTERFACE: &str = "org.watchd.Watchd1.Manager";
 /// Interface of each subscription object.
 pub const SUBSCRIPTION_INTERFACE: &str = "org.watchd.Watchd1.Subscription";
 
+/// One entry of `ListSubscriptions`, `(oua(ts))`: the object, the depth, each watch's tag
+/// and kind.
+pub(crate) type ListedSubscription = (OwnedObjectPath, u32, Vec<(u64, String)>);
+
 /// `a{sv}` as sent.
 pub(crate) type Options<'a> = HashMap<&'a str, Variant<'a>>;
 
@@ -23,6 +27,8 @@ pub(crate) type Options<'a> = HashMap<&'a str, Variant<'a>>;
 )]
 pub(crate) trait Manager {
     fn subscribe(&self, options: &Options<'_>) -> zbus::Result<(OwnedFd, OwnedObjectPath)>;
+
+    fn list_subscriptions(&self) -> zbus::Result<Vec<ListedSubscription>>;
 
     #[zbus(property(emits_changed_signal = "false"))]
     fn version(&self) -> zbus::Result<String>;

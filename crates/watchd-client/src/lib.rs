@@ -3,7 +3,8 @@
 //! What lives where:
 //!
 //! - [`client`]: [`Client`] (the bus connection; [`Client::connect`], [`Client::status`],
-//!   [`Client::subscribe`]), [`Status`], [`SubscribeOptions`].
+//!   [`Client::list_subscriptions`], [`Client::subscribe`]), [`Status`],
+//!   [`SubscriptionInfo`], [`WatchInfo`], [`SubscribeOptions`].
 //! - [`subscription`]: [`Subscription`] (the pipe's read end plus its D-Bus object:
 //!   `AddWatch`, `RemoveWatch`, `Resync`), [`SubscriptionControl`] (the object alone),
 //!   [`WatchOptions`] and [`Filter`] (the `AddWatch` options).
@@ -37,7 +38,8 @@ pub mod events;
 pub mod subscription;
 
 pub use client::{
-    Client, DEFAULT_SYSTEM_BUS_ADDRESS, Status, SubscribeOptions, system_bus_address,
+    Client, DEFAULT_SYSTEM_BUS_ADDRESS, Status, SubscribeOptions, SubscriptionInfo, WatchInfo,
+    system_bus_address,
 };
 pub use dbus::{BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, SUBSCRIPTION_INTERFACE};
 pub use error::{DaemonError, ERROR_PREFIX, Error};

@@ -131,6 +131,8 @@ extern "C" {
 #define WATCHD_ATTR_OLD_MOUNT_POINT 0x001bu /* str */
 #define WATCHD_ATTR_MNT_NS 0x001cu          /* u64 */
 #define WATCHD_ATTR_CHANGED 0x001du         /* u32, WATCHD_MOUNT_CHANGED_* */
+#define WATCHD_ATTR_MOUNT_UNIQUE_ID 0x001eu  /* u64, the kernel's 64-bit mount id */
+#define WATCHD_ATTR_PARENT_UNIQUE_ID 0x001fu /* u64 */
 
 /* Devices, 0x0040..0x005f (they use WATCHD_ATTR_MAJOR and WATCHD_ATTR_MINOR too) */
 #define WATCHD_ATTR_ACTION 0x0040u       /* str, e.g. "add" */
@@ -457,6 +459,8 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_MOUNT_ID:
 	case WATCHD_ATTR_PARENT_ID:
 	case WATCHD_ATTR_MNT_NS:
+	case WATCHD_ATTR_MOUNT_UNIQUE_ID:
+	case WATCHD_ATTR_PARENT_UNIQUE_ID:
 	case WATCHD_ATTR_SEQNUM:
 		return WATCHD_KIND_U64;
 	case WATCHD_ATTR_TRUNCATED:
@@ -527,6 +531,8 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_OLD_MOUNT_POINT: return "old_mount_point";
 	case WATCHD_ATTR_MNT_NS: return "mnt_ns";
 	case WATCHD_ATTR_CHANGED: return "changed";
+	case WATCHD_ATTR_MOUNT_UNIQUE_ID: return "mount_unique_id";
+	case WATCHD_ATTR_PARENT_UNIQUE_ID: return "parent_unique_id";
 	case WATCHD_ATTR_ACTION: return "action";
 	case WATCHD_ATTR_SUBSYSTEM: return "subsystem";
 	case WATCHD_ATTR_DEVTYPE: return "devtype";

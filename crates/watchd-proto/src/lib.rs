@@ -1155,7 +1155,7 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 44);
+        assert_eq!(seen.len(), 46);
     }
 
     #[test]

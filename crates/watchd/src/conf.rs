@@ -369,7 +369,7 @@ mod tests {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
-        assert_eq!(config.values().len(), 16, "{:?}", config.values());
+        assert_eq!(config.values().len(), 17, "{:?}", config.values());
     }
 
     #[test]

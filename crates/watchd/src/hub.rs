@@ -250,6 +250,15 @@ pub struct Counts {
     pub watches: u32,
 }
 
+/// A subscription as `watchctl list` shows it to its owner: [`Hub::owned_by`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionSummary {
+    pub id: SubscriptionId,
+    pub depth: u32,
+    /// (tag, kind) of each watch, in the order they were added.
+    pub watches: Vec<(Tag, &'static str)>,
+}
+
 /// What a subscriber gets back from [`Hub::subscribe`].
 #[derive(Debug)]
 pub struct NewSubscription {
@@ -601,6 +610,20 @@ impl Hub {
             .map(|s| (s.caller.clone(), s.depth))
     }
 
+    /// The subscriptions `uid` owns, oldest first.
+    pub fn owned_by(&self, uid: Uid) -> Vec<SubscriptionSummary> {
+        self.lock()
+            .subscriptions
+            .iter()
+            .filter(|(_, sub)| sub.owner() == uid)
+            .map(|(id, sub)| SubscriptionSummary {
+                id: *id,
+                depth: sub.depth,
+                watches: sub.watches.iter().map(|w| (w.tag, w.kind.name())).collect(),
+            })
+            .collect()
+    }
+
     pub fn counts(&self) -> Counts {
         let state = self.lock();
         Counts {
@@ -825,6 +848,44 @@ mod tests {
         );
         assert!(records[10].header.is(RecordType::Meta, meta::SYNC) && records[10].header.tag == 3);
         assert_eq!(records[11].get_str(attr::OBJECT).as_deref(), Some("/live"));
+    }
+
+    /// `watchctl list` shows a uid its own subscriptions and nobody else's, root included.
+    #[tokio::test]
+    async fn owned_by_lists_a_uids_own_subscriptions_only() {
+        if !can_subscribe_as_others() {
+            return;
+        }
+        let (hub, _ended) = Hub::new(Limits::default());
+        let first = hub
+            .subscribe(Caller::with_credentials(Uid(1000)), 16)
+            .unwrap();
+        let other = hub
+            .subscribe(Caller::with_credentials(Uid(1001)), 8)
+            .unwrap();
+        let second = hub
+            .subscribe(Caller::with_credentials(Uid(1000)), 4)
+            .unwrap();
+        hub.add_watch(first.id, watch(7), None).unwrap();
+        hub.add_watch(first.id, watch(2), None).unwrap();
+        hub.add_watch(other.id, watch(1), None).unwrap();
+        let summary = |id, depth, watches: &[(Tag, &'static str)]| SubscriptionSummary {
+            id,
+            depth,
+            watches: watches.to_vec(),
+        };
+        assert_eq!(
+            hub.owned_by(Uid(1000)),
+            [
+                summary(first.id, 16, &[(7, "probe"), (2, "probe")]),
+                summary(second.id, 4, &[]),
+            ]
+        );
+        assert_eq!(
+            hub.owned_by(Uid(1001)),
+            [summary(other.id, 8, &[(1, "probe")])]
+        );
+        assert_eq!(hub.owned_by(Uid(0)), []);
     }
 
     #[tokio::test]

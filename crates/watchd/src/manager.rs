@@ -10,7 +10,7 @@ use zbus_polkit::policykit1::Subject;
 use crate::authority::{Action, Authority};
 use crate::conf::{Change, Config};
 use crate::error::{Error, Result, Truncated};
-use crate::hub::{Counts, Hub, NewSubscription, SubscriptionId};
+use crate::hub::{Counts, Hub, NewSubscription, SubscriptionId, SubscriptionSummary};
 use crate::identity::{Caller, Uid};
 use crate::options::Options;
 use crate::source::Source;
@@ -129,6 +129,12 @@ impl Manager {
     /// Counts for `watchctl status`.
     pub fn counts(&self) -> Counts {
         self.hub.counts()
+    }
+
+    /// The subscriptions of `reader`'s uid, for `watchctl list`: a subscriber's own
+    /// business, so nobody, root included, is shown another uid's.
+    pub fn subscriptions_of(&self, reader: Uid) -> Vec<SubscriptionSummary> {
+        self.hub.owned_by(reader)
     }
 
     /// Who decides authorizations, for `watchctl status`.

@@ -55,8 +55,8 @@ async fn identify(conn: &Connection, header: &Header<'_>) -> Result<Request> {
     })
 }
 
-/// The uid behind a property read. A read without a message (none happens: the properties
-/// are constant and never sent in a signal) has no reader and is refused.
+/// The uid behind a property read or a call. A read without a message (none happens: the
+/// properties are constant and never sent in a signal) has no reader and is refused.
 async fn reader_uid(conn: &Connection, header: Option<&Header<'_>>) -> Result<Uid> {
     let sender = header
         .and_then(|h| h.sender())
@@ -68,6 +68,10 @@ async fn reader_uid(conn: &Connection, header: Option<&Header<'_>>) -> Result<Ui
         .map_err(|e| Error::Failed(format!("cannot identify the reader: {e}")))?;
     Ok(Uid(uid))
 }
+
+/// One entry of `ListSubscriptions`, `(oua(ts))`: the object, the depth, each watch's tag
+/// and kind.
+type ListedSubscription = (OwnedObjectPath, u32, Vec<(Tag, String)>);
 
 /// `org.watchd.Watchd1.Manager` at `/org/watchd/Watchd1`.
 pub struct ManagerObject {
@@ -111,6 +115,35 @@ impl ManagerObject {
             server.remove::<SubscriptionObject, _>(&path).await?;
         }
         Ok((new.read_end.into(), path))
+    }
+
+    /// ListSubscriptions:
+    /// @subscriptions: Each one's object, pipe depth in packets and watches (tag, kind).
+    ///
+    /// The subscriptions alive now that belong to the caller's uid, oldest first, each with
+    /// its watches in the order they were added. Another user's are never listed, not even
+    /// to root: who subscribes to what is each subscriber's own business (as with a
+    /// subscription's Owner and Depth).
+    #[zbus(out_args("subscriptions"))]
+    async fn list_subscriptions(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<ListedSubscription>> {
+        let reader = reader_uid(conn, Some(&header)).await?;
+        Ok(self
+            .manager
+            .subscriptions_of(reader)
+            .into_iter()
+            .map(|sub| {
+                let watches = sub
+                    .watches
+                    .into_iter()
+                    .map(|(tag, kind)| (tag, kind.to_owned()))
+                    .collect();
+                (subscription_path(sub.id), sub.depth, watches)
+            })
+            .collect())
     }
 
     /// Version: The daemon's version.

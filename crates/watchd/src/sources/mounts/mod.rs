@@ -471,7 +471,8 @@ impl MountSource {
 
     /// The namespace's shared feed, if it gives this caller's view: statmount resolves mount
     /// points against the namespace's root, so a caller whose root is elsewhere (a chroot)
-    /// is followed through its own mountinfo instead (`None`).
+    /// is followed through its own mountinfo instead (`None`), as is a namespace that
+    /// cannot be followed through fanotify (no group left).
     fn namespace_lease(
         &self,
         process: &CallerProcess<'_>,
@@ -499,10 +500,15 @@ impl MountSource {
                     view: self.next_feed.fetch_add(1, Ordering::Relaxed),
                 };
                 let poll_file = caller_mountinfo.try_clone().map_err(failed)?;
-                let state =
-                    namespace::Namespace::open(origin, ns_fd.as_fd(), poll_file).map_err(|e| {
-                        Error::Failed(format!("cannot follow the caller's mount namespace: {e}"))
-                    })?;
+                let state = match namespace::Namespace::open(origin, ns_fd.as_fd(), poll_file) {
+                    Ok(state) => state,
+                    // Out of fanotify groups (fs.fanotify.max_user_groups), say: this view
+                    // is still followed, the old way.
+                    Err(e) => {
+                        tracing::warn!(ns = view.ns, error = %e, "cannot follow a mount namespace through fanotify: following the caller's mountinfo");
+                        return Ok(None);
+                    }
+                };
                 let hub = self.hub.clone();
                 let followed = Arc::new(Followed::start(
                     format!("mountns-{}", origin.view),

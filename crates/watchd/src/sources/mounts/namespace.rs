@@ -6,10 +6,14 @@
 //!
 //! What fanotify does not report: remounts (`mount -o remount`, `mount_setattr`) and
 //! propagation changes. Those still raise `POLLPRI` on any mountinfo of the namespace (but a
-//! propagation change by `mount(2)` with `MS_SHARED`… raises nothing at all); on `POLLPRI`
-//! the namespace's mounts are compared with the table through `statmount`'s fixed fields,
-//! the option strings fetched once per superblock, coalesced so a burst of changes costs a
-//! few scans, not one each.
+//! propagation change by `mount(2)` with `MS_SHARED`… raises nothing at all). On `POLLPRI`,
+//! coalesced so a burst of changes costs one look, the namespace's mounts are compared with
+//! the table by `statmount`'s fixed fields (flags, superblock flags, propagation: about
+//! 0.4 µs a mount). Only a remount that changes nothing but the filesystem's own options
+//! (`-o remount,size=…`) needs the option strings, fetched once per superblock (about six
+//! times the cost): that full comparison runs at once when a `POLLPRI` is explained by
+//! nothing else, and otherwise (the same burst also attached, detached or changed mounts) a
+//! half a second later, at most once per [`FULL_SCAN_INTERVAL`].
 //!
 //! One group per namespace, not one for all: a mount event names no namespace, so a mount
 //! gone before it was looked at could not be told apart, and an overflow of one group's
@@ -45,15 +49,60 @@ const FULL: u64 = mask::SB_BASIC
     | mask::FS_SUBTYPE
     | mask::SB_SOURCE
     | mask::OPT_SEC_ARRAY;
-/// What a scan compares for every mount.
-const FIXED: u64 = mask::SB_BASIC | mask::MNT_BASIC | mask::PROPAGATE_FROM;
-/// What a scan fetches once per superblock.
+/// What every comparison looks at for every mount.
+const FIXED: u64 = mask::SB_BASIC | mask::MNT_BASIC;
+/// What a full comparison looks at too, with the first mount of each superblock (and
+/// `PROPAGATE_FROM` for slaves).
 const SUPER: u64 = mask::MNT_OPTS | mask::OPT_SEC_ARRAY;
 
-/// A scan waits for this long without a further `POLLPRI`…
-const SCAN_QUIET: Duration = Duration::from_millis(5);
+/// A comparison waits for this long without a further `POLLPRI` (a burst of mount calls
+/// made one after the other by a busy program has gaps of a few ms)…
+const SCAN_QUIET: Duration = Duration::from_millis(20);
 /// …but never longer than this after the first.
-const SCAN_MAX_DELAY: Duration = Duration::from_millis(100);
+const SCAN_MAX_DELAY: Duration = Duration::from_millis(200);
+/// A full comparison that other changes made unsure is run this long after them…
+const FULL_SCAN_DELAY: Duration = Duration::from_millis(500);
+/// …and such deferred ones at most this often: at 10,000 mounts a full comparison costs
+/// about 25 ms, so a namespace that never stops changing costs at most 1.25 % of a CPU.
+pub const FULL_SCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A mount's fixed fields: what changes when it is remounted, bind-remounted or its
+/// propagation changed (by anything but its filesystem's own options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fixed {
+    parent: u64,
+    attr: u64,
+    propagation: u64,
+    peer_group: u64,
+    master: u64,
+    dev: (u32, u32),
+    sb_flags: u32,
+}
+
+impl Fixed {
+    fn of(sm: &Statmount<'_>) -> Option<Fixed> {
+        let basic = sm.basic()?;
+        let (dev, sb_flags) = sm.superblock()?;
+        Some(Fixed {
+            parent: basic.parent,
+            attr: basic.attr,
+            propagation: basic.propagation,
+            peer_group: basic.peer_group,
+            master: basic.master,
+            dev,
+            sb_flags,
+        })
+    }
+}
+
+/// How far a comparison looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Depth {
+    /// The fixed fields.
+    Fixed,
+    /// Those, `propagate_from`, and each superblock's options.
+    Full,
+}
 
 /// Whether this kernel, and any seccomp filter around the daemon, lets it follow
 /// namespaces this way: a `FAN_REPORT_MNT` group, a mark on the daemon's own namespace,
@@ -92,10 +141,81 @@ fn mark(group: BorrowedFd<'_>, ns: BorrowedFd<'_>) -> io::Result<()> {
 struct Table {
     /// The mounts the namespace's root reaches, by unique id (creation order).
     mounts: BTreeMap<u64, Arc<MountEntry>>,
+    /// Their fixed fields as last seen.
+    fixed: HashMap<u64, Fixed>,
     /// Mounts it does not reach (no mount point): never reported, as mountinfo omits them.
     hidden: HashSet<u64>,
     /// statmount's buffer.
     buf: Vec<u64>,
+}
+
+/// When to compare the namespace's mounts with the table, after `POLLPRI`s.
+#[derive(Default)]
+struct Scans {
+    /// The first and the last `POLLPRI` of a burst not compared yet, and whether fanotify
+    /// events came meanwhile (which may be all the `POLLPRI`s were about).
+    burst: Option<(Instant, Instant, bool)>,
+    /// A full comparison owed, and when it may run.
+    full_due: Option<Instant>,
+    last_full: Option<Instant>,
+}
+
+impl Scans {
+    fn changed(&mut self, now: Instant) {
+        self.burst = Some(match self.burst {
+            None => (now, now, false),
+            Some((first, _, heard)) => (first, now, heard),
+        });
+    }
+
+    fn heard(&mut self) {
+        if let Some((_, _, heard)) = &mut self.burst {
+            *heard = true;
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        let burst = self
+            .burst
+            .map(|(first, last, _)| (last + SCAN_QUIET).min(first + SCAN_MAX_DELAY));
+        match (burst, self.full_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The comparison to make now, if any.
+    fn due(&self, now: Instant) -> Option<Depth> {
+        match self.burst {
+            Some((first, last, _)) if now >= (last + SCAN_QUIET).min(first + SCAN_MAX_DELAY) => {
+                Some(Depth::Fixed)
+            }
+            Some(_) => None,
+            None => self.full_due.filter(|due| now >= *due).map(|_| Depth::Full),
+        }
+    }
+
+    /// After a comparison: a fixed one that explains nothing (no fanotify event, no change
+    /// found) is followed by a full one at once; one that may have been explained by other
+    /// changes, by a full one later.
+    fn scanned(&mut self, now: Instant, depth: Depth, found: bool) {
+        match depth {
+            Depth::Full => {
+                self.full_due = None;
+                self.last_full = Some(now);
+            }
+            Depth::Fixed => {
+                let heard = self.burst.take().is_some_and(|(_, _, heard)| heard);
+                let due = if !heard && !found {
+                    now
+                } else {
+                    let earliest = self.last_full.map_or(now, |t| t + FULL_SCAN_INTERVAL);
+                    (now + FULL_SCAN_DELAY).max(earliest)
+                };
+                self.full_due = Some(self.full_due.map_or(due, |owed| owed.min(due)));
+            }
+        }
+    }
 }
 
 /// One mount namespace followed through fanotify.
@@ -215,9 +335,43 @@ fn entry_from(sm: &Statmount<'_>) -> Option<MountEntry> {
     })
 }
 
+impl Table {
+    fn remember(
+        &mut self,
+        id: u64,
+        entry: Arc<MountEntry>,
+        fixed: Fixed,
+    ) -> Option<Arc<MountEntry>> {
+        self.hidden.remove(&id);
+        self.fixed.insert(id, fixed);
+        self.mounts.insert(id, entry)
+    }
+
+    fn forget(&mut self, id: u64) -> Option<Arc<MountEntry>> {
+        self.fixed.remove(&id);
+        self.mounts.remove(&id)
+    }
+
+    fn replace_all(&mut self, all: Mounts) {
+        self.mounts = all
+            .visible
+            .iter()
+            .map(|(e, _)| (e.key(), e.clone()))
+            .collect();
+        self.fixed = all.visible.into_iter().map(|(e, f)| (e.key(), f)).collect();
+        self.hidden = all.hidden;
+    }
+}
+
+/// Every mount of a namespace, as [`Namespace::read_all`] found them.
+struct Mounts {
+    visible: Vec<(Arc<MountEntry>, Fixed)>,
+    hidden: HashSet<u64>,
+}
+
 /// What a look at one mount found.
 enum Looked {
-    Visible(Box<MountEntry>),
+    Visible(Box<(MountEntry, Fixed)>),
     /// In the namespace, but not below its root.
     Hidden,
     /// Not in the namespace (any more).
@@ -238,15 +392,15 @@ impl Namespace {
             poll_file,
             table: Mutex::new(Table {
                 mounts: BTreeMap::new(),
+                fixed: HashMap::new(),
                 hidden: HashSet::new(),
                 buf: vec![0u64; 512],
             }),
         };
         {
             let mut table = namespace.lock();
-            let (mounts, hidden) = namespace.read_all(&mut table.buf)?;
-            table.mounts = mounts.into_iter().map(|e| (e.key(), e)).collect();
-            table.hidden = hidden;
+            let all = namespace.read_all(&mut table.buf)?;
+            table.replace_all(all);
         }
         Ok(namespace)
     }
@@ -261,10 +415,11 @@ impl Namespace {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Looked::Gone),
             Err(e) => return Err(e),
         };
-        let entry = Statmount::parse(bytes).and_then(|sm| entry_from(&sm));
-        match entry {
-            Some(entry) if entry.mount_point.is_empty() => Ok(Looked::Hidden),
-            Some(entry) => Ok(Looked::Visible(Box::new(entry))),
+        let looked =
+            Statmount::parse(bytes).and_then(|sm| Some((entry_from(&sm)?, Fixed::of(&sm)?)));
+        match looked {
+            Some((entry, _)) if entry.mount_point.is_empty() => Ok(Looked::Hidden),
+            Some(looked) => Ok(Looked::Visible(Box::new(looked))),
             None => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "statmount answered without the fields asked for",
@@ -273,19 +428,22 @@ impl Namespace {
     }
 
     /// Every mount of the namespace, from `listmount` and `statmount`.
-    fn read_all(&self, buf: &mut Vec<u64>) -> io::Result<(Vec<Arc<MountEntry>>, HashSet<u64>)> {
+    fn read_all(&self, buf: &mut Vec<u64>) -> io::Result<Mounts> {
         let mut visible = Vec::new();
         let mut hidden = HashSet::new();
         for id in self.list()? {
             match self.look(buf, id)? {
-                Looked::Visible(entry) => visible.push(Arc::new(*entry)),
+                Looked::Visible(looked) => {
+                    let (entry, fixed) = *looked;
+                    visible.push((Arc::new(entry), fixed));
+                }
                 Looked::Hidden => {
                     hidden.insert(id);
                 }
                 Looked::Gone => {}
             }
         }
-        Ok((visible, hidden))
+        Ok(Mounts { visible, hidden })
     }
 
     /// The unique ids of the namespace's mounts, in ascending order.
@@ -344,12 +502,11 @@ impl Namespace {
     /// Follows the namespace until `stop` closes.
     pub fn follow(&self, hub: &Hub, stop: OwnedFd) {
         let mut buf = vec![0u8; 64 * 1024];
-        let mut pending_scan: Option<(Instant, Instant)> = None;
+        let mut scans = Scans::default();
         loop {
-            let timeout = match pending_scan {
+            let timeout = match scans.next_due() {
                 None => PollTimeout::NONE,
-                Some((first, last)) => {
-                    let due = (last + SCAN_QUIET).min(first + SCAN_MAX_DELAY);
+                Some(due) => {
                     let left = due.saturating_duration_since(Instant::now()).as_millis();
                     PollTimeout::try_from(left as i32 + 1).unwrap_or(PollTimeout::MAX)
                 }
@@ -374,28 +531,54 @@ impl Namespace {
             }
             let now = Instant::now();
             if fds[1].any().unwrap_or(false) {
-                pending_scan = Some(pending_scan.map_or((now, now), |(first, _)| (first, now)));
+                scans.changed(now);
             }
-            if let Err(e) = self.drain(hub, &mut buf) {
+            let drained = self.drain(hub, &mut buf).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "reading mount events failed");
+                0
+            });
+            // A change raises POLLPRI before its fanotify event is queued: the POLLPRI of
+            // every event just read has been raised by now, so the burst it joins knows
+            // that events came.
+            if self.changed_since_polled() {
+                scans.changed(now);
             }
-            if let Some((first, last)) = pending_scan
-                && now >= (last + SCAN_QUIET).min(first + SCAN_MAX_DELAY)
-            {
-                pending_scan = None;
-                if let Err(e) = self.scan(hub) {
-                    tracing::error!(error = %e, "comparing mount options failed");
+            if drained > 0 {
+                scans.heard();
+            }
+            if let Some(depth) = scans.due(now) {
+                let heard = scans.burst.is_some_and(|(_, _, heard)| heard);
+                match self.scan(hub, depth) {
+                    Ok(found) => {
+                        tracing::debug!(
+                            feed = self.origin.view,
+                            ?depth,
+                            heard,
+                            found,
+                            took_us = now.elapsed().as_micros() as u64,
+                            "compared the namespace's mounts"
+                        );
+                        scans.scanned(now, depth, found)
+                    }
+                    Err(e) => tracing::error!(error = %e, "comparing mounts failed"),
                 }
             }
         }
     }
 
-    /// Reads and publishes every queued mount event.
-    fn drain(&self, hub: &Hub, buf: &mut [u8]) -> io::Result<()> {
+    /// Whether the namespace changed since its mountinfo was last polled (and polls it).
+    fn changed_since_polled(&self) -> bool {
+        let mut fds = [PollFd::new(self.poll_file.as_fd(), PollFlags::POLLPRI)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+    }
+
+    /// Reads and publishes every queued mount event; returns how many there were.
+    fn drain(&self, hub: &Hub, buf: &mut [u8]) -> io::Result<usize> {
+        let mut count = 0;
         loop {
             let n = match (&self.group).read(buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(count),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
@@ -403,6 +586,7 @@ impl Namespace {
                 tracing::warn!("a fanotify event did not parse: the rest of the batch is lost");
                 kept
             });
+            count += events.len();
             let mut table = self.lock();
             let mut overflowed = false;
             for event in &events {
@@ -441,10 +625,10 @@ impl Namespace {
             Looked::Gone
         });
         match looked {
-            Looked::Visible(entry) => {
-                table.hidden.remove(&id);
-                let entry = Arc::new(*entry);
-                match table.mounts.insert(id, entry.clone()) {
+            Looked::Visible(looked) => {
+                let (entry, fixed) = *looked;
+                let entry = Arc::new(entry);
+                match table.remember(id, entry.clone(), fixed) {
                     None => self.publish(hub, mount::ATTACH, MountChange::new(entry, self.origin)),
                     Some(old) if old.is_gone() => {}
                     Some(old) if old.mount_point != entry.mount_point => {
@@ -460,8 +644,9 @@ impl Namespace {
                 }
             }
             Looked::Hidden => {
+                let old = table.forget(id);
                 table.hidden.insert(id);
-                if let Some(old) = table.mounts.remove(&id) {
+                if let Some(old) = old {
                     self.publish(hub, mount::DETACH, MountChange::new(old, self.origin));
                 }
             }
@@ -481,71 +666,81 @@ impl Namespace {
             return;
         }
         let old = table
-            .mounts
-            .remove(&id)
+            .forget(id)
             .unwrap_or_else(|| Arc::new(MountEntry::gone(id)));
         self.publish(hub, mount::DETACH, MountChange::new(old, self.origin));
     }
 
     /// After lost events: the namespace read again, and the difference published.
     fn resync(&self, table: &mut Table, hub: &Hub) -> io::Result<()> {
-        let (mounts, hidden) = self.read_all(&mut table.buf)?;
+        let all = self.read_all(&mut table.buf)?;
         let old: Vec<Arc<MountEntry>> = table.mounts.values().cloned().collect();
-        for (subtype, change) in diff(&old, &mounts, self.origin) {
+        let new: Vec<Arc<MountEntry>> = all.visible.iter().map(|(e, _)| e.clone()).collect();
+        for (subtype, change) in diff(&old, &new, self.origin) {
             self.publish(hub, subtype, change);
         }
-        table.mounts = mounts.into_iter().map(|e| (e.key(), e)).collect();
-        table.hidden = hidden;
+        table.replace_all(all);
         Ok(())
     }
 
     /// Finds the mounts whose options or propagation changed (no fanotify event tells) by
-    /// comparing statmount's fixed fields, and each superblock's options once, with the table.
-    fn scan(&self, hub: &Hub) -> io::Result<()> {
+    /// comparing them with the table, as far as `depth` says; publishes what changed and
+    /// says whether anything did.
+    fn scan(&self, hub: &Hub, depth: Depth) -> io::Result<bool> {
         let ids = self.list()?;
-        let mut table = self.lock();
+        let mut guard = self.lock();
+        // One borrow of the table, so that its buffer and its maps borrow apart.
+        let table = &mut *guard;
+        // Each superblock's options (security's, then the filesystem's), fetched with the
+        // first of its mounts, in the same call.
         let mut super_tails: HashMap<(u32, u32), String> = HashMap::new();
         let mut changed = Vec::new();
-        let mut sb_buf = vec![0u64; 512];
         for id in ids {
             let Some(old) = table.mounts.get(&id).filter(|e| !e.is_gone()).cloned() else {
                 continue;
             };
-            let fixed = match sys::statmount(id, self.ns_id, FIXED, &mut table.buf) {
-                Ok(bytes) => Statmount::parse(bytes)
-                    .and_then(|sm| Some((sm.basic()?, sm.superblock()?, sm.propagate_from()))),
-                Err(_) => None,
-            };
-            let Some((basic, (dev, sb_flags), from)) = fixed else {
+            let known = table.fixed.get(&id).copied();
+            let full = depth == Depth::Full;
+            let with_super = full && known.is_some_and(|f| !super_tails.contains_key(&f.dev));
+            // Only a slave has a propagate_from.
+            let with_from =
+                full && known.is_some_and(|f| f.propagation & statmount::propagation::SLAVE != 0);
+            let mask = FIXED
+                | if with_super { SUPER } else { 0 }
+                | if with_from { mask::PROPAGATE_FROM } else { 0 };
+            let Ok(bytes) = sys::statmount(id, self.ns_id, mask, &mut table.buf) else {
                 continue;
             };
-            let tail = match super_tails.get(&dev) {
-                Some(tail) => tail,
-                None => {
-                    let tail = match sys::statmount(id, self.ns_id, SUPER, &mut sb_buf) {
-                        Ok(bytes) => Statmount::parse(bytes).map_or_else(String::new, |sm| {
-                            super_options(0, &sm.security_options(), sm.fs_options()).split_off(2)
-                        }),
-                        Err(_) => continue,
-                    };
-                    super_tails.entry(dev).or_insert(tail)
-                }
+            let Some(sm) = Statmount::parse(bytes) else {
+                continue;
             };
-            let super_now = super_options(sb_flags, &[], None) + tail;
-            if mount_options(basic.attr) != old.options
-                || super_now != old.super_options
-                || propagation(&basic, from) != old.propagation
-                || basic.parent != old.unique.map_or(0, |u| u.parent)
-            {
+            let (Some(fixed), Some(basic)) = (Fixed::of(&sm), sm.basic()) else {
+                continue;
+            };
+            let mut differs = known != Some(fixed);
+            if full && !differs {
+                if with_from {
+                    differs = propagation(&basic, sm.propagate_from()) != old.propagation;
+                }
+                if with_super {
+                    let tail = super_options(0, &sm.security_options(), sm.fs_options());
+                    super_tails.insert(fixed.dev, tail[2..].to_owned());
+                }
+                let tail = super_tails.get(&fixed.dev).map_or("", String::as_str);
+                differs |= super_options(fixed.sb_flags, &[], None) + tail != old.super_options;
+            }
+            if differs {
                 changed.push((id, old));
             }
         }
+        let found = !changed.is_empty();
         for (id, old) in changed {
-            let Ok(Looked::Visible(entry)) = self.look(&mut table.buf, id) else {
+            let Ok(Looked::Visible(looked)) = self.look(&mut table.buf, id) else {
                 continue;
             };
-            let entry = Arc::new(*entry);
-            table.mounts.insert(id, entry.clone());
+            let (entry, fixed) = *looked;
+            let entry = Arc::new(entry);
+            table.remember(id, entry.clone(), fixed);
             let mut change = MountChange::new(entry.clone(), self.origin);
             change.changed = entry.changes_from(&old);
             if entry.mount_point != old.mount_point {
@@ -555,7 +750,7 @@ impl Namespace {
                 self.publish(hub, mount::CHANGE, change);
             }
         }
-        Ok(())
+        Ok(found)
     }
 }
 
@@ -578,6 +773,44 @@ mod tests {
         );
         assert_eq!(super_options(1, &[], Some(b"size=1024k")), "ro,size=1024k");
         assert_eq!(super_options(0, &[], Some(b"")), "rw");
+    }
+
+    #[test]
+    fn a_burst_is_compared_once_when_quiet_and_fully_only_when_unexplained_or_later() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut scans = Scans::default();
+        assert_eq!(scans.next_due(), None);
+        scans.changed(ms(0));
+        scans.changed(ms(3));
+        assert_eq!(scans.due(ms(4)), None, "still in the burst");
+        assert_eq!(scans.due(ms(23)), Some(Depth::Fixed));
+        // Nothing heard, nothing found: the POLLPRI was about options only, look now.
+        scans.scanned(ms(23), Depth::Fixed, false);
+        assert_eq!(scans.due(ms(23)), Some(Depth::Full));
+        scans.scanned(ms(24), Depth::Full, false);
+        assert_eq!(scans.next_due(), None);
+
+        // A burst that fanotify events explain: the full look waits a second, and runs
+        // no sooner than FULL_SCAN_INTERVAL after the last one.
+        scans.changed(ms(100));
+        scans.heard();
+        for t in (110..300).step_by(10) {
+            scans.changed(ms(t));
+        }
+        assert_eq!(
+            scans.due(ms(300)),
+            Some(Depth::Fixed),
+            "at most SCAN_MAX_DELAY late"
+        );
+        scans.scanned(ms(300), Depth::Fixed, false);
+        assert_eq!(scans.due(ms(1300)), None);
+        assert_eq!(scans.next_due(), Some(ms(24) + FULL_SCAN_INTERVAL));
+        // A change found explains the burst just as well.
+        let mut found = Scans::default();
+        found.changed(ms(0));
+        found.scanned(ms(20), Depth::Fixed, true);
+        assert_eq!(found.next_due(), Some(ms(20) + FULL_SCAN_DELAY));
     }
 }
 
