@@ -17,10 +17,10 @@
 //! - **sudo** is given without a password (`NOPASSWD`), standing in for the password a
 //!   user would type.
 //! - **The demo** runs two rounds (`DEMO_ROUNDS=2`, which the README names).
-//! - **The suite** runs with a filter, `-- mounts:: --skip a_burst_of_1000_mounts` (the
-//!   mount tests, on both backends, but for the one that needs a reader keeping up in real
-//!   time: [`FILTER`]), not whole: inside this container
-//!   the rest would mostly test the container, not the commands. The device tests want
+//! - **The suite** runs with a filter, `-- mounts::` with two `--skip`s (the mount tests,
+//!   on both backends, but for a timing test and one that cannot work from a checkout on a
+//!   mount of its own: [`FILTER`]), not whole: inside this container the rest would mostly
+//!   test the container, not the commands. The device tests want
 //!   udevd and a writable /sys (nspawn mounts it read-only), the key tests the host's
 //!   keyrings (not namespaced), the VM tests build a kernel (4 minutes) and boot qemu, the
 //!   booted test would nest this container in itself. The filter still makes `./test.sh`
@@ -54,9 +54,13 @@ const UID: u32 = 1000;
 /// Where the copy of the repository is in the container.
 const CHECKOUT: &str = "/srv/watchd";
 /// The e2e tests `./test.sh` runs in the container (see the module's documentation): the
-/// mount tests, but for the burst of 1,000 mounts, whose reader must keep up in real time
-/// (it fails on these loaded 2 cores outside any container as well: 1727 of 2000 records).
-const FILTER: &str = "mounts:: --skip a_burst_of_1000_mounts";
+/// mount tests, but for two. The burst of 1,000 mounts needs a reader that keeps up in real
+/// time (before its reader was SCHED_FIFO it failed on these loaded 2 cores outside any
+/// container too: 1727 of 2000 records). The chroot test chroots into a bind mount of `/`
+/// that is not recursive, so a checkout on a mount of its own (here the bind-mounted
+/// /srv/watchd; on a host, a separate /home) is not in it and watchctl is not found.
+const FILTER: &str =
+    "mounts:: --skip a_burst_of_1000_mounts --skip a_caller_in_a_chroot_sees_mount_points";
 /// What rustup's installer writes to ~/.cargo/env (and sources from ~/.profile).
 const RUSTUP_ENV: &str = "#!/bin/sh\n# rustup shell setup\ncase \":${PATH}:\" in\n    *:\"$HOME/.cargo/bin\":*) ;;\n    *) export PATH=\"$HOME/.cargo/bin:$PATH\" ;;\nesac\n";
 /// How long each command may take (packages, crates, a build on 2 shared cores).
