@@ -2,29 +2,53 @@
 # watchd's main job, on any machine: build it, start the daemon, and show live mount events
 # with watchctl while this script mounts, remounts, moves and unmounts a tmpfs.
 #
+# Run it as yourself: it installs the Debian packages it needs (packaging/install-deps demo,
+# through sudo), builds with your cargo (a debug build, as `cargo test` makes), then runs
+# itself again through sudo for the part that needs root (the daemon owns a system bus
+# name, and the demo mounts). Root builds nothing there, so target/ stays yours, and sudo's
+# secure_path, which does not hold ~/.cargo/bin, does not matter. Run as root without sudo
+# (CI), it does all of it as root.
+#
 # Everything runs in a private mount namespace, so the host's mounts are never touched.
 # The daemon serves the system bus when watchd's bus policy is installed there; otherwise
 # (no system bus, or no policy) it serves a private bus this script starts and stops.
 #
-#   sudo ./demo.sh                  until Ctrl-C
-#   sudo DEMO_ROUNDS=2 ./demo.sh    two rounds, then stop (what CI runs)
+#   ./demo.sh                  until Ctrl-C
+#   DEMO_ROUNDS=2 ./demo.sh    two rounds, then stop (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")"
+self=$PWD/demo.sh
+rounds=${DEMO_ROUNDS:-0}
+
+build() {
+    packaging/install-deps demo
+    if ! command -v cargo > /dev/null; then
+        echo "demo.sh: no cargo in PATH: install a Rust toolchain (rustup; 1.89 or later)" >&2
+        exit 1
+    fi
+    echo "building (cargo build)..."
+    cargo build --quiet --locked -p watchd -p watchctl
+}
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: run it as root (sudo ./demo.sh): watchd owns a system bus name, and the" >&2
-    echo "demo mounts tmpfs in a private mount namespace" >&2
-    exit 1
+    build
+    exec sudo env DEMO_ROUNDS="$rounds" WATCHD_DEMO_BUILT=1 "$self"
+fi
+if [ -z "${WATCHD_DEMO_BUILT:-}" ]; then
+    if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+        # sudo ./demo.sh: build as the user who ran sudo, with that user's login PATH
+        # (where rustup put cargo), then come back here through sudo.
+        echo "demo.sh: building as $SUDO_USER, not root"
+        exec sudo -u "$SUDO_USER" -H env DEMO_ROUNDS="$rounds" bash -lc 'exec "$0"' "$self"
+    fi
+    build
 fi
 if [ -z "${WATCHD_DEMO_NAMESPACE:-}" ]; then
-    exec env WATCHD_DEMO_NAMESPACE=1 unshare --mount --propagation private "$0" "$@"
+    exec env WATCHD_DEMO_NAMESPACE=1 WATCHD_DEMO_BUILT=1 \
+        unshare --mount --propagation private "$self" "$@"
 fi
 
-rounds=${DEMO_ROUNDS:-0}
-echo "building (cargo build --release)..."
-cargo build --release --quiet -p watchd -p watchctl
-bin=$PWD/target/release
-
+bin=$PWD/target/debug
 work=$(mktemp -d /tmp/watchd-demo.XXXXXX)
 pids=()
 cleanup() {

@@ -8,10 +8,12 @@
 
 mod authorization;
 mod bad_requests;
+mod booted;
 mod caller_files;
 mod daemon_admin;
 mod devices;
 mod file_events;
+mod fresh_root;
 mod hostile_requests;
 mod interfaces;
 mod key_watch_queue;
@@ -75,6 +77,8 @@ fn main() -> std::process::ExitCode {
     trials.extend(key_watch_queue::trials());
     trials.extend(daemon_admin::trials());
     trials.extend(packaging::trials());
+    trials.extend(booted::trials());
+    trials.extend(fresh_root::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 

@@ -100,7 +100,7 @@ const HOST_PATHS: &[&str] = &[
 
 /// `program` when it can run here. Outside CI a missing one skips the test (None, with the
 /// reason printed); in CI, whose .ci/run installs it, it fails.
-fn tool(program: &str, version_args: &[&str], from: &str) -> Result<Option<()>> {
+pub(crate) fn tool(program: &str, version_args: &[&str], from: &str) -> Result<Option<()>> {
     let ran = Command::new(program).args(version_args).output();
     if ran.as_ref().is_ok_and(|out| out.status.success()) {
         return Ok(Some(()));
@@ -347,6 +347,20 @@ impl Drop for GivenBack {
     }
 }
 
+/// `make` and `make deb` (PROFILE=dev), the package written to `deb`. One at a time: the
+/// package's assets name build/ in the repository, which `make` remakes.
+pub(crate) fn build_deb(deb: &Path) -> Result<()> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let _owner = GivenBack(repo().join("build"));
+    make(&[])?;
+    make(&[
+        "deb",
+        &format!("CARGO_DEB_FLAGS=--output {}", deb.display()),
+    ])?;
+    Ok(())
+}
+
 /// An installed package's name for `path`: man pages are compressed, as Debian wants.
 fn in_package(path: &str) -> String {
     if path.starts_with("usr/share/man/") {
@@ -370,14 +384,9 @@ async fn deb() -> Result<()> {
         return Ok(());
     }
     let host_before: Vec<bool> = HOST_PATHS.iter().map(|p| Path::new(p).exists()).collect();
-    let _owner = GivenBack(repo().join("build"));
     let scratch = Scratch::new("deb")?;
     let deb = scratch.join("watchd.deb");
-    make(&[])?;
-    make(&[
-        "deb",
-        &format!("CARGO_DEB_FLAGS=--output {}", deb.display()),
-    ])?;
+    build_deb(&deb)?;
 
     // The same files as make install, plus the copyright file Debian requires.
     let mut expected: BTreeSet<String> = FILES.iter().map(|(p, _)| in_package(p)).collect();

@@ -8,6 +8,7 @@
 //!   removed afterwards.
 //! - [`mounts`]: mount, remount, move and unmount with the syscalls themselves.
 //! - [`vm`]: a qemu VM booting a kernel that has what this machine's lacks (watch queues).
+//! - [`nspawn`]: a Debian 12 container, booted or not, for the package and the README.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -21,10 +22,63 @@ use watchd_client::{EventStream, SubscribeOptions, WatchOptions};
 pub use libtest_mimic::{Arguments, Failed, Trial};
 pub mod bench;
 pub mod krb5;
+pub mod nspawn;
 pub mod polkit;
 pub mod sys;
 pub mod udev;
 pub mod vm;
+
+/// A prerequisite (a tool, a package, a kernel) that cannot be had here: a test skips
+/// outside CI and fails in it ([`or_skip`]). `install` names the Debian packages to install.
+#[derive(Debug)]
+pub struct Unavailable {
+    pub what: String,
+    pub install: &'static str,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (install: {})", self.what, self.install)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// `outcome`, or `None` (skip, with the reason printed) outside CI when it failed for an
+/// [`Unavailable`] prerequisite. In CI, which installs them, that fails the test.
+pub fn or_skip<T>(label: &str, outcome: Result<T>) -> Result<Option<T>> {
+    match outcome {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.downcast_ref::<Unavailable>().is_some() => {
+            if std::env::var_os("CI").is_some() {
+                bail!("{e:#}: .ci/run installs these, so CI does not skip this test");
+            }
+            eprintln!("SKIP: {label}: {e:#}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Debian installs some tools in /usr/sbin, which a CI's PATH may lack.
+const SEARCH_PATH: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+/// `name` on PATH (or in [`SEARCH_PATH`]), or [`Unavailable`] naming `package` and, to
+/// install, `install`.
+pub fn tool(name: &str, package: &str, install: &'static str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SEARCH_PATH.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Unavailable {
+                what: format!("{name} not found (package {package})"),
+                install,
+            }
+            .into()
+        })
+}
 
 /// Root is needed for mounts and for owning the bus name under the real policy. Outside CI
 /// a non-root run skips with the reason printed; in CI (CI=true) it fails.

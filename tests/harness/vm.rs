@@ -31,7 +31,6 @@
 //! CI and fail in it; [`PACKAGES`] names what to install.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -95,20 +94,16 @@ pub const BOOT_LIMIT: Duration = Duration::from_secs(300);
 const BUILD_LIMIT: Duration = Duration::from_secs(45 * 60);
 /// How long downloading, unpacking or configuring the kernel may take.
 const TOOL_LIMIT: Duration = Duration::from_secs(600);
-/// Debian installs some tools in /usr/sbin, which a CI's PATH may lack.
-const SEARCH_PATH: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
-/// A prerequisite (tool, package, kernel) that cannot be had here.
-#[derive(Debug)]
-pub struct Unavailable(pub String);
+pub use crate::{Unavailable, or_skip};
 
-impl fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (install: {PACKAGES})", self.0)
+/// An [`Unavailable`] whose remedy is [`PACKAGES`].
+fn unavailable(what: String) -> Unavailable {
+    Unavailable {
+        what,
+        install: PACKAGES,
     }
 }
-
-impl std::error::Error for Unavailable {}
 
 /// What a program run in the VM did.
 #[derive(Debug)]
@@ -149,22 +144,6 @@ impl VmOutput {
             );
         }
         Ok(())
-    }
-}
-
-/// A VM run's outcome; `None` (skip, with the reason printed) outside CI when the VM cannot
-/// be had here. In CI, which installs what the VM needs, a missing piece fails the test.
-pub fn or_skip(label: &str, outcome: Result<VmOutput>) -> Result<Option<VmOutput>> {
-    match outcome {
-        Ok(out) => Ok(Some(out)),
-        Err(e) if e.downcast_ref::<Unavailable>().is_some() => {
-            if std::env::var_os("CI").is_some() {
-                bail!("{e:#}: .ci/run installs these, so CI does not skip this test");
-            }
-            eprintln!("SKIP: {label}: no VM here: {e:#}");
-            Ok(None)
-        }
-        Err(e) => Err(e),
     }
 }
 
@@ -291,7 +270,8 @@ fn program_output(console: &str) -> Option<(i32, String)> {
     None
 }
 
-fn tail(text: &str, lines: usize) -> String {
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -335,19 +315,14 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// `name` on PATH (or in [`SEARCH_PATH`]), or [`Unavailable`] naming `package`.
+/// `name` here, or [`Unavailable`] naming `package`.
 fn tool(name: &str, package: &str) -> Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(SEARCH_PATH.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| Unavailable(format!("{name} not found (package {package})")).into())
+    crate::tool(name, package, PACKAGES)
 }
 
 /// Runs `command` (killed by its process group after `limit`) with its output appended to
 /// `log`; fails with the log's tail unless it exits 0.
-fn run_logged(mut command: Command, log: &Path, what: &str, limit: Duration) -> Result<()> {
+pub fn run_logged(mut command: Command, log: &Path, what: &str, limit: Duration) -> Result<()> {
     let file = File::options().create(true).append(true).open(log)?;
     command
         .stdin(Stdio::null())
@@ -409,7 +384,7 @@ pub fn kernel() -> Result<PathBuf> {
 
     let apt_cache = tool("apt-cache", "apt")?;
     let depends = stdout_of(&apt_cache, &["depends", "linux-source"])
-        .map_err(|e| Unavailable(format!("apt-cache knows no linux-source: {e:#}")))?;
+        .map_err(|e| unavailable(format!("apt-cache knows no linux-source: {e:#}")))?;
     let package = depends
         .lines()
         .find_map(|l| l.trim().strip_prefix("Depends: "))
@@ -469,7 +444,7 @@ fn build_kernel(package: &str, version: &str, dir: &Path) -> Result<()> {
     }
     if !Path::new("/usr/include/gelf.h").is_file() {
         return Err(
-            Unavailable("/usr/include/gelf.h not found (package libelf-dev)".into()).into(),
+            unavailable("/usr/include/gelf.h not found (package libelf-dev)".into()).into(),
         );
     }
 
