@@ -10,13 +10,12 @@
 //! the container has neither /dev/loop-control nor a writable /sys (so no udevd, and
 //! `udevadm trigger` cannot write there): the daemon reads kernel uevents, as it does in
 //! any container, and the container shares the host's network namespace, where they are
-//! multicast. `watchctl watch --reconnect` does not exist (yet): after the restart the
-//! client subscribes again by hand, and the test says so.
+//! multicast. After the restart, `watchctl watch --reconnect` subscribes again by itself.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use watchd_e2e::nspawn::{self, Container, Step, wait_for_exit, wait_for_line};
 use watchd_e2e::{Scratch, Trial, repo};
 
@@ -294,6 +293,14 @@ fn steps(c: &mut Container, dir: &Path) -> Result<()> {
     let user_out = dir.join("user-mounts.out");
     let devices_out = dir.join("user-devices.out");
     let mut root_mounts = c.spawn(None, &watch_mounts, &root_out, "root's watchctl")?;
+    // The same watch, told to outlive a restart of the daemon.
+    let reconnect_out = dir.join("root-reconnect.out");
+    let mut root_reconnect = c.spawn(
+        None,
+        &[&watch_mounts[..], &["--reconnect"]].concat(),
+        &reconnect_out,
+        "root's watchctl --reconnect",
+    )?;
     let mut user_mounts = c.spawn(Some(USER), &watch_mounts, &user_out, "the user's watchctl")?;
     let mut user_devices = c.spawn(
         Some(USER),
@@ -314,6 +321,7 @@ fn steps(c: &mut Container, dir: &Path) -> Result<()> {
         (&root_out, "root's mount watch"),
         (&user_out, "the user's mount watch"),
         (&devices_out, "the user's device watch"),
+        (&reconnect_out, "root's mount watch with --reconnect"),
     ] {
         wait_for_line(out, &["snapshot complete"], SEEN, what).step("subscribe")?;
     }
@@ -461,28 +469,22 @@ fn steps(c: &mut Container, dir: &Path) -> Result<()> {
         main_pid(c)? != before_reload,
         "step: restart kept the same daemon"
     );
-    let help = c.ok(
-        "watchctl watch --help",
-        None,
-        &["watchctl", "watch", "--help"],
-    )?;
-    if help.contains("--reconnect") {
-        bail!(
-            "watchctl watch now has --reconnect: this test should use it (it subscribes again by hand)"
-        );
-    }
-    println!("booted: NOTE: watchctl watch has no --reconnect; subscribing again by hand");
-    let again = c
-        .ok("subscribe again", Some(USER), &{
-            let mut args = watch_mounts.to_vec();
-            args.extend(["--count", "1"]);
-            args
-        })
-        .step("subscribe again after the restart")?;
+    // watchctl --reconnect stayed, subscribed again and printed the current state.
+    root_reconnect
+        .check_running()
+        .step("systemctl restart: watchctl --reconnect should outlive it")?;
+    let again = wait_for_line(
+        &reconnect_out,
+        &["[snapshot]", "source=booted2"],
+        SEEN,
+        "root's mount watch with --reconnect",
+    )
+    .step("after the restart, watchctl --reconnect prints the initial state again")?;
     ensure!(
-        again.contains("[snapshot]") && again.contains("source=booted2"),
-        "step: after the restart, a new subscription's initial state lacks the tmpfs:\n{again}"
+        std::fs::read_to_string(&reconnect_out)?.contains("subscribed again"),
+        "step: watchctl --reconnect should say it subscribed again, printed:\n{again}"
     );
+    drop(root_reconnect);
 
     // Bus activation: stopped, a call starts it.
     c.ok("stop", None, &["systemctl", "stop", "watchd"])?;

@@ -36,6 +36,10 @@ pub fn trials() -> Vec<Trial> {
             "scripting::the_gdbus_example_builds_and_prints_live_mount_events",
             gdbus_example,
         ),
+        trial(
+            "scripting::watchctl_reconnect_outlives_a_restart_and_prints_the_state_again",
+            reconnects_after_a_restart,
+        ),
     ]
 }
 
@@ -463,5 +467,59 @@ async fn gdbus_example() -> Result<()> {
     }
     by_argument.check_running()?;
     by_environment.check_running()?;
+    Ok(())
+}
+
+/// `watch --reconnect` outlives a restart of watchd: the pipe ends, watchctl says so, waits
+/// for the daemon, subscribes again and prints the current state first (changes made while
+/// it was away are in it), then live records again.
+async fn reconnects_after_a_restart() -> Result<()> {
+    let env = Env::start("reconnect").await?;
+    let dir = env
+        .scratch
+        .path
+        .to_str()
+        .context("utf-8 scratch")?
+        .to_owned();
+    let mut command = env.watchctl();
+    command
+        .args(["watch", "mounts", "--json", "--reconnect", "--path", &dir])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(env.scratch.join("watchctl.err"))?);
+    let mut watchctl = Process::spawn(command, "watchctl watch --reconnect")?;
+    let lines = stdout_lines(&mut watchctl);
+    let client = env.client().await?;
+    for _ in 0..500 {
+        if client.status().await?.watches == 1 {
+            break;
+        }
+        watchctl.check_running()?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Env {
+        daemon,
+        bus,
+        scratch,
+    } = env;
+    drop(daemon); // stopped by its PID: every pipe ends
+    let away = scratch.join("made-while-away");
+    mounts::tmpfs(&away, "away", "size=16k")?;
+    let _daemon = watchd_e2e::Daemon::start(&bus, &scratch.path, "", false).await?;
+    let away_text = away.to_str().context("utf-8")?;
+    json_where(&lines, |v| {
+        v["event"] == "attach" && v["snapshot"] == true && v["mount_point"] == away_text
+    })
+    .with_context(|| {
+        let said = std::fs::read_to_string(scratch.join("watchctl.err")).unwrap_or_default();
+        format!("after the restart, the current state with the mount made meanwhile (watchctl said: {said})")
+    })?;
+    watchctl.check_running()?;
+    let after = scratch.join("after");
+    mounts::tmpfs(&after, "after", "size=16k")?;
+    let after_text = after.to_str().context("utf-8")?;
+    json_where(&lines, |v| {
+        v["event"] == "attach" && v["snapshot"] == false && v["mount_point"] == after_text
+    })
+    .context("then live records again")?;
     Ok(())
 }

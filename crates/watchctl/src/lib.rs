@@ -46,7 +46,7 @@ pub enum Command {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum WatchKind {
     /// Mounts appearing, going away, moving or changing in your mount namespace
     Mounts {
@@ -209,7 +209,7 @@ pub enum TimeFormat {
     Iso,
 }
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 pub struct WatchArgs {
     /// Print the current state first (marked as snapshot), then the changes
     #[arg(long)]
@@ -254,9 +254,16 @@ pub struct WatchArgs {
     )]
     pub count: Option<u64>,
 
+    /// When watchd goes away (restarted, stopped, the bus restarted), wait for it and
+    /// subscribe again, each watch sending its current state first (snapshot records), instead
+    /// of exiting with status 3
+    #[arg(long)]
+    pub reconnect: bool,
+
     /// Another watch in the same subscription: a kind and its own options, as after
     /// `watch`, e.g. `-- devices --subsystem block`; another `--` adds one more. --json,
-    /// --format, --time, --depth and --count are the command's, given with any kind
+    /// --format, --time, --depth, --count and --reconnect are the command's, given with any
+    /// kind
     #[arg(last = true, value_name = "KIND [OPTIONS]")]
     pub more: Vec<String>,
 }

@@ -249,6 +249,9 @@ struct Planned {
     tag: u64,
     kind: &'static str,
     options: WatchOptions,
+    /// The options of the same watch set again after a reconnection: with the current state
+    /// first (what changed meanwhile was not seen), unless the format has no form for it.
+    again: WatchOptions,
 }
 
 /// What a `watch` command does with its records, and its subscription's depth: options of
@@ -259,6 +262,8 @@ struct Output {
     time: TimeFormat,
     count: Option<u64>,
     depth: Option<u32>,
+    /// Subscribe again when watchd goes away.
+    reconnect: bool,
 }
 
 /// The one value of a command-wide option given with several kinds, refused when they differ.
@@ -313,6 +318,7 @@ fn plan(kinds: Vec<WatchKind>) -> anyhow::Result<(Vec<Planned>, Output)> {
         time: time.map_or(TimeFormat::Clock, |t| t.0),
         count: one_value("--count", kinds.iter().map(|k| k.common().count))?,
         depth: one_value("--depth", kinds.iter().map(|k| k.common().depth))?,
+        reconnect: kinds.iter().any(|k| k.common().reconnect),
     };
     if format == Format::Keyctl {
         if let Some(other) = kinds.iter().find(|k| k.name() != "keys") {
@@ -350,10 +356,13 @@ fn plan(kinds: Vec<WatchKind>) -> anyhow::Result<(Vec<Planned>, Output)> {
             }
         };
         let name = kind.name();
+        let mut again = kind.clone();
+        again.common_mut().initial |= format != Format::Keyctl;
         watches.push(Planned {
             tag,
             kind: name,
             options: watch_options(kind)?,
+            again: watch_options(again)?,
         });
     }
     Ok((watches, output))
@@ -416,19 +425,50 @@ async fn watch(
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let work = async {
-        let client = Client::connect(bus_address).await?;
-        let subscription = client
-            .subscribe(SubscribeOptions {
-                depth: output.depth,
-            })
-            .await?;
-        for planned in watches {
-            subscription
-                .add_watch(planned.tag, planned.kind, &planned.options)
-                .await
-                .with_context(|| format!("watch {} (tag {})", planned.kind, planned.tag))?;
+        let mut progress = Progress::new(watches);
+        let mut again = false;
+        let mut wait = RECONNECT_FIRST_WAIT;
+        loop {
+            let outcome = async {
+                let client = Client::connect(bus_address).await?;
+                let subscription = client
+                    .subscribe(SubscribeOptions {
+                        depth: output.depth,
+                    })
+                    .await?;
+                // A watch that ended (its REMOVAL came) is not set again.
+                for planned in watches.iter().filter(|w| progress.live.contains(&w.tag)) {
+                    let options = if again {
+                        &planned.again
+                    } else {
+                        &planned.options
+                    };
+                    subscription
+                        .add_watch(planned.tag, planned.kind, options)
+                        .await
+                        .with_context(|| format!("watch {} (tag {})", planned.kind, planned.tag))?;
+                }
+                if again {
+                    eprintln!("watchctl: subscribed again; the current state follows");
+                    wait = RECONNECT_FIRST_WAIT;
+                }
+                print_events(subscription.into_events(), watches, output, &mut progress).await
+            }
+            .await;
+            match outcome {
+                Ok(Outcome::PipeEnded) if output.reconnect => {
+                    eprintln!(
+                        "watchctl: the subscription ended; subscribing again when watchd is back"
+                    );
+                }
+                Err(e) if output.reconnect && again && daemon_away(&e) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RECONNECT_MAX_WAIT);
+                }
+                other => return other,
+            }
+            again = true;
         }
-        print_events(subscription.into_events(), watches, output).await
     };
     tokio::select! {
         outcome = work => outcome,
@@ -438,6 +478,31 @@ async fn watch(
         // waiting for a next record to fail writing.
         () = stdout_closed() => Ok(Outcome::Done),
     }
+}
+
+/// `--reconnect` tries again at once after the pipe ends, then after these waits, doubled
+/// each time up to the last.
+const RECONNECT_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+const RECONNECT_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `e` says watchd (or the bus) is not there now, rather than that the request is
+/// wrong: the bus cannot be reached, nobody owns watchd's name, the daemon left without
+/// replying (it was stopping) or could not be started yet, or the connection failed.
+/// watchd's own refusals (a path gone, access denied…) are final.
+fn daemon_away(e: &anyhow::Error) -> bool {
+    const AWAY: [&str; 5] = [
+        "org.freedesktop.DBus.Error.NoReply",
+        "org.freedesktop.DBus.Error.Disconnected",
+        "org.freedesktop.DBus.Error.Timeout",
+        "org.freedesktop.DBus.Error.TimedOut",
+        "org.freedesktop.DBus.Error.Spawn.",
+    ];
+    e.chain()
+        .find_map(|cause| cause.downcast_ref::<watchd_client::Error>())
+        .is_some_and(|e| match e.dbus_name() {
+            Some(name) => e.is_daemon_absent() || AWAY.iter().any(|a| name.starts_with(a)),
+            None => true,
+        })
 }
 
 /// Resolves once stdout is a pipe (or FIFO) with no reader left; see [`reader_gone`].
@@ -523,14 +588,30 @@ fn print_line(mut line: String) -> anyhow::Result<bool> {
     }
 }
 
+/// What a `watch` command has seen so far, kept across reconnections: the watches not
+/// ended yet, and the records counted for `--count`.
+struct Progress {
+    live: std::collections::BTreeSet<u64>,
+    counted: u64,
+}
+
+impl Progress {
+    fn new(watches: &[Planned]) -> Self {
+        Progress {
+            live: watches.iter().map(|w| w.tag).collect(),
+            counted: 0,
+        }
+    }
+}
+
 async fn print_events(
     mut events: watchd_client::EventStream,
     watches: &[Planned],
     output: &Output,
+    progress: &mut Progress,
 ) -> anyhow::Result<Outcome> {
-    let mut live: std::collections::BTreeSet<u64> = watches.iter().map(|w| w.tag).collect();
+    let Progress { live, counted } = progress;
     let several = watches.len() > 1;
-    let mut counted = 0u64;
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => event,
@@ -552,13 +633,13 @@ async fn print_events(
             return Ok(Outcome::Done);
         }
         if counts(h) {
-            counted += 1;
-            if output.count == Some(counted) {
+            *counted += 1;
+            if output.count == Some(*counted) {
                 return Ok(Outcome::Done);
             }
         }
     }
-    if output.format == Format::Keyctl {
+    if output.format == Format::Keyctl && !output.reconnect {
         // keyctl watch says so when its queue ends.
         print_line(format::KEYCTL_END.to_owned())?;
     }
@@ -1161,9 +1242,19 @@ mod tests {
                 format: Format::Json,
                 time: TimeFormat::Clock,
                 count: None,
-                depth: Some(64)
+                depth: Some(64),
+                reconnect: false,
             },
             "--json and --depth are the command's, given with any kind"
+        );
+        assert!(
+            watches.iter().all(|w| w.again.initial),
+            "set again after a reconnection, every watch sends its state first"
+        );
+        let (_, output) = plan_of(&["mounts", "--", "devices", "--reconnect"]).unwrap();
+        assert!(
+            output.reconnect,
+            "--reconnect is the command's, given with any kind"
         );
 
         // One kind twice is two watches; the text form and the clock are the defaults.
