@@ -26,9 +26,13 @@ pub mod mounts;
 use std::sync::Arc;
 
 use crate::conf::Config;
+use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::hub::Hub;
+use crate::identity::Caller;
+use crate::options::Options;
 use crate::source::Source;
-use crate::watch::Kind;
+use crate::watch::{Kind, Scope};
 
 /// Every kind this daemon knows, served or disabled in the configuration.
 pub const KINDS: [Kind; 5] = [
@@ -99,15 +103,59 @@ pub fn start(
         }
     }
     if enabled.files {
-        sources.push(
-            files::FileSource::start(hub.clone()).map_err(|error| StartError {
-                kind: files::KIND,
-                needs: "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
-                error,
-            })?,
-        );
+        match files::FileSource::start(hub.clone()) {
+            Ok(source) => sources.push(source),
+            // A kernel without fanotify (ENOSYS) or its FID mode (EINVAL, before 5.9): the
+            // other kinds are still worth serving; this one says why it cannot be had.
+            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) => {
+                tracing::warn!(%error, "files watches are unavailable: this kernel has no fanotify in FID mode (Linux 5.9 or later with CONFIG_FANOTIFY)");
+                sources.push(Arc::new(Unavailable {
+                    kind: files::KIND,
+                    why: format!("this kernel has no fanotify in FID mode ({error})"),
+                }));
+            }
+            Err(error) => {
+                return Err(StartError {
+                    kind: files::KIND,
+                    needs: "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
+                    error,
+                });
+            }
+        }
     }
     Ok(sources)
+}
+
+/// A kind this system cannot serve although the configuration enables it: `watchctl status`
+/// says why, and every watch of it is refused with that reason.
+struct Unavailable {
+    kind: Kind,
+    why: String,
+}
+
+impl Source for Unavailable {
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn describe(&self) -> String {
+        format!("unavailable: {}", self.why)
+    }
+
+    fn scope(&self, _: &mut Options, _: &Caller) -> Result<Arc<dyn Scope>> {
+        Err(Error::NotSupported(format!(
+            "{} watches are unavailable on this system: {}",
+            self.kind, self.why
+        )))
+    }
+
+    fn option_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn with_snapshot(&self, _: &dyn Scope, then: &mut dyn FnMut(&[Event])) {
+        then(&[])
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +166,21 @@ mod tests {
     use crate::identity::Uid;
     use crate::options::OptionMap;
     use crate::options::Options;
+
+    #[test]
+    fn an_unavailable_kind_says_why_and_refuses_every_watch() {
+        let source = Unavailable {
+            kind: files::KIND,
+            why: "no fanotify".into(),
+        };
+        assert_eq!(source.describe(), "unavailable: no fanotify");
+        let mut options = Options::new(OptionMap::default()).unwrap();
+        let caller = Caller::with_credentials(Uid(1000));
+        match source.scope(&mut options, &caller) {
+            Err(Error::NotSupported(why)) => assert!(why.contains("no fanotify"), "{why}"),
+            other => panic!("expected NotSupported, got {other:?}"),
+        }
+    }
 
     #[test]
     fn every_kind_is_guarded_by_a_polkit_action() {
