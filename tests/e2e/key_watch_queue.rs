@@ -29,6 +29,7 @@ pub fn trials() -> Vec<Trial> {
 /// Every check `watchd-vm-probe` makes; each must print `ok NAME`.
 const DAEMON_CHECKS: &[&str] = &[
     "status",
+    "files unavailable",
     "newring",
     "add",
     "update",

@@ -199,6 +199,29 @@ async fn checks(client: &Client, daemon: u32) -> Result<u32> {
     println!("ok status: keys: {keys}");
     count += 1;
 
+    // This kernel is built without fanotify: the daemon still serves every other kind, lists
+    // files as unavailable with why, and refuses a files watch saying so.
+    let files = status
+        .source_details
+        .get("files")
+        .context("status lists no files source")?;
+    ensure!(
+        files.starts_with("unavailable:") && files.contains("fanotify"),
+        "status: the files source says {files:?}"
+    );
+    {
+        let subscription = client.subscribe(SubscribeOptions::default()).await?;
+        let refused = subscription
+            .add_watch(1, "files", &WatchOptions::new().path("/"))
+            .await;
+        match refused {
+            Err(e) if e.dbus_name() == Some("org.watchd.Watchd1.Error.NotSupported") => {}
+            other => bail!("a files watch on a kernel without fanotify: {other:?}"),
+        }
+    }
+    println!("ok files unavailable: {files}");
+    count += 1;
+
     let (user, mut events) = watch_user_keyring(client).await?;
 
     let mut step = async |name: &str,
