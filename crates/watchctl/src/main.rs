@@ -1086,13 +1086,7 @@ mod tests {
             let Command::Watch { kind: watch } = cli.command else {
                 panic!("not watch")
             };
-            let common = match watch {
-                WatchKind::Mounts { common, .. }
-                | WatchKind::Devices { common, .. }
-                | WatchKind::Keys { common, .. }
-                | WatchKind::Krb5 { common, .. }
-                | WatchKind::Files { common, .. } => common,
-            };
+            let common = watch.common();
             assert_eq!(common.count, Some(2), "{kind:?}");
             for bad in ["0", "-1", "x", ""] {
                 let err = Cli::try_parse_from(args.clone().chain(&["--count", bad])).unwrap_err();

@@ -17,12 +17,11 @@ pub mod namespace;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use nix::fcntl::OFlag;
-use watchd_proto::{RecordBuilder, RecordType, attr, mount};
+use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, mount};
 
 use crate::access::{self, CallerProcess, MountView};
 use crate::conf::MountEvents;
@@ -327,6 +326,15 @@ pub fn diff(
     detached
 }
 
+/// `mounts` as SNAPSHOT attaches of feed `origin`: a new watch's initial state.
+fn snapshot<'a>(mounts: impl Iterator<Item = &'a Arc<MountEntry>>, origin: Origin) -> Vec<Event> {
+    mounts
+        .map(|entry| {
+            MountChange::new(entry.clone(), origin).into_event(mount::ATTACH, FLAG_SNAPSHOT)
+        })
+        .collect()
+}
+
 /// A feed followed by a thread of its own for as long as this exists: dropping it closes
 /// the write end of the thread's stop pipe, and the thread ends.
 pub struct Followed<S> {
@@ -481,10 +489,9 @@ impl MountSource {
     ) -> Result<Option<Lease>> {
         let ns_fd = process.mount_namespace()?;
         // The descriptor itself names the namespace: no race with the caller moving.
-        let ns_ino = std::fs::File::from(ns_fd.try_clone().map_err(failed)?)
-            .metadata()
-            .map_err(failed)?
-            .ino();
+        let ns_ino = rustix::fs::fstat(&ns_fd)
+            .map_err(|e| failed(e.into()))?
+            .st_ino;
         if ns_ino != view.ns {
             return Err(Error::Failed(
                 "the caller changed mount namespace while its watch was being set".into(),
@@ -519,8 +526,7 @@ impl MountSource {
                 followed
             }
         };
-        let mut reader = caller_mountinfo.try_clone().map_err(failed)?;
-        if followed.state.agrees_with_mountinfo(&mut reader) {
+        if followed.state.agrees_with_mountinfo(caller_mountinfo) {
             Ok(Some(Lease::Namespace(followed)))
         } else {
             tracing::info!(

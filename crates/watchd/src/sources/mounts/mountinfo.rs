@@ -14,9 +14,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use watchd_proto::{FLAG_SNAPSHOT, mount};
 
-use super::{MountChange, MountEntry, MountId, Origin, diff};
+use super::{MountEntry, MountId, Origin, diff};
 use crate::event::Event;
 use crate::hub::Hub;
 
@@ -136,15 +135,7 @@ impl View {
     /// The current table as SNAPSHOT attaches, handed to `then` with the table held still.
     pub fn with_snapshot(&self, then: &mut dyn FnMut(&[Event])) {
         let table = self.table.lock().expect("mount table poisoned");
-        let snapshot: Vec<Event> = table
-            .mounts
-            .iter()
-            .map(|entry| {
-                MountChange::new(entry.clone(), self.origin)
-                    .into_event(mount::ATTACH, FLAG_SNAPSHOT)
-            })
-            .collect();
-        then(&snapshot);
+        then(&super::snapshot(table.mounts.iter(), self.origin));
     }
 
     /// Re-reads the view's mountinfo on every change until `stop` closes.

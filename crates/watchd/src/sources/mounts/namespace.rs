@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use watchd_proto::{FLAG_SNAPSHOT, RecordType, mount};
+use watchd_proto::{RecordType, mount};
 
 use super::{MountChange, MountEntry, MountId, Origin, UniqueIds, diff, parse_mountinfo};
 use crate::event::Event;
@@ -462,7 +462,7 @@ impl Namespace {
 
     /// Whether a caller's mountinfo shows the mounts at the places this table does (it does
     /// not for a caller whose root is not the namespace's).
-    pub fn agrees_with_mountinfo(&self, mountinfo: &mut File) -> bool {
+    pub fn agrees_with_mountinfo(&self, mut mountinfo: &File) -> bool {
         let mut text = Vec::new();
         if mountinfo.read_to_end(&mut text).is_err() {
             return false;
@@ -488,15 +488,7 @@ impl Namespace {
     /// The current table as SNAPSHOT attaches, handed to `then` with the table held still.
     pub fn with_snapshot(&self, then: &mut dyn FnMut(&[Event])) {
         let table = self.lock();
-        let snapshot: Vec<Event> = table
-            .mounts
-            .values()
-            .map(|entry| {
-                MountChange::new(entry.clone(), self.origin)
-                    .into_event(mount::ATTACH, FLAG_SNAPSHOT)
-            })
-            .collect();
-        then(&snapshot);
+        then(&super::snapshot(table.mounts.values(), self.origin));
     }
 
     /// Follows the namespace until `stop` closes.
@@ -863,6 +855,6 @@ mod live_tests {
             assert_eq!(&got, want);
         }
         drop(table);
-        assert!(ns.agrees_with_mountinfo(&mut File::open("/proc/self/mountinfo").unwrap()));
+        assert!(ns.agrees_with_mountinfo(&File::open("/proc/self/mountinfo").unwrap()));
     }
 }
