@@ -749,7 +749,7 @@ pub fn status_json(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use watchd_proto::{RecordBuilder, stamp};
+    use watchd_proto::{RecordBuilder, stamp, superblock};
 
     /// 2023-11-14 22:13:20.123456789 UTC.
     const T: u64 = 1_700_000_000_123_456_789;
@@ -977,24 +977,24 @@ mod tests {
 
     #[test]
     fn truncated_records_say_so() {
-        let mut b = RecordBuilder::new(RecordType::Superblock, 0, 0, T);
+        let mut b = RecordBuilder::new(RecordType::Superblock, superblock::NETWORK, 0, T);
         b.put_u32(attr::TRUNCATED, 3).unwrap();
         b.set_flags(FLAG_TRUNCATED);
         let bytes = build(b, 1, 1);
         let record = parse(&bytes);
         assert_eq!(
             human_line(&record, 0),
-            "22:13:20.123  superblock 0  [3 attributes left out]"
+            "22:13:20.123  superblock network  [3 attributes left out]"
         );
         assert!(json_line(&record).ends_with(r#","truncated":3}"#));
 
         // The flag without the count still says something was left out.
-        let mut b = RecordBuilder::new(RecordType::Superblock, 0, 0, T);
+        let mut b = RecordBuilder::new(RecordType::Superblock, superblock::NETWORK, 0, T);
         b.set_flags(FLAG_TRUNCATED);
         let bytes = build(b, 1, 2);
         assert_eq!(
             human_line(&parse(&bytes), 0),
-            "22:13:20.123  superblock 0  [truncated]"
+            "22:13:20.123  superblock network  [truncated]"
         );
     }
 

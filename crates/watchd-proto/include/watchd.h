@@ -93,6 +93,15 @@ extern "C" {
 #define WATCHD_FILE_MOVED_TO 6u    /* a name was moved into the watch */
 #define WATCHD_FILE_RENAME 7u      /* moved within the watch: OLD_NAME to NAME */
 
+/* WATCHD_TYPE_SUPERBLOCK: 0 to 3 are the kernel's proposed NOTIFY_SUPERBLOCK_* numbers */
+#define WATCHD_SUPERBLOCK_READONLY 0u          /* reserved: not sent by this version */
+#define WATCHD_SUPERBLOCK_ERROR 1u             /* the filesystem reported an error */
+#define WATCHD_SUPERBLOCK_QUOTA 2u             /* a quota warning */
+#define WATCHD_SUPERBLOCK_NETWORK 3u           /* reserved: not sent by this version */
+#define WATCHD_SUPERBLOCK_LOW 4u               /* free space fell below the threshold */
+#define WATCHD_SUPERBLOCK_STILL_LOWER 5u       /* fell a further step */
+#define WATCHD_SUPERBLOCK_RECOVERED 6u         /* back above the threshold */
+
 /* WATCHD_TYPE_MOUNT */
 #define WATCHD_MOUNT_ATTACH 0u
 #define WATCHD_MOUNT_DETACH 1u
@@ -181,6 +190,8 @@ extern "C" {
 #define WATCHD_ATTR_FSID 0x0084u        /* u64, statfs f_fsid, val[0] in the low half */
 #define WATCHD_ATTR_INODE 0x0085u       /* u64, while the object still exists */
 #define WATCHD_ATTR_IS_DIR 0x0086u      /* u32, 1 for a directory */
+/* superblock records */
+#define WATCHD_ATTR_MOUNTED_ON 0x0090u /* str, repeated: a mount point in your namespace */
 
 /* ---- Layouts ------------------------------------------------------------------------ */
 
@@ -527,6 +538,7 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_NAME:
 	case WATCHD_ATTR_OLD_NAME:
 	case WATCHD_ATTR_HANDLE:
+	case WATCHD_ATTR_MOUNTED_ON:
 		return WATCHD_KIND_STR;
 	default:
 		return WATCHD_KIND_UNKNOWN;
@@ -589,6 +601,7 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_FSID: return "fsid";
 	case WATCHD_ATTR_INODE: return "inode";
 	case WATCHD_ATTR_IS_DIR: return "is_dir";
+	case WATCHD_ATTR_MOUNTED_ON: return "mounted_on";
 	default: return NULL;
 	}
 }
@@ -618,6 +631,8 @@ static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
 	static const char *const krb5[] = {"created", "changed", "primary", "destroyed"};
 	static const char *const file[] = {"create",      "delete",     "modify",   "attrib",
 					   "close_write", "moved_from", "moved_to", "rename"};
+	static const char *const superblock[] = {"readonly", "error",       "quota",    "network",
+						 "low",      "still_lower", "recovered"};
 
 	switch (type) {
 	case WATCHD_TYPE_META:
@@ -632,6 +647,8 @@ static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
 		return subtype < sizeof krb5 / sizeof krb5[0] ? krb5[subtype] : NULL;
 	case WATCHD_TYPE_FILE:
 		return subtype < sizeof file / sizeof file[0] ? file[subtype] : NULL;
+	case WATCHD_TYPE_SUPERBLOCK:
+		return subtype < sizeof superblock / sizeof superblock[0] ? superblock[subtype] : NULL;
 	default:
 		return NULL;
 	}

@@ -154,6 +154,27 @@ pub mod device {
     }
 }
 
+/// Subtypes of [`RecordType::Superblock`]: what happened to a filesystem. 0 to 3 keep the
+/// numbers of the kernel's proposed superblock notifications (`NOTIFY_SUPERBLOCK_*`); the
+/// space subtypes follow. Three kinds of watch send them: `fserrors` ([`ERROR`]), `quota`
+/// ([`QUOTA`]) and `space` ([`SPACE_LOW`], [`SPACE_STILL_LOWER`], [`SPACE_RECOVERED`]).
+pub mod superblock {
+    /// The filesystem went read-only. Reserved: this version sends none.
+    pub const READONLY: u8 = 0;
+    /// The filesystem reported an error (fanotify `FAN_FS_ERROR`).
+    pub const ERROR: u8 = 1;
+    /// A quota warning about a user or group (the kernel's `EDQUOT` slot).
+    pub const QUOTA: u8 = 2;
+    /// A network filesystem's server changed state. Reserved: this version sends none.
+    pub const NETWORK: u8 = 3;
+    /// Free space (or free inodes) fell below the watch's threshold.
+    pub const SPACE_LOW: u8 = 4;
+    /// Free space fell a further step (1 % by default) since the last warning.
+    pub const SPACE_STILL_LOWER: u8 = 5;
+    /// Free space is back above the threshold (plus the hysteresis margin).
+    pub const SPACE_RECOVERED: u8 = 6;
+}
+
 /// Subtypes of [`RecordType::File`]: what happened to a file or directory under a watched
 /// path. One kernel event can say several of these at once (the kernel merges events on one
 /// name); each is a record of its own, in the order [`file::ORDER`] gives.
@@ -321,6 +342,15 @@ pub mod attr {
     /// u32: 1 when the object is a directory.
     pub const IS_DIR: u16 = 0x0086;
 
+    // 0x0090..0x0097: every superblock record. They also carry MAJOR, MINOR, FS_TYPE and
+    // FSID where they apply.
+    /// str, repeated: a mount point of the filesystem in the subscriber's mount namespace,
+    /// one attribute each, in the namespace's order.
+    pub const MOUNTED_ON: u16 = 0x0090;
+    // 0x0098..0x009f: filesystem errors (superblock ERROR records).
+    // 0x00a0..0x00af: free space (superblock SPACE_* records).
+    // 0x00b0..0x00bf: quota (superblock QUOTA records).
+
     /// The layout of each known attribute; `None` for ids this version does not know.
     pub fn kind(id: u16) -> Option<super::AttrKind> {
         use super::AttrKind::*;
@@ -333,7 +363,7 @@ pub mod attr {
             | SUPER_OPTIONS | PROPAGATION | OLD_MOUNT_POINT | ACTION | SUBSYSTEM | DEVTYPE
             | SYSNAME | SYSPATH | DEVNODE | DRIVER | TAGS | PROPERTY | OLD_SYSPATH
             | EVENT_SOURCE | BACKEND | KEY_TYPE | DESCRIPTION | CACHE | PRINCIPAL | COLLECTION
-            | NAME | OLD_NAME | HANDLE => Str,
+            | NAME | OLD_NAME | HANDLE | MOUNTED_ON => Str,
             _ => return None,
         })
     }
@@ -341,7 +371,7 @@ pub mod attr {
 
 /// Stable names for types, subtypes and attributes (what `watchctl --json` prints).
 pub mod names {
-    use super::{RecordType, attr, device, file, key, krb5, meta, mount};
+    use super::{RecordType, attr, device, file, key, krb5, meta, mount, superblock};
 
     pub fn record_type(t: u32) -> Option<&'static str> {
         Some(match RecordType::from_u32(t)? {
@@ -393,6 +423,13 @@ pub mod names {
             (RecordType::File, file::MOVED_FROM) => "moved_from",
             (RecordType::File, file::MOVED_TO) => "moved_to",
             (RecordType::File, file::RENAME) => "rename",
+            (RecordType::Superblock, superblock::READONLY) => "readonly",
+            (RecordType::Superblock, superblock::ERROR) => "error",
+            (RecordType::Superblock, superblock::QUOTA) => "quota",
+            (RecordType::Superblock, superblock::NETWORK) => "network",
+            (RecordType::Superblock, superblock::SPACE_LOW) => "low",
+            (RecordType::Superblock, superblock::SPACE_STILL_LOWER) => "still_lower",
+            (RecordType::Superblock, superblock::SPACE_RECOVERED) => "recovered",
             _ => return None,
         })
     }
@@ -452,6 +489,7 @@ pub mod names {
             attr::FSID => "fsid",
             attr::INODE => "inode",
             attr::IS_DIR => "is_dir",
+            attr::MOUNTED_ON => "mounted_on",
             _ => return None,
         })
     }
@@ -1194,7 +1232,7 @@ mod tests {
                 RecordType::Mount => 4,
                 RecordType::Device | RecordType::File => 8,
                 RecordType::Krb5 => 4,
-                RecordType::Superblock => 0,
+                RecordType::Superblock => 7,
             }
         };
         for t in RecordType::ALL {
@@ -1221,7 +1259,7 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 53);
+        assert_eq!(seen.len(), 54);
     }
 
     #[test]
@@ -1250,7 +1288,7 @@ mod tests {
         }
     }
 
-    /// PROPERTY is the one attribute that repeats: every occurrence is there, in order,
+    /// PROPERTY repeats (as MOUNTED_ON does): every occurrence is there, in order,
     /// after the fixed attributes, and `get` still gives the first.
     #[test]
     fn repeated_property_attributes_keep_their_order() {

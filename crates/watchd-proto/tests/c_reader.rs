@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use common::{STRICT, compile_snippet, run, run_on_file, stdout_lines, watchd_dump};
 use watchd_proto::{
     AttrKind, FLAG_SNAPSHOT, FLAG_TRUNCATED, HEADER_LEN, MAX_RECORD_LEN, RecordBuilder, RecordType,
-    VERSION, attr, device, file, key, krb5, meta, mount, names, stamp,
+    VERSION, attr, device, file, key, krb5, meta, mount, names, stamp, superblock,
 };
 
 const TIME: u64 = 1_767_225_600_123_456_789;
@@ -443,6 +443,9 @@ int main(void)
     P(WATCHD_FILE_CREATE); P(WATCHD_FILE_DELETE); P(WATCHD_FILE_MODIFY); P(WATCHD_FILE_ATTRIB);
     P(WATCHD_FILE_CLOSE_WRITE); P(WATCHD_FILE_MOVED_FROM); P(WATCHD_FILE_MOVED_TO);
     P(WATCHD_FILE_RENAME);
+    P(WATCHD_SUPERBLOCK_READONLY); P(WATCHD_SUPERBLOCK_ERROR); P(WATCHD_SUPERBLOCK_QUOTA);
+    P(WATCHD_SUPERBLOCK_NETWORK); P(WATCHD_SUPERBLOCK_LOW); P(WATCHD_SUPERBLOCK_STILL_LOWER);
+    P(WATCHD_SUPERBLOCK_RECOVERED);
     P(WATCHD_MOUNT_ATTACH); P(WATCHD_MOUNT_DETACH); P(WATCHD_MOUNT_MOVE); P(WATCHD_MOUNT_CHANGE);
     P(WATCHD_DEVICE_ADD); P(WATCHD_DEVICE_REMOVE); P(WATCHD_DEVICE_CHANGE); P(WATCHD_DEVICE_MOVE);
     P(WATCHD_DEVICE_ONLINE); P(WATCHD_DEVICE_OFFLINE); P(WATCHD_DEVICE_BIND);
@@ -467,6 +470,7 @@ int main(void)
     P(WATCHD_ATTR_CACHE); P(WATCHD_ATTR_PRINCIPAL); P(WATCHD_ATTR_COLLECTION);
     P(WATCHD_ATTR_NAME); P(WATCHD_ATTR_OLD_NAME); P(WATCHD_ATTR_HANDLE);
     P(WATCHD_ATTR_HANDLE_TYPE); P(WATCHD_ATTR_FSID); P(WATCHD_ATTR_INODE); P(WATCHD_ATTR_IS_DIR);
+    P(WATCHD_ATTR_MOUNTED_ON);
 
     for (id = 0; id <= 0xffff; id++) {
         const char *name = watchd_attr_name((uint16_t)id);
@@ -536,6 +540,18 @@ int main(void)
                 file::MOVED_FROM,
                 file::MOVED_TO,
                 file::RENAME,
+            ],
+        ),
+        (
+            RecordType::Superblock,
+            &[
+                superblock::READONLY,
+                superblock::ERROR,
+                superblock::QUOTA,
+                superblock::NETWORK,
+                superblock::SPACE_LOW,
+                superblock::SPACE_STILL_LOWER,
+                superblock::SPACE_RECOVERED,
             ],
         ),
         (
