@@ -32,16 +32,20 @@ pub enum Action {
     WatchOtherUsersKeys,
     WatchKrb5,
     WatchFiles,
+    /// Filesystem errors, free space and quota warnings: what happens to a filesystem, not
+    /// to anyone's files.
+    WatchSuperblock,
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::WatchMounts,
         Action::WatchDevices,
         Action::WatchOwnKeys,
         Action::WatchOtherUsersKeys,
         Action::WatchKrb5,
         Action::WatchFiles,
+        Action::WatchSuperblock,
     ];
 
     /// The action that guards a watch of `kind` with these options, decided before any
@@ -58,6 +62,7 @@ impl Action {
             },
             "krb5" => Action::WatchKrb5,
             "files" => Action::WatchFiles,
+            "fserrors" | "space" | "quota" => Action::WatchSuperblock,
             _ => return None,
         })
     }
@@ -70,6 +75,7 @@ impl Action {
             Action::WatchOtherUsersKeys => "org.watchd.Watchd1.watch-other-users-keys",
             Action::WatchKrb5 => "org.watchd.Watchd1.watch-krb5",
             Action::WatchFiles => "org.watchd.Watchd1.watch-files",
+            Action::WatchSuperblock => "org.watchd.Watchd1.watch-superblock",
         }
     }
 }
