@@ -1,7 +1,9 @@
 //! What administrators expect of a daemon: one instance per bus (a second one exits naming
 //! the first, which keeps serving), SIGHUP reloads the configuration (a good file applies
 //! to new requests and keeps every subscription, a bad one is refused and logged, the old
-//! values staying), and `watchd --check-config` checks a file without starting anything.
+//! values staying), `watchd --check-config` checks a file without starting anything, and
+//! a daemon denied keyctl(2) (a container's seccomp filter) serves every other kind and says
+//! why keys are unavailable.
 
 use std::process::Command;
 
@@ -10,7 +12,9 @@ use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::signal::Signal;
 use watchd::conf::Config;
 use watchd_client::{Client, EventStream, SubscribeOptions, WatchOptions};
-use watchd_e2e::{Env, Trial, mounts, run_watchd_to_exit, send_signal, wait_for_log_line};
+use watchd_e2e::{
+    Bus, Daemon, Env, Scratch, Trial, mounts, run_watchd_to_exit, send_signal, wait_for_log_line,
+};
 use watchd_proto::mount;
 
 use crate::{expect_mount, trial};
@@ -32,6 +36,10 @@ pub fn trials() -> Vec<Trial> {
         trial(
             "daemon_admin::check_config_prints_every_effective_key_or_the_error",
             check_config,
+        ),
+        trial(
+            "daemon_admin::denied_keyctl_the_daemon_serves_mounts_and_lists_keys_and_krb5_as_unavailable",
+            keyctl_denied,
         ),
     ]
 }
@@ -322,4 +330,47 @@ async fn check_config() -> Result<()> {
         out.status
     );
     Ok(())
+}
+
+/// systemd-nspawn's default filter fails keyctl(2) and add_key(2) with EPERM. The daemon
+/// used to exit at start there ("the keys source needs keyctl(2)"), serving nothing.
+async fn keyctl_denied() -> Result<()> {
+    let scratch = Scratch::new("admin-keyctl-denied")?;
+    let bus = Bus::start(&scratch.path)?;
+    let denied = [libc::SYS_keyctl, libc::SYS_add_key, libc::SYS_request_key];
+    let daemon = Daemon::start_denying(&bus, &scratch.path, "", &denied).await?;
+    let mut env = Env {
+        daemon,
+        bus,
+        scratch,
+    };
+    let client = env.client().await?;
+    let details = client.status().await?.source_details;
+    for kind in ["keys", "krb5"] {
+        let said = details.get(kind).map(String::as_str).unwrap_or_default();
+        ensure!(
+            said.starts_with("unavailable:") && said.contains("keyctl"),
+            "status says of {kind}: {said:?} (all: {details:?})"
+        );
+    }
+    let subscription = client.subscribe(SubscribeOptions::default()).await?;
+    match subscription
+        .add_watch(1, "keys", &WatchOptions::new())
+        .await
+    {
+        Err(e) if e.dbus_name() == Some("org.watchd.Watchd1.Error.NotSupported") => {
+            ensure!(e.to_string().contains("keyctl"), "the refusal: {e}");
+        }
+        other => anyhow::bail!("a keys watch with keyctl denied: {other:?}"),
+    }
+    let mut events = env.watch_scratch(1, WatchOptions::new()).await?;
+    still_receives(&env, &mut events, "keyctl-denied").await?;
+    ensure!(
+        env.daemon
+            .log()
+            .contains("key and krb5 watches are unavailable"),
+        "the log does not say why:\n{}",
+        env.daemon.log()
+    );
+    env.daemon.process.check_running()
 }

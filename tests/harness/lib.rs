@@ -374,6 +374,27 @@ impl Daemon {
         via_environment: bool,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Result<Daemon> {
+        Daemon::spawn(bus, dir, config, via_environment, env, &[]).await
+    }
+
+    /// [`Daemon::start`] under a seccomp filter that fails each of `denied` with EPERM.
+    pub async fn start_denying(
+        bus: &Bus,
+        dir: &Path,
+        config: &str,
+        denied: &[libc::c_long],
+    ) -> Result<Daemon> {
+        Daemon::spawn(bus, dir, config, false, &[], denied).await
+    }
+
+    async fn spawn(
+        bus: &Bus,
+        dir: &Path,
+        config: &str,
+        via_environment: bool,
+        env: &[(&str, &std::ffi::OsStr)],
+        denied: &[libc::c_long],
+    ) -> Result<Daemon> {
         let config_file = dir.join("watchd.toml");
         std::fs::write(&config_file, config)?;
         let log = dir.join("watchd.log");
@@ -395,6 +416,9 @@ impl Daemon {
             .env("WATCHD_LOG", "debug")
             .envs(env.iter().copied())
             .stderr(std::fs::File::create(&log)?);
+        if !denied.is_empty() {
+            sys::before_exec_deny_syscalls(&mut command, denied, libc::EPERM as u16);
+        }
         let mut process = Process::spawn_service(command, "watchd").with_context(|| {
             format!(
                 "{} (was it built? cargo test --workspace builds it)",

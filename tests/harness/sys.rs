@@ -2,7 +2,8 @@
 //! and exec (`Command::pre_exec`, whose closure must stay async-signal-safe; the calls in it
 //! are nix's), the loop-control ioctl, and the key calls the daemon's `watchd::sys` does not
 //! make (keyctl(2) revoke, clear, timeouts, invalidation, updates and fixed-buffer reads;
-//! request_key(2)). One safe function each, naming its man page.
+//! request_key(2)), and a seccomp(2) filter for a daemon run as a container would run it.
+//! One safe function each, naming its man page.
 #![allow(unsafe_code)] // pre_exec (an unsafe fn), ioctl(2), keyctl(2) and request_key(2).
 
 use std::ffi::{CStr, CString};
@@ -56,6 +57,77 @@ pub fn before_exec_private_mounts(command: &mut Command, binds: Vec<(CString, CS
             Ok(())
         });
     }
+}
+
+/// Before exec: a seccomp(2) filter (installed with prctl(2) `PR_SET_SECCOMP`) that fails
+/// each of `syscalls` with `errno` and allows everything else, as a container manager's
+/// filter does (systemd-nspawn refuses keyctl(2) and add_key(2) this way). The filter
+/// outlives exec: the program runs under it.
+pub fn before_exec_deny_syscalls(command: &mut Command, syscalls: &[libc::c_long], errno: u16) {
+    // Classic BPF over `struct seccomp_data`: load the number, one test per denied call
+    // jumping to the final ERRNO return, else ALLOW. Built before the fork: the child only
+    // points the kernel at it.
+    let denied = syscalls.len();
+    let mut program: Vec<libc::sock_filter> = vec![bpf(
+        (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+        0, // offsetof(struct seccomp_data, nr)
+        0,
+        0,
+    )];
+    for (i, &nr) in syscalls.iter().enumerate() {
+        let to_errno = u8::try_from(denied - i).expect("few syscalls");
+        program.push(bpf(
+            (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            nr as u32,
+            to_errno,
+            0,
+        ));
+    }
+    program.push(bpf(
+        (libc::BPF_RET | libc::BPF_K) as u16,
+        libc::SECCOMP_RET_ALLOW,
+        0,
+        0,
+    ));
+    program.push(bpf(
+        (libc::BPF_RET | libc::BPF_K) as u16,
+        libc::SECCOMP_RET_ERRNO | u32::from(errno),
+        0,
+        0,
+    ));
+    // SAFETY: the child only makes the prctl(2) call of `set_seccomp_filter` on `program`,
+    // owned by the closure and built before the fork; it allocates nothing and takes no
+    // locks.
+    unsafe {
+        command.pre_exec(move || set_seccomp_filter(&program));
+    }
+}
+
+/// prctl(2) `PR_SET_SECCOMP` `SECCOMP_MODE_FILTER` with `program` (seccomp(2)). Without
+/// `PR_SET_NO_NEW_PRIVS` it needs CAP_SYS_ADMIN, which the tests have.
+fn set_seccomp_filter(program: &[libc::sock_filter]) -> std::io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `program`, alive for the call; the kernel copies the filter
+    // and keeps no pointer to it.
+    let set = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn bpf(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
 }
 
 /// Before exec: connect(2) socket `fd` (open in the parent too, so the parent's copy is then

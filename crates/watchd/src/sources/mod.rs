@@ -90,16 +90,42 @@ pub fn start(
     }
     if enabled.keys || enabled.krb5 {
         let interval = std::time::Duration::from_millis(config.keys.poll_interval_ms.into());
-        let poller = keys::Poller::start(hub.clone(), interval).map_err(|error| StartError {
-            kind: keys::KIND,
-            needs: "needs keyctl(2), a thread keyring and inotify",
-            error,
-        })?;
-        if enabled.keys {
-            sources.push(keys::KeySource::new(poller.clone()));
-        }
-        if enabled.krb5 {
-            sources.push(krb5::Krb5Source::new(poller, signals));
+        match keys::Poller::start(hub.clone(), interval) {
+            Ok(poller) => {
+                if enabled.keys {
+                    sources.push(keys::KeySource::new(poller.clone()));
+                }
+                if enabled.krb5 {
+                    sources.push(krb5::Krb5Source::new(poller, signals));
+                }
+            }
+            // Root refused keyctl(2) (EPERM) or a kernel without it (ENOSYS): a seccomp
+            // filter, as a container manager's default one (systemd-nspawn's), or
+            // CONFIG_KEYS=n. Mounts, devices and files are still worth serving.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported
+                ) =>
+            {
+                tracing::warn!(%error, "key and krb5 watches are unavailable: keyctl(2) is refused (a seccomp filter, e.g. a container's, or a kernel without CONFIG_KEYS)");
+                let why = format!("keyctl(2) is refused here ({error})");
+                for (on, kind) in [(enabled.keys, keys::KIND), (enabled.krb5, krb5::KIND)] {
+                    if on {
+                        sources.push(Arc::new(Unavailable {
+                            kind,
+                            why: why.clone(),
+                        }));
+                    }
+                }
+            }
+            Err(error) => {
+                return Err(StartError {
+                    kind: keys::KIND,
+                    needs: "needs keyctl(2), a thread keyring and inotify",
+                    error,
+                });
+            }
         }
     }
     if enabled.files {
