@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use zbus_polkit::policykit1::Subject;
 
-use crate::authority::{Action, Authority};
+use crate::authority::{Action, Authority, CheckBounds};
 use crate::conf::{Change, Config};
 use crate::error::{Error, Result, Truncated};
 use crate::hub::{Counts, Hub, NewSubscription, SubscriptionId, SubscriptionSummary};
 use crate::identity::{Caller, Uid};
+use crate::inflight::{InFlight, Slot};
 use crate::options::Options;
 use crate::source::Source;
 use crate::sources::KINDS;
@@ -25,6 +26,8 @@ pub struct Manager {
     /// replaced by each reload.
     config: std::sync::RwLock<Config>,
     object_checks: std::sync::Mutex<HashMap<Uid, Arc<tokio::sync::Semaphore>>>,
+    /// Method calls being served, per uid.
+    calls: Arc<InFlight>,
 }
 
 /// Object checks (path resolution, /proc lookups, snapshots) one uid may run at once.
@@ -52,6 +55,7 @@ impl Manager {
             sources,
             config: std::sync::RwLock::new(config),
             object_checks: Default::default(),
+            calls: InFlight::new("calls in progress", "limits.max_pending_calls_per_uid"),
         }
     }
 
@@ -93,7 +97,7 @@ impl Manager {
         self.config.read().expect("configuration poisoned").clone()
     }
 
-    /// Applies a reloaded configuration's `[limits]` and `[pipe]` to the requests that follow
+    /// Applies a reloaded configuration's `[limits]`, `[pipe]` and polkit timeout to the requests that follow
     /// (subscriptions already made keep what they have) and logs, key by key, what changed
     /// and what waits for a restart. Returns the changes.
     pub fn reload(&self, new: &Config) -> Vec<Change> {
@@ -124,6 +128,18 @@ impl Manager {
             );
         }
         changes
+    }
+
+    /// Counts one more call of `uid` until the slot is dropped, or refuses it with
+    /// `LimitExceeded` when the uid already has `limits.max_pending_calls_per_uid`.
+    pub fn begin_call(&self, uid: Uid) -> Result<Slot> {
+        let limit = self
+            .config
+            .read()
+            .expect("configuration poisoned")
+            .limits
+            .max_pending_calls_per_uid;
+        self.calls.enter(uid, limit)
     }
 
     /// Counts for `watchctl status`.
@@ -239,6 +255,13 @@ impl Manager {
             Some(named) => format!("{kind} {}", Truncated(named)),
             None => format!("{kind}, default"),
         };
+        let bounds = {
+            let config = self.config.read().expect("configuration poisoned");
+            CheckBounds {
+                per_uid: config.limits.max_polkit_checks_per_uid,
+                timeout: std::time::Duration::from_millis(config.authorization.timeout_ms.into()),
+            }
+        };
         self.authority
             .check(
                 caller,
@@ -246,6 +269,7 @@ impl Manager {
                 action,
                 request.interactive,
                 &object,
+                bounds,
             )
             .await?;
         let initial = options.take_bool("initial")?.unwrap_or(false);
