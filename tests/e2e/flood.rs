@@ -294,6 +294,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Waits (10 s at most) until every subscription has ended with its pipe.
+async fn no_subscriptions_left(client: &Client) -> Result<()> {
+    let mut status = client.status().await?;
+    for _ in 0..1000 {
+        if status.subscriptions == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = client.status().await?;
+    }
+    anyhow::bail!("subscriptions outlived their pipes: {status:?}")
+}
+
 /// Waits (10 s at most) until the daemon has `fds` descriptors open again.
 async fn fds_back_to(env: &Env, fds: usize) -> Result<usize> {
     let mut now = env.daemon.fd_count()?;
@@ -316,7 +329,9 @@ async fn flood() -> Result<()> {
     // Warm up (first polkit check, first mount view), then the baseline.
     rounds(&client, &dir).await?;
     let baseline = rounds(&client, &dir).await?;
-    let fds_before = fds_back_to(&env, env.daemon.fd_count()?).await?;
+    // Counted once uid 1001's last subscription has ended (its pipe's write end closed).
+    no_subscriptions_left(&client).await?;
+    let fds_before = env.daemon.fd_count()?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
@@ -408,11 +423,7 @@ async fn flood() -> Result<()> {
         fds_after <= fds_before,
         "the daemon holds {fds_after} descriptors, {fds_before} before the flood"
     );
-    let status = client.status().await?;
-    ensure!(
-        status.subscriptions == 0,
-        "every subscription ended with its pipe: {status:?}"
-    );
+    no_subscriptions_left(&client).await?;
     drop(polkit);
     Ok(())
 }
