@@ -114,8 +114,22 @@ async fn hung_polkitd() -> Result<()> {
     let add = |tag: u64| hog_sub.add_watch(tag, "mounts", &options);
     let waiting = async { tokio::join!(add(1), add(2)) };
     let others = async {
-        // Both checks are with polkitd by now (the log says which checks it asked).
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Both checks are with polkitd (the daemon logs each one it asks).
+        let asked = || {
+            env.daemon
+                .log()
+                .lines()
+                .filter(|l| l.contains("asking polkitd") && l.contains("uid=1000"))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while asked() < 2 {
+            ensure!(
+                Instant::now() < deadline,
+                "uid 1000's checks never reached polkitd"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut lines = Vec::new();
         // uid 1000's third check: refused at once, not queued.
         let (third, took) = timed("a third check", Duration::from_secs(1), add(3)).await?;

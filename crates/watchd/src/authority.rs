@@ -267,6 +267,7 @@ impl Authority {
         let verdict = match decider {
             Decider::Polkit => {
                 let _slot = self.checks.enter(caller.uid, bounds.per_uid)?;
+                tracing::debug!(uid = %caller.uid, pid = %caller.pid, action = action.id(), object, "authorization: asking polkitd");
                 let id = format!("watchd-{}", self.next_check.fetch_add(1, Ordering::Relaxed));
                 let asked = self.ask_polkit(subject, action, interactive, &id);
                 match tokio::time::timeout(bounds.timeout, asked).await {
