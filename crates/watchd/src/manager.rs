@@ -28,7 +28,14 @@ pub struct Manager {
     object_checks: std::sync::Mutex<HashMap<Uid, Arc<tokio::sync::Semaphore>>>,
     /// Method calls being served, per uid.
     calls: Arc<InFlight>,
+    /// The uid of each bus name seen calling, so that a uid at its call limit is refused
+    /// before the bus is asked who it is: a bus never gives a unique name twice, nor
+    /// changes a connection's uid.
+    known_senders: std::sync::Mutex<HashMap<String, Uid>>,
 }
+
+/// Bus names [`Manager::sender_uid`] remembers; past it the list starts again, empty.
+const KNOWN_SENDERS: usize = 4096;
 
 /// Object checks (path resolution, /proc lookups, snapshots) one uid may run at once.
 const OBJECT_CHECKS_PER_UID: usize = 4;
@@ -56,6 +63,7 @@ impl Manager {
             config: std::sync::RwLock::new(config),
             object_checks: Default::default(),
             calls: InFlight::new("calls in progress", "limits.max_pending_calls_per_uid"),
+            known_senders: Default::default(),
         }
     }
 
@@ -140,6 +148,21 @@ impl Manager {
             .limits
             .max_pending_calls_per_uid;
         self.calls.enter(uid, limit)
+    }
+
+    /// The uid of `sender` if it called before.
+    pub fn sender_uid(&self, sender: &str) -> Option<Uid> {
+        let known = self.known_senders.lock().expect("known senders poisoned");
+        known.get(sender).copied()
+    }
+
+    /// Remembers the uid the bus reported for `sender`.
+    pub fn remember_sender(&self, sender: &str, uid: Uid) {
+        let mut known = self.known_senders.lock().expect("known senders poisoned");
+        if known.len() >= KNOWN_SENDERS && !known.contains_key(sender) {
+            known.clear();
+        }
+        known.insert(sender.to_owned(), uid);
     }
 
     /// Counts for `watchctl status`.

@@ -63,14 +63,30 @@ async fn identify(conn: &Connection, header: &Header<'_>) -> Result<Request> {
     })
 }
 
-/// [`identify`], then one of the uid's call slots, held until the reply.
+/// One of the caller's uid's call slots, held until the reply, and [`identify`]. A sender
+/// that called before is counted first, so a uid at its limit is refused without a round
+/// trip to the bus.
 async fn admit(
     manager: &Manager,
     conn: &Connection,
     header: &Header<'_>,
 ) -> Result<(Request, Slot)> {
+    let sender = header.sender().map(|s| s.as_str());
+    let early = match sender.and_then(|s| manager.sender_uid(s)) {
+        Some(uid) => Some(manager.begin_call(uid)?),
+        None => None,
+    };
     let request = identify(conn, header).await?;
-    let slot = manager.begin_call(request.caller.uid)?;
+    let uid = request.caller.uid;
+    let slot = match early {
+        Some(slot) => slot,
+        None => {
+            if let Some(sender) = sender {
+                manager.remember_sender(sender, uid);
+            }
+            manager.begin_call(uid)?
+        }
+    };
     Ok((request, slot))
 }
 
