@@ -63,7 +63,7 @@ pub fn trials() -> Vec<Trial> {
 
 /// A client whose bus connection belongs to `uid` (its credentials are a live process of
 /// that uid, kept alive by the returned holder).
-async fn client_as(env: &Env, uid: u32) -> Result<(Client, Process)> {
+pub(crate) async fn client_as(env: &Env, uid: u32) -> Result<(Client, Process)> {
     let (conn, holder) = connect_as_user(&env.bus.address, uid).await?;
     Ok((Client::from_connection(conn), holder))
 }

@@ -135,10 +135,13 @@ pub enum DaemonError {
     DuplicateTag,
     NoSuchWatch,
     Failed,
+    /// polkitd did not answer within the daemon's `authorization.timeout_ms`; nothing was
+    /// changed and the call may be made again.
+    Timeout,
 }
 
 impl DaemonError {
-    pub const ALL: [DaemonError; 8] = [
+    pub const ALL: [DaemonError; 9] = [
         DaemonError::InvalidArgument,
         DaemonError::UnknownKind,
         DaemonError::NotFound,
@@ -147,6 +150,7 @@ impl DaemonError {
         DaemonError::DuplicateTag,
         DaemonError::NoSuchWatch,
         DaemonError::Failed,
+        DaemonError::Timeout,
     ];
 
     /// The last component of the error name.
@@ -160,6 +164,7 @@ impl DaemonError {
             DaemonError::DuplicateTag => "DuplicateTag",
             DaemonError::NoSuchWatch => "NoSuchWatch",
             DaemonError::Failed => "Failed",
+            DaemonError::Timeout => "Timeout",
         }
     }
 

@@ -108,7 +108,7 @@ fn watchd_page() -> anyhow::Result<Vec<u8>> {
         r#".SH SIGNALS
 .TP
 \fBSIGHUP\fR
-Re-read the configuration file (\fBsystemctl reload watchd\fR sends it). [limits] and [pipe] apply to the requests that follow; other changed keys are logged as waiting for a restart. A file with an error is refused, the error logged, and the values in force stay. Subscriptions are kept.
+Re-read the configuration file (\fBsystemctl reload watchd\fR sends it). [limits], [pipe] and authorization.timeout_ms apply to the requests that follow; other changed keys are logged as waiting for a restart. A file with an error is refused, the error logged, and the values in force stay. Subscriptions are kept.
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR
 Stop. Every subscription ends: its reader sees end-of-file.

@@ -284,6 +284,7 @@ impl Fanout {
             max_watches_per_uid: n32,
             max_pipe_pages: n32 * DEPTH,
             max_pipe_pages_per_uid: n32 * DEPTH,
+            ..Limits::default()
         });
         let mut subscriptions = Vec::with_capacity(n);
         for index in 0..n {

@@ -4,16 +4,26 @@
 //!
 //! The fallback reads `allow_any`: with no polkitd there is no session information, so the
 //! least privileged default is the only one that can be applied to everyone.
+//!
+//! A check polkitd does not answer within `[authorization] timeout_ms` fails with `Timeout`
+//! (and is cancelled at polkitd), and one uid has at most `[limits]
+//! max_polkit_checks_per_uid` checks waiting: a polkitd that hangs costs each caller one
+//! failed call, never the daemon. polkitd is asked by its well-known name on every check,
+//! so a restarted polkitd answers the next one.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Deserialize;
 use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
 
 use crate::error::{Error, Result};
 use crate::identity::{Caller, Uid};
+use crate::inflight::InFlight;
 use crate::options::Options;
 use crate::watch::Kind;
 
@@ -147,10 +157,23 @@ pub enum Decider {
     Fallback,
 }
 
+/// What bounds one polkit check, from the configuration in force when it is asked.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckBounds {
+    /// `[limits] max_polkit_checks_per_uid`.
+    pub per_uid: u32,
+    /// `[authorization] timeout_ms`.
+    pub timeout: Duration,
+}
+
 pub struct Authority {
     mode: Mode,
     defaults: HashMap<String, Implicit>,
     bus: zbus::Connection,
+    /// Checks awaiting polkitd's answer, per uid.
+    checks: Arc<InFlight>,
+    /// Numbers the checks' cancellation ids.
+    next_check: AtomicU64,
 }
 
 impl Authority {
@@ -175,6 +198,11 @@ impl Authority {
             mode,
             defaults,
             bus,
+            checks: InFlight::new(
+                "polkit checks awaiting polkitd",
+                "limits.max_polkit_checks_per_uid",
+            ),
+            next_check: AtomicU64::new(1),
         })
     }
 
@@ -223,7 +251,9 @@ impl Authority {
     }
 
     /// Allows, or refuses with an `AccessDenied` that names the action. `object` says what the
-    /// watch is about, for the log.
+    /// watch is about, for the log. With polkit deciding, a uid already at `bounds.per_uid`
+    /// checks gets `LimitExceeded`, and a check polkitd leaves unanswered past
+    /// `bounds.timeout` fails with `Timeout`.
     pub async fn check(
         &self,
         caller: &Caller,
@@ -231,10 +261,32 @@ impl Authority {
         action: Action,
         interactive: bool,
         object: &str,
+        bounds: CheckBounds,
     ) -> Result<()> {
         let decider = self.decider().await;
         let verdict = match decider {
-            Decider::Polkit => self.ask_polkit(subject, action, interactive).await,
+            Decider::Polkit => {
+                let _slot = self.checks.enter(caller.uid, bounds.per_uid)?;
+                tracing::debug!(uid = %caller.uid, pid = %caller.pid, action = action.id(), object, "authorization: asking polkitd");
+                let id = format!("watchd-{}", self.next_check.fetch_add(1, Ordering::Relaxed));
+                let asked = self.ask_polkit(subject, action, interactive, &id);
+                match tokio::time::timeout(bounds.timeout, asked).await {
+                    Ok(verdict) => verdict,
+                    Err(_) => {
+                        let ms = bounds.timeout.as_millis();
+                        tracing::warn!(
+                            uid = %caller.uid, pid = %caller.pid, action = action.id(), object, interactive, timeout_ms = %ms,
+                            "authorization: polkitd did not answer in time; the call fails"
+                        );
+                        self.cancel(id, bounds.timeout);
+                        return Err(Error::Timeout(format!(
+                            "polkitd did not answer the check of {} within {ms} ms \
+                             (authorization.timeout_ms); nothing was changed, try again",
+                            action.id()
+                        )));
+                    }
+                }
+            }
             Decider::Fallback => self.fallback(caller.uid, action),
         };
         let result = match &verdict {
@@ -251,11 +303,28 @@ impl Authority {
         })
     }
 
+    /// Tells polkitd to drop check `id` (and any password dialog it opened), in the
+    /// background: a polkitd that hangs must not hold up the caller's error.
+    fn cancel(&self, id: String, timeout: Duration) {
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            let cancelled = tokio::time::timeout(timeout, async {
+                AuthorityProxy::new(&bus)
+                    .await?
+                    .cancel_check_authorization(&id)
+                    .await
+            })
+            .await;
+            tracing::debug!(check = id, outcome = ?cancelled, "polkit check cancelled");
+        });
+    }
+
     async fn ask_polkit(
         &self,
         subject: &Subject,
         action: Action,
         interactive: bool,
+        cancellation_id: &str,
     ) -> std::result::Result<(), String> {
         let proxy = AuthorityProxy::new(&self.bus)
             .await
@@ -266,7 +335,13 @@ impl Authority {
             CheckAuthorizationFlags::empty()
         };
         let reply = proxy
-            .check_authorization(subject, action.id(), &HashMap::new(), flags, "")
+            .check_authorization(
+                subject,
+                action.id(),
+                &HashMap::new(),
+                flags,
+                cancellation_id,
+            )
             .await
             .map_err(|e| format!("polkit could not decide: {e}"))?;
         match (reply.is_authorized, reply.is_challenge) {

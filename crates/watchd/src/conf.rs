@@ -42,6 +42,8 @@ pub struct Authorization {
     pub mode: crate::authority::Mode,
     /// The actions file whose defaults decide when polkitd does not.
     pub actions_file: std::path::PathBuf,
+    /// How long one polkit check may take before the call fails with `Timeout`.
+    pub timeout_ms: u32,
 }
 
 impl Default for Authorization {
@@ -49,6 +51,7 @@ impl Default for Authorization {
         Authorization {
             mode: Default::default(),
             actions_file: crate::authority::ACTIONS_FILE.into(),
+            timeout_ms: 20_000,
         }
     }
 }
@@ -79,6 +82,10 @@ pub struct Limits {
     /// Pipe pages one uid's subscriptions hold together. Root's own are also held to half of
     /// root's `fs.pipe-user-pages-soft`, which root's other services share.
     pub max_pipe_pages_per_uid: u32,
+    /// Method calls of one uid the daemon works on at once; one more is refused at once.
+    pub max_pending_calls_per_uid: u32,
+    /// polkit checks of one uid awaiting polkitd's answer at once; one more is refused.
+    pub max_polkit_checks_per_uid: u32,
 }
 
 impl Default for Limits {
@@ -90,6 +97,8 @@ impl Default for Limits {
             max_watches_per_uid: 256,
             max_pipe_pages: 65536,
             max_pipe_pages_per_uid: 1024,
+            max_pending_calls_per_uid: 32,
+            max_polkit_checks_per_uid: 8,
         }
     }
 }
@@ -162,9 +171,10 @@ pub enum MountEvents {
     Mountinfo,
 }
 
-/// The sections a reload (SIGHUP) applies to new requests; every other key is read once, at
-/// start (the sources, their backends and the poll interval, the authorization mode).
-pub const LIVE_SECTIONS: &[&str] = &["limits.", "pipe."];
+/// The sections and keys a reload (SIGHUP) applies to new requests; every other key is read
+/// once, at start (the sources, their backends and the poll interval, the authorization
+/// mode and actions file).
+pub const LIVE_SECTIONS: &[&str] = &["limits.", "pipe.", "authorization.timeout_ms"];
 
 /// One key whose value a reloaded file changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,6 +283,10 @@ impl Config {
         Config {
             limits: new.limits.clone(),
             pipe: new.pipe.clone(),
+            authorization: Authorization {
+                timeout_ms: new.authorization.timeout_ms,
+                ..self.authorization.clone()
+            },
             ..self.clone()
         }
     }
@@ -303,6 +317,22 @@ impl Config {
             return Err(format!(
                 "limits.max_pipe_pages must be at least limits.max_pipe_pages_per_uid ({}), not {}",
                 l.max_pipe_pages_per_uid, l.max_pipe_pages
+            ));
+        }
+        if l.max_pending_calls_per_uid == 0 {
+            return Err("limits.max_pending_calls_per_uid must be at least 1, not 0".into());
+        }
+        if !(1..=l.max_pending_calls_per_uid).contains(&l.max_polkit_checks_per_uid) {
+            return Err(format!(
+                "limits.max_polkit_checks_per_uid must be 1..=limits.max_pending_calls_per_uid \
+                 ({}): a check is made within a call, not {}",
+                l.max_pending_calls_per_uid, l.max_polkit_checks_per_uid
+            ));
+        }
+        let timeout = self.authorization.timeout_ms;
+        if !(100..=600_000).contains(&timeout) {
+            return Err(format!(
+                "authorization.timeout_ms must be 100..=600000 milliseconds, not {timeout}"
             ));
         }
         let s = &self.sources;
@@ -349,6 +379,18 @@ mod tests {
                 &["limits.max_pipe_pages must be at least", "(1024)"],
             ),
             ("[limits]\nmax_pipe_pages = -1\n", &["max_pipe_pages"]),
+            (
+                "[limits]\nmax_pending_calls_per_uid = 0\n",
+                &["limits.max_pending_calls_per_uid must be at least 1"],
+            ),
+            (
+                "[limits]\nmax_pending_calls_per_uid = 4\nmax_polkit_checks_per_uid = 5\n",
+                &["max_polkit_checks_per_uid must be 1..=", "(4)", "not 5"],
+            ),
+            (
+                "[authorization]\ntimeout_ms = 50\n",
+                &["authorization.timeout_ms must be 100..=600000", "not 50"],
+            ),
         ] {
             std::fs::write(&file, text).unwrap();
             let err = Config::load(&file, true).unwrap_err().to_string();
@@ -372,21 +414,28 @@ mod tests {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
-        assert_eq!(config.values().len(), 18, "{:?}", config.values());
+        assert_eq!(config.values().len(), 21, "{:?}", config.values());
     }
 
     #[test]
-    fn changes_are_listed_by_key_and_only_limits_and_pipe_are_live() {
+    fn changes_are_listed_by_key_and_only_limits_pipe_and_the_polkit_timeout_are_live() {
         let old = Config::default();
         let mut new = old.clone();
         new.limits.max_subscriptions_per_uid = 1;
         new.pipe.default_depth = 8;
         new.sources.krb5 = false;
+        new.authorization.timeout_ms = 5000;
+        new.authorization.mode = crate::authority::Mode::Polkit;
         let changes = old.changes(&new);
         let shown: Vec<(String, bool)> = changes.iter().map(|c| (c.to_string(), c.live)).collect();
         assert_eq!(
             shown,
             [
+                (
+                    "authorization.mode: \"auto\" -> \"polkit\"".to_owned(),
+                    false
+                ),
+                ("authorization.timeout_ms: 20000 -> 5000".to_owned(), true),
                 ("limits.max_subscriptions_per_uid: 64 -> 1".to_owned(), true),
                 ("pipe.default_depth: 16 -> 8".to_owned(), true),
                 ("sources.krb5: true -> false".to_owned(), false),
@@ -396,6 +445,8 @@ mod tests {
         assert_eq!(applied.limits, new.limits);
         assert_eq!(applied.pipe, new.pipe);
         assert_eq!(applied.sources, old.sources);
+        assert_eq!(applied.authorization.timeout_ms, 5000);
+        assert_eq!(applied.authorization.mode, old.authorization.mode);
         assert!(old.changes(&old).is_empty());
     }
 

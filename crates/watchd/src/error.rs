@@ -25,6 +25,9 @@ pub enum Error {
     NotSupported(String),
     /// The daemon could not do what was asked (e.g. the kernel refused a pipe).
     Failed(String),
+    /// Something the call waits for (polkitd's answer) did not come in time; the call
+    /// changed nothing and may be made again.
+    Timeout(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

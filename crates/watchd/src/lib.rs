@@ -13,7 +13,7 @@
 //! Around them: [`manager`] (what a caller may do: subscribe, add/remove watches, resync),
 //! [`authority`] (may this caller set this watch: polkit, or the actions file's defaults)
 //! and [`manager_bus`] (its D-Bus objects), [`watch`] (kinds, filters, the scope trait), [`options`] (the
-//! `a{sv}` options, decoded under bounds), [`identity`] (who is calling), [`access`] (what
+//! `a{sv}` options, decoded under bounds), [`identity`] (who is calling), [`inflight`] (each uid's calls and polkit checks in flight, limited), [`access`] (what
 //! the caller can see, decided as the caller), [`creds`] (files opened with the caller's
 //! credentials), [`cli`] (the command line), [`conf`] (the configuration file), [`error`] (the D-Bus errors) and
 //! [`sys`] (the few raw syscalls, the only `unsafe` code).
@@ -28,6 +28,7 @@ pub mod event;
 pub mod fanotify;
 pub mod hub;
 pub mod identity;
+pub mod inflight;
 pub mod manager;
 pub mod manager_bus;
 pub mod options;

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use zbus_polkit::policykit1::Subject;
 
-use crate::authority::{Action, Authority};
+use crate::authority::{Action, Authority, CheckBounds};
 use crate::conf::{Change, Config};
 use crate::error::{Error, Result, Truncated};
 use crate::hub::{Counts, Hub, NewSubscription, SubscriptionId, SubscriptionSummary};
 use crate::identity::{Caller, Uid};
+use crate::inflight::{InFlight, Slot};
 use crate::options::Options;
 use crate::source::Source;
 use crate::sources::KINDS;
@@ -25,7 +26,16 @@ pub struct Manager {
     /// replaced by each reload.
     config: std::sync::RwLock<Config>,
     object_checks: std::sync::Mutex<HashMap<Uid, Arc<tokio::sync::Semaphore>>>,
+    /// Method calls being served, per uid.
+    calls: Arc<InFlight>,
+    /// The uid of each bus name seen calling, so that a uid at its call limit is refused
+    /// before the bus is asked who it is: a bus never gives a unique name twice, nor
+    /// changes a connection's uid.
+    known_senders: std::sync::Mutex<HashMap<String, Uid>>,
 }
+
+/// Bus names [`Manager::sender_uid`] remembers; past it the list starts again, empty.
+const KNOWN_SENDERS: usize = 4096;
 
 /// Object checks (path resolution, /proc lookups, snapshots) one uid may run at once.
 const OBJECT_CHECKS_PER_UID: usize = 4;
@@ -52,6 +62,8 @@ impl Manager {
             sources,
             config: std::sync::RwLock::new(config),
             object_checks: Default::default(),
+            calls: InFlight::new("calls in progress", "limits.max_pending_calls_per_uid"),
+            known_senders: Default::default(),
         }
     }
 
@@ -93,7 +105,7 @@ impl Manager {
         self.config.read().expect("configuration poisoned").clone()
     }
 
-    /// Applies a reloaded configuration's `[limits]` and `[pipe]` to the requests that follow
+    /// Applies a reloaded configuration's `[limits]`, `[pipe]` and polkit timeout to the requests that follow
     /// (subscriptions already made keep what they have) and logs, key by key, what changed
     /// and what waits for a restart. Returns the changes.
     pub fn reload(&self, new: &Config) -> Vec<Change> {
@@ -124,6 +136,33 @@ impl Manager {
             );
         }
         changes
+    }
+
+    /// Counts one more call of `uid` until the slot is dropped, or refuses it with
+    /// `LimitExceeded` when the uid already has `limits.max_pending_calls_per_uid`.
+    pub fn begin_call(&self, uid: Uid) -> Result<Slot> {
+        let limit = self
+            .config
+            .read()
+            .expect("configuration poisoned")
+            .limits
+            .max_pending_calls_per_uid;
+        self.calls.enter(uid, limit)
+    }
+
+    /// The uid of `sender` if it called before.
+    pub fn sender_uid(&self, sender: &str) -> Option<Uid> {
+        let known = self.known_senders.lock().expect("known senders poisoned");
+        known.get(sender).copied()
+    }
+
+    /// Remembers the uid the bus reported for `sender`.
+    pub fn remember_sender(&self, sender: &str, uid: Uid) {
+        let mut known = self.known_senders.lock().expect("known senders poisoned");
+        if known.len() >= KNOWN_SENDERS && !known.contains_key(sender) {
+            known.clear();
+        }
+        known.insert(sender.to_owned(), uid);
     }
 
     /// Counts for `watchctl status`.
@@ -239,6 +278,13 @@ impl Manager {
             Some(named) => format!("{kind} {}", Truncated(named)),
             None => format!("{kind}, default"),
         };
+        let bounds = {
+            let config = self.config.read().expect("configuration poisoned");
+            CheckBounds {
+                per_uid: config.limits.max_polkit_checks_per_uid,
+                timeout: std::time::Duration::from_millis(config.authorization.timeout_ms.into()),
+            }
+        };
         self.authority
             .check(
                 caller,
@@ -246,6 +292,7 @@ impl Manager {
                 action,
                 request.interactive,
                 &object,
+                bounds,
             )
             .await?;
         let initial = options.take_bool("initial")?.unwrap_or(false);

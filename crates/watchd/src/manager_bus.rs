@@ -1,5 +1,12 @@
 //! The D-Bus face of [`crate::manager::Manager`]: the Manager object and one object per
-//! subscription. Each method looks up the caller, then hands over to the manager.
+//! subscription. Each method looks up the caller, counts the call against its uid's
+//! `limits.max_pending_calls_per_uid` (past it, `LimitExceeded` at once), then hands over to
+//! the manager.
+//!
+//! zbus 6 serves each method call in a task of its own (`#[interface]`'s `spawn` defaults to
+//! true, and every method here takes `&self`, so calls share the object's read lock): a
+//! call that waits, for polkitd or for a caller's slow filesystem, holds up no other call.
+//! What stays serial is reading the bus socket and handing each call to its task.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -14,6 +21,7 @@ use zbus_polkit::policykit1::Subject;
 use crate::error::{Error, Result};
 use crate::hub::SubscriptionId;
 use crate::identity::{Caller, Uid};
+use crate::inflight::Slot;
 use crate::manager::{Manager, Request};
 use crate::options::{OptionMap, Options};
 use crate::sources::krb5::SignalNote;
@@ -53,6 +61,33 @@ async fn identify(conn: &Connection, header: &Header<'_>) -> Result<Request> {
         subject,
         interactive,
     })
+}
+
+/// One of the caller's uid's call slots, held until the reply, and [`identify`]. A sender
+/// that called before is counted first, so a uid at its limit is refused without a round
+/// trip to the bus.
+async fn admit(
+    manager: &Manager,
+    conn: &Connection,
+    header: &Header<'_>,
+) -> Result<(Request, Slot)> {
+    let sender = header.sender().map(|s| s.as_str());
+    let early = match sender.and_then(|s| manager.sender_uid(s)) {
+        Some(uid) => Some(manager.begin_call(uid)?),
+        None => None,
+    };
+    let request = identify(conn, header).await?;
+    let uid = request.caller.uid;
+    let slot = match early {
+        Some(slot) => slot,
+        None => {
+            if let Some(sender) = sender {
+                manager.remember_sender(sender, uid);
+            }
+            manager.begin_call(uid)?
+        }
+    };
+    Ok((request, slot))
 }
 
 /// The uid behind a property read or a call. A read without a message (none happens: the
@@ -101,7 +136,7 @@ impl ManagerObject {
         #[zbus(connection)] conn: &Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<(zbus::OwnedFd, OwnedObjectPath)> {
-        let request = identify(conn, &header).await?;
+        let (request, _call) = admit(&self.manager, conn, &header).await?;
         let new = self.manager.subscribe(&request, Options::new(options)?)?;
         let path = subscription_path(new.id);
         let object = SubscriptionObject {
@@ -131,6 +166,7 @@ impl ManagerObject {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<ListedSubscription>> {
         let reader = reader_uid(conn, Some(&header)).await?;
+        let _call = self.manager.begin_call(reader)?;
         Ok(self
             .manager
             .subscriptions_of(reader)
@@ -218,7 +254,7 @@ impl SubscriptionObject {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
-        let request = identify(conn, &header).await?;
+        let (request, _call) = admit(&self.manager, conn, &header).await?;
         self.manager
             .add_watch(self.id, &request, tag, kind, Options::new(options)?)
             .await
@@ -234,7 +270,7 @@ impl SubscriptionObject {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
-        let request = identify(conn, &header).await?;
+        let (request, _call) = admit(&self.manager, conn, &header).await?;
         self.manager.remove_watch(self.id, &request, tag)
     }
 
@@ -248,7 +284,7 @@ impl SubscriptionObject {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
-        let request = identify(conn, &header).await?;
+        let (request, _call) = admit(&self.manager, conn, &header).await?;
         self.manager.resync(self.id, &request, tag)
     }
 
