@@ -6,6 +6,8 @@
 //! events carry no descriptor (`fd` is `FAN_NOFD`) and none needs closing.
 #![forbid(unsafe_code)]
 
+use std::io::{self, Read};
+
 /// `fanotify_init(2)` flags and mark bits this daemon uses that libc does not name yet.
 pub mod flags {
     /// Report mount ids (`FAN_REPORT_MNT`, kernel 6.15): the group takes mount-namespace marks.
@@ -139,6 +141,39 @@ pub struct Fid<'a> {
     pub handle_type: i32,
     pub handle: &'a [u8],
     pub name: Option<&'a [u8]>,
+}
+
+impl Fid<'_> {
+    /// The filesystem id as records carry it (`f_fsid` of statfs(2)): `val[0]` in the low
+    /// half.
+    pub fn fsid64(&self) -> u64 {
+        u64::from(self.fsid[0]) | (u64::from(self.fsid[1]) << 32)
+    }
+}
+
+/// Reads a non-blocking group until its queue is empty, handing each batch `read(2)` gave
+/// to `batch` with `true` when part of it did not parse (the events after that are lost).
+/// An error other than "empty" or an interrupted read ends the reading.
+pub fn drain(
+    group: &mut std::fs::File,
+    buf: &mut [u8],
+    mut batch: impl FnMut(&[Event<'_>], bool),
+) -> io::Result<()> {
+    loop {
+        let n = match group.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        match events(&buf[..n]) {
+            Ok(events) => batch(&events, false),
+            Err(kept) => {
+                tracing::warn!("a fanotify event did not parse: the rest of the batch is lost");
+                batch(&kept, true)
+            }
+        }
+    }
 }
 
 impl<'a> Info<'a> {
