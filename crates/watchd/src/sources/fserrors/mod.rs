@@ -400,15 +400,13 @@ fn follow(mut group: File, wake_read: OwnedFd, shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        for ((feed, _), _) in polled.iter().zip(&ready[2..]).filter(|(_, r)| **r) {
+            shared.refresh(*feed);
+        }
         if ready[1] {
             let mut sink = [0u8; 64];
             while matches!(nix::unistd::read(&wake_read, &mut sink), Ok(n) if n > 0) {}
             polled = shared.prune();
-        }
-        for (i, (feed, _)) in polled.iter().enumerate() {
-            if ready[2 + i] {
-                shared.refresh(*feed);
-            }
         }
         if ready[0]
             && let Err(e) = fanotify::drain(&mut group, &mut buf, |events, cut| {
