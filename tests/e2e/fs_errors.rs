@@ -43,6 +43,10 @@ pub fn trials() -> Vec<Trial> {
             "fserrors::watchctl_prints_an_error_as_a_line_and_as_json",
             watchctl,
         ),
+        trial(
+            "fserrors::one_mark_per_filesystem_however_many_watch_it_and_none_after_the_last",
+            marks,
+        ),
     ]
 }
 
@@ -412,5 +416,65 @@ async fn watchctl() -> Result<()> {
         text(&disk.point)
     );
     ensure!(line.contains(&want), "{line:?} should contain {want:?}");
+    Ok(())
+}
+
+/// The daemon's filesystem marks on `(major, minor)`: the `fanotify sdev:` lines of its
+/// descriptors' fdinfo (the kernel's `s_dev`, major in the bits above 20). Each descriptor
+/// of a group lists the group's marks, so a group read through two shows each twice.
+fn marks_on(pid: u32, (major, minor): (u32, u32)) -> Result<usize> {
+    let sdev = format!("fanotify sdev:{:x} ", (major << 20) | minor);
+    let mut found = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let info = std::fs::read_to_string(entry?.path()).unwrap_or_default();
+        found += info.lines().filter(|l| l.starts_with(&sdev)).count();
+    }
+    Ok(found)
+}
+
+async fn marks() -> Result<()> {
+    let env = Env::start("fserrors-marks").await?;
+    let disk = loop_ext4(&env, "disk")?;
+    let dev = dev_of(&disk.device)?;
+    let pid = env.daemon.pid();
+    ensure!(marks_on(pid, dev)? == 0, "no mark before a watch");
+    let client = env.client().await?;
+    let mut subs = Vec::new();
+    let mut one = 0;
+    for options in [
+        WatchOptions::new(),
+        WatchOptions::new().path(text(&disk.point)),
+    ] {
+        let sub = client.subscribe(SubscribeOptions::default()).await?;
+        sub.add_watch(1, "fserrors", &options).await?;
+        subs.push(sub);
+        if one == 0 {
+            one = marks_on(pid, dev)?;
+            ensure!(one > 0, "the first watch marks the filesystem");
+        }
+    }
+    // uid 1000 in the same namespace (its own view of it) shares the mark too.
+    let _polkit = polkit_for_uid_1000(&env).await?;
+    let (conn, _holder) = connect_as_user(&env.bus.address, OTHER_UID).await?;
+    let other = Client::from_connection(conn);
+    let theirs = other.subscribe(SubscribeOptions::default()).await?;
+    theirs
+        .add_watch(1, "fserrors", &WatchOptions::new())
+        .await?;
+    let three = marks_on(pid, dev)?;
+    ensure!(
+        three == one,
+        "three watches share the first one's mark: {three} lines, not {one}"
+    );
+    let events = theirs.into_events();
+    drop(events);
+    for sub in subs {
+        drop(sub.into_events());
+    }
+    watchd_e2e::wait_until(
+        Duration::from_secs(5),
+        "the last watch's mark removed",
+        || Ok(marks_on(pid, dev)? == 0),
+    )?;
     Ok(())
 }

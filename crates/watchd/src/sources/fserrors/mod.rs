@@ -427,8 +427,9 @@ impl Shared {
     fn prune(&self) -> Vec<(u64, File)> {
         let mut state = self.state();
         state.feeds.retain(|f| f.lease.strong_count() > 0);
+        let had_marks = !state.marked.is_empty();
         state.forget_unmounted();
-        if state.feeds.is_empty() && !state.marked.is_empty() {
+        if state.feeds.is_empty() && had_marks {
             // Every mark, including those on filesystems no view has any more.
             let _ = sys::fanotify_mark(
                 self.group.as_fd(),
@@ -643,7 +644,7 @@ impl Source for FsErrorSource {
     fn describe(&self) -> String {
         let state = self.shared.state();
         let mut text = format!(
-            "one fanotify group in FID mode, a filesystem mark (FAN_FS_ERROR) on each ext4, ext3 or ext2 filesystem mounted in a watched namespace: on this kernel {REPORTING_TEXT}; initial state from /sys/fs/ext4; {} view(s) followed, {} filesystem(s) marked",
+            "one fanotify group in FID mode, a filesystem mark (FAN_FS_ERROR) on each ext4, ext3 or ext2 filesystem mounted in a watched namespace ({REPORTING_TEXT}); initial state from /sys/fs/ext4; {} view(s) followed, {} filesystem(s) marked",
             state.feeds.len(),
             state.marked.len()
         );
@@ -687,7 +688,7 @@ impl Source for FsErrorSource {
                 .find(|e| Dev::of(e.major, e.minor) == *dev)
                 .map_or("an unknown type", |e| e.fs_type.as_str());
             return Err(Error::NotSupported(format!(
-                "the filesystem of '{}' ({fs_type}) does not report errors: on this kernel {REPORTING_TEXT}",
+                "the filesystem of '{}' ({fs_type}) does not report errors: {REPORTING_TEXT}",
                 Truncated(path)
             )));
         }
