@@ -124,9 +124,9 @@ pub enum WatchKind {
         #[command(flatten)]
         common: WatchArgs,
     },
-    /// Filesystem errors (the kernel's FAN_FS_ERROR) of the filesystems mounted in your
-    /// mount namespace: errno, how many, device, type and mount points; on Linux 6.18 only
-    /// ext4 reports errors. With --initial, first what ext4 has counted on each
+    /// Errors the filesystems mounted in your mount namespace report (the kernel's
+    /// FAN_FS_ERROR): errno, how many, device, type and mount points; --initial first shows
+    /// what ext4 has counted (on Linux 6.18 only ext4 reports errors)
     Fserrors {
         /// Only the filesystem this path is on (made absolute if relative); it must be one
         /// that reports errors

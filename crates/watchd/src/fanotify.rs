@@ -263,6 +263,37 @@ mod tests {
         );
     }
 
+    /// What this kernel sent for three `trigger_fs_error` writes on a loop ext4: one event,
+    /// a FID record (fsid, and a handle) and an ERROR record with errno and count.
+    #[test]
+    fn a_filesystem_error_gives_errno_count_and_fsid() {
+        let mut fid = Vec::new();
+        fid.extend_from_slice(&0x89ab_cdefu32.to_ne_bytes());
+        fid.extend_from_slice(&0x0123_4567u32.to_ne_bytes());
+        fid.extend_from_slice(&8u32.to_ne_bytes()); // handle_bytes
+        fid.extend_from_slice(&1i32.to_ne_bytes()); // handle_type
+        fid.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
+        let mut error = Vec::new();
+        error.extend_from_slice(&117i32.to_ne_bytes());
+        error.extend_from_slice(&3u32.to_ne_bytes());
+        let buf = event_bytes(
+            libc::FAN_FS_ERROR,
+            &[(info::FID, &fid), (info::ERROR, &error)],
+        );
+        let parsed = events(&buf).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].error(), Some((117, 3)));
+        let fid = parsed[0].info(info::FID).unwrap().fid().unwrap();
+        assert_eq!(fid.fsid64(), 0x0123_4567_89ab_cdef);
+        assert_eq!(fid.name, None, "a FID record has no name");
+        let cut = event_bytes(libc::FAN_FS_ERROR, &[(info::ERROR, &error[..4])]);
+        assert_eq!(
+            events(&cut).unwrap()[0].error(),
+            None,
+            "an ERROR record cut short"
+        );
+    }
+
     #[test]
     fn fid_records_give_handle_and_name() {
         let mut body = Vec::new();
