@@ -82,40 +82,49 @@ async fn on_tmpfs(label: &str, options: &str) -> Result<(Env, PathBuf)> {
 }
 
 /// A loop device with an ext4 on it, mounted at `point`; unmounted and detached on drop.
-struct LoopExt4 {
-    point: PathBuf,
-    device: String,
+pub(crate) struct LoopExt4 {
+    pub(crate) point: PathBuf,
+    pub(crate) device: String,
 }
 
 impl LoopExt4 {
-    fn new(image: &Path, point: &Path) -> Result<LoopExt4> {
-        let run = |command: &mut Command| -> Result<String> {
-            let out = command.output().with_context(|| format!("{command:?}"))?;
-            ensure!(
-                out.status.success(),
-                "{command:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        };
+    pub(crate) fn new(image: &Path, point: &Path) -> Result<LoopExt4> {
+        let made = LoopExt4::attach(image, point)?;
+        std::fs::create_dir_all(point)?;
+        run(Command::new("mount").arg(&made.device).arg(point))?;
+        Ok(made)
+    }
+
+    /// A fresh ext4 image on a loop device, for the caller to mount at `point` (in another
+    /// namespace, say).
+    pub(crate) fn attach(image: &Path, point: &Path) -> Result<LoopExt4> {
         std::fs::File::create(image)?.set_len(32 << 20)?;
         run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image))?;
         let device = run(Command::new("losetup")
             .args(["--find", "--show"])
             .arg(image))?;
-        let made = LoopExt4 {
+        Ok(LoopExt4 {
             point: point.to_owned(),
             device,
-        };
-        std::fs::create_dir_all(point)?;
-        run(Command::new("mount").arg(&made.device).arg(point))?;
-        Ok(made)
+        })
     }
+}
+
+/// Runs `command`, failing with its stderr; its stdout, trimmed.
+pub(crate) fn run(command: &mut Command) -> Result<String> {
+    let out = command.output().with_context(|| format!("{command:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 impl Drop for LoopExt4 {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.point).status();
+        // Already unmounted by the test, or mounted in another namespace: nothing to say.
+        let _ = Command::new("umount").arg(&self.point).output();
         let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
     }
 }

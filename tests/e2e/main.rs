@@ -15,6 +15,7 @@ mod devices;
 mod file_events;
 mod flood;
 mod fresh_root;
+mod fs_errors;
 mod hostile_requests;
 mod interfaces;
 mod key_watch_queue;
@@ -78,6 +79,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(krb5_events::trials());
     trials.extend(caller_files::trials());
     trials.extend(file_events::trials());
+    trials.extend(fs_errors::trials());
     trials.extend(key_watch_queue::trials());
     trials.extend(daemon_admin::trials());
     trials.extend(packaging::trials());

@@ -71,6 +71,7 @@ const FILES: &[(&str, u32)] = &[
     ("usr/share/man/man1/watchctl-status.1", 0o644),
     ("usr/share/man/man1/watchctl-watch-devices.1", 0o644),
     ("usr/share/man/man1/watchctl-watch-files.1", 0o644),
+    ("usr/share/man/man1/watchctl-watch-fserrors.1", 0o644),
     ("usr/share/man/man1/watchctl-watch-keys.1", 0o644),
     ("usr/share/man/man1/watchctl-watch-krb5.1", 0o644),
     ("usr/share/man/man1/watchctl-watch-mounts.1", 0o644),

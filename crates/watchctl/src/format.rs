@@ -2,9 +2,10 @@
 //!
 //! The JSON form is generic: names come from `watchd_proto::names` and value layouts from
 //! `watchd_proto::attr::kind`, so attributes added to the protocol show up without changes
-//! here. The one exception is the repeated `property` attribute of device records, which
-//! becomes a `properties` object (`{"KEY": "VALUE", …}`). The human form has words for META,
-//! mount, device, key and krb5 records and falls back to `name=value` pairs for every other
+//! here. The exceptions are the repeated `property` attribute of device records, which becomes
+//! a `properties` object (`{"KEY": "VALUE", …}`), and `mounted_on`, always an array.
+//! The human form has words for META, mount, device, key, krb5, file and filesystem error
+//! records and falls back to `name=value` pairs for every other
 //! type (and for key and krb5 subtypes this version does not know).
 
 use std::borrow::Cow;
@@ -15,7 +16,7 @@ use watchctl::TimeFormat;
 use watchd_client::{Status, SubscriptionInfo};
 use watchd_proto::{
     Attr, AttrKind, FLAG_SNAPSHOT, FLAG_TRUNCATED, Record, RecordType, attr, key, meta, mount,
-    names,
+    names, superblock,
 };
 
 /// The JSON member that gathers a record's `property` attributes.
@@ -82,6 +83,17 @@ impl<'a> Object<'a> {
             Some(Value::Array(values)) => values.push(value),
             Some(first) => *first = Value::Array(vec![first.take(), value]),
             None => self.members.push((key, Member::Value(value))),
+        }
+    }
+
+    /// Like [`Object::push`], but the member is an array from its first value on.
+    fn push_to_list(&mut self, key: impl Into<Cow<'a, str>>, value: Value) {
+        let key = key.into();
+        if self.members.iter().any(|(k, _)| *k == key) {
+            self.push(key, value);
+        } else {
+            self.members
+                .push((key, Member::Value(Value::Array(vec![value]))));
         }
     }
 
@@ -172,6 +184,9 @@ pub fn json_line_with(record: &Record<'_>, kind: Option<&str>, time: Option<&str
     for a in record.attrs().filter_map(Result::ok) {
         if a.id == attr::PROPERTY {
             push_property(object.object(PROPERTIES), &a);
+        } else if a.id == attr::MOUNTED_ON {
+            // Always a list, however many mount points the filesystem has.
+            object.push_to_list(attr_name(a.id), attr_value(&a));
         } else {
             object.push(attr_name(a.id), attr_value(&a));
         }
@@ -531,6 +546,44 @@ fn describe_file(record: &Record<'_>) -> String {
     line
 }
 
+/// `fs error  EUCLEAN (117)  7:0 ext4 on /mnt, /srv  count=3  total=5  last=func:line`.
+fn describe_fs_error(record: &Record<'_>) -> String {
+    let mut line = String::from("fs error  ");
+    match (record.get(attr::ERRNO_NAME), record.get_u32(attr::ERRNO)) {
+        (Some(name), Some(errno)) => {
+            let _ = write!(line, "{} ({errno})", text(&name));
+        }
+        (None, Some(errno)) => {
+            let _ = write!(line, "errno {errno}");
+        }
+        (_, None) => line.push_str("error"),
+    }
+    let number = |id| record.get_u32(id).map_or("?".to_owned(), |n| n.to_string());
+    let _ = write!(line, "  {}:{}", number(attr::MAJOR), number(attr::MINOR));
+    if let Some(fs_type) = record.get(attr::FS_TYPE) {
+        let _ = write!(line, " {}", text(&fs_type));
+    }
+    let points: Vec<String> = record
+        .attrs()
+        .filter_map(Result::ok)
+        .filter(|a| a.id == attr::MOUNTED_ON)
+        .map(|a| text(&a))
+        .collect();
+    if !points.is_empty() {
+        let _ = write!(line, " on {}", points.join(", "));
+    }
+    if let Some(count) = record.get_u32(attr::ERROR_COUNT) {
+        let _ = write!(line, "  count={count}");
+    }
+    if let Some(total) = record.get_u32(attr::ERRORS_TOTAL) {
+        let _ = write!(line, "  total={total}");
+    }
+    if let Some(at) = record.get(attr::LAST_ERROR_AT) {
+        let _ = write!(line, "  last={}", text(&at));
+    }
+    line
+}
+
 /// `type event  name=value …` for records without a form of their own.
 fn describe_generic(record: &Record<'_>) -> String {
     let h = &record.header;
@@ -580,6 +633,7 @@ pub fn human_line_at(record: &Record<'_>, time: &str, watch: Option<(u64, &str)>
         Some(RecordType::File) if names::subtype(h.record_type, h.subtype).is_some() => {
             describe_file(record)
         }
+        Some(RecordType::Superblock) if h.subtype == superblock::ERROR => describe_fs_error(record),
         _ => describe_generic(record),
     };
     line.push_str(body.trim_end());
@@ -749,7 +803,7 @@ pub fn status_json(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use watchd_proto::{RecordBuilder, stamp, superblock};
+    use watchd_proto::{RecordBuilder, stamp};
 
     /// 2023-11-14 22:13:20.123456789 UTC.
     const T: u64 = 1_700_000_000_123_456_789;
@@ -1422,6 +1476,45 @@ mod tests {
             json_line(&parse(&record(file::CLOSE_WRITE, "a", None, false))),
             r#"{"type":"file","event":"close_write","tag":2,"seq":7,"time_ns":1700000000123456789,"snapshot":false,"name":"a","major":0,"handle":"01ab"}"#
         );
+    }
+
+    #[test]
+    fn filesystem_error_records_human_and_json() {
+        let record = |points: &[&str], snapshot: bool| {
+            let flags = if snapshot { FLAG_SNAPSHOT } else { 0 };
+            let mut b = RecordBuilder::new(RecordType::Superblock, superblock::ERROR, flags, T);
+            b.put_u32(attr::MAJOR, 7).unwrap();
+            b.put_u32(attr::MINOR, 3).unwrap();
+            b.put_str(attr::FS_TYPE, "ext4").unwrap();
+            b.put_u32(attr::ERRNO, 117).unwrap();
+            b.put_str(attr::ERRNO_NAME, "EUCLEAN").unwrap();
+            b.put_u32(attr::ERROR_COUNT, 3).unwrap();
+            b.put_u32(attr::ERRORS_TOTAL, 5).unwrap();
+            b.put_str(attr::LAST_ERROR_AT, "trigger_test_error:129")
+                .unwrap();
+            for p in points {
+                b.put_str(attr::MOUNTED_ON, p).unwrap();
+            }
+            let mut bytes = b.finish();
+            stamp(&mut bytes, 1, 4);
+            bytes
+        };
+        assert_eq!(
+            human_line(&parse(&record(&["/mnt/a", "/srv"], false)), 0),
+            "22:13:20.123  fs error  EUCLEAN (117)  7:3 ext4 on /mnt/a, /srv  count=3  total=5  last=trigger_test_error:129"
+        );
+        assert_eq!(
+            human_line(&parse(&record(&[], true)), 0),
+            "22:13:20.123  [snapshot] fs error  EUCLEAN (117)  7:3 ext4  count=3  total=5  last=trigger_test_error:129"
+        );
+        let json = json_line(&parse(&record(&["/mnt/a"], false)));
+        assert_eq!(
+            json,
+            r#"{"type":"superblock","event":"error","tag":1,"seq":4,"time_ns":1700000000123456789,"snapshot":false,"major":7,"minor":3,"fs_type":"ext4","errno":117,"errno_name":"EUCLEAN","error_count":3,"errors_total":5,"last_error_at":"trigger_test_error:129","mounted_on":["/mnt/a"]}"#
+        );
+        let v: Value =
+            serde_json::from_str(&json_line(&parse(&record(&["/a", "/b"], false)))).unwrap();
+        assert_eq!(v["mounted_on"], serde_json::json!(["/a", "/b"]));
     }
 
     #[test]

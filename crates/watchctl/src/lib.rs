@@ -124,6 +124,18 @@ pub enum WatchKind {
         #[command(flatten)]
         common: WatchArgs,
     },
+    /// Errors the filesystems mounted in your mount namespace report (the kernel's
+    /// FAN_FS_ERROR): errno, how many, device, type and mount points; --initial first shows
+    /// what ext4 has counted (on Linux 6.18 only ext4 reports errors)
+    Fserrors {
+        /// Only the filesystem this path is on (made absolute if relative); it must be one
+        /// that reports errors
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+
+        #[command(flatten)]
+        common: WatchArgs,
+    },
     /// Kerberos credential caches being created (kinit), changed (kinit again, kinit -R,
     /// new tickets), made primary (kswitch) or destroyed (kdestroy)
     Krb5 {
@@ -147,7 +159,8 @@ impl WatchKind {
             | WatchKind::Devices { common, .. }
             | WatchKind::Keys { common, .. }
             | WatchKind::Krb5 { common, .. }
-            | WatchKind::Files { common, .. } => common,
+            | WatchKind::Files { common, .. }
+            | WatchKind::Fserrors { common, .. } => common,
         }
     }
 
@@ -157,7 +170,8 @@ impl WatchKind {
             | WatchKind::Devices { common, .. }
             | WatchKind::Keys { common, .. }
             | WatchKind::Krb5 { common, .. }
-            | WatchKind::Files { common, .. } => common,
+            | WatchKind::Files { common, .. }
+            | WatchKind::Fserrors { common, .. } => common,
         }
     }
 
@@ -169,6 +183,7 @@ impl WatchKind {
             WatchKind::Keys { .. } => "keys",
             WatchKind::Krb5 { .. } => "krb5",
             WatchKind::Files { .. } => "files",
+            WatchKind::Fserrors { .. } => "fserrors",
         }
     }
 }

@@ -371,7 +371,8 @@ fn plan(kinds: Vec<WatchKind>) -> anyhow::Result<(Vec<Planned>, Output)> {
 /// The `AddWatch` options of one kind and its command-line options.
 fn watch_options(kind: WatchKind) -> anyhow::Result<WatchOptions> {
     Ok(match kind {
-        WatchKind::Mounts { path, common } => {
+        // Both take an optional path, made absolute.
+        WatchKind::Mounts { path, common } | WatchKind::Fserrors { path, common } => {
             let mut options = WatchOptions::new()
                 .initial(common.initial)
                 .interactive(common.interactive);
@@ -1080,6 +1081,8 @@ mod tests {
             &["keys"],
             &["krb5"],
             &["files", "/tmp"],
+            &["fserrors"],
+            &["fserrors", "/tmp"],
         ] {
             let args = ["watchctl", "watch"].iter().chain(kind);
             let cli = Cli::try_parse_from(args.clone().chain(&["--count", "2"])).unwrap();

@@ -192,6 +192,15 @@ extern "C" {
 #define WATCHD_ATTR_IS_DIR 0x0086u      /* u32, 1 for a directory */
 /* superblock records */
 #define WATCHD_ATTR_MOUNTED_ON 0x0090u /* str, repeated: a mount point in your namespace */
+/* filesystem errors (superblock ERROR), 0x0098..0x009f */
+#define WATCHD_ATTR_ERRNO 0x0098u            /* u32, e.g. 117 (EUCLEAN) */
+#define WATCHD_ATTR_ERRNO_NAME 0x0099u       /* str, e.g. "EUCLEAN" */
+#define WATCHD_ATTR_ERROR_COUNT 0x009au      /* u32, errors this record reports */
+#define WATCHD_ATTR_ERRORS_TOTAL 0x009bu     /* u32, the filesystem's own count */
+#define WATCHD_ATTR_FIRST_ERROR_TIME 0x009cu /* u64, seconds since the epoch */
+#define WATCHD_ATTR_FIRST_ERROR_AT 0x009du   /* str, "function:line" */
+#define WATCHD_ATTR_LAST_ERROR_TIME 0x009eu  /* u64, seconds since the epoch */
+#define WATCHD_ATTR_LAST_ERROR_AT 0x009fu    /* str, "function:line" */
 
 /* ---- Layouts ------------------------------------------------------------------------ */
 
@@ -494,6 +503,8 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_SEQNUM:
 	case WATCHD_ATTR_FSID:
 	case WATCHD_ATTR_INODE:
+	case WATCHD_ATTR_FIRST_ERROR_TIME:
+	case WATCHD_ATTR_LAST_ERROR_TIME:
 		return WATCHD_KIND_U64;
 	case WATCHD_ATTR_TRUNCATED:
 	case WATCHD_ATTR_MAJOR:
@@ -507,6 +518,9 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_WATCHED_KEY:
 	case WATCHD_ATTR_HANDLE_TYPE:
 	case WATCHD_ATTR_IS_DIR:
+	case WATCHD_ATTR_ERRNO:
+	case WATCHD_ATTR_ERROR_COUNT:
+	case WATCHD_ATTR_ERRORS_TOTAL:
 		return WATCHD_KIND_U32;
 	case WATCHD_ATTR_OBJECT:
 	case WATCHD_ATTR_REASON:
@@ -539,6 +553,9 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_OLD_NAME:
 	case WATCHD_ATTR_HANDLE:
 	case WATCHD_ATTR_MOUNTED_ON:
+	case WATCHD_ATTR_ERRNO_NAME:
+	case WATCHD_ATTR_FIRST_ERROR_AT:
+	case WATCHD_ATTR_LAST_ERROR_AT:
 		return WATCHD_KIND_STR;
 	default:
 		return WATCHD_KIND_UNKNOWN;
@@ -602,6 +619,14 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_INODE: return "inode";
 	case WATCHD_ATTR_IS_DIR: return "is_dir";
 	case WATCHD_ATTR_MOUNTED_ON: return "mounted_on";
+	case WATCHD_ATTR_ERRNO: return "errno";
+	case WATCHD_ATTR_ERRNO_NAME: return "errno_name";
+	case WATCHD_ATTR_ERROR_COUNT: return "error_count";
+	case WATCHD_ATTR_ERRORS_TOTAL: return "errors_total";
+	case WATCHD_ATTR_FIRST_ERROR_TIME: return "first_error_time";
+	case WATCHD_ATTR_FIRST_ERROR_AT: return "first_error_at";
+	case WATCHD_ATTR_LAST_ERROR_TIME: return "last_error_time";
+	case WATCHD_ATTR_LAST_ERROR_AT: return "last_error_at";
 	default: return NULL;
 	}
 }

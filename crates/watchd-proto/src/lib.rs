@@ -348,6 +348,25 @@ pub mod attr {
     /// one attribute each, in the namespace's order.
     pub const MOUNTED_ON: u16 = 0x0090;
     // 0x0098..0x009f: filesystem errors (superblock ERROR records).
+    /// u32: the errno the filesystem reported (117, EUCLEAN: corruption found).
+    pub const ERRNO: u16 = 0x0098;
+    /// str: the errno's symbolic name, e.g. "EUCLEAN".
+    pub const ERRNO_NAME: u16 = 0x0099;
+    /// u32: the errors this record reports: live, how many the kernel merged into one
+    /// event (errors on one filesystem merge until the daemon reads them); SNAPSHOT, the
+    /// filesystem's total.
+    pub const ERROR_COUNT: u16 = 0x009a;
+    /// u32: the errors the filesystem has counted since it was made or last checked
+    /// (ext4's `errors_count`), read when the record was made.
+    pub const ERRORS_TOTAL: u16 = 0x009b;
+    /// u64: when the first counted error happened, seconds since the epoch.
+    pub const FIRST_ERROR_TIME: u16 = 0x009c;
+    /// str: where in the kernel the first counted error was reported ("function:line").
+    pub const FIRST_ERROR_AT: u16 = 0x009d;
+    /// u64: when the last counted error happened, seconds since the epoch.
+    pub const LAST_ERROR_TIME: u16 = 0x009e;
+    /// str: where in the kernel the last counted error was reported ("function:line").
+    pub const LAST_ERROR_AT: u16 = 0x009f;
     // 0x00a0..0x00af: free space (superblock SPACE_* records).
     // 0x00b0..0x00bf: quota (superblock QUOTA records).
 
@@ -357,6 +376,9 @@ pub mod attr {
         Some(match id {
             LOST_COUNT | FIRST_LOST_SEQ | LOST_TYPES | MOUNT_ID | PARENT_ID | MNT_NS | SEQNUM
             | MOUNT_UNIQUE_ID | PARENT_UNIQUE_ID | FSID | INODE => U64,
+            FIRST_ERROR_TIME | LAST_ERROR_TIME => U64,
+            ERRNO | ERROR_COUNT | ERRORS_TOTAL => U32,
+            ERRNO_NAME | FIRST_ERROR_AT | LAST_ERROR_AT => Str,
             TRUNCATED | MAJOR | MINOR | CHANGED | KEY_ID | AUX | KEY_UID | KEY_GID | PERM
             | WATCHED_KEY | HANDLE_TYPE | IS_DIR => U32,
             OBJECT | REASON | ROOT | MOUNT_POINT | FS_TYPE | SOURCE | MOUNT_OPTIONS
@@ -490,6 +512,14 @@ pub mod names {
             attr::INODE => "inode",
             attr::IS_DIR => "is_dir",
             attr::MOUNTED_ON => "mounted_on",
+            attr::ERRNO => "errno",
+            attr::ERRNO_NAME => "errno_name",
+            attr::ERROR_COUNT => "error_count",
+            attr::ERRORS_TOTAL => "errors_total",
+            attr::FIRST_ERROR_TIME => "first_error_time",
+            attr::FIRST_ERROR_AT => "first_error_at",
+            attr::LAST_ERROR_TIME => "last_error_time",
+            attr::LAST_ERROR_AT => "last_error_at",
             _ => return None,
         })
     }
@@ -1259,7 +1289,7 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 54);
+        assert_eq!(seen.len(), 62);
     }
 
     #[test]
@@ -1406,6 +1436,14 @@ mod tests {
             (attr::PROPERTY, Str),
             (attr::OLD_SYSPATH, Str),
             (attr::EVENT_SOURCE, Str),
+            (attr::ERRNO, U32),
+            (attr::ERRNO_NAME, Str),
+            (attr::ERROR_COUNT, U32),
+            (attr::ERRORS_TOTAL, U32),
+            (attr::FIRST_ERROR_TIME, U64),
+            (attr::FIRST_ERROR_AT, Str),
+            (attr::LAST_ERROR_TIME, U64),
+            (attr::LAST_ERROR_AT, Str),
         ] {
             assert_eq!(attr::kind(id), Some(kind), "attribute {id:#06x}");
         }

@@ -144,7 +144,7 @@ fn example_device() -> Vec<u8> {
     rec
 }
 
-/// Every record section 14 shows, in order.
+/// Every record section 15 shows, in order.
 fn examples() -> [Vec<u8>; 3] {
     [example_detach(), example_loss(), example_device()]
 }

@@ -131,6 +131,8 @@ pub struct Sources {
     pub krb5: bool,
     /// File events under a path (fanotify, FID mode; needs CAP_SYS_ADMIN).
     pub files: bool,
+    /// Filesystem errors (fanotify FAN_FS_ERROR, filesystem marks; needs CAP_SYS_ADMIN).
+    pub fserrors: bool,
     /// Where device events come from: "auto" (udev when udevd runs, else the kernel),
     /// "udev" or "kernel".
     pub device_events: DeviceEvents,
@@ -147,6 +149,7 @@ impl Default for Sources {
             keys: true,
             krb5: true,
             files: true,
+            fserrors: true,
             device_events: DeviceEvents::Auto,
             mount_events: MountEvents::Auto,
         }
@@ -336,7 +339,7 @@ impl Config {
             ));
         }
         let s = &self.sources;
-        if !(s.mounts || s.devices || s.keys || s.krb5 || s.files) {
+        if !(s.mounts || s.devices || s.keys || s.krb5 || s.files || s.fserrors) {
             return Err("every source is disabled in [sources]: nothing to serve".into());
         }
         let interval = self.keys.poll_interval_ms;
@@ -414,7 +417,7 @@ mod tests {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
-        assert_eq!(config.values().len(), 21, "{:?}", config.values());
+        assert_eq!(config.values().len(), 22, "{:?}", config.values());
     }
 
     #[test]

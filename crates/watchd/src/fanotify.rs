@@ -6,6 +6,8 @@
 //! events carry no descriptor (`fd` is `FAN_NOFD`) and none needs closing.
 #![forbid(unsafe_code)]
 
+use std::io::{self, Read};
+
 /// `fanotify_init(2)` flags and mark bits this daemon uses that libc does not name yet.
 pub mod flags {
     /// Report mount ids (`FAN_REPORT_MNT`, kernel 6.15): the group takes mount-namespace marks.
@@ -141,6 +143,39 @@ pub struct Fid<'a> {
     pub name: Option<&'a [u8]>,
 }
 
+impl Fid<'_> {
+    /// The filesystem id as records carry it (`f_fsid` of statfs(2)): `val[0]` in the low
+    /// half.
+    pub fn fsid64(&self) -> u64 {
+        u64::from(self.fsid[0]) | (u64::from(self.fsid[1]) << 32)
+    }
+}
+
+/// Reads a non-blocking group until its queue is empty, handing each batch `read(2)` gave
+/// to `batch` with `true` when part of it did not parse (the events after that are lost).
+/// An error other than "empty" or an interrupted read ends the reading.
+pub fn drain(
+    group: &mut std::fs::File,
+    buf: &mut [u8],
+    mut batch: impl FnMut(&[Event<'_>], bool),
+) -> io::Result<()> {
+    loop {
+        let n = match group.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        match events(&buf[..n]) {
+            Ok(events) => batch(&events, false),
+            Err(kept) => {
+                tracing::warn!("a fanotify event did not parse: the rest of the batch is lost");
+                batch(&kept, true)
+            }
+        }
+    }
+}
+
 impl<'a> Info<'a> {
     pub fn fid(&self) -> Option<Fid<'a>> {
         let b = self.body;
@@ -225,6 +260,37 @@ mod tests {
         assert!(
             events(&good[..10]).unwrap_err().is_empty(),
             "a cut metadata"
+        );
+    }
+
+    /// What this kernel sent for three `trigger_fs_error` writes on a loop ext4: one event,
+    /// a FID record (fsid, and a handle) and an ERROR record with errno and count.
+    #[test]
+    fn a_filesystem_error_gives_errno_count_and_fsid() {
+        let mut fid = Vec::new();
+        fid.extend_from_slice(&0x89ab_cdefu32.to_ne_bytes());
+        fid.extend_from_slice(&0x0123_4567u32.to_ne_bytes());
+        fid.extend_from_slice(&8u32.to_ne_bytes()); // handle_bytes
+        fid.extend_from_slice(&1i32.to_ne_bytes()); // handle_type
+        fid.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
+        let mut error = Vec::new();
+        error.extend_from_slice(&117i32.to_ne_bytes());
+        error.extend_from_slice(&3u32.to_ne_bytes());
+        let buf = event_bytes(
+            libc::FAN_FS_ERROR,
+            &[(info::FID, &fid), (info::ERROR, &error)],
+        );
+        let parsed = events(&buf).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].error(), Some((117, 3)));
+        let fid = parsed[0].info(info::FID).unwrap().fid().unwrap();
+        assert_eq!(fid.fsid64(), 0x0123_4567_89ab_cdef);
+        assert_eq!(fid.name, None, "a FID record has no name");
+        let cut = event_bytes(libc::FAN_FS_ERROR, &[(info::ERROR, &error[..4])]);
+        assert_eq!(
+            events(&cut).unwrap()[0].error(),
+            None,
+            "an ERROR record cut short"
         );
     }
 

@@ -9,6 +9,8 @@
 //! - [`krb5`]: Kerberos credential caches, in keyrings (through the key poller) or files.
 //! - [`files`]: file events under a path (one fanotify group in FID mode), each checked as
 //!   its subscriber before it is delivered.
+//! - [`fserrors`]: filesystem errors (fanotify `FAN_FS_ERROR`, one filesystem mark per
+//!   filesystem mounted in a watched namespace), with ext4's own counts as initial state.
 //!
 //! **Adding a source:** a module here whose change type implements
 //! [`crate::event::Change`], whose watches' scope implements [`crate::watch::Scope`] and
@@ -19,6 +21,7 @@
 
 pub mod devices;
 pub mod files;
+pub mod fserrors;
 pub mod keys;
 pub mod krb5;
 pub mod mounts;
@@ -35,12 +38,13 @@ use crate::source::Source;
 use crate::watch::{Kind, Scope};
 
 /// Every kind this daemon knows, served or disabled in the configuration.
-pub const KINDS: [Kind; 5] = [
+pub const KINDS: [Kind; 6] = [
     mounts::KIND,
     devices::KIND,
     keys::KIND,
     krb5::KIND,
     files::KIND,
+    fserrors::KIND,
 ];
 
 /// A source that could not start, and what it needs.
@@ -143,6 +147,26 @@ pub fn start(
             Err(error) => {
                 return Err(StartError {
                     kind: files::KIND,
+                    needs: "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
+                    error,
+                });
+            }
+        }
+    }
+    if enabled.fserrors {
+        match fserrors::FsErrorSource::start(hub.clone()) {
+            Ok(source) => sources.push(source),
+            // No fanotify, no FID mode (before 5.9) or no FAN_FS_ERROR (before 5.16).
+            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) => {
+                tracing::warn!(%error, "fserrors watches are unavailable: this kernel has no fanotify filesystem error events (Linux 5.16 or later with CONFIG_FANOTIFY)");
+                sources.push(Arc::new(Unavailable {
+                    kind: fserrors::KIND,
+                    why: format!("this kernel has no fanotify filesystem error events, FAN_FS_ERROR ({error})"),
+                }));
+            }
+            Err(error) => {
+                return Err(StartError {
+                    kind: fserrors::KIND,
                     needs: "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
                     error,
                 });

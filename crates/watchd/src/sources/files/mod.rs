@@ -23,7 +23,7 @@ pub mod check;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,11 +92,6 @@ pub fn subtypes(mask: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A filesystem id as records carry it: `val[0]` in the low half.
-fn fsid_of(fid: &Fid<'_>) -> u64 {
-    u64::from(fid.fsid[0]) | (u64::from(fid.fsid[1]) << 32)
-}
-
 /// A file handle, and the filesystem it is valid on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Handle {
@@ -108,14 +103,14 @@ pub struct Handle {
 impl Handle {
     fn of(fid: &Fid<'_>) -> Handle {
         Handle {
-            fsid: fsid_of(fid),
+            fsid: fid.fsid64(),
             handle_type: fid.handle_type,
             bytes: fid.handle.to_vec(),
         }
     }
 
     fn is(&self, fid: &Fid<'_>) -> bool {
-        self.fsid == fsid_of(fid) && self.handle_type == fid.handle_type && self.bytes == fid.handle
+        self.fsid == fid.fsid64() && self.handle_type == fid.handle_type && self.bytes == fid.handle
     }
 }
 
@@ -254,7 +249,7 @@ impl WatchState {
         if self.handle.is(dir) {
             return Some((Vec::new(), self.id_at_start));
         }
-        if self.reach != Reach::Subtree || self.handle.fsid != fsid_of(dir) {
+        if self.reach != Reach::Subtree || self.handle.fsid != dir.fsid64() {
             return None;
         }
         let key = Handle::of(dir);
@@ -480,23 +475,10 @@ fn follow(mut group: File, shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        loop {
-            let n = match group.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return tracing::error!(error = %e, "stopped reading file events");
-                }
-            };
-            let (events, cut) = match fanotify::events(&buf[..n]) {
-                Ok(events) => (events, false),
-                Err(kept) => {
-                    tracing::warn!("a fanotify event did not parse: the rest of the batch is lost");
-                    (kept, true)
-                }
-            };
-            shared.dispatch(&events, cut);
+        if let Err(e) = fanotify::drain(&mut group, &mut buf, |events, cut| {
+            shared.dispatch(events, cut)
+        }) {
+            return tracing::error!(error = %e, "stopped reading file events");
         }
     }
 }

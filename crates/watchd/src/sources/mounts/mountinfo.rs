@@ -91,6 +91,19 @@ pub fn parse_mountinfo(text: &[u8]) -> (Vec<MountEntry>, usize) {
     (entries, bad)
 }
 
+/// Reads an open mountinfo file again from its start (`buf` is scratch space, kept between
+/// reads); lines that do not parse are skipped and logged.
+pub fn reread(file: &mut File, buf: &mut Vec<u8>) -> io::Result<Vec<MountEntry>> {
+    buf.clear();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_end(buf)?;
+    let (entries, bad) = parse_mountinfo(buf);
+    if bad > 0 {
+        tracing::warn!(lines = bad, "skipped mountinfo lines that did not parse");
+    }
+    Ok(entries)
+}
+
 /// A view's mount table as last read.
 struct Table {
     mounts: Vec<Arc<MountEntry>>,
@@ -100,13 +113,7 @@ struct Table {
 
 impl Table {
     fn reread(&mut self) -> io::Result<Vec<Arc<MountEntry>>> {
-        self.buf.clear();
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.read_to_end(&mut self.buf)?;
-        let (entries, bad) = parse_mountinfo(&self.buf);
-        if bad > 0 {
-            tracing::warn!(lines = bad, "skipped mountinfo lines that did not parse");
-        }
+        let entries = reread(&mut self.file, &mut self.buf)?;
         Ok(entries.into_iter().map(Arc::new).collect())
     }
 }
