@@ -77,6 +77,16 @@ pub const KERNEL_OPTIONS: &[&str] = &[
     "POSIX_TIMERS",
     "FILE_LOCKING",
     "SHMEM",
+    // For the quota kind (watchd-vm-probe --quota): an ext4 image with the quota feature on
+    // a loop device, the v2 quota format ext4's hidden quota files use, and the netlink
+    // warnings the kind reads.
+    "BLOCK",
+    "BLK_DEV",
+    "BLK_DEV_LOOP",
+    "EXT4_FS",
+    "QUOTA",
+    "QFMT_V2",
+    "QUOTA_NETLINK_INTERFACE",
 ];
 /// Options turned off: the initramfs is not compressed, so no decompressors.
 const KERNEL_OPTIONS_OFF: &[&str] = &[

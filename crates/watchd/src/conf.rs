@@ -122,6 +122,9 @@ pub struct Sources {
     pub krb5: bool,
     /// File events under a path (fanotify, FID mode; needs CAP_SYS_ADMIN).
     pub files: bool,
+    /// The kernel's quota warnings (generic netlink family VFS_DQUOT), each to the users it
+    /// concerns.
+    pub quota: bool,
     /// Where device events come from: "auto" (udev when udevd runs, else the kernel),
     /// "udev" or "kernel".
     pub device_events: DeviceEvents,
@@ -138,6 +141,7 @@ impl Default for Sources {
             keys: true,
             krb5: true,
             files: true,
+            quota: true,
             device_events: DeviceEvents::Auto,
             mount_events: MountEvents::Auto,
         }
@@ -306,7 +310,7 @@ impl Config {
             ));
         }
         let s = &self.sources;
-        if !(s.mounts || s.devices || s.keys || s.krb5 || s.files) {
+        if !(s.mounts || s.devices || s.keys || s.krb5 || s.files || s.quota) {
             return Err("every source is disabled in [sources]: nothing to serve".into());
         }
         let interval = self.keys.poll_interval_ms;

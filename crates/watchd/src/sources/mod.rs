@@ -9,6 +9,7 @@
 //! - [`krb5`]: Kerberos credential caches, in keyrings (through the key poller) or files.
 //! - [`files`]: file events under a path (one fanotify group in FID mode), each checked as
 //!   its subscriber before it is delivered.
+//! - [`quota`]: the kernel's quota warnings (generic netlink), each to the users it concerns.
 //!
 //! **Adding a source:** a module here whose change type implements
 //! [`crate::event::Change`], whose watches' scope implements [`crate::watch::Scope`] and
@@ -22,6 +23,7 @@ pub mod files;
 pub mod keys;
 pub mod krb5;
 pub mod mounts;
+pub mod quota;
 
 use std::sync::Arc;
 
@@ -35,12 +37,13 @@ use crate::source::Source;
 use crate::watch::{Kind, Scope};
 
 /// Every kind this daemon knows, served or disabled in the configuration.
-pub const KINDS: [Kind; 5] = [
+pub const KINDS: [Kind; 6] = [
     mounts::KIND,
     devices::KIND,
     keys::KIND,
     krb5::KIND,
     files::KIND,
+    quota::KIND,
 ];
 
 /// A source that could not start, and what it needs.
@@ -118,6 +121,25 @@ pub fn start(
                 return Err(StartError {
                     kind: files::KIND,
                     needs: "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
+                    error,
+                });
+            }
+        }
+    }
+    if enabled.quota {
+        match quota::QuotaSource::start(hub.clone()) {
+            Ok(Ok(source)) => sources.push(source),
+            Ok(Err(why)) => {
+                tracing::warn!(%why, "quota watches are unavailable");
+                sources.push(Arc::new(Unavailable {
+                    kind: quota::KIND,
+                    why,
+                }));
+            }
+            Err(error) => {
+                return Err(StartError {
+                    kind: quota::KIND,
+                    needs: "needs a generic netlink socket (AF_NETLINK) and a thread",
                     error,
                 });
             }
