@@ -137,6 +137,18 @@ pub enum WatchKind {
         #[command(flatten)]
         common: WatchArgs,
     },
+    /// Quota warnings: your user's or one of your groups' quota exceeding its soft or hard
+    /// limit (blocks or inodes), its grace time expiring, or usage falling back below a
+    /// limit, with where the filesystem is mounted
+    Quota {
+        /// Every user's and group's warnings, and who caused them (needs an administrator's
+        /// authorization, org.watchd.Watchd1.watch-other-users-quota)
+        #[arg(long)]
+        all: bool,
+
+        #[command(flatten)]
+        common: WatchArgs,
+    },
 }
 
 impl WatchKind {
@@ -147,7 +159,8 @@ impl WatchKind {
             | WatchKind::Devices { common, .. }
             | WatchKind::Keys { common, .. }
             | WatchKind::Krb5 { common, .. }
-            | WatchKind::Files { common, .. } => common,
+            | WatchKind::Files { common, .. }
+            | WatchKind::Quota { common, .. } => common,
         }
     }
 
@@ -157,7 +170,8 @@ impl WatchKind {
             | WatchKind::Devices { common, .. }
             | WatchKind::Keys { common, .. }
             | WatchKind::Krb5 { common, .. }
-            | WatchKind::Files { common, .. } => common,
+            | WatchKind::Files { common, .. }
+            | WatchKind::Quota { common, .. } => common,
         }
     }
 
@@ -169,6 +183,7 @@ impl WatchKind {
             WatchKind::Keys { .. } => "keys",
             WatchKind::Krb5 { .. } => "krb5",
             WatchKind::Files { .. } => "files",
+            WatchKind::Quota { .. } => "quota",
         }
     }
 }

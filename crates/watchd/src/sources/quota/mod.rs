@@ -159,36 +159,10 @@ impl QuotaSource {
     /// when this kernel has no such family (no `CONFIG_QUOTA_NETLINK_INTERFACE`, or no
     /// netlink at all): the kind is then unavailable, and says why.
     pub fn start(hub: Arc<Hub>) -> io::Result<std::result::Result<Arc<QuotaSource>, String>> {
-        let socket = match sys::genetlink_socket() {
-            Ok(socket) => socket,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT)
-                ) =>
-            {
-                return Ok(Err(format!("this kernel has no generic netlink ({e})")));
-            }
-            Err(e) => return Err(e),
+        let (socket, family, group) = match join_events()? {
+            Ok(joined) => joined,
+            Err(why) => return Ok(Err(why)),
         };
-        let family = match resolve(&socket, wire::QUOTA_FAMILY) {
-            Ok(family) => family,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                return Ok(Err(format!(
-                    "this kernel has no generic netlink family {} (it needs CONFIG_QUOTA_NETLINK_INTERFACE)",
-                    wire::QUOTA_FAMILY
-                )));
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(group) = family.group(wire::QUOTA_GROUP) else {
-            return Ok(Err(format!(
-                "the kernel's {} family has no multicast group {:?}",
-                wire::QUOTA_FAMILY,
-                wire::QUOTA_GROUP
-            )));
-        };
-        sys::netlink_add_membership(socket.as_fd(), group)?;
         let family_id = family.id;
         std::thread::Builder::new()
             .name("quota".into())
@@ -200,6 +174,42 @@ impl QuotaSource {
         );
         Ok(Ok(Arc::new(QuotaSource { family, group })))
     }
+}
+
+/// A generic netlink socket that joined the quota family's `events` group, the family and
+/// the group's number; `Ok(Err(why))` when this kernel has no such family or no netlink.
+pub fn join_events() -> io::Result<std::result::Result<(OwnedFd, Family, u32), String>> {
+    let socket = match sys::genetlink_socket() {
+        Ok(socket) => socket,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT)
+            ) =>
+        {
+            return Ok(Err(format!("this kernel has no generic netlink ({e})")));
+        }
+        Err(e) => return Err(e),
+    };
+    let family = match resolve(&socket, wire::QUOTA_FAMILY) {
+        Ok(family) => family,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(Err(format!(
+                "this kernel has no generic netlink family {} (it needs CONFIG_QUOTA_NETLINK_INTERFACE)",
+                wire::QUOTA_FAMILY
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(group) = family.group(wire::QUOTA_GROUP) else {
+        return Ok(Err(format!(
+            "the kernel's {} family has no multicast group {:?}",
+            wire::QUOTA_FAMILY,
+            wire::QUOTA_GROUP
+        )));
+    };
+    sys::netlink_add_membership(socket.as_fd(), group)?;
+    Ok(Ok((socket, family, group)))
 }
 
 /// Asks the controller for `name`'s family, on the socket that will then join its group.
