@@ -192,6 +192,12 @@ extern "C" {
 #define WATCHD_ATTR_IS_DIR 0x0086u      /* u32, 1 for a directory */
 /* superblock records */
 #define WATCHD_ATTR_MOUNTED_ON 0x0090u /* str, repeated: a mount point in your namespace */
+/* quota warnings (WATCHD_SUPERBLOCK_QUOTA), 0x00b0..0x00bf */
+#define WATCHD_ATTR_QUOTA_TYPE 0x00b0u         /* u32, 0 user, 1 group, 2 project */
+#define WATCHD_ATTR_QUOTA_ID 0x00b1u           /* u64, the uid, gid or project id */
+#define WATCHD_ATTR_QUOTA_WARNING 0x00b2u      /* u32, the kernel's QUOTA_NL_* number, 1..10 */
+#define WATCHD_ATTR_QUOTA_WARNING_NAME 0x00b3u /* str, e.g. "block_soft_exceeded" */
+#define WATCHD_ATTR_QUOTA_CAUSED_BY 0x00b4u    /* u64, only your own uid (or an all watch) */
 
 /* ---- Layouts ------------------------------------------------------------------------ */
 
@@ -494,6 +500,8 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_SEQNUM:
 	case WATCHD_ATTR_FSID:
 	case WATCHD_ATTR_INODE:
+	case WATCHD_ATTR_QUOTA_ID:
+	case WATCHD_ATTR_QUOTA_CAUSED_BY:
 		return WATCHD_KIND_U64;
 	case WATCHD_ATTR_TRUNCATED:
 	case WATCHD_ATTR_MAJOR:
@@ -507,6 +515,8 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_WATCHED_KEY:
 	case WATCHD_ATTR_HANDLE_TYPE:
 	case WATCHD_ATTR_IS_DIR:
+	case WATCHD_ATTR_QUOTA_TYPE:
+	case WATCHD_ATTR_QUOTA_WARNING:
 		return WATCHD_KIND_U32;
 	case WATCHD_ATTR_OBJECT:
 	case WATCHD_ATTR_REASON:
@@ -539,6 +549,7 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_OLD_NAME:
 	case WATCHD_ATTR_HANDLE:
 	case WATCHD_ATTR_MOUNTED_ON:
+	case WATCHD_ATTR_QUOTA_WARNING_NAME:
 		return WATCHD_KIND_STR;
 	default:
 		return WATCHD_KIND_UNKNOWN;
@@ -602,6 +613,11 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_INODE: return "inode";
 	case WATCHD_ATTR_IS_DIR: return "is_dir";
 	case WATCHD_ATTR_MOUNTED_ON: return "mounted_on";
+	case WATCHD_ATTR_QUOTA_TYPE: return "quota_type";
+	case WATCHD_ATTR_QUOTA_ID: return "quota_id";
+	case WATCHD_ATTR_QUOTA_WARNING: return "quota_warning";
+	case WATCHD_ATTR_QUOTA_WARNING_NAME: return "quota_warning_name";
+	case WATCHD_ATTR_QUOTA_CAUSED_BY: return "quota_caused_by";
 	default: return NULL;
 	}
 }

@@ -1316,7 +1316,7 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 54);
+        assert_eq!(seen.len(), 59);
     }
 
     #[test]
