@@ -57,6 +57,9 @@ pub fn write_actions_file() -> Result<()> {
         "<allow_any>auth_admin</allow_any>",
         "<allow_any>yes</allow_any>",
     );
+    if let Some(dir) = Path::new(ACTIONS).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(
         ACTIONS,
         format!("{}{action}{}", &shipped[..start], &shipped[end..]),

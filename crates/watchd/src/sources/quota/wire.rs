@@ -420,6 +420,71 @@ mod tests {
         });
     }
 
+    /// Warnings as Linux 6.1 (x86_64, the VM of tests/e2e/quota.rs) multicast them, captured
+    /// by `watchd-vm-probe --quota`: uid 1000 (gid 3000) writing past group 3000's soft
+    /// limit, then its own hard limit, on loop0.
+    const GROUP_SOFT_EXCEEDED: &str = concat!(
+        "4c0000001100000001000000000000000101000008000100010000000c000200b80b0000000000000800",
+        "030006000000080004000700000008000500000000000c000600e803000000000000",
+    );
+    const USER_HARD_EXCEEDED: &str = concat!(
+        "4c0000001100000003000000000000000101000008000100000000000c000200e8030000000000000800",
+        "030004000000080004000700000008000500000000000c000600e803000000000000",
+    );
+
+    #[test]
+    fn the_kernels_warnings_parse_to_what_happened() {
+        let bytes = hex(GROUP_SOFT_EXCEEDED);
+        let message = messages(&bytes).next().unwrap().unwrap();
+        assert_eq!(message.kind, 0x11, "the family's id");
+        assert_eq!(
+            parse_warning(&bytes),
+            Ok(Warning {
+                quota_type: 1,
+                id: 3000,
+                warning: 6,
+                major: 7,
+                minor: 0,
+                caused_by: Some(1000),
+            })
+        );
+        let bytes = hex(USER_HARD_EXCEEDED);
+        assert_eq!(
+            parse_warning(&bytes),
+            Ok(Warning {
+                quota_type: 0,
+                id: 1000,
+                warning: 4,
+                major: 7,
+                minor: 0,
+                caused_by: Some(1000),
+            })
+        );
+        // A controller message is no warning (its command number is the same, 1: only the
+        // message type, the family's id, tells them apart, which the reader checks first).
+        assert!(matches!(
+            parse_warning(&hex(FAMILY_ANSWER)),
+            Err(ParseError::AttrSize { attr: 2, .. })
+        ));
+        // Without a required attribute: cut after the quota type (and the length fixed).
+        let mut cut = bytes[..28].to_vec();
+        cut[..4].copy_from_slice(&28u32.to_ne_bytes());
+        assert_eq!(
+            parse_warning(&cut),
+            Err(ParseError::Missing("QUOTA_NL_A_EXCESS_ID"))
+        );
+        // A u64 attribute of the wrong size.
+        let mut wrong = bytes.clone();
+        wrong[28] = 8;
+        assert!(matches!(
+            parse_warning(&wrong),
+            Err(ParseError::AttrSize { .. }) | Err(ParseError::Short { .. })
+        ));
+        survives_mangling(&bytes, |b| {
+            let _ = parse_warning(b);
+        });
+    }
+
     #[test]
     fn the_family_request_is_what_the_controller_expects() {
         let request = family_request(QUOTA_FAMILY, 7);
