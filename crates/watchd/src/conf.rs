@@ -376,7 +376,7 @@ mod tests {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
-        assert_eq!(config.values().len(), 18, "{:?}", config.values());
+        assert_eq!(config.values().len(), 19, "{:?}", config.values());
     }
 
     #[test]
