@@ -28,6 +28,7 @@ mod pipe_budget;
 mod pipe_contract;
 mod polkit_faults;
 mod polkit_files;
+mod quota;
 mod scripting;
 mod udev_harness;
 mod udevd_switch;
@@ -84,6 +85,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(daemon_admin::trials());
     trials.extend(packaging::trials());
     trials.extend(booted::trials());
+    trials.extend(quota::trials());
     trials.extend(fresh_root::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }

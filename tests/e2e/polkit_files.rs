@@ -51,7 +51,7 @@ const MANAGE: &str = "org.watchd.Watchd1.manage";
 /// Every action and its implicit authorizations: any, inactive, active. allow_any is what
 /// the daemon's fallback applies, and what polkitd applies to a caller without a session.
 #[rustfmt::skip]
-const ACTIONS: [(&str, &str, &str, &str); 9] = [
+const ACTIONS: [(&str, &str, &str, &str); 10] = [
     ("org.watchd.Watchd1.manage", "auth_admin", "auth_admin", "auth_admin_keep"),
     ("org.watchd.Watchd1.watch-devices", "yes", "yes", "yes"),
     ("org.watchd.Watchd1.watch-files", "yes", "yes", "yes"),
@@ -59,6 +59,7 @@ const ACTIONS: [(&str, &str, &str, &str); 9] = [
     ("org.watchd.Watchd1.watch-krb5", "yes", "yes", "yes"),
     ("org.watchd.Watchd1.watch-mounts", "yes", "yes", "yes"),
     ("org.watchd.Watchd1.watch-other-users-keys", "auth_admin", "auth_admin", "auth_admin_keep"),
+    ("org.watchd.Watchd1.watch-other-users-quota", "auth_admin", "auth_admin", "auth_admin_keep"),
     ("org.watchd.Watchd1.watch-own-keys", "yes", "yes", "yes"),
     ("org.watchd.Watchd1.watch-superblock", "auth_admin", "auth_admin", "yes"),
 ];

@@ -313,3 +313,83 @@ pub fn realtime_priority_this_thread() -> nix::Result<()> {
     let ret = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     nix::errno::Errno::result(ret).map(drop)
 }
+
+/// `Q_SETQUOTA` / `Q_GETQUOTA` of quotactl(2) (`include/uapi/linux/quota.h`).
+const Q_SETQUOTA: libc::c_int = 0x800008;
+const Q_GETQUOTA: libc::c_int = 0x800007;
+/// `QIF_BLIMITS | QIF_ILIMITS`: the limits of a `struct if_dqblk` are set.
+const QIF_LIMITS: u32 = 1 | 4;
+
+/// `QCMD(cmd, type)`.
+fn qcmd(cmd: libc::c_int, quota_type: u32) -> libc::c_int {
+    (cmd << 8) | (quota_type as libc::c_int & 0xff)
+}
+
+/// Limits of one user's or group's quota: blocks in KiB (`QIF_DQBLKSIZE`), inodes in files;
+/// 0 is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub block_soft_kib: u64,
+    pub block_hard_kib: u64,
+    pub inode_soft: u64,
+    pub inode_hard: u64,
+}
+
+/// quotactl(2) `Q_SETQUOTA`: sets `id`'s limits of `quota_type` (0 user, 1 group) on the
+/// filesystem of block device `device`.
+pub fn quotactl_set_limits(
+    device: &CStr,
+    quota_type: u32,
+    id: u32,
+    limits: QuotaLimits,
+) -> std::io::Result<()> {
+    let mut block = libc::dqblk {
+        dqb_bhardlimit: limits.block_hard_kib,
+        dqb_bsoftlimit: limits.block_soft_kib,
+        dqb_curspace: 0,
+        dqb_ihardlimit: limits.inode_hard,
+        dqb_isoftlimit: limits.inode_soft,
+        dqb_curinodes: 0,
+        dqb_btime: 0,
+        dqb_itime: 0,
+        dqb_valid: QIF_LIMITS,
+    };
+    // SAFETY: `device` is a NUL-terminated string and `block` a `struct if_dqblk` on our
+    // stack, both live for the call; Q_SETQUOTA only reads them.
+    let ret = unsafe {
+        libc::quotactl(
+            qcmd(Q_SETQUOTA, quota_type),
+            device.as_ptr(),
+            id as libc::c_int,
+            (&raw mut block).cast(),
+        )
+    };
+    nix::errno::Errno::result(ret).map(drop).map_err(Into::into)
+}
+
+/// quotactl(2) `Q_GETQUOTA`: `id`'s usage of `quota_type` on `device`, in bytes.
+pub fn quotactl_space_used(device: &CStr, quota_type: u32, id: u32) -> std::io::Result<u64> {
+    let mut block = libc::dqblk {
+        dqb_bhardlimit: 0,
+        dqb_bsoftlimit: 0,
+        dqb_curspace: 0,
+        dqb_ihardlimit: 0,
+        dqb_isoftlimit: 0,
+        dqb_curinodes: 0,
+        dqb_btime: 0,
+        dqb_itime: 0,
+        dqb_valid: 0,
+    };
+    // SAFETY: as in quotactl_set_limits; Q_GETQUOTA writes one `struct if_dqblk`, which
+    // `block` is.
+    let ret = unsafe {
+        libc::quotactl(
+            qcmd(Q_GETQUOTA, quota_type),
+            device.as_ptr(),
+            id as libc::c_int,
+            (&raw mut block).cast(),
+        )
+    };
+    nix::errno::Errno::result(ret)?;
+    Ok(block.dqb_curspace)
+}

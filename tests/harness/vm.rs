@@ -77,6 +77,16 @@ pub const KERNEL_OPTIONS: &[&str] = &[
     "POSIX_TIMERS",
     "FILE_LOCKING",
     "SHMEM",
+    // For the quota kind (watchd-vm-probe --quota): an ext4 image with the quota feature on
+    // a loop device, the v2 quota format ext4's hidden quota files use, and the netlink
+    // warnings the kind reads.
+    "BLOCK",
+    "BLK_DEV",
+    "BLK_DEV_LOOP",
+    "EXT4_FS",
+    "QUOTA",
+    "QFMT_V2",
+    "QUOTA_NETLINK_INTERFACE",
 ];
 /// Options turned off: the initramfs is not compressed, so no decompressors.
 const KERNEL_OPTIONS_OFF: &[&str] = &[
@@ -158,16 +168,36 @@ pub fn run(binary: &Path, args: &[&str]) -> Result<VmOutput> {
 /// the daemon and the bus there: this machine's `watchd` (`watchd`), its `dbus-daemon`, and
 /// the passwd and group entries the bus policy names.
 pub fn run_daemon_probe(probe: &Path, watchd: &Path, args: &[&str]) -> Result<VmOutput> {
-    let guest = Guest {
+    run_daemon_probe_with(probe, watchd, args, &[])
+}
+
+/// [`run_daemon_probe`] with `files` (path in the VM, contents) in the initramfs too. The
+/// VM knows users 1000 and 1001 and group 3000 (1001 a member), for probes that run
+/// clients as them.
+pub fn run_daemon_probe_with(
+    probe: &Path,
+    watchd: &Path,
+    args: &[&str],
+    files: &[(&str, &[u8])],
+) -> Result<VmOutput> {
+    let mut guest = Guest {
         programs: vec![
             ("/bin/watchd", watchd),
             ("/bin/dbus-daemon", Path::new("/usr/bin/dbus-daemon")),
         ],
         files: vec![
-            ("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"),
-            ("/etc/group", b"root:x:0:\n"),
+            (
+                "/etc/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\nu1000:x:1000:1000::/:/bin/sh\n\
+                  u1001:x:1001:1001::/:/bin/sh\n",
+            ),
+            (
+                "/etc/group",
+                b"root:x:0:\nu1000:x:1000:\nu1001:x:1001:\nquota3000:x:3000:u1001\n",
+            ),
         ],
     };
+    guest.files.extend_from_slice(files);
     let mut all = args.to_vec();
     all.extend(["/bin/watchd", "/bin/dbus-daemon"]);
     run_with(probe, &all, &guest)

@@ -12,7 +12,10 @@
 //! finishes leaves a key linked into the watched keyring but not instantiated, and every
 //! other change must still arrive within seconds while it stays so.
 //!
-//! Usage: `watchd-vm-probe [--idle-bench | --construction] WATCHD DBUS_DAEMON`. Exit status: 0 every check
+//! With `--quota` it checks the quota kind instead, on an ext4 image with quotas (see
+//! `quota_vm.rs`).
+//!
+//! Usage: `watchd-vm-probe [--idle-bench | --construction | --quota] WATCHD DBUS_DAEMON`. Exit status: 0 every check
 //! passed, 1 one failed (the rest are skipped: they build on each other), 2 the probe could
 //! not start.
 //!
@@ -45,15 +48,25 @@ const RUN_DIR: &str = "/run/watchd-vm";
 const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
 const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
 
+#[path = "quota_vm.rs"]
+mod quota_vm;
+
 fn main() -> ExitCode {
+    let words: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = quota_vm::child_role(&words) {
+        return code;
+    }
     let mut args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let bench = args.first().is_some_and(|a| a == "--idle-bench");
     let construction = args.first().is_some_and(|a| a == "--construction");
-    if bench || construction {
+    let quota = args.first().is_some_and(|a| a == "--quota");
+    if bench || construction || quota {
         args.remove(0);
     }
     let [watchd, dbus_daemon] = &args[..] else {
-        println!("usage: watchd-vm-probe [--idle-bench | --construction] WATCHD DBUS_DAEMON");
+        println!(
+            "usage: watchd-vm-probe [--idle-bench | --construction | --quota] WATCHD DBUS_DAEMON"
+        );
         return ExitCode::from(2);
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -67,7 +80,16 @@ fn main() -> ExitCode {
         }
     };
     let mut children = Children(Vec::new());
-    let client = match runtime.block_on(start(watchd, dbus_daemon, &mut children)) {
+    let extra_config = if quota {
+        if let Err(e) = quota_vm::write_actions_file() {
+            println!("SETUP FAILED: {e:#}");
+            return ExitCode::from(2);
+        }
+        quota_vm::CONFIG
+    } else {
+        ""
+    };
+    let client = match runtime.block_on(start(watchd, dbus_daemon, &mut children, extra_config)) {
         Ok(client) => client,
         Err(e) => {
             println!("SETUP FAILED: {e:#}");
@@ -88,7 +110,9 @@ fn main() -> ExitCode {
         };
     }
     let daemon = children.0.last().map(Child::id).unwrap_or_default();
-    let outcome = if construction {
+    let outcome = if quota {
+        runtime.block_on(quota_vm::checks(&client, &bus_address()))
+    } else if construction {
         runtime.block_on(under_construction(&client))
     } else {
         runtime.block_on(checks(&client, daemon))
@@ -119,8 +143,19 @@ impl Drop for Children {
     }
 }
 
-/// Starts the bus and the daemon; returns a client once the daemon answers.
-async fn start(watchd: &Path, dbus_daemon: &Path, children: &mut Children) -> Result<Client> {
+/// The private bus's address.
+fn bus_address() -> String {
+    format!("unix:path={RUN_DIR}/bus.socket")
+}
+
+/// Starts the bus and the daemon (its configuration with `extra_config` appended); returns
+/// a client once the daemon answers.
+async fn start(
+    watchd: &Path,
+    dbus_daemon: &Path,
+    children: &mut Children,
+    extra_config: &str,
+) -> Result<Client> {
     let dir = Path::new(RUN_DIR);
     std::fs::create_dir_all(dir)?;
     let socket = dir.join("bus.socket");
@@ -139,14 +174,14 @@ async fn start(watchd: &Path, dbus_daemon: &Path, children: &mut Children) -> Re
             .spawn()
             .context("starting dbus-daemon")?,
     );
-    let address = format!("unix:path={}", socket.display());
+    let address = bus_address();
     wait_for(|| socket.exists(), "the bus socket").await?;
     std::fs::write(
         dir.join("watchd.toml"),
         format!(
             "[sources]\ndevices = false\n\n[keys]\npoll_interval_ms = {POLL_INTERVAL_MS}\n\n\
              [limits]\nmax_subscriptions_per_uid = 64\nmax_watches_per_subscription = 128\n\
-             max_watches_per_uid = 2048\n"
+             max_watches_per_uid = 2048\n{extra_config}"
         ),
     )?;
     children.0.push(

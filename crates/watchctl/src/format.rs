@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 use watchctl::TimeFormat;
 use watchd_client::{Status, SubscriptionInfo};
+use watchd_proto::quota;
 use watchd_proto::{
     Attr, AttrKind, FLAG_SNAPSHOT, FLAG_TRUNCATED, Record, RecordType, attr, key, meta, mount,
     names, superblock,
@@ -563,12 +564,7 @@ fn describe_fs_error(record: &Record<'_>) -> String {
     if let Some(fs_type) = record.get(attr::FS_TYPE) {
         let _ = write!(line, " {}", text(&fs_type));
     }
-    let points: Vec<String> = record
-        .attrs()
-        .filter_map(Result::ok)
-        .filter(|a| a.id == attr::MOUNTED_ON)
-        .map(|a| text(&a))
-        .collect();
+    let points = mounted_on(record);
     if !points.is_empty() {
         let _ = write!(line, " on {}", points.join(", "));
     }
@@ -582,6 +578,43 @@ fn describe_fs_error(record: &Record<'_>) -> String {
         let _ = write!(line, "  last={}", text(&at));
     }
     line
+}
+
+/// `quota WARNING  user|group|project ID  dev MAJOR:MINOR  on MOUNT,…  [by uid N]`.
+fn describe_quota(record: &Record<'_>) -> String {
+    let warning = record.get_u32(attr::QUOTA_WARNING).unwrap_or(0);
+    let name = record
+        .get_str(attr::QUOTA_WARNING_NAME)
+        .or_else(|| quota::warning_name(warning).map(str::to_owned))
+        .unwrap_or_else(|| format!("warning_{warning}"));
+    let quota_type = record.get_u32(attr::QUOTA_TYPE).unwrap_or(u32::MAX);
+    let whose =
+        quota::type_name(quota_type).map_or_else(|| format!("type_{quota_type}"), str::to_owned);
+    let mut line = format!(
+        "quota {name:<19}  {whose} {}",
+        record.get_u64(attr::QUOTA_ID).unwrap_or_default()
+    );
+    if let (Some(major), Some(minor)) = (record.get_u32(attr::MAJOR), record.get_u32(attr::MINOR)) {
+        let _ = write!(line, "  dev {major}:{minor}");
+    }
+    let mounts = mounted_on(record);
+    if !mounts.is_empty() {
+        let _ = write!(line, "  on {}", mounts.join(","));
+    }
+    if let Some(uid) = record.get_u64(attr::QUOTA_CAUSED_BY) {
+        let _ = write!(line, "  by uid {uid}");
+    }
+    line
+}
+
+/// Every `mounted_on` of a superblock record, in order, made printable.
+fn mounted_on(record: &Record<'_>) -> Vec<String> {
+    record
+        .attrs()
+        .filter_map(Result::ok)
+        .filter(|a| a.id == attr::MOUNTED_ON)
+        .map(|a| text(&a))
+        .collect()
 }
 
 /// `type event  name=value …` for records without a form of their own.
@@ -634,6 +667,7 @@ pub fn human_line_at(record: &Record<'_>, time: &str, watch: Option<(u64, &str)>
             describe_file(record)
         }
         Some(RecordType::Superblock) if h.subtype == superblock::ERROR => describe_fs_error(record),
+        Some(RecordType::Superblock) if h.subtype == superblock::QUOTA => describe_quota(record),
         _ => describe_generic(record),
     };
     line.push_str(body.trim_end());
@@ -1027,6 +1061,46 @@ mod tests {
         let record = parse(&bytes);
         assert_eq!(human_line(&record, 0), "22:13:20.123  77 5");
         assert!(json_line(&record).starts_with(r#"{"type":"77","event":"5","#));
+    }
+
+    #[test]
+    fn quota_warnings_read_as_a_line_and_as_json() {
+        let mut b = RecordBuilder::new(RecordType::Superblock, superblock::QUOTA, 0, T);
+        b.put_u32(attr::QUOTA_TYPE, quota::USER).unwrap();
+        b.put_u64(attr::QUOTA_ID, 1000).unwrap();
+        b.put_u32(attr::QUOTA_WARNING, 6).unwrap();
+        b.put_str(attr::QUOTA_WARNING_NAME, "block_soft_exceeded")
+            .unwrap();
+        b.put_u32(attr::MAJOR, 7).unwrap();
+        b.put_u32(attr::MINOR, 0).unwrap();
+        b.put_u64(attr::QUOTA_CAUSED_BY, 1000).unwrap();
+        b.put_str(attr::MOUNTED_ON, "/mnt/quota").unwrap();
+        b.put_str(attr::MOUNTED_ON, "/srv/a b").unwrap();
+        let bytes = build(b, 1, 1);
+        let record = parse(&bytes);
+        assert_eq!(
+            human_line(&record, 0),
+            r#"22:13:20.123  quota block_soft_exceeded  user 1000  dev 7:0  on /mnt/quota,"/srv/a b"  by uid 1000"#
+        );
+        let json: serde_json::Value = serde_json::from_str(&json_line(&record)).unwrap();
+        assert_eq!(json["type"], "superblock");
+        assert_eq!(json["event"], "quota");
+        assert_eq!(json["quota_type"], 0);
+        assert_eq!(json["quota_id"], 1000);
+        assert_eq!(json["quota_warning"], 6);
+        assert_eq!(json["quota_warning_name"], "block_soft_exceeded");
+        assert_eq!(json["quota_caused_by"], 1000);
+
+        // A group's, from a daemon that sent no name and no mount point.
+        let mut b = RecordBuilder::new(RecordType::Superblock, superblock::QUOTA, 0, T);
+        b.put_u32(attr::QUOTA_TYPE, quota::GROUP).unwrap();
+        b.put_u64(attr::QUOTA_ID, 3000).unwrap();
+        b.put_u32(attr::QUOTA_WARNING, 9).unwrap();
+        let bytes = build(b, 1, 2);
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  quota block_hard_below     group 3000"
+        );
     }
 
     #[test]

@@ -149,6 +149,18 @@ pub enum WatchKind {
         #[command(flatten)]
         common: WatchArgs,
     },
+    /// Quota warnings: your user's or one of your groups' quota exceeding its soft or hard
+    /// limit (blocks or inodes), its grace time expiring, or usage falling back below a
+    /// limit, with where the filesystem is mounted
+    Quota {
+        /// Every user's and group's warnings, and who caused them (needs an administrator's
+        /// authorization, org.watchd.Watchd1.watch-other-users-quota)
+        #[arg(long)]
+        all: bool,
+
+        #[command(flatten)]
+        common: WatchArgs,
+    },
 }
 
 impl WatchKind {
@@ -161,6 +173,7 @@ impl WatchKind {
             | WatchKind::Krb5 { common, .. }
             | WatchKind::Files { common, .. }
             | WatchKind::Fserrors { common, .. } => common,
+            WatchKind::Quota { common, .. } => common,
         }
     }
 
@@ -172,6 +185,7 @@ impl WatchKind {
             | WatchKind::Krb5 { common, .. }
             | WatchKind::Files { common, .. }
             | WatchKind::Fserrors { common, .. } => common,
+            WatchKind::Quota { common, .. } => common,
         }
     }
 
@@ -184,6 +198,7 @@ impl WatchKind {
             WatchKind::Krb5 { .. } => "krb5",
             WatchKind::Files { .. } => "files",
             WatchKind::Fserrors { .. } => "fserrors",
+            WatchKind::Quota { .. } => "quota",
         }
     }
 }

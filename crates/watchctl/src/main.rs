@@ -412,6 +412,16 @@ fn watch_options(kind: WatchKind) -> anyhow::Result<WatchOptions> {
             let cache = krb5_cache(cache, std::env::var_os(KRB5CCNAME))?;
             krb5_options(cache, &common)
         }
+        WatchKind::Quota { all, common } => {
+            let options = WatchOptions::new()
+                .initial(common.initial)
+                .interactive(common.interactive);
+            if all {
+                options.option("all", true)
+            } else {
+                options
+            }
+        }
     })
 }
 

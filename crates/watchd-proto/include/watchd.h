@@ -201,6 +201,12 @@ extern "C" {
 #define WATCHD_ATTR_FIRST_ERROR_AT 0x009du   /* str, "function:line" */
 #define WATCHD_ATTR_LAST_ERROR_TIME 0x009eu  /* u64, seconds since the epoch */
 #define WATCHD_ATTR_LAST_ERROR_AT 0x009fu    /* str, "function:line" */
+/* quota warnings (WATCHD_SUPERBLOCK_QUOTA), 0x00b0..0x00bf */
+#define WATCHD_ATTR_QUOTA_TYPE 0x00b0u         /* u32, 0 user, 1 group, 2 project */
+#define WATCHD_ATTR_QUOTA_ID 0x00b1u           /* u64, the uid, gid or project id */
+#define WATCHD_ATTR_QUOTA_WARNING 0x00b2u      /* u32, the kernel's QUOTA_NL_* number, 1..10 */
+#define WATCHD_ATTR_QUOTA_WARNING_NAME 0x00b3u /* str, e.g. "block_soft_exceeded" */
+#define WATCHD_ATTR_QUOTA_CAUSED_BY 0x00b4u    /* u64, only your own uid (or an all watch) */
 
 /* ---- Layouts ------------------------------------------------------------------------ */
 
@@ -505,6 +511,8 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_INODE:
 	case WATCHD_ATTR_FIRST_ERROR_TIME:
 	case WATCHD_ATTR_LAST_ERROR_TIME:
+	case WATCHD_ATTR_QUOTA_ID:
+	case WATCHD_ATTR_QUOTA_CAUSED_BY:
 		return WATCHD_KIND_U64;
 	case WATCHD_ATTR_TRUNCATED:
 	case WATCHD_ATTR_MAJOR:
@@ -521,6 +529,8 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_ERRNO:
 	case WATCHD_ATTR_ERROR_COUNT:
 	case WATCHD_ATTR_ERRORS_TOTAL:
+	case WATCHD_ATTR_QUOTA_TYPE:
+	case WATCHD_ATTR_QUOTA_WARNING:
 		return WATCHD_KIND_U32;
 	case WATCHD_ATTR_OBJECT:
 	case WATCHD_ATTR_REASON:
@@ -556,6 +566,7 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_ERRNO_NAME:
 	case WATCHD_ATTR_FIRST_ERROR_AT:
 	case WATCHD_ATTR_LAST_ERROR_AT:
+	case WATCHD_ATTR_QUOTA_WARNING_NAME:
 		return WATCHD_KIND_STR;
 	default:
 		return WATCHD_KIND_UNKNOWN;
@@ -627,6 +638,11 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_FIRST_ERROR_AT: return "first_error_at";
 	case WATCHD_ATTR_LAST_ERROR_TIME: return "last_error_time";
 	case WATCHD_ATTR_LAST_ERROR_AT: return "last_error_at";
+	case WATCHD_ATTR_QUOTA_TYPE: return "quota_type";
+	case WATCHD_ATTR_QUOTA_ID: return "quota_id";
+	case WATCHD_ATTR_QUOTA_WARNING: return "quota_warning";
+	case WATCHD_ATTR_QUOTA_WARNING_NAME: return "quota_warning_name";
+	case WATCHD_ATTR_QUOTA_CAUSED_BY: return "quota_caused_by";
 	default: return NULL;
 	}
 }

@@ -127,6 +127,43 @@ pub mod mount {
     pub const CHANGED_PARENT: u32 = 0x8;
 }
 
+/// The values of a superblock QUOTA record's attributes.
+pub mod quota {
+    /// `attr::QUOTA_TYPE`: the kernel's `USRQUOTA`, `GRPQUOTA`, `PRJQUOTA`.
+    pub const USER: u32 = 0;
+    pub const GROUP: u32 = 1;
+    pub const PROJECT: u32 = 2;
+
+    /// The name of a quota type ("user", "group", "project").
+    pub fn type_name(quota_type: u32) -> Option<&'static str> {
+        Some(match quota_type {
+            USER => "user",
+            GROUP => "group",
+            PROJECT => "project",
+            _ => return None,
+        })
+    }
+
+    /// The stable name of a kernel warning number (`attr::QUOTA_WARNING`,
+    /// `include/uapi/linux/quota.h`): inode or block limits, soft or hard, exceeded, the
+    /// soft limit's grace time expired, or usage back below a limit.
+    pub fn warning_name(warning: u32) -> Option<&'static str> {
+        Some(match warning {
+            1 => "inode_hard_exceeded",
+            2 => "inode_grace_expired",
+            3 => "inode_soft_exceeded",
+            4 => "block_hard_exceeded",
+            5 => "block_grace_expired",
+            6 => "block_soft_exceeded",
+            7 => "inode_hard_below",
+            8 => "inode_soft_below",
+            9 => "block_hard_below",
+            10 => "block_soft_below",
+            _ => return None,
+        })
+    }
+}
+
 /// Subtypes of [`RecordType::Device`]: the uevent actions.
 pub mod device {
     pub const ADD: u8 = 0;
@@ -369,6 +406,18 @@ pub mod attr {
     pub const LAST_ERROR_AT: u16 = 0x009f;
     // 0x00a0..0x00af: free space (superblock SPACE_* records).
     // 0x00b0..0x00bf: quota (superblock QUOTA records).
+    /// u32: whose quota: 0 a user's, 1 a group's, 2 a project's (the kernel's quota types;
+    /// see [`super::quota`]).
+    pub const QUOTA_TYPE: u16 = 0x00b0;
+    /// u64: the user, group or project id the quota is for.
+    pub const QUOTA_ID: u16 = 0x00b1;
+    /// u32: the kernel's warning number (`QUOTA_NL_IHARDWARN` 1 … `QUOTA_NL_BSOFTBELOW` 10).
+    pub const QUOTA_WARNING: u16 = 0x00b2;
+    /// str: the warning's stable name, e.g. "block_soft_exceeded" (see [`super::quota`]).
+    pub const QUOTA_WARNING_NAME: u16 = 0x00b3;
+    /// u64: the uid of the process whose action caused the warning; only when it is the
+    /// subscriber's own uid (or the watch is an administrator's `all` watch).
+    pub const QUOTA_CAUSED_BY: u16 = 0x00b4;
 
     /// The layout of each known attribute; `None` for ids this version does not know.
     pub fn kind(id: u16) -> Option<super::AttrKind> {
@@ -386,6 +435,9 @@ pub mod attr {
             | SYSNAME | SYSPATH | DEVNODE | DRIVER | TAGS | PROPERTY | OLD_SYSPATH
             | EVENT_SOURCE | BACKEND | KEY_TYPE | DESCRIPTION | CACHE | PRINCIPAL | COLLECTION
             | NAME | OLD_NAME | HANDLE | MOUNTED_ON => Str,
+            QUOTA_TYPE | QUOTA_WARNING => U32,
+            QUOTA_ID | QUOTA_CAUSED_BY => U64,
+            QUOTA_WARNING_NAME => Str,
             _ => return None,
         })
     }
@@ -520,6 +572,11 @@ pub mod names {
             attr::FIRST_ERROR_AT => "first_error_at",
             attr::LAST_ERROR_TIME => "last_error_time",
             attr::LAST_ERROR_AT => "last_error_at",
+            attr::QUOTA_TYPE => "quota_type",
+            attr::QUOTA_ID => "quota_id",
+            attr::QUOTA_WARNING => "quota_warning",
+            attr::QUOTA_WARNING_NAME => "quota_warning_name",
+            attr::QUOTA_CAUSED_BY => "quota_caused_by",
             _ => return None,
         })
     }
@@ -1289,7 +1346,7 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 62);
+        assert_eq!(seen.len(), 67);
     }
 
     #[test]

@@ -45,10 +45,12 @@ pub enum Action {
     /// Filesystem errors, free space and quota warnings: what happens to a filesystem, not
     /// to anyone's files.
     WatchSuperblock,
+    /// Every user's and group's quota warnings (a quota watch with `all`).
+    WatchOtherUsersQuota,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::WatchMounts,
         Action::WatchDevices,
         Action::WatchOwnKeys,
@@ -56,6 +58,7 @@ impl Action {
         Action::WatchKrb5,
         Action::WatchFiles,
         Action::WatchSuperblock,
+        Action::WatchOtherUsersQuota,
     ];
 
     /// The action that guards a watch of `kind` with these options, decided before any
@@ -72,6 +75,7 @@ impl Action {
             },
             "krb5" => Action::WatchKrb5,
             "files" => Action::WatchFiles,
+            "quota" if options.peek_bool("all") == Some(true) => Action::WatchOtherUsersQuota,
             "fserrors" | "space" | "quota" => Action::WatchSuperblock,
             _ => return None,
         })
@@ -86,6 +90,7 @@ impl Action {
             Action::WatchKrb5 => "org.watchd.Watchd1.watch-krb5",
             Action::WatchFiles => "org.watchd.Watchd1.watch-files",
             Action::WatchSuperblock => "org.watchd.Watchd1.watch-superblock",
+            Action::WatchOtherUsersQuota => "org.watchd.Watchd1.watch-other-users-quota",
         }
     }
 }

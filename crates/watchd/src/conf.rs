@@ -133,6 +133,9 @@ pub struct Sources {
     pub files: bool,
     /// Filesystem errors (fanotify FAN_FS_ERROR, filesystem marks; needs CAP_SYS_ADMIN).
     pub fserrors: bool,
+    /// The kernel's quota warnings (generic netlink family VFS_DQUOT), each to the users it
+    /// concerns.
+    pub quota: bool,
     /// Where device events come from: "auto" (udev when udevd runs, else the kernel),
     /// "udev" or "kernel".
     pub device_events: DeviceEvents,
@@ -150,6 +153,7 @@ impl Default for Sources {
             krb5: true,
             files: true,
             fserrors: true,
+            quota: true,
             device_events: DeviceEvents::Auto,
             mount_events: MountEvents::Auto,
         }
@@ -339,7 +343,7 @@ impl Config {
             ));
         }
         let s = &self.sources;
-        if !(s.mounts || s.devices || s.keys || s.krb5 || s.files || s.fserrors) {
+        if !(s.mounts || s.devices || s.keys || s.krb5 || s.files || s.fserrors || s.quota) {
             return Err("every source is disabled in [sources]: nothing to serve".into());
         }
         let interval = self.keys.poll_interval_ms;
@@ -417,7 +421,7 @@ mod tests {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
-        assert_eq!(config.values().len(), 22, "{:?}", config.values());
+        assert_eq!(config.values().len(), 23, "{:?}", config.values());
     }
 
     #[test]

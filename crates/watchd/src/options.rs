@@ -513,6 +513,14 @@ impl Options {
         }
     }
 
+    /// A `b` option's value without consuming it (to choose the polkit action).
+    pub fn peek_bool(&self, key: &str) -> Option<bool> {
+        match self.map.get(key) {
+            Some(Value::Bool(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
     pub fn take_bool(&mut self, key: &str) -> Result<Option<bool>> {
         self.take(key, "b", |v| match v {
             Value::Bool(b) => Ok(b),

@@ -11,6 +11,7 @@
 //!   its subscriber before it is delivered.
 //! - [`fserrors`]: filesystem errors (fanotify `FAN_FS_ERROR`, one filesystem mark per
 //!   filesystem mounted in a watched namespace), with ext4's own counts as initial state.
+//! - [`quota`]: the kernel's quota warnings (generic netlink), each to the users it concerns.
 //!
 //! **Adding a source:** a module here whose change type implements
 //! [`crate::event::Change`], whose watches' scope implements [`crate::watch::Scope`] and
@@ -25,6 +26,7 @@ pub mod fserrors;
 pub mod keys;
 pub mod krb5;
 pub mod mounts;
+pub mod quota;
 
 use std::sync::Arc;
 
@@ -38,13 +40,14 @@ use crate::source::Source;
 use crate::watch::{Kind, Scope};
 
 /// Every kind this daemon knows, served or disabled in the configuration.
-pub const KINDS: [Kind; 6] = [
+pub const KINDS: [Kind; 7] = [
     mounts::KIND,
     devices::KIND,
     keys::KIND,
     krb5::KIND,
     files::KIND,
     fserrors::KIND,
+    quota::KIND,
 ];
 
 /// A source that could not start, and what it needs.
@@ -168,6 +171,25 @@ pub fn start(
                 return Err(StartError {
                     kind: fserrors::KIND,
                     needs: "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
+                    error,
+                });
+            }
+        }
+    }
+    if enabled.quota {
+        match quota::QuotaSource::start(hub.clone()) {
+            Ok(Ok(source)) => sources.push(source),
+            Ok(Err(why)) => {
+                tracing::warn!(%why, "quota watches are unavailable");
+                sources.push(Arc::new(Unavailable {
+                    kind: quota::KIND,
+                    why,
+                }));
+            }
+            Err(error) => {
+                return Err(StartError {
+                    kind: quota::KIND,
+                    needs: "needs a generic netlink socket (AF_NETLINK) and a thread",
                     error,
                 });
             }

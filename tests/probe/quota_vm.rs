@@ -1,0 +1,555 @@
+//! `watchd-vm-probe --quota`: the quota kind on a kernel with quotas. The VM's initramfs
+//! holds an ext4 image made with `-O quota` ([`IMAGE`]); the probe attaches it to a loop
+//! device, mounts it with limits enforced, sets limits for user 1000 and group 3000 with
+//! quotactl(2), and starts subscribers as other processes of their own uids and groups
+//! (the bus vouches for those): uid 1000, uid 1001 (a member of group 3000), root with
+//! `all`, and uid 1000 asking for `all`, which must be refused. Then uid 1000, with group
+//! 3000, writes past its soft and hard limits and deletes the file. Each subscriber must see
+//! exactly the warnings that concern it, with the device, the mount point and who caused it
+//! only where that is its own uid (or it is root's `all` watch). The probe also listens on
+//! the netlink group itself and prints the kernel's bytes (for the parser's unit tests).
+//!
+//! The daemon decides without polkitd (none runs in the VM), from an actions file in which
+//! `watch-superblock` is allowed to any user, as an administrator would make it to let users
+//! without a session watch their own quota; `watch-other-users-quota` keeps its default
+//! (administrators only).
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use watchd::sources::quota::{self as source, wire};
+use watchd_client::{Client, SubscribeOptions, WatchOptions};
+use watchd_e2e::sys::{QuotaLimits, quotactl_set_limits, quotactl_space_used};
+use watchd_proto::{RecordType, attr, quota, superblock};
+
+/// Where the image is in the VM.
+pub const IMAGE: &str = "/quota.img";
+const DEVICE: &str = "/dev/loop0";
+const MOUNT: &str = "/mnt/quota";
+const ACTIONS: &str = "/run/watchd-vm/quota-actions.policy";
+/// The daemon's configuration added for this run.
+pub const CONFIG: &str = "\n[authorization]\nmode = \"fallback\"\nactions_file = \"/run/watchd-vm/quota-actions.policy\"\n";
+
+const USER: u32 = 1000;
+const OTHER: u32 = 1001;
+const GROUP: u32 = 3000;
+/// How long a subscriber may take to see what it waits for (an emulated CPU).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The actions file the daemon reads: watchd's, with `watch-superblock` allowed to anyone.
+pub fn write_actions_file() -> Result<()> {
+    let shipped = include_str!("../../data/org.watchd.Watchd1.policy");
+    let start = shipped
+        .find("<action id=\"org.watchd.Watchd1.watch-superblock\">")
+        .context("no watch-superblock action")?;
+    let end = start
+        + shipped[start..]
+            .find("</action>")
+            .context("unclosed action")?;
+    let action = shipped[start..end].replace(
+        "<allow_any>auth_admin</allow_any>",
+        "<allow_any>yes</allow_any>",
+    );
+    if let Some(dir) = Path::new(ACTIONS).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        ACTIONS,
+        format!("{}{action}{}", &shipped[..start], &shipped[end..]),
+    )?;
+    Ok(())
+}
+
+/// The roles the probe plays in processes of their own: `--quota-client UID GID GROUPS
+/// ADDRESS ALL` and `--quota-write UID GID PATH KIB` / `--quota-unlink UID GID PATH`.
+pub fn child_role(args: &[String]) -> Option<ExitCode> {
+    let role = args.first()?.as_str();
+    if !matches!(role, "--quota-client" | "--quota-write" | "--quota-unlink") {
+        return None;
+    }
+    let result = (|| {
+        let number = |i: usize| -> Result<u32> {
+            args.get(i)
+                .context("missing argument")?
+                .parse()
+                .context("not a number")
+        };
+        let (uid, gid) = (number(1)?, number(2)?);
+        let groups: Vec<u32> = match role {
+            "--quota-client" => args
+                .get(3)
+                .context("no groups")?
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()?,
+            _ => Vec::new(),
+        };
+        become_user(uid, gid, &groups)?;
+        match role {
+            "--quota-client" => client(
+                args.get(4).context("no address")?,
+                args.get(5).is_some_and(|a| a == "all"),
+            ),
+            "--quota-write" => write(
+                Path::new(args.get(3).context("no path")?),
+                u64::from(number(4)?),
+            ),
+            _ => {
+                std::fs::remove_file(args.get(3).context("no path")?)?;
+                nix::unistd::sync();
+                println!("unlinked");
+                Ok(())
+            }
+        }
+    })();
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("error {e:#}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// Drops root for `uid`, `gid` and `groups` (this process is single-threaded here).
+fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<()> {
+    let groups: Vec<nix::unistd::Gid> = groups.iter().map(|&g| g.into()).collect();
+    nix::unistd::setgroups(&groups)?;
+    nix::unistd::setgid(gid.into())?;
+    nix::unistd::setuid(uid.into())?;
+    Ok(())
+}
+
+/// A subscriber: one quota watch; prints `ready` (or `refused …`), then one line per
+/// record (see [`Seen`]).
+fn client(address: &str, all: bool) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = Client::connect(Some(address)).await?;
+        let sub = client.subscribe(SubscribeOptions::default()).await?;
+        let mut options = WatchOptions::new();
+        if all {
+            options = options.option("all", true);
+        }
+        if let Err(e) = sub.add_watch(1, "quota", &options).await {
+            println!("refused {e}");
+            return Ok(());
+        }
+        println!("ready");
+        std::io::stdout().flush()?;
+        let mut events = sub.into_events();
+        while let Some(event) = events.next().await {
+            let event = event?;
+            let r = event.record();
+            let h = event.header();
+            let mounts: Vec<String> = r
+                .attrs()
+                .filter_map(Result::ok)
+                .filter(|a| a.id == attr::MOUNTED_ON)
+                .map(|a| String::from_utf8_lossy(a.value).into_owned())
+                .collect();
+            println!(
+                "R {} {} {} {} {} {} {} {} {} {}",
+                h.record_type,
+                h.subtype,
+                r.get_u32(attr::QUOTA_TYPE).map_or(-1, i64::from),
+                r.get_u64(attr::QUOTA_ID).map_or(-1, |v| v as i64),
+                r.get_u32(attr::QUOTA_WARNING).map_or(-1, i64::from),
+                r.get_str(attr::QUOTA_WARNING_NAME)
+                    .as_deref()
+                    .unwrap_or("-"),
+                r.get_u32(attr::MAJOR).map_or(-1, i64::from),
+                r.get_u32(attr::MINOR).map_or(-1, i64::from),
+                r.get_u64(attr::QUOTA_CAUSED_BY).map_or(-1, |v| v as i64),
+                if mounts.is_empty() {
+                    "-".to_owned()
+                } else {
+                    mounts.join(",")
+                },
+            );
+            std::io::stdout().flush()?;
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Appends `kib` KiB to `path` in 4 KiB writes, then syncs; prints what it wrote and
+/// whether the kernel said EDQUOT.
+fn write(path: &Path, kib: u64) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let chunk = [0x5au8; 4096];
+    let mut written = 0;
+    let mut edquot = false;
+    while written < kib * 1024 {
+        match file.write(&chunk) {
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc::EDQUOT) => {
+                edquot = true;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let _ = file.sync_all();
+    println!("wrote {written} edquot={edquot}");
+    Ok(())
+}
+
+/// One record a subscriber printed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    record_type: u32,
+    subtype: u8,
+    quota_type: i64,
+    id: i64,
+    warning: i64,
+    name: String,
+    major: i64,
+    minor: i64,
+    caused_by: i64,
+    mounts: String,
+}
+
+impl Seen {
+    fn parse(line: &str) -> Option<Seen> {
+        let f: Vec<&str> = line.strip_prefix("R ")?.split(' ').collect();
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+        Some(Seen {
+            record_type: f.first()?.parse().ok()?,
+            subtype: f.get(1)?.parse().ok()?,
+            quota_type: n(2)?,
+            id: n(3)?,
+            warning: n(4)?,
+            name: (*f.get(5)?).to_owned(),
+            major: n(6)?,
+            minor: n(7)?,
+            caused_by: n(8)?,
+            mounts: (*f.get(9)?).to_owned(),
+        })
+    }
+
+    fn is(&self, quota_type: u32, id: u32, name: &str) -> bool {
+        self.quota_type == i64::from(quota_type) && self.id == i64::from(id) && self.name == name
+    }
+}
+
+/// A probe child and the lines it prints, read by a thread.
+struct Role {
+    child: Child,
+    lines: Receiver<String>,
+    label: &'static str,
+}
+
+impl Role {
+    fn start(label: &'static str, args: &[String]) -> Result<Role> {
+        let mut child = Command::new("/program")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {label}"))?;
+        let stdout = child.stdout.take().context("piped")?;
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Role {
+            child,
+            lines,
+            label,
+        })
+    }
+
+    /// The next line, within [`PATIENCE`].
+    fn line(&self) -> Result<String> {
+        self.lines
+            .recv_timeout(PATIENCE)
+            .with_context(|| format!("{}: nothing printed within {PATIENCE:?}", self.label))
+    }
+
+    /// Records until one that `done` accepts (included).
+    fn records_until(&self, done: impl Fn(&Seen) -> bool) -> Result<Vec<Seen>> {
+        let mut seen = Vec::new();
+        loop {
+            let line = self.line().with_context(|| format!("after {seen:?}"))?;
+            let record = Seen::parse(&line)
+                .with_context(|| format!("{}: unexpected line {line:?}", self.label))?;
+            let last = done(&record);
+            seen.push(record);
+            if last {
+                return Ok(seen);
+            }
+        }
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a role to its end; returns its output.
+fn run_role(args: &[String]) -> Result<String> {
+    let out = Command::new("/program").args(args).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "{args:?} failed: {text}");
+    Ok(text)
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|&a| a.to_owned()).collect()
+}
+
+/// The checks, in order; returns how many passed.
+pub async fn checks(client: &Client, address: &str) -> Result<u32> {
+    let mut count = 0;
+    let status = client.status().await?;
+    let described = status
+        .source_details
+        .get("quota")
+        .context("status lists no quota source")?;
+    ensure!(
+        described.contains("VFS_DQUOT"),
+        "status: the quota source says {described:?}"
+    );
+    println!("ok status: quota: {described}");
+    count += 1;
+
+    // The filesystem: the image on a loop device, limits enforced for users and groups.
+    std::fs::create_dir_all(MOUNT)?;
+    let losetup = Command::new("/bin/busybox")
+        .args(["losetup", DEVICE, IMAGE])
+        .output()?;
+    ensure!(
+        losetup.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&losetup.stderr)
+    );
+    nix::mount::mount(
+        Some(DEVICE),
+        MOUNT,
+        Some("ext4"),
+        nix::mount::MsFlags::empty(),
+        Some("usrquota,grpquota"),
+    )
+    .context("mounting the quota image")?;
+    let device = CString::new(DEVICE)?;
+    quotactl_set_limits(
+        &device,
+        quota::USER,
+        USER,
+        QuotaLimits {
+            block_soft_kib: 64,
+            block_hard_kib: 128,
+            ..Default::default()
+        },
+    )
+    .context("Q_SETQUOTA for user 1000")?;
+    quotactl_set_limits(
+        &device,
+        quota::GROUP,
+        GROUP,
+        QuotaLimits {
+            block_soft_kib: 32,
+            block_hard_kib: 1024,
+            ..Default::default()
+        },
+    )
+    .context("Q_SETQUOTA for group 3000")?;
+    let dir = Path::new(MOUNT).join("u");
+    std::fs::create_dir_all(&dir)?;
+    chown(&dir, Some(USER), Some(GROUP))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    println!(
+        "ok filesystem: ext4 with quota on {DEVICE} at {MOUNT}, limits for uid {USER} and gid {GROUP}"
+    );
+    count += 1;
+
+    // The kernel's own bytes, to print and to parse.
+    let (raw, family, _) =
+        source::join_events()?.map_err(|why| anyhow::anyhow!("no quota netlink family: {why}"))?;
+
+    let client_args = |uid: u32, gid: u32, groups: &str, all: bool| {
+        let mut args = strings(&["--quota-client"]);
+        args.extend([uid.to_string(), gid.to_string(), groups.to_owned()]);
+        args.push(address.to_owned());
+        args.push(if all { "all" } else { "own" }.to_owned());
+        args
+    };
+    let user = Role::start("uid 1000", &client_args(USER, USER, "1000", false))?;
+    let member = Role::start("uid 1001", &client_args(OTHER, OTHER, "1001,3000", false))?;
+    let admin = Role::start("root all", &client_args(0, 0, "0", true))?;
+    let pretender = Role::start("uid 1000 all", &client_args(USER, USER, "1000", true))?;
+    for role in [&user, &member, &admin] {
+        let line = role.line()?;
+        ensure!(line == "ready", "{}: {line}", role.label);
+    }
+    println!("ok subscribed: uid 1000, uid 1001 (group 3000) and root (all)");
+    count += 1;
+    let refusal = pretender.line()?;
+    ensure!(
+        refusal.starts_with("refused") && refusal.contains("watch-other-users-quota"),
+        "uid 1000's all watch: {refusal}"
+    );
+    println!("ok all refused to uid 1000: {refusal}");
+    count += 1;
+
+    // uid 1000 with group 3000 writes: past the group's soft limit (32 KiB) and its own
+    // (64 KiB), then into its hard limit (128 KiB); then deletes the file.
+    let file = dir.join("a").display().to_string();
+    let as_writer = |role: &str| {
+        let mut args = strings(&[role]);
+        args.extend([USER.to_string(), GROUP.to_string(), file.clone()]);
+        args
+    };
+    let mut first = as_writer("--quota-write");
+    first.push("80".into());
+    let wrote = run_role(&first)?;
+    ensure!(wrote.contains("edquot=false"), "first write: {wrote}");
+    let mut second = as_writer("--quota-write");
+    second.push("100".into());
+    let wrote = run_role(&second)?;
+    ensure!(
+        wrote.contains("edquot=true"),
+        "the write past the hard limit: {wrote}"
+    );
+    let used = quotactl_space_used(&device, quota::USER, USER)?;
+    println!("ok written: {} (uid 1000 uses {used} bytes)", wrote.trim());
+    count += 1;
+    run_role(&as_writer("--quota-unlink"))?;
+
+    let mount_point = MOUNT.to_owned();
+    let check_common = |label: &str, seen: &[Seen], caused: i64| -> Result<()> {
+        for s in seen {
+            ensure!(
+                s.record_type == RecordType::Superblock as u32 && s.subtype == superblock::QUOTA,
+                "{label}: not a quota record: {s:?}"
+            );
+            ensure!(
+                (s.major, s.minor) == (7, 0) && s.mounts == mount_point,
+                "{label}: wrong device or mount point: {s:?}"
+            );
+            ensure!(
+                s.caused_by == caused,
+                "{label}: caused_by {s:?}, expected {caused}"
+            );
+        }
+        Ok(())
+    };
+
+    let seen = user.records_until(|s| s.is(quota::USER, USER, "block_soft_below"))?;
+    ensure!(
+        seen.iter()
+            .all(|s| s.quota_type == i64::from(quota::USER) && s.id == i64::from(USER)),
+        "uid 1000 got warnings not about itself: {seen:?}"
+    );
+    check_common("uid 1000", &seen, i64::from(USER))?;
+    for name in ["block_soft_exceeded", "block_hard_exceeded"] {
+        ensure!(
+            seen.iter().any(|s| s.is(quota::USER, USER, name)),
+            "uid 1000 did not get {name}: {seen:?}"
+        );
+    }
+    let names: Vec<&str> = seen.iter().map(|s| s.name.as_str()).collect();
+    println!("ok uid 1000's own warnings: {}", names.join(", "));
+    count += 1;
+
+    let seen = member.records_until(|s| s.is(quota::GROUP, GROUP, "block_soft_below"))?;
+    ensure!(
+        seen.iter()
+            .all(|s| s.quota_type == i64::from(quota::GROUP) && s.id == i64::from(GROUP)),
+        "uid 1001 got warnings of uid 1000's own quota: {seen:?}"
+    );
+    check_common("uid 1001", &seen, -1)?;
+    ensure!(
+        seen.iter()
+            .any(|s| s.is(quota::GROUP, GROUP, "block_soft_exceeded")),
+        "uid 1001 did not get group 3000's block_soft_exceeded: {seen:?}"
+    );
+    let names: Vec<&str> = seen.iter().map(|s| s.name.as_str()).collect();
+    println!(
+        "ok uid 1001 got group 3000's warnings only, without who caused them: {}",
+        names.join(", ")
+    );
+    count += 1;
+
+    let seen = admin.records_until(|s| s.is(quota::GROUP, GROUP, "block_soft_below"))?;
+    check_common("root all", &seen, i64::from(USER))?;
+    for (quota_type, id, name) in [
+        (quota::USER, USER, "block_soft_exceeded"),
+        (quota::USER, USER, "block_hard_exceeded"),
+        (quota::GROUP, GROUP, "block_soft_exceeded"),
+        (quota::USER, USER, "block_soft_below"),
+    ] {
+        ensure!(
+            seen.iter().any(|s| s.is(quota_type, id, name)),
+            "root's all watch did not get {name} of {quota_type}/{id}: {seen:?}"
+        );
+    }
+    println!(
+        "ok root's all watch: {} warnings of both, with who caused them",
+        seen.len()
+    );
+    count += 1;
+
+    count += raw_bytes(&raw, family.id)?;
+    drop((user, member, admin, pretender));
+    let _ = nix::mount::umount(MOUNT);
+    Ok(count)
+}
+
+/// What the probe's own socket received: each message printed in hex and parsed.
+fn raw_bytes(socket: &std::os::fd::OwnedFd, family_id: u16) -> Result<u32> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut warnings = Vec::new();
+    loop {
+        match watchd::sys::netlink_recv(socket.as_fd(), &mut buf) {
+            Ok(len) => {
+                for message in wire::messages(&buf[..len]) {
+                    let message = message?;
+                    if message.kind == family_id {
+                        let bytes = &buf[..len];
+                        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                        warnings.push((wire::warning(&message)?, hex));
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => bail!("reading the probe's own netlink socket: {e}"),
+        }
+    }
+    ensure!(
+        !warnings.is_empty(),
+        "the probe's own socket got no warning"
+    );
+    for (warning, hex) in &warnings {
+        println!("bytes {warning:?} {hex}");
+    }
+    ensure!(
+        warnings.iter().any(|(w, _)| w.quota_type == quota::USER
+            && w.id == 1000
+            && w.warning == 6
+            && w.major == 7),
+        "no user block_soft_exceeded among the kernel's messages"
+    );
+    println!("ok the kernel's bytes: {} warnings parsed", warnings.len());
+    Ok(1)
+}
