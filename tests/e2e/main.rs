@@ -12,6 +12,7 @@ mod booted;
 mod caller_files;
 mod daemon_admin;
 mod devices;
+mod faults;
 mod file_events;
 mod fresh_root;
 mod hostile_requests;
@@ -79,6 +80,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(packaging::trials());
     trials.extend(booted::trials());
     trials.extend(fresh_root::trials());
+    trials.extend(faults::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 
