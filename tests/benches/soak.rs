@@ -165,6 +165,7 @@ async fn bench() -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    eprintln!("  start: {start:?}");
     let mut rows = vec![("start".to_owned(), start, None)];
     let began = Instant::now();
     let mut done = 0;
