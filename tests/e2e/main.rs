@@ -12,6 +12,7 @@ mod booted;
 mod caller_files;
 mod daemon_admin;
 mod devices;
+mod faults;
 mod file_events;
 mod flood;
 mod fresh_root;
@@ -87,6 +88,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(booted::trials());
     trials.extend(quota::trials());
     trials.extend(fresh_root::trials());
+    trials.extend(faults::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
 

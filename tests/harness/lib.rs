@@ -306,7 +306,7 @@ impl Drop for Scratch {
 /// defaults with the project's own `dbus/org.watchd.Watchd1.conf` on top.
 pub struct Bus {
     pub address: String,
-    _process: Process,
+    process: Process,
 }
 
 impl Bus {
@@ -332,8 +332,13 @@ impl Bus {
         })?;
         Ok(Bus {
             address: format!("unix:path={}", socket.display()),
-            _process: process,
+            process,
         })
+    }
+
+    /// The `dbus-daemon`'s PID (for the tests that kill it).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 }
 
@@ -440,6 +445,20 @@ impl Daemon {
     /// Open descriptors of the daemon right now.
     pub fn fd_count(&self) -> Result<usize> {
         Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
+    }
+
+    /// The daemon's resident memory now and at its peak (VmRSS, VmHWM), in KiB.
+    pub fn memory_kib(&self) -> Result<(u64, u64)> {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no {name} in /proc/{pid}/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 }
 

@@ -9,7 +9,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::unix::AsyncFd;
@@ -388,7 +388,11 @@ impl Hub {
         // client holds the read end and may grow it to fs.pipe-max-size, beyond this budget;
         // charged to root, that would shrink the pipes of root's other services.
         let (read_end, write_end, depth) = creds::charged_to(owner.0, || pipe::packet_pipe(depth))
-            .map_err(|e| Error::Failed(format!("cannot create a packet pipe: {e}")))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EMFILE | libc::ENFILE) => out_of_descriptors(e),
+                _ => Error::Failed(format!("cannot create a packet pipe: {e}")),
+            })?;
+        check_descriptor_reserve(write_end.as_fd())?;
         let mut state = self.lock();
         self.admit(&mut state, &caller, depth, depth)?;
         let id = SubscriptionId(state.next_id);
@@ -602,6 +606,18 @@ impl Hub {
         Ok(sub.watch_mut(tag).ok_or_else(|| no_watch(tag))?.clone())
     }
 
+    /// Refuses a new watch on subscription `id` (which may hold descriptors: a mount view,
+    /// a watched directory) when the daemon is down to its [`DESCRIPTOR_RESERVE`].
+    pub fn check_descriptors(&self, id: SubscriptionId) -> Result<()> {
+        let pipe = self
+            .lock()
+            .subscriptions
+            .get(&id)
+            .map(|sub| sub.outlet.pipe.clone())
+            .ok_or_else(|| gone(id))?;
+        check_descriptor_reserve(pipe.as_fd())
+    }
+
     /// Who subscribed, and the depth granted, while the subscription lives.
     pub fn describe(&self, id: SubscriptionId) -> Option<(Arc<Caller>, u32)> {
         self.lock()
@@ -651,6 +667,49 @@ impl Hub {
     fn reader_closed(&self, id: SubscriptionId) {
         let mut state = self.lock();
         self.end(&mut state, id, "reader closed");
+    }
+}
+
+/// Descriptors that new subscriptions and watches leave free for what cannot be refused
+/// cleanly: a D-Bus message carrying descriptors the kernel has no room for makes zbus drop
+/// the whole bus connection (the daemon then exits, ending every subscription), and the
+/// system bus may have 64 on their way to one connection (`max_outgoing_unix_fds`); a
+/// Subscribe reply duplicates the pipe's read end; a check opens a pidfd and /proc files.
+pub const DESCRIPTOR_RESERVE: usize = 64;
+
+/// Refuses when fewer than [`DESCRIPTOR_RESERVE`] more descriptors could be opened. Counted by
+/// opening them (copies of `any`) and closing them at once: the kernel hands out the lowest
+/// free numbers below RLIMIT_NOFILE, so this is exact whatever holes closed ones left.
+fn check_descriptor_reserve(any: BorrowedFd<'_>) -> Result<()> {
+    let mut probes = Vec::with_capacity(DESCRIPTOR_RESERVE);
+    while probes.len() < DESCRIPTOR_RESERVE {
+        let probe =
+            rustix::io::fcntl_dupfd_cloexec(any, 0).map_err(|e| out_of_descriptors(e.into()))?;
+        probes.push(probe);
+    }
+    Ok(())
+}
+
+/// Out of descriptors (each subscription holds its write end and its subscriber's pidfd) is
+/// a limit like the others, and passes as subscriptions close: the caller is told which.
+fn out_of_descriptors(e: std::io::Error) -> Error {
+    use nix::sys::resource::{Resource, getrlimit};
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => {
+            let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or_else(
+                |_| "its RLIMIT_NOFILE".to_owned(),
+                |(soft, _)| format!("RLIMIT_NOFILE {soft}"),
+            );
+            Error::LimitExceeded(format!(
+                "the daemon is at its limit of open files ({limit}, less {DESCRIPTOR_RESERVE} kept \
+                 free for the bus): try again once subscriptions have closed (LimitNOFILE= in \
+                 watchd.service)"
+            ))
+        }
+        Some(libc::ENFILE) => Error::LimitExceeded(format!(
+            "the system's open-file table is full (fs.file-max): {e}"
+        )),
+        _ => Error::Failed(format!("cannot open a descriptor: {e}")),
     }
 }
 

@@ -197,10 +197,25 @@ async fn run(args: Args, config: Config, hangup: Signal) -> anyhow::Result<()> {
         args.config.clone(),
         args.config_is_explicit(),
     );
+    // The bus gone (dbus-daemon stopped or killed) closes the connection and ends the
+    // NameLost stream, in either order. A failure exit is the way back (the unit's
+    // Restart=on-failure, see systemd/watchd.service): every pipe ends with end-of-file,
+    // and clients, whose own connections died with the bus, subscribe again.
+    let closed = conn.clone();
+    let connection_lost = || {
+        anyhow::anyhow!(
+            "lost the bus connection to {bus} (the bus daemon stopped, or dropped us): \
+             exiting; every subscription ends"
+        )
+    };
     tokio::select! {
-        () = reap_ended(conn, ended) => bail!("lost the bus connection"),
+        () = closed.closed() => Err(connection_lost()),
+        () = reap_ended(conn, ended) => bail!("the hub is gone: no longer serving"),
         () = reload => bail!("SIGHUP can no longer be received"),
-        _ = std::future::poll_fn(|cx| std::pin::Pin::new(&mut lost).poll_next(cx)) => bail!("lost the name {BUS_NAME} on {bus}: no longer serving"),
+        lost = std::future::poll_fn(|cx| std::pin::Pin::new(&mut lost).poll_next(cx)) => match lost {
+            Some(_) => bail!("lost the name {BUS_NAME} on {bus}: no longer serving"),
+            None => Err(connection_lost()),
+        },
     }
 }
 

@@ -261,6 +261,7 @@ impl Manager {
     ) -> Result<()> {
         let caller = &request.caller;
         self.check_owner(id, caller)?;
+        self.hub.check_descriptors(id)?;
         if tag == 0 {
             return Err(Error::invalid(
                 "tag 0 is reserved for records about the pipe itself",
