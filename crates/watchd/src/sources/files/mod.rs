@@ -736,11 +736,13 @@ impl Source for FileSource {
             marks,
         });
         checker.adopt(&state);
-        self.shared
-            .watches
-            .lock()
-            .expect("file watches poisoned")
-            .push(Arc::downgrade(&state));
+        let mut watches = self.shared.watches.lock().expect("file watches poisoned");
+        // Pruned here too, not only when events come: a dead watch's Weak keeps its whole
+        // allocation, so on a quiet filesystem each watch ever set would stay (the soak
+        // bench saw 330 bytes a cycle).
+        watches.retain(|w| w.strong_count() > 0);
+        watches.push(Arc::downgrade(&state));
+        drop(watches);
         tracing::info!(uid = %caller.uid, path = %String::from_utf8_lossy(&state.caller_path), reach = ?reach, checker = checker.id, "watching files");
         Ok(Arc::new(FileScope { state }))
     }
