@@ -82,13 +82,18 @@ async fn on_tmpfs(label: &str, options: &str) -> Result<(Env, PathBuf)> {
 }
 
 /// A loop device with an ext4 on it, mounted at `point`; unmounted and detached on drop.
-struct LoopExt4 {
+pub(crate) struct LoopExt4 {
     point: PathBuf,
-    device: String,
+    pub(crate) device: String,
 }
 
 impl LoopExt4 {
     fn new(image: &Path, point: &Path) -> Result<LoopExt4> {
+        LoopExt4::sized(image, point, 32 << 20)
+    }
+
+    /// An ext4 of `bytes` in the file `image`.
+    pub(crate) fn sized(image: &Path, point: &Path, bytes: u64) -> Result<LoopExt4> {
         let run = |command: &mut Command| -> Result<String> {
             let out = command.output().with_context(|| format!("{command:?}"))?;
             ensure!(
@@ -98,7 +103,7 @@ impl LoopExt4 {
             );
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         };
-        std::fs::File::create(image)?.set_len(32 << 20)?;
+        std::fs::File::create(image)?.set_len(bytes)?;
         run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image))?;
         let device = run(Command::new("losetup")
             .args(["--find", "--show"])

@@ -26,6 +26,7 @@ mod pipe_budget;
 mod pipe_contract;
 mod polkit_files;
 mod scripting;
+mod space;
 mod udev_harness;
 mod udevd_switch;
 
@@ -74,6 +75,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(krb5_events::trials());
     trials.extend(caller_files::trials());
     trials.extend(file_events::trials());
+    trials.extend(space::trials());
     trials.extend(key_watch_queue::trials());
     trials.extend(daemon_admin::trials());
     trials.extend(packaging::trials());

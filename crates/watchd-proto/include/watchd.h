@@ -192,6 +192,15 @@ extern "C" {
 #define WATCHD_ATTR_IS_DIR 0x0086u      /* u32, 1 for a directory */
 /* superblock records */
 #define WATCHD_ATTR_MOUNTED_ON 0x0090u /* str, repeated: a mount point in your namespace */
+/* free space, 0x00a0..0x00af (superblock LOW, STILL_LOWER, RECOVERED) */
+#define WATCHD_ATTR_FREE_BYTES 0x00a0u   /* u64, f_bfree * f_frsize */
+#define WATCHD_ATTR_AVAIL_BYTES 0x00a1u  /* u64, f_bavail * f_frsize: what is compared */
+#define WATCHD_ATTR_TOTAL_BYTES 0x00a2u  /* u64, f_blocks * f_frsize */
+#define WATCHD_ATTR_FREE_INODES 0x00a3u  /* u64, f_ffree */
+#define WATCHD_ATTR_TOTAL_INODES 0x00a4u /* u64, f_files */
+#define WATCHD_ATTR_RESOURCE 0x00a5u     /* str, "space" or "inodes" */
+#define WATCHD_ATTR_THRESHOLD 0x00a6u    /* u64, the watch's line (bytes or inodes) */
+#define WATCHD_ATTR_MARGIN 0x00a7u       /* u64, hysteresis and step (bytes or inodes) */
 
 /* ---- Layouts ------------------------------------------------------------------------ */
 
@@ -494,6 +503,13 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_SEQNUM:
 	case WATCHD_ATTR_FSID:
 	case WATCHD_ATTR_INODE:
+	case WATCHD_ATTR_FREE_BYTES:
+	case WATCHD_ATTR_AVAIL_BYTES:
+	case WATCHD_ATTR_TOTAL_BYTES:
+	case WATCHD_ATTR_FREE_INODES:
+	case WATCHD_ATTR_TOTAL_INODES:
+	case WATCHD_ATTR_THRESHOLD:
+	case WATCHD_ATTR_MARGIN:
 		return WATCHD_KIND_U64;
 	case WATCHD_ATTR_TRUNCATED:
 	case WATCHD_ATTR_MAJOR:
@@ -539,6 +555,7 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_OLD_NAME:
 	case WATCHD_ATTR_HANDLE:
 	case WATCHD_ATTR_MOUNTED_ON:
+	case WATCHD_ATTR_RESOURCE:
 		return WATCHD_KIND_STR;
 	default:
 		return WATCHD_KIND_UNKNOWN;
@@ -602,6 +619,14 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_INODE: return "inode";
 	case WATCHD_ATTR_IS_DIR: return "is_dir";
 	case WATCHD_ATTR_MOUNTED_ON: return "mounted_on";
+	case WATCHD_ATTR_FREE_BYTES: return "free_bytes";
+	case WATCHD_ATTR_AVAIL_BYTES: return "avail_bytes";
+	case WATCHD_ATTR_TOTAL_BYTES: return "total_bytes";
+	case WATCHD_ATTR_FREE_INODES: return "free_inodes";
+	case WATCHD_ATTR_TOTAL_INODES: return "total_inodes";
+	case WATCHD_ATTR_RESOURCE: return "resource";
+	case WATCHD_ATTR_THRESHOLD: return "threshold";
+	case WATCHD_ATTR_MARGIN: return "margin";
 	default: return NULL;
 	}
 }

@@ -9,6 +9,8 @@
 //! - [`krb5`]: Kerberos credential caches, in keyrings (through the key poller) or files.
 //! - [`files`]: file events under a path (one fanotify group in FID mode), each checked as
 //!   its subscriber before it is delivered.
+//! - [`space`]: free space and inodes against each watch's thresholds (one thread: fstatfs
+//!   on an adaptive timer per filesystem, and on mount changes).
 //!
 //! **Adding a source:** a module here whose change type implements
 //! [`crate::event::Change`], whose watches' scope implements [`crate::watch::Scope`] and
@@ -22,6 +24,7 @@ pub mod files;
 pub mod keys;
 pub mod krb5;
 pub mod mounts;
+pub mod space;
 
 use std::sync::Arc;
 
@@ -35,12 +38,13 @@ use crate::source::Source;
 use crate::watch::{Kind, Scope};
 
 /// Every kind this daemon knows, served or disabled in the configuration.
-pub const KINDS: [Kind; 5] = [
+pub const KINDS: [Kind; 6] = [
     mounts::KIND,
     devices::KIND,
     keys::KIND,
     krb5::KIND,
     files::KIND,
+    space::KIND,
 ];
 
 /// A source that could not start, and what it needs.
@@ -122,6 +126,16 @@ pub fn start(
                 });
             }
         }
+    }
+    if enabled.space {
+        let timing = space::Timing::from_config(&config.space);
+        sources.push(
+            space::SpaceSource::start(hub.clone(), timing).map_err(|error| StartError {
+                kind: space::KIND,
+                needs: "needs a pipe and a thread",
+                error,
+            })?,
+        );
     }
     Ok(sources)
 }

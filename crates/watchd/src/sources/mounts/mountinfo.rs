@@ -100,15 +100,24 @@ struct Table {
 
 impl Table {
     fn reread(&mut self) -> io::Result<Vec<Arc<MountEntry>>> {
-        self.buf.clear();
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.read_to_end(&mut self.buf)?;
-        let (entries, bad) = parse_mountinfo(&self.buf);
-        if bad > 0 {
-            tracing::warn!(lines = bad, "skipped mountinfo lines that did not parse");
-        }
-        Ok(entries.into_iter().map(Arc::new).collect())
+        Ok(reread(&self.file, &mut self.buf)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
     }
+}
+
+/// Reads an open mountinfo (a caller's, kept open to follow its namespace) again from the
+/// start, with `buf` as the reading buffer.
+pub fn reread(mut file: &File, buf: &mut Vec<u8>) -> io::Result<Vec<MountEntry>> {
+    buf.clear();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_end(buf)?;
+    let (entries, bad) = parse_mountinfo(buf);
+    if bad > 0 {
+        tracing::warn!(lines = bad, "skipped mountinfo lines that did not parse");
+    }
+    Ok(entries)
 }
 
 /// One caller's view of the mount tree, followed through its mountinfo.
