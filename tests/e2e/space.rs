@@ -385,6 +385,14 @@ async fn unmounted() -> Result<()> {
     let (client, _holder) = client_1000(env).await?;
     let mut events = watch(&client, 4, quick(point, "50%")).await?;
     expect_silence(&mut events, Duration::from_millis(500)).await?;
+    let status = env.watchctl().arg("status").output()?;
+    let status = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        status.contains("space")
+            && status.contains("fstatfs")
+            && status.contains("following 1 filesystem(s) in 1 mount namespace(s)"),
+        "watchctl status says how space watches check and how much it follows:\n{status}"
+    );
     // The watch holds nothing on the filesystem: a plain umount works.
     mounts::unmount(point).context("the watch must not keep the filesystem busy")?;
     let ended = next(&mut events).await?;

@@ -624,9 +624,11 @@ impl Shared {
         let watches: Vec<Arc<WatchEntry>> =
             state.watches.iter().filter_map(Weak::upgrade).collect();
         for dev in due {
+            // A filesystem no mount point leads to (all covered by other mounts) is tried
+            // again after the longest interval, or when the mount table changes.
             let next = match self.stat(state, &watches, dev) {
                 Some(usage) => self.judge(state, &watches, dev, usage, now),
-                None => now + self.timing.shortest,
+                None => now + self.timing.longest,
             };
             if let Some(fs) = state.filesystems.get_mut(&dev) {
                 fs.due = next;
@@ -863,7 +865,7 @@ impl Source for SpaceSource {
             .filter(|n| n.strong_count() > 0)
             .count();
         format!(
-            "fstatfs(2) of each followed filesystem by an adaptive timer (every {}–{} s, from the distance to the nearest line at {} MiB/s or {} inodes/s) and on mount changes (mountinfo POLLPRI); following {} filesystems in {} mount namespaces",
+            "fstatfs(2) of each followed filesystem by an adaptive timer (every {}–{} s, from the distance to the nearest line at {} MiB/s or {} inodes/s) and on mount changes (mountinfo POLLPRI); following {} filesystem(s) in {} mount namespace(s)",
             t.shortest.as_secs_f64(),
             t.longest.as_secs_f64(),
             t.fill_rate >> 20,
