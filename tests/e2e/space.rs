@@ -33,6 +33,10 @@ pub fn trials() -> Vec<Trial> {
             defaults,
         ),
         trial(
+            "space::free_inodes_below_a_count_give_an_inodes_low",
+            inodes,
+        ),
+        trial(
             "space::initial_gives_a_snapshot_low_for_a_filesystem_already_low",
             initial,
         ),
@@ -286,6 +290,35 @@ async fn defaults() -> Result<()> {
     ensure!(
         low.record().get_u64(attr::THRESHOLD) == Some(percent(total, 5.0)),
         "5 % of a 64 MiB filesystem is the line (1 GiB free is out of reach): {}",
+        shown(&low)
+    );
+    Ok(())
+}
+
+async fn inodes() -> Result<()> {
+    let World { env, point, .. } = &on_ext4("space-inodes", "").await?;
+    let (client, _holder) = client_1000(env).await?;
+    let free = rustix::fs::statvfs(point.as_path())?.f_ffree;
+    let line = free - 200;
+    let options = WatchOptions::new()
+        .path(text(point))
+        .option("inodes_below", line.to_string())
+        .option("min_interval_s", 0u32);
+    let mut events = watch(&client, 6, options).await?;
+    for i in 0..150 {
+        std::fs::File::create(point.join(format!("f{i}")))?;
+    }
+    expect_silence(&mut events, Duration::from_millis(1500)).await?;
+    for i in 150..250 {
+        std::fs::File::create(point.join(format!("f{i}")))?;
+    }
+    let low = expect_space(&mut events, superblock::SPACE_LOW, point).await?;
+    let r = low.record();
+    ensure!(
+        r.get_str(attr::RESOURCE).as_deref() == Some("inodes")
+            && r.get_u64(attr::THRESHOLD) == Some(line)
+            && r.get_u64(attr::FREE_INODES) == Some(rustix::fs::statvfs(point.as_path())?.f_ffree),
+        "{}",
         shown(&low)
     );
     Ok(())
