@@ -14,9 +14,9 @@
 //! - **CPU**: M tmpfs filesystems (plus the machine's own) under N namespace-wide watches
 //!   (in subscriptions of 50), the daemon's timer forced to look at every filesystem once a
 //!   second (`shortest_check_ms = longest_check_ms = 1000`): the `space` thread's run time
-//!   (`/proc/PID/task/*/schedstat`) over 10 s, per filesystem look. Then the same with the
-//!   default timer and every filesystem far from its line: the time it spends when nothing
-//!   is near full.
+//!   (`/proc/PID/task/*/schedstat`) over 10 s, per filesystem look. Then the default timer
+//!   with 100 tmpfs of 1 TiB each (a tmpfs's size is only a limit), far from their line:
+//!   what the daemon spends when nothing is near full.
 
 use std::ffi::CString;
 use std::os::fd::AsFd;
