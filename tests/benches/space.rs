@@ -84,6 +84,7 @@ fn look() -> Result<()> {
         std::hint::black_box(rustix::fs::fstatvfs(&fd)?);
     }
     let alone = started.elapsed() / LOOKS;
+    drop(fd);
     mounts::unmount(&point)?;
     let _ = std::fs::remove_dir_all(&dir);
     println!("| one look (openat2 + fstat + fstatfs + close) | fstatfs alone |");
@@ -145,7 +146,7 @@ async fn cpu(count: usize, watches: usize, every_second: bool) -> Result<()> {
         0 => "–".to_owned(),
         n => format!(
             "{:.1} µs",
-            (space_after - space_before) as f64 / n as f64 / 1000.0
+            space_after.saturating_sub(space_before) as f64 / n as f64 / 1000.0
         ),
     };
     println!(
@@ -160,8 +161,8 @@ async fn cpu(count: usize, watches: usize, every_second: bool) -> Result<()> {
         } else {
             "–".into()
         },
-        (all_after - all_before) as f64 / 1e6,
-        (space_after - space_before) as f64 / 1e6,
+        all_after.saturating_sub(all_before) as f64 / 1e6,
+        space_after.saturating_sub(space_before) as f64 / 1e6,
     );
     drop(subscriptions);
     Ok(())

@@ -514,12 +514,17 @@ impl Shared {
                 .filter(|(fd, _)| fd.any().unwrap_or(false))
                 .map(|(_, ns)| ns.key)
                 .collect();
+            let woken = fds[0].any().unwrap_or(false);
             while rustix::io::read(&wake_read, &mut drain).is_ok_and(|n| n > 0) {}
             drop(fds);
             let mut state = self.lock();
-            state.stale.extend(changed);
+            // Watches and mount tables change only with a wake-up or a POLLPRI: a timer
+            // alone looks at filesystems and nothing else.
+            if woken || !changed.is_empty() {
+                state.stale.extend(changed);
+                self.refresh(&mut state);
+            }
             drop(namespaces);
-            self.refresh(&mut state);
             self.check_due(&mut state, Instant::now());
         }
     }
