@@ -163,27 +163,9 @@ struct Row {
     checker_cpu_ns: i64,
 }
 
-/// Time on the CPU (the first field of schedstat), in ns.
-fn schedstat(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 /// (all threads, the files checkers) run time of `pid`, in ns.
 fn daemon_cpu(pid: u32) -> Result<(u64, u64)> {
-    let (mut all, mut checkers) = (0, 0);
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let task = task?.path();
-        let ns = schedstat(&task.join("schedstat"));
-        all += ns;
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if comm.starts_with("files-check") {
-            checkers += ns;
-        }
-    }
-    Ok((all, checkers))
+    watchd_e2e::bench::daemon_cpu(pid, "files-check")
 }
 
 /// `n` subscriptions, each with a files watch on `dir` filtered to `create`, and their pipes.

@@ -89,7 +89,12 @@ pub(crate) struct LoopExt4 {
 
 impl LoopExt4 {
     pub(crate) fn new(image: &Path, point: &Path) -> Result<LoopExt4> {
-        let made = LoopExt4::attach(image, point)?;
+        LoopExt4::sized(image, point, 32 << 20)
+    }
+
+    /// An ext4 of `bytes` in the file `image`, mounted at `point`.
+    pub(crate) fn sized(image: &Path, point: &Path, bytes: u64) -> Result<LoopExt4> {
+        let made = LoopExt4::attach_sized(image, point, bytes)?;
         std::fs::create_dir_all(point)?;
         run(Command::new("mount").arg(&made.device).arg(point))?;
         Ok(made)
@@ -98,7 +103,11 @@ impl LoopExt4 {
     /// A fresh ext4 image on a loop device, for the caller to mount at `point` (in another
     /// namespace, say).
     pub(crate) fn attach(image: &Path, point: &Path) -> Result<LoopExt4> {
-        std::fs::File::create(image)?.set_len(32 << 20)?;
+        LoopExt4::attach_sized(image, point, 32 << 20)
+    }
+
+    fn attach_sized(image: &Path, point: &Path, bytes: u64) -> Result<LoopExt4> {
+        std::fs::File::create(image)?.set_len(bytes)?;
         run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image))?;
         let device = run(Command::new("losetup")
             .args(["--find", "--show"])

@@ -31,6 +31,7 @@ mod polkit_faults;
 mod polkit_files;
 mod quota;
 mod scripting;
+mod space;
 mod udev_harness;
 mod udevd_switch;
 
@@ -82,6 +83,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(caller_files::trials());
     trials.extend(file_events::trials());
     trials.extend(fs_errors::trials());
+    trials.extend(space::trials());
     trials.extend(key_watch_queue::trials());
     trials.extend(daemon_admin::trials());
     trials.extend(packaging::trials());

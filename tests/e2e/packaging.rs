@@ -75,6 +75,8 @@ const FILES: &[(&str, u32)] = &[
     ("usr/share/man/man1/watchctl-watch-keys.1", 0o644),
     ("usr/share/man/man1/watchctl-watch-krb5.1", 0o644),
     ("usr/share/man/man1/watchctl-watch-mounts.1", 0o644),
+    ("usr/share/man/man1/watchctl-watch-quota.1", 0o644),
+    ("usr/share/man/man1/watchctl-watch-space.1", 0o644),
     ("usr/share/man/man1/watchctl-watch.1", 0o644),
     ("usr/share/man/man1/watchctl.1", 0o644),
     ("usr/share/man/man5/org.watchd.Watchd1.5", 0o644),

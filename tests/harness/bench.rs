@@ -197,3 +197,27 @@ where
         }
     }
 }
+
+/// Time on the CPU (the first field of schedstat), in ns.
+fn schedstat(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Run time of all of `pid`'s threads, and of those whose name starts with `prefix`, in ns
+/// (`/proc/PID/task/*/schedstat`).
+pub fn daemon_cpu(pid: u32, prefix: &str) -> Result<(u64, u64)> {
+    let (mut all, mut named) = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.path();
+        let ns = schedstat(&task.join("schedstat"));
+        all += ns;
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
+            named += ns;
+        }
+    }
+    Ok((all, named))
+}

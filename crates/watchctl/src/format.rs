@@ -607,6 +607,67 @@ fn describe_quota(record: &Record<'_>) -> String {
     line
 }
 
+/// `space low  /mnt  avail 12.0 MiB of 31.0 MiB (38.7 %)  line 15.5 MiB  ext4 7:3`: a
+/// space record (superblock low, still_lower, recovered), its mount points first.
+fn describe_space(record: &Record<'_>) -> String {
+    let h = &record.header;
+    let resource = record.get_str(attr::RESOURCE).unwrap_or_default();
+    let inodes = resource == "inodes";
+    let (free, total) = if inodes {
+        (attr::FREE_INODES, attr::TOTAL_INODES)
+    } else {
+        (attr::AVAIL_BYTES, attr::TOTAL_BYTES)
+    };
+    let amount = |n: u64| if inodes { n.to_string() } else { size(n) };
+    let (free, total) = (
+        record.get_u64(free).unwrap_or(0),
+        record.get_u64(total).unwrap_or(0),
+    );
+    let points = mounted_on(record);
+    let mut line = format!(
+        "{} {:<11}  {}  {} {} of {}",
+        if inodes { "inodes" } else { "space" },
+        subtype_name(h.record_type, h.subtype),
+        if points.is_empty() {
+            "?".to_owned()
+        } else {
+            points.join(",")
+        },
+        if inodes { "free" } else { "avail" },
+        amount(free),
+        amount(total),
+    );
+    if total > 0 {
+        let _ = write!(line, " ({:.1} %)", free as f64 * 100.0 / total as f64);
+    }
+    if let Some(threshold) = record.get_u64(attr::THRESHOLD) {
+        let _ = write!(line, "  line {}", amount(threshold));
+    }
+    if let Some(fs_type) = record.get_str(attr::FS_TYPE) {
+        let _ = write!(line, "  {}", word(&fs_type));
+    }
+    if let (Some(major), Some(minor)) = (record.get_u32(attr::MAJOR), record.get_u32(attr::MINOR)) {
+        let _ = write!(line, " {major}:{minor}");
+    }
+    line
+}
+
+/// Bytes in binary units with one decimal, as `df -h` would round them.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// Every `mounted_on` of a superblock record, in order, made printable.
 fn mounted_on(record: &Record<'_>) -> Vec<String> {
     record
@@ -668,6 +729,9 @@ pub fn human_line_at(record: &Record<'_>, time: &str, watch: Option<(u64, &str)>
         }
         Some(RecordType::Superblock) if h.subtype == superblock::ERROR => describe_fs_error(record),
         Some(RecordType::Superblock) if h.subtype == superblock::QUOTA => describe_quota(record),
+        Some(RecordType::Superblock) if record.get(attr::RESOURCE).is_some() => {
+            describe_space(record)
+        }
         _ => describe_generic(record),
     };
     line.push_str(body.trim_end());
@@ -1513,6 +1577,48 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn space_records_human_and_json() {
+        let record = |subtype, resource: &str| {
+            let mut b = RecordBuilder::new(RecordType::Superblock, subtype, 0, T);
+            b.put(attr::RESOURCE, resource.as_bytes()).unwrap();
+            b.put_u64(attr::AVAIL_BYTES, 12 << 20).unwrap();
+            b.put_u64(attr::TOTAL_BYTES, 48 << 20).unwrap();
+            b.put_u64(attr::FREE_INODES, 10).unwrap();
+            b.put_u64(attr::TOTAL_INODES, 1000).unwrap();
+            b.put_u64(attr::THRESHOLD, 24 << 20).unwrap();
+            b.put_u32(attr::MAJOR, 7).unwrap();
+            b.put_u32(attr::MINOR, 3).unwrap();
+            b.put(attr::FS_TYPE, b"ext4").unwrap();
+            b.put(attr::MOUNTED_ON, b"/mnt/a").unwrap();
+            b.put(attr::MOUNTED_ON, b"/srv/a").unwrap();
+            build(b, 1, 1)
+        };
+        let bytes = record(superblock::SPACE_LOW, "space");
+        assert_eq!(
+            human_line(&parse(&bytes), 0),
+            "22:13:20.123  space low          /mnt/a,/srv/a  avail 12.0 MiB of 48.0 MiB (25.0 %)  line 24.0 MiB  ext4 7:3"
+        );
+        let json = json_line(&parse(&bytes));
+        for part in [
+            r#""event":"low""#,
+            r#""resource":"space""#,
+            r#""avail_bytes":12582912"#,
+            r#""mounted_on":["/mnt/a","/srv/a"]"#,
+        ] {
+            assert!(json.contains(part), "{part} in {json}");
+        }
+        let bytes = record(superblock::SPACE_STILL_LOWER, "inodes");
+        assert!(
+            human_line(&parse(&bytes), 0)
+                .starts_with("22:13:20.123  inodes still_lower  /mnt/a,/srv/a  free 10 of 1000 (1.0 %)  line 25165824"),
+            "{}",
+            human_line(&parse(&bytes), 0)
+        );
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(3 << 30), "3.0 GiB");
     }
 
     #[test]

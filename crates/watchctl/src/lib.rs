@@ -161,6 +161,22 @@ pub enum WatchKind {
         #[command(flatten)]
         common: WatchArgs,
     },
+    /// A filesystem running out of space (or inodes): low, still_lower (each further
+    /// step down), recovered (back above the threshold plus one step). By default below 5 %
+    /// unless 1 GiB is available, again at each further 1 %, at most every 10 minutes
+    Space {
+        /// A path on the filesystem to watch (made absolute if relative) [default: every
+        /// filesystem of your mount namespace mounted read-write, with a size, not a kernel
+        /// interface]
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+
+        #[command(flatten)]
+        thresholds: Box<SpaceThresholds>,
+
+        #[command(flatten)]
+        common: WatchArgs,
+    },
 }
 
 impl WatchKind {
@@ -172,8 +188,9 @@ impl WatchKind {
             | WatchKind::Keys { common, .. }
             | WatchKind::Krb5 { common, .. }
             | WatchKind::Files { common, .. }
-            | WatchKind::Fserrors { common, .. } => common,
-            WatchKind::Quota { common, .. } => common,
+            | WatchKind::Fserrors { common, .. }
+            | WatchKind::Quota { common, .. }
+            | WatchKind::Space { common, .. } => common,
         }
     }
 
@@ -184,8 +201,9 @@ impl WatchKind {
             | WatchKind::Keys { common, .. }
             | WatchKind::Krb5 { common, .. }
             | WatchKind::Files { common, .. }
-            | WatchKind::Fserrors { common, .. } => common,
-            WatchKind::Quota { common, .. } => common,
+            | WatchKind::Fserrors { common, .. }
+            | WatchKind::Quota { common, .. }
+            | WatchKind::Space { common, .. } => common,
         }
     }
 
@@ -199,8 +217,41 @@ impl WatchKind {
             WatchKind::Files { .. } => "files",
             WatchKind::Fserrors { .. } => "fserrors",
             WatchKind::Quota { .. } => "quota",
+            WatchKind::Space { .. } => "space",
         }
     }
+}
+
+/// When a space watch warns (`watch space`).
+#[derive(Args, Debug, Default, Clone)]
+pub struct SpaceThresholds {
+    /// Warn when less than this is available to unprivileged users: a percentage of the
+    /// filesystem (5%) or a size (2G, 512M, 4096) [default: 5%]
+    #[arg(long, value_name = "PCT|SIZE", value_parser = parse_nonempty)]
+    pub below: Option<String>,
+
+    /// ...unless at least this much is available: a size, or none [default: 1G with a
+    /// percentage --below, none with a size]
+    #[arg(long, value_name = "SIZE", value_parser = parse_nonempty)]
+    pub min_free: Option<String>,
+
+    /// Warn again at each further drop of this much; recovered needs the threshold plus
+    /// this much (the hysteresis margin): a percentage or a size [default: 1%]
+    #[arg(long, value_name = "PCT|SIZE", value_parser = parse_nonempty)]
+    pub step: Option<String>,
+
+    /// At most one warning per filesystem every S seconds; one due sooner waits
+    /// [default: 600]
+    #[arg(long, value_name = "S")]
+    pub min_interval: Option<u32>,
+
+    /// Also warn when free inodes fall below this: a percentage or a count
+    #[arg(long, value_name = "PCT|N", value_parser = parse_nonempty)]
+    pub inodes_below: Option<String>,
+
+    /// The step (and margin) for inodes: a percentage or a count [default: 1%]
+    #[arg(long, value_name = "PCT|N", value_parser = parse_nonempty, requires = "inodes_below")]
+    pub inodes_step: Option<String>,
 }
 
 /// A further watch of `watch`, the words after a `--`: a kind and its options, read as

@@ -21,7 +21,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::io::Interest;
 use tokio::signal::unix::{SignalKind, signal};
-use watchctl::{Cli, Command, Format, FurtherWatch, TimeFormat, WatchArgs, WatchKind};
+use watchctl::{
+    Cli, Command, Format, FurtherWatch, SpaceThresholds, TimeFormat, WatchArgs, WatchKind,
+};
 use watchd_client::proto::{Header, RecordType, meta};
 use watchd_client::{Client, SubscribeOptions, WatchOptions};
 
@@ -421,6 +423,41 @@ fn watch_options(kind: WatchKind) -> anyhow::Result<WatchOptions> {
             } else {
                 options
             }
+        }
+        WatchKind::Space {
+            path,
+            thresholds,
+            common,
+        } => {
+            let SpaceThresholds {
+                below,
+                min_free,
+                step,
+                min_interval,
+                inodes_below,
+                inodes_step,
+            } = *thresholds;
+            let mut options = WatchOptions::new()
+                .initial(common.initial)
+                .interactive(common.interactive);
+            if let Some(path) = path {
+                options = options.path(absolute_text(&path)?);
+            }
+            for (key, value) in [
+                ("below", below),
+                ("min_free", min_free),
+                ("step", step),
+                ("inodes_below", inodes_below),
+                ("inodes_step", inodes_step),
+            ] {
+                if let Some(value) = value {
+                    options = options.option(key, value);
+                }
+            }
+            if let Some(seconds) = min_interval {
+                options = options.option("min_interval_s", seconds);
+            }
+            options
         }
     })
 }

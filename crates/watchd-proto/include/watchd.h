@@ -207,6 +207,15 @@ extern "C" {
 #define WATCHD_ATTR_QUOTA_WARNING 0x00b2u      /* u32, the kernel's QUOTA_NL_* number, 1..10 */
 #define WATCHD_ATTR_QUOTA_WARNING_NAME 0x00b3u /* str, e.g. "block_soft_exceeded" */
 #define WATCHD_ATTR_QUOTA_CAUSED_BY 0x00b4u    /* u64, only your own uid (or an all watch) */
+/* free space, 0x00a0..0x00af (superblock LOW, STILL_LOWER, RECOVERED) */
+#define WATCHD_ATTR_FREE_BYTES 0x00a0u   /* u64, f_bfree * f_frsize */
+#define WATCHD_ATTR_AVAIL_BYTES 0x00a1u  /* u64, f_bavail * f_frsize: what is compared */
+#define WATCHD_ATTR_TOTAL_BYTES 0x00a2u  /* u64, f_blocks * f_frsize */
+#define WATCHD_ATTR_FREE_INODES 0x00a3u  /* u64, f_ffree */
+#define WATCHD_ATTR_TOTAL_INODES 0x00a4u /* u64, f_files */
+#define WATCHD_ATTR_RESOURCE 0x00a5u     /* str, "space" or "inodes" */
+#define WATCHD_ATTR_THRESHOLD 0x00a6u    /* u64, the watch's line (bytes or inodes) */
+#define WATCHD_ATTR_MARGIN 0x00a7u       /* u64, hysteresis and step (bytes or inodes) */
 
 /* ---- Layouts ------------------------------------------------------------------------ */
 
@@ -513,6 +522,13 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_LAST_ERROR_TIME:
 	case WATCHD_ATTR_QUOTA_ID:
 	case WATCHD_ATTR_QUOTA_CAUSED_BY:
+	case WATCHD_ATTR_FREE_BYTES:
+	case WATCHD_ATTR_AVAIL_BYTES:
+	case WATCHD_ATTR_TOTAL_BYTES:
+	case WATCHD_ATTR_FREE_INODES:
+	case WATCHD_ATTR_TOTAL_INODES:
+	case WATCHD_ATTR_THRESHOLD:
+	case WATCHD_ATTR_MARGIN:
 		return WATCHD_KIND_U64;
 	case WATCHD_ATTR_TRUNCATED:
 	case WATCHD_ATTR_MAJOR:
@@ -567,6 +583,7 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_FIRST_ERROR_AT:
 	case WATCHD_ATTR_LAST_ERROR_AT:
 	case WATCHD_ATTR_QUOTA_WARNING_NAME:
+	case WATCHD_ATTR_RESOURCE:
 		return WATCHD_KIND_STR;
 	default:
 		return WATCHD_KIND_UNKNOWN;
@@ -643,6 +660,14 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_QUOTA_WARNING: return "quota_warning";
 	case WATCHD_ATTR_QUOTA_WARNING_NAME: return "quota_warning_name";
 	case WATCHD_ATTR_QUOTA_CAUSED_BY: return "quota_caused_by";
+	case WATCHD_ATTR_FREE_BYTES: return "free_bytes";
+	case WATCHD_ATTR_AVAIL_BYTES: return "avail_bytes";
+	case WATCHD_ATTR_TOTAL_BYTES: return "total_bytes";
+	case WATCHD_ATTR_FREE_INODES: return "free_inodes";
+	case WATCHD_ATTR_TOTAL_INODES: return "total_inodes";
+	case WATCHD_ATTR_RESOURCE: return "resource";
+	case WATCHD_ATTR_THRESHOLD: return "threshold";
+	case WATCHD_ATTR_MARGIN: return "margin";
 	default: return NULL;
 	}
 }

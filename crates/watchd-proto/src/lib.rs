@@ -405,6 +405,25 @@ pub mod attr {
     /// str: where in the kernel the last counted error was reported ("function:line").
     pub const LAST_ERROR_AT: u16 = 0x009f;
     // 0x00a0..0x00af: free space (superblock SPACE_* records).
+    /// u64: bytes free on the filesystem (`f_bfree` × `f_frsize`), root's reserve included.
+    pub const FREE_BYTES: u16 = 0x00a0;
+    /// u64: bytes available to unprivileged users (`f_bavail` × `f_frsize`): what the
+    /// space thresholds are compared with.
+    pub const AVAIL_BYTES: u16 = 0x00a1;
+    /// u64: the filesystem's size in bytes (`f_blocks` × `f_frsize`).
+    pub const TOTAL_BYTES: u16 = 0x00a2;
+    /// u64: free inodes (`f_ffree`).
+    pub const FREE_INODES: u16 = 0x00a3;
+    /// u64: the filesystem's inodes (`f_files`; 0 for filesystems without a fixed count).
+    pub const TOTAL_INODES: u16 = 0x00a4;
+    /// str: what the record is about: "space" (available bytes) or "inodes" (free inodes).
+    pub const RESOURCE: u16 = 0x00a5;
+    /// u64: the watch's line, in the resource's unit (bytes or inodes): LOW and
+    /// STILL_LOWER: below it; RECOVERED: back at or above it plus the margin.
+    pub const THRESHOLD: u16 = 0x00a6;
+    /// u64: the hysteresis margin in the resource's unit: RECOVERED needs
+    /// THRESHOLD + MARGIN free, and each STILL_LOWER a further drop of this much.
+    pub const MARGIN: u16 = 0x00a7;
     // 0x00b0..0x00bf: quota (superblock QUOTA records).
     /// u32: whose quota: 0 a user's, 1 a group's, 2 a project's (the kernel's quota types;
     /// see [`super::quota`]).
@@ -428,6 +447,9 @@ pub mod attr {
             FIRST_ERROR_TIME | LAST_ERROR_TIME => U64,
             ERRNO | ERROR_COUNT | ERRORS_TOTAL => U32,
             ERRNO_NAME | FIRST_ERROR_AT | LAST_ERROR_AT => Str,
+            FREE_BYTES | AVAIL_BYTES | TOTAL_BYTES | FREE_INODES | TOTAL_INODES | THRESHOLD
+            | MARGIN => U64,
+            RESOURCE => Str,
             TRUNCATED | MAJOR | MINOR | CHANGED | KEY_ID | AUX | KEY_UID | KEY_GID | PERM
             | WATCHED_KEY | HANDLE_TYPE | IS_DIR => U32,
             OBJECT | REASON | ROOT | MOUNT_POINT | FS_TYPE | SOURCE | MOUNT_OPTIONS
@@ -577,6 +599,14 @@ pub mod names {
             attr::QUOTA_WARNING => "quota_warning",
             attr::QUOTA_WARNING_NAME => "quota_warning_name",
             attr::QUOTA_CAUSED_BY => "quota_caused_by",
+            attr::FREE_BYTES => "free_bytes",
+            attr::AVAIL_BYTES => "avail_bytes",
+            attr::TOTAL_BYTES => "total_bytes",
+            attr::FREE_INODES => "free_inodes",
+            attr::TOTAL_INODES => "total_inodes",
+            attr::RESOURCE => "resource",
+            attr::THRESHOLD => "threshold",
+            attr::MARGIN => "margin",
             _ => return None,
         })
     }
@@ -1346,7 +1376,7 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 67);
+        assert_eq!(seen.len(), 75);
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn quoted_output(prefix: &str) -> Vec<String> {
     found[0].lines().map(str::to_owned).collect()
 }
 
-/// Section 14's first record: a mount DETACH.
+/// Section 17's first record: a mount DETACH.
 fn example_detach() -> Vec<u8> {
     let mut b = RecordBuilder::new(
         RecordType::Mount,
@@ -90,7 +90,7 @@ fn example_detach() -> Vec<u8> {
     rec
 }
 
-/// Section 14's second record: the LOSS for records 43 to 47.
+/// Section 17's second record: the LOSS for records 43 to 47.
 fn example_loss() -> Vec<u8> {
     let mut b = RecordBuilder::new(RecordType::Meta, meta::LOSS, 0, 1_767_225_600_200_000_000);
     b.put_u64(attr::LOST_COUNT, 5)
@@ -104,7 +104,7 @@ fn example_loss() -> Vec<u8> {
     rec
 }
 
-/// Section 14's third record: a device CHANGE with two properties, laid out as the daemon
+/// Section 17's third record: a device CHANGE with two properties, laid out as the daemon
 /// does (fixed attributes, then the properties).
 fn example_device() -> Vec<u8> {
     let mut b = RecordBuilder::new(
@@ -144,7 +144,7 @@ fn example_device() -> Vec<u8> {
     rec
 }
 
-/// Every record section 15 shows, in order.
+/// Every record section 17 shows, in order.
 fn examples() -> [Vec<u8>; 3] {
     [example_detach(), example_loss(), example_device()]
 }

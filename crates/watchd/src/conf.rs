@@ -16,6 +16,34 @@ pub struct Config {
     pub pipe: PipeConf,
     pub sources: Sources,
     pub keys: KeysConf,
+    pub space: SpaceConf,
+}
+
+/// The space source's adaptive timer: each filesystem is looked at again after the time it
+/// would take to reach the nearest line of any watch on it at the fastest plausible rate,
+/// within these bounds.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpaceConf {
+    /// The shortest time between two looks at a filesystem, in milliseconds.
+    pub shortest_check_ms: u32,
+    /// The longest, in milliseconds.
+    pub longest_check_ms: u32,
+    /// The fastest a filesystem is assumed to fill (or empty), in MiB per second.
+    pub fill_rate_mib_per_s: u32,
+    /// The fastest a filesystem is assumed to use up inodes, per second.
+    pub inode_rate_per_s: u32,
+}
+
+impl Default for SpaceConf {
+    fn default() -> Self {
+        SpaceConf {
+            shortest_check_ms: 1000,
+            longest_check_ms: 300_000,
+            fill_rate_mib_per_s: 1024,
+            inode_rate_per_s: 100_000,
+        }
+    }
 }
 
 /// The key source's poller (kernels without watch queues).
@@ -136,6 +164,8 @@ pub struct Sources {
     /// The kernel's quota warnings (generic netlink family VFS_DQUOT), each to the users it
     /// concerns.
     pub quota: bool,
+    /// Free space and free inodes against thresholds (fstatfs on an adaptive timer).
+    pub space: bool,
     /// Where device events come from: "auto" (udev when udevd runs, else the kernel),
     /// "udev" or "kernel".
     pub device_events: DeviceEvents,
@@ -154,6 +184,7 @@ impl Default for Sources {
             files: true,
             fserrors: true,
             quota: true,
+            space: true,
             device_events: DeviceEvents::Auto,
             mount_events: MountEvents::Auto,
         }
@@ -343,7 +374,15 @@ impl Config {
             ));
         }
         let s = &self.sources;
-        if !(s.mounts || s.devices || s.keys || s.krb5 || s.files || s.fserrors || s.quota) {
+        if !(s.mounts
+            || s.devices
+            || s.keys
+            || s.krb5
+            || s.files
+            || s.fserrors
+            || s.quota
+            || s.space)
+        {
             return Err("every source is disabled in [sources]: nothing to serve".into());
         }
         let interval = self.keys.poll_interval_ms;
@@ -351,6 +390,24 @@ impl Config {
             return Err(format!(
                 "keys.poll_interval_ms must be 10..=60000 milliseconds, not {interval}"
             ));
+        }
+        let t = &self.space;
+        if !(100..=t.longest_check_ms).contains(&t.shortest_check_ms) {
+            return Err(format!(
+                "space.shortest_check_ms must be 100..=space.longest_check_ms ({}) milliseconds, not {}",
+                t.longest_check_ms, t.shortest_check_ms
+            ));
+        }
+        if t.longest_check_ms > 86_400_000 {
+            return Err(format!(
+                "space.longest_check_ms must be at most 86400000 milliseconds (a day), not {}",
+                t.longest_check_ms
+            ));
+        }
+        if t.fill_rate_mib_per_s == 0 || t.inode_rate_per_s == 0 {
+            return Err(
+                "space.fill_rate_mib_per_s and space.inode_rate_per_s must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -421,7 +478,7 @@ mod tests {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
-        assert_eq!(config.values().len(), 23, "{:?}", config.values());
+        assert_eq!(config.values().len(), 28, "{:?}", config.values());
     }
 
     #[test]

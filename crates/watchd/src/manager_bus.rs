@@ -232,7 +232,7 @@ pub struct SubscriptionObject {
 impl SubscriptionObject {
     /// AddWatch:
     /// @tag: The number this watch's records carry: non-zero, unique in the subscription.
-    /// @kind: What to watch: one of the Manager's Sources (mounts, devices, keys, krb5, files).
+    /// @kind: What to watch: one of the Manager's Sources, e.g. "mounts" or "space".
     /// @options: Options of the watch (below).
     ///
     /// Add a watch to the subscription. Options: "initial" (b) current state first, then SYNC; "filters" (a(utuu)) type,
@@ -245,6 +245,10 @@ impl SubscriptionObject {
     /// (s, default: the caller's default ccache), "signal" (b: also CredentialsCacheChanged).
     /// files: "path" (s: a file or directory, resolved as the caller) or "fd" (h: a directory,
     /// which must be the one at its path for the caller), "subtree" (b: everything below it).
+    /// space: "path" (s: its filesystem; default: every one worth warning about), "below" (s:
+    /// "5%" or a size, "2G"), "min_free" (s: a size or "none"), "step" (s), "min_interval_s"
+    /// (u), "inodes_below" (s), "inodes_step" (s). fserrors: "path" (s: only its filesystem).
+    /// quota: "all" (b: every user's and group's warnings; needs an administrator).
     /// Options are read under the bounds of Subscribe's.
     async fn add_watch(
         &self,

@@ -49,7 +49,7 @@ fn an_explicit_config_that_does_not_exist_is_an_error() {
 fn disabling_every_source_is_refused_rather_than_serving_nothing() {
     let config = (
         "none.toml",
-        "[sources]\nmounts = false\ndevices = false\nkeys = false\nkrb5 = false\nfiles = false\n",
+        "[sources]\nmounts = false\ndevices = false\nkeys = false\nkrb5 = false\nfiles = false\nfserrors = false\nquota = false\nspace = false\n",
     );
     refuses(Some(config), &NO_BUS, &["every source is disabled"]);
 }

@@ -12,6 +12,8 @@
 //! - [`fserrors`]: filesystem errors (fanotify `FAN_FS_ERROR`, one filesystem mark per
 //!   filesystem mounted in a watched namespace), with ext4's own counts as initial state.
 //! - [`quota`]: the kernel's quota warnings (generic netlink), each to the users it concerns.
+//! - [`space`]: free space and inodes against each watch's thresholds (one thread: fstatfs
+//!   on an adaptive timer per filesystem, and on mount changes).
 //!
 //! **Adding a source:** a module here whose change type implements
 //! [`crate::event::Change`], whose watches' scope implements [`crate::watch::Scope`] and
@@ -27,6 +29,7 @@ pub mod keys;
 pub mod krb5;
 pub mod mounts;
 pub mod quota;
+pub mod space;
 
 use std::sync::Arc;
 
@@ -40,7 +43,7 @@ use crate::source::Source;
 use crate::watch::{Kind, Scope};
 
 /// Every kind this daemon knows, served or disabled in the configuration.
-pub const KINDS: [Kind; 7] = [
+pub const KINDS: [Kind; 8] = [
     mounts::KIND,
     devices::KIND,
     keys::KIND,
@@ -48,6 +51,7 @@ pub const KINDS: [Kind; 7] = [
     files::KIND,
     fserrors::KIND,
     quota::KIND,
+    space::KIND,
 ];
 
 /// A source that could not start, and what it needs.
@@ -194,6 +198,16 @@ pub fn start(
                 });
             }
         }
+    }
+    if enabled.space {
+        let timing = space::Timing::from_config(&config.space);
+        sources.push(
+            space::SpaceSource::start(hub.clone(), timing).map_err(|error| StartError {
+                kind: space::KIND,
+                needs: "needs a pipe and a thread",
+                error,
+            })?,
+        );
     }
     Ok(sources)
 }

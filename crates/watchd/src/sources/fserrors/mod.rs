@@ -466,7 +466,7 @@ impl Shared {
         let Some(feed) = feeds.iter_mut().find(|f| f.id == feed) else {
             return;
         };
-        let entries = match mountinfo::reread(&mut feed.mountinfo, buf) {
+        let entries = match mountinfo::reread(&feed.mountinfo, buf) {
             Ok(entries) => entries,
             Err(e) => {
                 return tracing::error!(feed = feed.id, error = %e, "re-reading mountinfo failed; retrying on the next change");
@@ -660,7 +660,7 @@ impl Source for FsErrorSource {
         let view = process.mount_view()?;
         // The open file pins the namespace it was opened in; the view read on both sides of
         // the open proves it is the one `view` names.
-        let mut file = process.mountinfo()?;
+        let file = process.mountinfo()?;
         if process.mount_view()? != view {
             return Err(Error::Failed(
                 "the caller changed mount namespace while its watch was being set".into(),
@@ -678,7 +678,7 @@ impl Source for FsErrorSource {
             }
         };
         let mut buf = Vec::new();
-        let entries = mountinfo::reread(&mut file, &mut buf)
+        let entries = mountinfo::reread(&file, &mut buf)
             .map_err(|e| Error::Failed(format!("cannot read the caller's mountinfo: {e}")))?;
         if let (Some(path), Some((dev, _))) = (&path, &target)
             && !reporting(&entries).contains_key(dev)

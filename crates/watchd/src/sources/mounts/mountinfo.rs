@@ -91,19 +91,6 @@ pub fn parse_mountinfo(text: &[u8]) -> (Vec<MountEntry>, usize) {
     (entries, bad)
 }
 
-/// Reads an open mountinfo file again from its start (`buf` is scratch space, kept between
-/// reads); lines that do not parse are skipped and logged.
-pub fn reread(file: &mut File, buf: &mut Vec<u8>) -> io::Result<Vec<MountEntry>> {
-    buf.clear();
-    file.seek(SeekFrom::Start(0))?;
-    file.read_to_end(buf)?;
-    let (entries, bad) = parse_mountinfo(buf);
-    if bad > 0 {
-        tracing::warn!(lines = bad, "skipped mountinfo lines that did not parse");
-    }
-    Ok(entries)
-}
-
 /// A view's mount table as last read.
 struct Table {
     mounts: Vec<Arc<MountEntry>>,
@@ -113,9 +100,24 @@ struct Table {
 
 impl Table {
     fn reread(&mut self) -> io::Result<Vec<Arc<MountEntry>>> {
-        let entries = reread(&mut self.file, &mut self.buf)?;
-        Ok(entries.into_iter().map(Arc::new).collect())
+        Ok(reread(&self.file, &mut self.buf)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
     }
+}
+
+/// Reads an open mountinfo (a caller's, kept open to follow its namespace) again from the
+/// start, with `buf` as the reading buffer.
+pub fn reread(mut file: &File, buf: &mut Vec<u8>) -> io::Result<Vec<MountEntry>> {
+    buf.clear();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_end(buf)?;
+    let (entries, bad) = parse_mountinfo(buf);
+    if bad > 0 {
+        tracing::warn!(lines = bad, "skipped mountinfo lines that did not parse");
+    }
+    Ok(entries)
 }
 
 /// One caller's view of the mount tree, followed through its mountinfo.
