@@ -15,6 +15,7 @@ pub fn check(data: &[u8]) {
     let lines = data.split(|&c| c == b'\n').filter(|l| !l.is_empty()).count();
     assert_eq!(entries.len() + bad, lines);
     for entry in entries {
+        assert!(!entry.is_gone(), "a parsed line is not a gone mount");
         for field in [&entry.root, &entry.mount_point, &entry.source] {
             assert!(field.len() <= data.len());
         }

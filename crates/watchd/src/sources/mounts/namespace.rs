@@ -333,6 +333,7 @@ pub fn entry_from(sm: &Statmount<'_>) -> Option<MountEntry> {
             id: basic.id,
             parent: basic.parent,
         }),
+        gone: false,
     })
 }
 
