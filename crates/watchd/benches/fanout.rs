@@ -172,6 +172,7 @@ fn user_runtime_dir() -> MountEntry {
             id: 0x1_0000_04b3,
             parent: 0x1_0000_001d,
         }),
+        gone: false,
     }
 }
 

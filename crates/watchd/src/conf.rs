@@ -263,13 +263,19 @@ impl Config {
                 });
             }
         };
-        let config: Config = toml::from_str(&text).map_err(|source| ConfError::Parse {
-            path: shown.clone(),
+        Config::parse(&text, &shown)
+    }
+
+    /// The file's text, read and validated as [`Config::load`] does; errors name it `shown`.
+    pub fn parse(text: &str, shown: &str) -> Result<Config, ConfError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfError::Parse {
+            path: shown.to_owned(),
             source,
         })?;
-        config
-            .validate()
-            .map_err(|what| ConfError::Invalid { path: shown, what })?;
+        config.validate().map_err(|what| ConfError::Invalid {
+            path: shown.to_owned(),
+            what,
+        })?;
         Ok(config)
     }
 

@@ -120,6 +120,52 @@ fn text(s: &std::ffi::OsStr) -> String {
     s.to_string_lossy().into_owned()
 }
 
+/// A device as libudev hands it over, in plain strings: what [`DeviceInfo::from_fields`]
+/// reads. Separate from `udev::Device` so that the uevent fuzz target
+/// (fuzz/src/targets/uevent.rs) can give a raw uevent's fields to the same code.
+#[derive(Debug, Default)]
+pub struct DeviceFields {
+    pub subsystem: Option<String>,
+    pub devtype: Option<String>,
+    pub sysname: String,
+    pub syspath: String,
+    pub devnode: Option<String>,
+    pub driver: Option<String>,
+    pub devnum: Option<(u32, u32)>,
+    /// Every property, in the uevent's order.
+    pub properties: Vec<(String, String)>,
+}
+
+impl DeviceFields {
+    fn of(dev: &udev::Device) -> DeviceFields {
+        DeviceFields {
+            subsystem: dev.subsystem().map(text),
+            devtype: dev.devtype().map(text),
+            sysname: text(dev.sysname()),
+            syspath: dev.syspath().to_string_lossy().into_owned(),
+            devnode: dev.devnode().map(|p| p.to_string_lossy().into_owned()),
+            driver: dev.driver().map(text),
+            devnum: dev.devnum().map(|n| {
+                (
+                    nix::sys::stat::major(n) as u32,
+                    nix::sys::stat::minor(n) as u32,
+                )
+            }),
+            properties: dev
+                .properties()
+                .map(|p| (text(p.name()), text(p.value())))
+                .collect(),
+        }
+    }
+
+    fn property(&self, key: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 impl DeviceInfo {
     /// `action` is the event's (None for a device of a snapshot, which reads as "add").
     fn from_device(
@@ -128,37 +174,42 @@ impl DeviceInfo {
         seqnum: u64,
         source: EventSource,
     ) -> Option<DeviceInfo> {
+        DeviceInfo::from_fields(DeviceFields::of(dev), action, seqnum, source)
+    }
+
+    /// The event of a device's fields; `None` for an action records have no subtype for.
+    pub fn from_fields(
+        fields: DeviceFields,
+        action: Option<&str>,
+        seqnum: u64,
+        source: EventSource,
+    ) -> Option<DeviceInfo> {
         let action = action.unwrap_or("add").to_owned();
         let subtype = device::from_action(&action)?;
-        let property = |key: &str| dev.property_value(key).map(text);
-        let tags = property("TAGS").map(|t| {
-            t.split(':')
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned)
-                .collect()
-        });
+        let tags = fields
+            .property("TAGS")
+            .map(|t| {
+                t.split(':')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let old_syspath = fields.property("DEVPATH_OLD").map(|p| format!("/sys{p}"));
         Some(DeviceInfo {
             subtype,
             action,
-            subsystem: dev.subsystem().map(text).unwrap_or_default(),
-            devtype: dev.devtype().map(text),
-            sysname: text(dev.sysname()),
-            syspath: dev.syspath().to_string_lossy().into_owned(),
-            devnode: dev.devnode().map(|p| p.to_string_lossy().into_owned()),
-            driver: dev.driver().map(text),
+            subsystem: fields.subsystem.unwrap_or_default(),
+            devtype: fields.devtype,
+            sysname: fields.sysname,
+            syspath: fields.syspath,
+            devnode: fields.devnode,
+            driver: fields.driver,
             seqnum,
-            devnum: dev.devnum().map(|n| {
-                (
-                    nix::sys::stat::major(n) as u32,
-                    nix::sys::stat::minor(n) as u32,
-                )
-            }),
-            tags: tags.unwrap_or_default(),
-            properties: dev
-                .properties()
-                .map(|p| (text(p.name()), text(p.value())))
-                .collect(),
-            old_syspath: property("DEVPATH_OLD").map(|p| format!("/sys{p}")),
+            devnum: fields.devnum,
+            tags,
+            properties: fields.properties,
+            old_syspath,
             source,
         })
     }
@@ -229,6 +280,53 @@ pub struct DeviceMatch {
 }
 
 impl DeviceMatch {
+    /// A device watch's options (`subsystem`, `tag`, `sysname`, `property`, `properties`),
+    /// checked and compiled; touches nothing outside.
+    pub fn from_options(options: &mut Options) -> Result<DeviceMatch> {
+        let (subsystem, devtype) = match options.take_string("subsystem")? {
+            None => (None, None),
+            Some(value) => {
+                let value = pattern("subsystem", value)?;
+                match value.split_once('/') {
+                    Some((s, t)) => (Some(s.to_owned()), Some(t.to_owned())),
+                    None => (Some(value), None),
+                }
+            }
+        };
+        let tag = options
+            .take_string("tag")?
+            .map(|t| pattern("tag", t))
+            .transpose()?;
+        let sysname = options
+            .take_string("sysname")?
+            .map(|s| glob("sysname", s))
+            .transpose()?;
+        let properties = list(options, "property")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((
+                    glob("property", k.to_owned())?,
+                    glob("property", v.to_owned())?,
+                )),
+                _ => Err(Error::invalid(format!(
+                    "option 'property': '{}' is not KEY=GLOB",
+                    Truncated(&p)
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Absent: every property; an empty list: none, only the fixed fields.
+        let include = list(options, "properties")?;
+        Ok(DeviceMatch {
+            subsystem,
+            devtype,
+            tag,
+            properties,
+            sysname,
+            include,
+        })
+    }
+
     pub fn matches(&self, d: &DeviceInfo) -> bool {
         self.subsystem.as_ref().is_none_or(|s| *s == d.subsystem)
             && self
@@ -824,48 +922,7 @@ impl Source for DeviceSource {
     }
 
     fn scope(&self, options: &mut Options, _caller: &Caller) -> Result<Arc<dyn Scope>> {
-        let (subsystem, devtype) = match options.take_string("subsystem")? {
-            None => (None, None),
-            Some(value) => {
-                let value = pattern("subsystem", value)?;
-                match value.split_once('/') {
-                    Some((s, t)) => (Some(s.to_owned()), Some(t.to_owned())),
-                    None => (Some(value), None),
-                }
-            }
-        };
-        let tag = options
-            .take_string("tag")?
-            .map(|t| pattern("tag", t))
-            .transpose()?;
-        let sysname = options
-            .take_string("sysname")?
-            .map(|s| glob("sysname", s))
-            .transpose()?;
-        let properties = list(options, "property")?
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| match p.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((
-                    glob("property", k.to_owned())?,
-                    glob("property", v.to_owned())?,
-                )),
-                _ => Err(Error::invalid(format!(
-                    "option 'property': '{}' is not KEY=GLOB",
-                    Truncated(&p)
-                ))),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // Absent: every property; an empty list: none, only the fixed fields.
-        let include = list(options, "properties")?;
-        let matcher = Arc::new(DeviceMatch {
-            subsystem,
-            devtype,
-            tag,
-            properties,
-            sysname,
-            include,
-        });
+        let matcher = Arc::new(DeviceMatch::from_options(options)?);
         let lease = Arc::new(FilterLease {
             matcher: matcher.clone(),
             shared: Arc::downgrade(&self.shared),

@@ -66,6 +66,11 @@ pub struct MountEntry {
     pub source: Vec<u8>,
     pub super_options: String,
     pub unique: Option<UniqueIds>,
+    /// Known only by its unique id ([`MountEntry::gone`]). A flag of its own, not an empty
+    /// `fs_type`: a mountinfo line with an empty type field (two spaces in a row) parsed into
+    /// an entry that passed for gone, whose record then lost its ids and paths (found by
+    /// fuzz/src/targets/mountinfo.rs; fuzz/regressions/mountinfo/).
+    pub gone: bool,
 }
 
 impl MountEntry {
@@ -87,11 +92,12 @@ impl MountEntry {
                 id: unique_id,
                 parent: 0,
             }),
+            gone: true,
         }
     }
 
     pub fn is_gone(&self) -> bool {
-        self.fs_type.is_empty()
+        self.gone
     }
 
     /// What tables are keyed by: the unique id where known.

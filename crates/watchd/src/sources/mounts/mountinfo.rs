@@ -72,6 +72,7 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
         source: unescape(next()?),
         super_options: text(next()?),
         unique: None,
+        gone: false,
     })
 }
 

@@ -303,8 +303,9 @@ fn propagation(basic: &MountBasic, propagate_from: Option<u64>) -> String {
     fields.join(" ")
 }
 
-/// A mount's entry from a FULL statmount; `None` when the answer lacks a field.
-fn entry_from(sm: &Statmount<'_>) -> Option<MountEntry> {
+/// A mount's entry from a FULL statmount; `None` when the answer lacks a field. Public for
+/// the statmount fuzz target (fuzz/src/targets/statmount.rs).
+pub fn entry_from(sm: &Statmount<'_>) -> Option<MountEntry> {
     let basic = sm.basic()?;
     let ((major, minor), sb_flags) = sm.superblock()?;
     let mut fs_type = text(sm.fs_type());
@@ -332,6 +333,7 @@ fn entry_from(sm: &Statmount<'_>) -> Option<MountEntry> {
             id: basic.id,
             parent: basic.parent,
         }),
+        gone: false,
     })
 }
 
