@@ -63,6 +63,7 @@ const FILES: &[(&str, u32)] = &[
     ("usr/share/doc/watchd/examples/watchd-dump.c", 0o644),
     ("usr/share/doc/watchd/examples/watchd-gdbus.c", 0o644),
     ("usr/share/doc/watchd/examples/watchd.h", 0o644),
+    ("usr/share/doc/watchd/fuzzing.md", 0o644),
     ("usr/share/doc/watchd/protocol.md", 0o644),
     ("usr/share/doc/watchd/security.md", 0o644),
     ("usr/share/doc/watchd/watchctl.md", 0o644),
