@@ -101,6 +101,9 @@ extern "C" {
 #define WATCHD_SUPERBLOCK_LOW 4u               /* free space fell below the threshold */
 #define WATCHD_SUPERBLOCK_STILL_LOWER 5u       /* fell a further step */
 #define WATCHD_SUPERBLOCK_RECOVERED 6u         /* back above the threshold */
+#define WATCHD_SUPERBLOCK_QUOTA_LOW 7u         /* room before EDQUOT fell below the threshold */
+#define WATCHD_SUPERBLOCK_QUOTA_STILL_LOWER 8u /* fell a further step */
+#define WATCHD_SUPERBLOCK_QUOTA_RECOVERED 9u   /* back above the threshold */
 
 /* WATCHD_TYPE_MOUNT */
 #define WATCHD_MOUNT_ATTACH 0u
@@ -207,6 +210,12 @@ extern "C" {
 #define WATCHD_ATTR_QUOTA_WARNING 0x00b2u      /* u32, the kernel's QUOTA_NL_* number, 1..10 */
 #define WATCHD_ATTR_QUOTA_WARNING_NAME 0x00b3u /* str, e.g. "block_soft_exceeded" */
 #define WATCHD_ATTR_QUOTA_CAUSED_BY 0x00b4u    /* u64, only your own uid (or an all watch) */
+/* quota usage (WATCHD_SUPERBLOCK_QUOTA_LOW..QUOTA_RECOVERED), in the resource's unit */
+#define WATCHD_ATTR_QUOTA_USED 0x00b5u         /* u64, bytes or inodes used */
+#define WATCHD_ATTR_QUOTA_SOFT_LIMIT 0x00b6u   /* u64, 0: none */
+#define WATCHD_ATTR_QUOTA_HARD_LIMIT 0x00b7u   /* u64, 0: none */
+#define WATCHD_ATTR_QUOTA_ROOM 0x00b8u         /* u64, what may still be used before EDQUOT */
+#define WATCHD_ATTR_QUOTA_GRACE_ENDS 0x00b9u   /* u64, seconds since the epoch, over soft only */
 /* free space, 0x00a0..0x00af (superblock LOW, STILL_LOWER, RECOVERED) */
 #define WATCHD_ATTR_FREE_BYTES 0x00a0u   /* u64, f_bfree * f_frsize */
 #define WATCHD_ATTR_AVAIL_BYTES 0x00a1u  /* u64, f_bavail * f_frsize: what is compared */
@@ -522,6 +531,11 @@ static inline enum watchd_attr_kind watchd_attr_kind(uint16_t id)
 	case WATCHD_ATTR_LAST_ERROR_TIME:
 	case WATCHD_ATTR_QUOTA_ID:
 	case WATCHD_ATTR_QUOTA_CAUSED_BY:
+	case WATCHD_ATTR_QUOTA_USED:
+	case WATCHD_ATTR_QUOTA_SOFT_LIMIT:
+	case WATCHD_ATTR_QUOTA_HARD_LIMIT:
+	case WATCHD_ATTR_QUOTA_ROOM:
+	case WATCHD_ATTR_QUOTA_GRACE_ENDS:
 	case WATCHD_ATTR_FREE_BYTES:
 	case WATCHD_ATTR_AVAIL_BYTES:
 	case WATCHD_ATTR_TOTAL_BYTES:
@@ -660,6 +674,11 @@ static inline const char *watchd_attr_name(uint16_t id)
 	case WATCHD_ATTR_QUOTA_WARNING: return "quota_warning";
 	case WATCHD_ATTR_QUOTA_WARNING_NAME: return "quota_warning_name";
 	case WATCHD_ATTR_QUOTA_CAUSED_BY: return "quota_caused_by";
+	case WATCHD_ATTR_QUOTA_USED: return "quota_used";
+	case WATCHD_ATTR_QUOTA_SOFT_LIMIT: return "quota_soft_limit";
+	case WATCHD_ATTR_QUOTA_HARD_LIMIT: return "quota_hard_limit";
+	case WATCHD_ATTR_QUOTA_ROOM: return "quota_room";
+	case WATCHD_ATTR_QUOTA_GRACE_ENDS: return "quota_grace_ends";
 	case WATCHD_ATTR_FREE_BYTES: return "free_bytes";
 	case WATCHD_ATTR_AVAIL_BYTES: return "avail_bytes";
 	case WATCHD_ATTR_TOTAL_BYTES: return "total_bytes";
@@ -697,8 +716,10 @@ static inline const char *watchd_subtype_name(uint32_t type, uint8_t subtype)
 	static const char *const krb5[] = {"created", "changed", "primary", "destroyed"};
 	static const char *const file[] = {"create",      "delete",     "modify",   "attrib",
 					   "close_write", "moved_from", "moved_to", "rename"};
-	static const char *const superblock[] = {"readonly", "error",       "quota",    "network",
-						 "low",      "still_lower", "recovered"};
+	static const char *const superblock[] = {
+		"readonly",  "error",           "quota",           "network",
+		"low",       "still_lower",     "recovered",       "quota_low",
+		"quota_still_lower", "quota_recovered"};
 
 	switch (type) {
 	case WATCHD_TYPE_META:

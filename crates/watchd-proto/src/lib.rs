@@ -193,8 +193,10 @@ pub mod device {
 
 /// Subtypes of [`RecordType::Superblock`]: what happened to a filesystem. 0 to 3 keep the
 /// numbers of the kernel's proposed superblock notifications (`NOTIFY_SUPERBLOCK_*`); the
-/// space subtypes follow. Three kinds of watch send them: `fserrors` ([`ERROR`]), `quota`
-/// ([`QUOTA`]) and `space` ([`SPACE_LOW`], [`SPACE_STILL_LOWER`], [`SPACE_RECOVERED`]).
+/// daemon's own threshold subtypes follow. Three kinds of watch send them: `fserrors`
+/// ([`ERROR`]), `quota` ([`QUOTA`], and [`QUOTA_LOW`], [`QUOTA_STILL_LOWER`],
+/// [`QUOTA_RECOVERED`] from its usage) and `space` ([`SPACE_LOW`], [`SPACE_STILL_LOWER`],
+/// [`SPACE_RECOVERED`]).
 pub mod superblock {
     /// The filesystem went read-only. Reserved: this version sends none.
     pub const READONLY: u8 = 0;
@@ -210,6 +212,14 @@ pub mod superblock {
     pub const SPACE_STILL_LOWER: u8 = 5;
     /// Free space is back above the threshold (plus the hysteresis margin).
     pub const SPACE_RECOVERED: u8 = 6;
+    /// What a user or group may still use before `EDQUOT` (read with quotactl(2)) fell below
+    /// the watch's threshold: a warning the kernel does not send.
+    pub const QUOTA_LOW: u8 = 7;
+    /// That room fell a further step since the last warning.
+    pub const QUOTA_STILL_LOWER: u8 = 8;
+    /// The room is back above the threshold (plus the hysteresis margin), or the limit was
+    /// raised or removed.
+    pub const QUOTA_RECOVERED: u8 = 9;
 }
 
 /// Subtypes of [`RecordType::File`]: what happened to a file or directory under a watched
@@ -437,6 +447,20 @@ pub mod attr {
     /// u64: the uid of the process whose action caused the warning; only when it is the
     /// subscriber's own uid (or the watch is an administrator's `all` watch).
     pub const QUOTA_CAUSED_BY: u16 = 0x00b4;
+    // QUOTA_LOW, QUOTA_STILL_LOWER and QUOTA_RECOVERED records carry QUOTA_TYPE, QUOTA_ID,
+    // RESOURCE ("space" in bytes or "inodes"), THRESHOLD and MARGIN (of the room), and:
+    /// u64: what the user or group uses on the filesystem, in the resource's unit.
+    pub const QUOTA_USED: u16 = 0x00b5;
+    /// u64: the soft limit in the resource's unit; 0 when there is none.
+    pub const QUOTA_SOFT_LIMIT: u16 = 0x00b6;
+    /// u64: the hard limit in the resource's unit; 0 when there is none.
+    pub const QUOTA_HARD_LIMIT: u16 = 0x00b7;
+    /// u64: what may still be used before `EDQUOT`: the hard limit (the soft limit when
+    /// there is no hard one) less the usage. What THRESHOLD is compared with.
+    pub const QUOTA_ROOM: u16 = 0x00b8;
+    /// u64: when the soft limit's grace time ends (seconds since the epoch), after which
+    /// writes fail with `EDQUOT`; only while usage is over the soft limit.
+    pub const QUOTA_GRACE_ENDS: u16 = 0x00b9;
 
     /// The layout of each known attribute; `None` for ids this version does not know.
     pub fn kind(id: u16) -> Option<super::AttrKind> {
@@ -458,7 +482,8 @@ pub mod attr {
             | EVENT_SOURCE | BACKEND | KEY_TYPE | DESCRIPTION | CACHE | PRINCIPAL | COLLECTION
             | NAME | OLD_NAME | HANDLE | MOUNTED_ON => Str,
             QUOTA_TYPE | QUOTA_WARNING => U32,
-            QUOTA_ID | QUOTA_CAUSED_BY => U64,
+            QUOTA_ID | QUOTA_CAUSED_BY | QUOTA_USED | QUOTA_SOFT_LIMIT | QUOTA_HARD_LIMIT
+            | QUOTA_ROOM | QUOTA_GRACE_ENDS => U64,
             QUOTA_WARNING_NAME => Str,
             _ => return None,
         })
@@ -526,6 +551,9 @@ pub mod names {
             (RecordType::Superblock, superblock::SPACE_LOW) => "low",
             (RecordType::Superblock, superblock::SPACE_STILL_LOWER) => "still_lower",
             (RecordType::Superblock, superblock::SPACE_RECOVERED) => "recovered",
+            (RecordType::Superblock, superblock::QUOTA_LOW) => "quota_low",
+            (RecordType::Superblock, superblock::QUOTA_STILL_LOWER) => "quota_still_lower",
+            (RecordType::Superblock, superblock::QUOTA_RECOVERED) => "quota_recovered",
             _ => return None,
         })
     }
@@ -599,6 +627,11 @@ pub mod names {
             attr::QUOTA_WARNING => "quota_warning",
             attr::QUOTA_WARNING_NAME => "quota_warning_name",
             attr::QUOTA_CAUSED_BY => "quota_caused_by",
+            attr::QUOTA_USED => "quota_used",
+            attr::QUOTA_SOFT_LIMIT => "quota_soft_limit",
+            attr::QUOTA_HARD_LIMIT => "quota_hard_limit",
+            attr::QUOTA_ROOM => "quota_room",
+            attr::QUOTA_GRACE_ENDS => "quota_grace_ends",
             attr::FREE_BYTES => "free_bytes",
             attr::AVAIL_BYTES => "avail_bytes",
             attr::TOTAL_BYTES => "total_bytes",
@@ -1349,7 +1382,7 @@ mod tests {
                 RecordType::Mount => 4,
                 RecordType::Device | RecordType::File => 8,
                 RecordType::Krb5 => 4,
-                RecordType::Superblock => 7,
+                RecordType::Superblock => 10,
             }
         };
         for t in RecordType::ALL {
@@ -1376,7 +1409,7 @@ mod tests {
                 assert!(seen.insert(name), "duplicate attribute name {name}");
             }
         }
-        assert_eq!(seen.len(), 75);
+        assert_eq!(seen.len(), 80);
     }
 
     #[test]
