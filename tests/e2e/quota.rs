@@ -1,14 +1,17 @@
-//! The `quota` kind: the kernel's quota warnings (generic netlink family VFS_DQUOT).
+//! The `quota` kind: the kernel's quota warnings (generic netlink family VFS_DQUOT), and
+//! usage thresholds before `EDQUOT` (quotactl_fd(2)).
 //!
-//! On this machine (no quotas in its kernel, but the family registered): the kind starts and
-//! says where its warnings come from (or, on a kernel without the family, is listed as
-//! unavailable with why), a user's own watch is accepted when the administrator allows
-//! `watch-superblock`, `all` needs `watch-other-users-quota` (refused to uid 1000, allowed to
-//! root), and bad options get clear errors.
+//! On this machine (quotas in its kernel, but no quota format, so no filesystem with
+//! quotas; the family registered): the kind starts and says where its warnings and
+//! readings come from (or, on a kernel without either, is listed as unavailable with why),
+//! a user's own watch is accepted when the administrator allows `watch-superblock`, `all`
+//! needs `watch-other-users-quota` (refused to uid 1000, allowed to root), and bad options
+//! (thresholds included) get clear errors.
 //!
 //! In the VM (`watchd_e2e::vm`, a kernel built with ext4, quotas and their netlink
 //! interface): `watchd-vm-probe --quota` mounts an ext4 image with quotas, sets limits, and
-//! checks what each subscriber gets when uid 1000 writes past its soft and hard limits (see
+//! checks what each subscriber gets when uid 1000 writes past its soft and hard limits, then
+//! what the thresholds say when it writes close to hard limits without reaching them (see
 //! tests/probe/quota_vm.rs).
 
 use std::path::Path;
@@ -77,6 +80,18 @@ async fn add(client: &Client, options: WatchOptions) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether the daemon lists the kind as unavailable (`kind_starts` says why).
+async fn unavailable(env: &Env) -> Result<bool> {
+    Ok(env
+        .client()
+        .await?
+        .status()
+        .await?
+        .source_details
+        .get("quota")
+        .is_some_and(|d| d.starts_with("unavailable")))
+}
+
 async fn kind_starts() -> Result<()> {
     let env = Env::start_with_config("quota-kind", "[sources]\ndevices = false\n").await?;
     let status = env.client().await?.status().await?;
@@ -85,6 +100,7 @@ async fn kind_starts() -> Result<()> {
         .get("quota")
         .context("status lists no quota source")?;
     // What this kernel has, asked the same way the daemon asks.
+    let readings = watchd::sys::quotactl_fd_exists();
     match watchd::sources::quota::join_events()? {
         Ok((_, family, group)) => {
             ensure!(
@@ -97,11 +113,25 @@ async fn kind_starts() -> Result<()> {
         }
         Err(why) => {
             ensure!(
-                described.starts_with("unavailable") && described.contains("VFS_DQUOT"),
+                described.starts_with(if readings {
+                    "no kernel warnings"
+                } else {
+                    "unavailable"
+                }) && described.contains("VFS_DQUOT"),
                 "the kernel has no quota family ({why}); status says {described:?}"
             );
         }
     }
+    let thresholds = if readings {
+        "usage thresholds: quotactl_fd(2) of each watcher's own user and group quotas"
+    } else {
+        "quotactl_fd(2) (Linux 5.14 or later"
+    };
+    ensure!(
+        described.contains(thresholds),
+        "quotactl_fd(2) is {}here; status says {described:?}",
+        if readings { "" } else { "not " }
+    );
     println!("quota: {described}");
     Ok(())
 }
@@ -110,15 +140,7 @@ async fn authorization() -> Result<()> {
     let scratch = Scratch::new("quota-authorization")?;
     let actions = superblock_for_everyone(&scratch)?;
     let env = Env::start_with_config("quota-auth", &config(&actions)).await?;
-    if env
-        .client()
-        .await?
-        .status()
-        .await?
-        .source_details
-        .get("quota")
-        .is_some_and(|d| d.starts_with("unavailable"))
-    {
+    if unavailable(&env).await? {
         return Ok(()); // kind_starts says why; nothing here can be set
     }
     let (conn, _holder) = connect_as_user(&env.bus.address, OTHER_UID).await?;
@@ -163,15 +185,7 @@ async fn authorization() -> Result<()> {
 
 async fn bad_options() -> Result<()> {
     let env = Env::start_with_config("quota-options", "[sources]\ndevices = false\n").await?;
-    if env
-        .client()
-        .await?
-        .status()
-        .await?
-        .source_details
-        .get("quota")
-        .is_some_and(|d| d.starts_with("unavailable"))
-    {
+    if unavailable(&env).await? {
         return Ok(());
     }
     let root = env.client().await?;
@@ -189,9 +203,58 @@ async fn bad_options() -> Result<()> {
         .err()
         .context("option uid was accepted")?;
     ensure!(
-        unknown.contains("'uid'") && unknown.contains("all"),
+        unknown.contains("'uid'") && unknown.contains("all") && unknown.contains("inodes_below"),
         "an unknown option: {unknown}"
     );
+    if !watchd::sys::quotactl_fd_exists() {
+        let refused = add(&root, WatchOptions::new().option("below", "20%"))
+            .await
+            .err()
+            .context("thresholds were accepted without quotactl_fd(2)")?;
+        ensure!(
+            refused.contains("NotSupported") && refused.contains("quotactl_fd"),
+            "thresholds without quotactl_fd(2): {refused}"
+        );
+        return Ok(());
+    }
+    for (options, expected) in [
+        (
+            WatchOptions::new().option("below", "110%"),
+            "option 'below': '110%' is not a percentage from 0 to 100",
+        ),
+        (
+            WatchOptions::new().option("inodes_step", "many"),
+            "option 'inodes_step': 'many' is neither a percentage",
+        ),
+        (
+            WatchOptions::new()
+                .option("below", "none")
+                .option("step", "5%"),
+            "option 'step' means nothing with 'below' \"none\"",
+        ),
+        (
+            WatchOptions::new().option("min_interval_s", "600"),
+            "option 'min_interval_s' must be of type 'u', not 's'",
+        ),
+    ] {
+        let refused = add(&root, options)
+            .await
+            .err()
+            .with_context(|| format!("accepted; expected {expected:?}"))?;
+        ensure!(
+            refused.contains("InvalidArgument") && refused.contains(expected),
+            "expected {expected:?}: {refused}"
+        );
+    }
+    add(
+        &root,
+        WatchOptions::new()
+            .option("below", "512M")
+            .option("inodes_below", "none")
+            .option("min_interval_s", 0u32),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("valid thresholds were refused: {e}"))?;
     Ok(())
 }
 
@@ -206,6 +269,10 @@ const VM_CHECKS: &[&str] = &[
     "uid 1001 got group 3000's warnings only, without who caused them",
     "root's all watch",
     "the kernel's bytes",
+    "uid 1000's quota_low before its hard limit",
+    "a watch set while low starts with a snapshot quota_low",
+    "uid 1000's thresholds without kernel warnings",
+    "uid 1001 got group 3000's thresholds only",
 ];
 
 fn in_a_vm() -> Result<()> {

@@ -95,7 +95,7 @@ pub fn child_role(args: &[String]) -> Option<ExitCode> {
         match role {
             "--quota-client" => client(
                 args.get(4).context("no address")?,
-                args.get(5).is_some_and(|a| a == "all"),
+                args.get(5).map_or("", String::as_str),
             ),
             "--quota-write" => write(
                 Path::new(args.get(3).context("no path")?),
@@ -127,9 +127,10 @@ fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// A subscriber: one quota watch; prints `ready` (or `refused …`), then one line per
-/// record (see [`Seen`]).
-fn client(address: &str, all: bool) -> Result<()> {
+/// A subscriber: one quota watch with the options of `spec` ("all", "initial", or
+/// `key=value` string options, comma-separated; `min_interval_s` a number); prints `ready`
+/// (or `refused …`), then one line per record (see [`Seen`]).
+fn client(address: &str, spec: &str) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -137,8 +138,13 @@ fn client(address: &str, all: bool) -> Result<()> {
         let client = Client::connect(Some(address)).await?;
         let sub = client.subscribe(SubscribeOptions::default()).await?;
         let mut options = WatchOptions::new();
-        if all {
-            options = options.option("all", true);
+        for word in spec.split(',').filter(|w| !w.is_empty()) {
+            options = match word.split_once('=') {
+                None if word == "initial" => options.initial(true),
+                None => options.option(word, true),
+                Some(("min_interval_s", n)) => options.option("min_interval_s", n.parse::<u32>()?),
+                Some((key, value)) => options.option(key, value),
+            };
         }
         if let Err(e) = sub.add_watch(1, "quota", &options).await {
             println!("refused {e}");
@@ -157,10 +163,12 @@ fn client(address: &str, all: bool) -> Result<()> {
                 .filter(|a| a.id == attr::MOUNTED_ON)
                 .map(|a| String::from_utf8_lossy(a.value).into_owned())
                 .collect();
+            let n = |id| r.get_u64(id).map_or(-1, |v| v as i64);
             println!(
-                "R {} {} {} {} {} {} {} {} {} {}",
+                "R {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
                 h.record_type,
                 h.subtype,
+                h.flags,
                 r.get_u32(attr::QUOTA_TYPE).map_or(-1, i64::from),
                 r.get_u64(attr::QUOTA_ID).map_or(-1, |v| v as i64),
                 r.get_u32(attr::QUOTA_WARNING).map_or(-1, i64::from),
@@ -175,6 +183,13 @@ fn client(address: &str, all: bool) -> Result<()> {
                 } else {
                     mounts.join(",")
                 },
+                r.get_str(attr::RESOURCE).as_deref().unwrap_or("-"),
+                n(attr::QUOTA_USED),
+                n(attr::QUOTA_ROOM),
+                n(attr::QUOTA_SOFT_LIMIT),
+                n(attr::QUOTA_HARD_LIMIT),
+                n(attr::THRESHOLD),
+                n(attr::MARGIN),
             );
             std::io::stdout().flush()?;
         }
@@ -212,6 +227,7 @@ fn write(path: &Path, kib: u64) -> Result<()> {
 struct Seen {
     record_type: u32,
     subtype: u8,
+    flags: u8,
     quota_type: i64,
     id: i64,
     warning: i64,
@@ -220,6 +236,14 @@ struct Seen {
     minor: i64,
     caused_by: i64,
     mounts: String,
+    /// The usage records' fields; "-" and -1 in the kernel's warnings.
+    resource: String,
+    used: i64,
+    room: i64,
+    soft: i64,
+    hard: i64,
+    threshold: i64,
+    margin: i64,
 }
 
 impl Seen {
@@ -229,19 +253,35 @@ impl Seen {
         Some(Seen {
             record_type: f.first()?.parse().ok()?,
             subtype: f.get(1)?.parse().ok()?,
-            quota_type: n(2)?,
-            id: n(3)?,
-            warning: n(4)?,
-            name: (*f.get(5)?).to_owned(),
-            major: n(6)?,
-            minor: n(7)?,
-            caused_by: n(8)?,
-            mounts: (*f.get(9)?).to_owned(),
+            flags: f.get(2)?.parse().ok()?,
+            quota_type: n(3)?,
+            id: n(4)?,
+            warning: n(5)?,
+            name: (*f.get(6)?).to_owned(),
+            major: n(7)?,
+            minor: n(8)?,
+            caused_by: n(9)?,
+            mounts: (*f.get(10)?).to_owned(),
+            resource: (*f.get(11)?).to_owned(),
+            used: n(12)?,
+            room: n(13)?,
+            soft: n(14)?,
+            hard: n(15)?,
+            threshold: n(16)?,
+            margin: n(17)?,
         })
     }
 
     fn is(&self, quota_type: u32, id: u32, name: &str) -> bool {
         self.quota_type == i64::from(quota_type) && self.id == i64::from(id) && self.name == name
+    }
+
+    /// A usage record of this subtype about this quota's space.
+    fn usage(&self, subtype: u8, quota_type: u32, id: u32) -> bool {
+        self.subtype == subtype
+            && self.quota_type == i64::from(quota_type)
+            && self.id == i64::from(id)
+            && self.resource == "space"
     }
 }
 
@@ -318,6 +358,15 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|&a| a.to_owned()).collect()
 }
 
+/// A subscriber's arguments: `uid` (its own gid), its groups, the watch's options.
+fn client_args(address: &str, uid: u32, groups: &str, spec: &str) -> Vec<String> {
+    let mut args = strings(&["--quota-client"]);
+    args.extend([uid.to_string(), uid.to_string(), groups.to_owned()]);
+    args.push(address.to_owned());
+    args.push(spec.to_owned());
+    args
+}
+
 /// The checks, in order; returns how many passed.
 pub async fn checks(client: &Client, address: &str) -> Result<u32> {
     let mut count = 0;
@@ -387,17 +436,10 @@ pub async fn checks(client: &Client, address: &str) -> Result<u32> {
     let (raw, family, _) =
         source::join_events()?.map_err(|why| anyhow::anyhow!("no quota netlink family: {why}"))?;
 
-    let client_args = |uid: u32, gid: u32, groups: &str, all: bool| {
-        let mut args = strings(&["--quota-client"]);
-        args.extend([uid.to_string(), gid.to_string(), groups.to_owned()]);
-        args.push(address.to_owned());
-        args.push(if all { "all" } else { "own" }.to_owned());
-        args
-    };
-    let user = Role::start("uid 1000", &client_args(USER, USER, "1000", false))?;
-    let member = Role::start("uid 1001", &client_args(OTHER, OTHER, "1001,3000", false))?;
-    let admin = Role::start("root all", &client_args(0, 0, "0", true))?;
-    let pretender = Role::start("uid 1000 all", &client_args(USER, USER, "1000", true))?;
+    let user = Role::start("uid 1000", &client_args(address, USER, "1000", ""))?;
+    let member = Role::start("uid 1001", &client_args(address, OTHER, "1001,3000", ""))?;
+    let admin = Role::start("root all", &client_args(address, 0, "0", "all"))?;
+    let pretender = Role::start("uid 1000 all", &client_args(address, USER, "1000", "all"))?;
     for role in [&user, &member, &admin] {
         let line = role.line()?;
         ensure!(line == "ready", "{}: {line}", role.label);
@@ -437,10 +479,19 @@ pub async fn checks(client: &Client, address: &str) -> Result<u32> {
     run_role(&as_writer("--quota-unlink"))?;
 
     let mount_point = MOUNT.to_owned();
+    // The default thresholds (10 %) also see uid 1000's quota fill: those records come
+    // with the warnings, from the same filesystem, without who caused them.
     let check_common = |label: &str, seen: &[Seen], caused: i64| -> Result<()> {
         for s in seen {
             ensure!(
-                s.record_type == RecordType::Superblock as u32 && s.subtype == superblock::QUOTA,
+                s.record_type == RecordType::Superblock as u32
+                    && [
+                        superblock::QUOTA,
+                        superblock::QUOTA_LOW,
+                        superblock::QUOTA_STILL_LOWER,
+                        superblock::QUOTA_RECOVERED
+                    ]
+                    .contains(&s.subtype),
                 "{label}: not a quota record: {s:?}"
             );
             ensure!(
@@ -448,7 +499,12 @@ pub async fn checks(client: &Client, address: &str) -> Result<u32> {
                 "{label}: wrong device or mount point: {s:?}"
             );
             ensure!(
-                s.caused_by == caused,
+                s.caused_by
+                    == if s.subtype == superblock::QUOTA {
+                        caused
+                    } else {
+                        -1
+                    },
                 "{label}: caused_by {s:?}, expected {caused}"
             );
         }
@@ -512,7 +568,139 @@ pub async fn checks(client: &Client, address: &str) -> Result<u32> {
 
     count += raw_bytes(&raw, family.id)?;
     drop((user, member, admin, pretender));
+    count += thresholds(address, &device, &dir)?;
     let _ = nix::mount::umount(MOUNT);
+    Ok(count)
+}
+
+/// Usage thresholds, where the kernel warns of nothing: hard limits only (uid 1000: 1 MiB,
+/// group 3000: 2 MiB), and writes that stay under them. uid 1000 watches with the line at
+/// 20 % of its limit and steps of 10 %; uid 1001, a member of group 3000, at 60 %. uid 1000
+/// (with group 3000) writes 850 KiB, then 130 KiB more, then deletes the file: uid 1000 must
+/// get quota_low, quota_still_lower and quota_recovered about its own quota, with
+/// quotactl's numbers, and no kernel warning; uid 1001 quota_low and quota_recovered about
+/// the group's, never uid 1000's; a watch set after the first write starts with a snapshot
+/// quota_low.
+fn thresholds(address: &str, device: &CString, dir: &Path) -> Result<u32> {
+    const USER_HARD: i64 = 1 << 20;
+    const GROUP_HARD: i64 = 2 << 20;
+    let mut count = 0;
+    for (quota_type, id, hard_kib) in [(quota::USER, USER, 1024), (quota::GROUP, GROUP, 2048)] {
+        quotactl_set_limits(
+            device,
+            quota_type,
+            id,
+            QuotaLimits {
+                block_hard_kib: hard_kib,
+                ..Default::default()
+            },
+        )?;
+    }
+    let steps = "min_interval_s=0,step=10%";
+    let user = Role::start(
+        "uid 1000 thresholds",
+        &client_args(address, USER, "1000", &format!("below=20%,{steps}")),
+    )?;
+    let member = Role::start(
+        "uid 1001 thresholds",
+        &client_args(address, OTHER, "1001,3000", &format!("below=60%,{steps}")),
+    )?;
+    for role in [&user, &member] {
+        let line = role.line()?;
+        ensure!(line == "ready", "{}: {line}", role.label);
+    }
+    let file = dir.join("b").display().to_string();
+    let as_writer = |role: &str, kib: Option<&str>| {
+        let mut args = strings(&[role]);
+        args.extend([USER.to_string(), GROUP.to_string(), file.clone()]);
+        args.extend(kib.map(str::to_owned));
+        args
+    };
+    let wrote = run_role(&as_writer("--quota-write", Some("850")))?;
+    ensure!(wrote.contains("edquot=false"), "first write: {wrote}");
+    let used = i64::try_from(quotactl_space_used(device, quota::USER, USER)?)?;
+    let seen = user.records_until(|s| s.usage(superblock::QUOTA_LOW, quota::USER, USER))?;
+    let low = seen.last().context("no record")?;
+    ensure!(
+        low.used == used
+            && low.hard == USER_HARD
+            && low.soft == 0
+            && low.room == USER_HARD - used
+            && low.threshold == USER_HARD / 5
+            && low.margin == USER_HARD / 10
+            && low.flags == 0,
+        "uid 1000's quota_low does not say what quotactl says (used {used}): {low:?}"
+    );
+    println!(
+        "ok uid 1000's quota_low before its hard limit: {} bytes left of 1 MiB, below {}",
+        low.room, low.threshold
+    );
+    count += 1;
+
+    let late = Role::start(
+        "uid 1000 initial",
+        &client_args(address, USER, "1000", &format!("below=20%,{steps},initial")),
+    )?;
+    ensure!(late.line()? == "ready", "the late watch was refused");
+    let first = late.records_until(|_| true)?;
+    ensure!(
+        first[0].usage(superblock::QUOTA_LOW, quota::USER, USER)
+            && first[0].flags & watchd_proto::FLAG_SNAPSHOT != 0
+            && first[0].used == used,
+        "a watch set while low does not start with a snapshot quota_low: {first:?}"
+    );
+    drop(late);
+    println!("ok a watch set while low starts with a snapshot quota_low");
+    count += 1;
+
+    let wrote = run_role(&as_writer("--quota-write", Some("130")))?;
+    ensure!(wrote.contains("edquot=false"), "second write: {wrote}");
+    let lower =
+        user.records_until(|s| s.usage(superblock::QUOTA_STILL_LOWER, quota::USER, USER))?;
+    run_role(&as_writer("--quota-unlink", None))?;
+    let recovered =
+        user.records_until(|s| s.usage(superblock::QUOTA_RECOVERED, quota::USER, USER))?;
+    let all: Vec<&Seen> = seen.iter().chain(&lower).chain(&recovered).collect();
+    ensure!(
+        all.iter().all(|s| s.quota_type == i64::from(quota::USER)
+            && s.id == i64::from(USER)
+            && s.subtype != superblock::QUOTA
+            && (s.major, s.minor) == (7, 0)
+            && s.mounts == MOUNT),
+        "uid 1000 got more than its own thresholds (a kernel warning, or another quota): {all:?}"
+    );
+    let names: Vec<u8> = all.iter().map(|s| s.subtype).collect();
+    ensure!(
+        names
+            == [
+                superblock::QUOTA_LOW,
+                superblock::QUOTA_STILL_LOWER,
+                superblock::QUOTA_RECOVERED
+            ],
+        "uid 1000's thresholds came as {all:?}"
+    );
+    println!(
+        "ok uid 1000's thresholds without kernel warnings: quota_low, quota_still_lower ({} bytes left), quota_recovered",
+        lower.last().map_or(-1, |s| s.room)
+    );
+    count += 1;
+
+    let seen =
+        member.records_until(|s| s.usage(superblock::QUOTA_RECOVERED, quota::GROUP, GROUP))?;
+    ensure!(
+        seen.iter()
+            .all(|s| s.quota_type == i64::from(quota::GROUP) && s.id == i64::from(GROUP)),
+        "uid 1001 got thresholds of uid 1000's own quota: {seen:?}"
+    );
+    ensure!(
+        seen.iter()
+            .any(|s| s.usage(superblock::QUOTA_LOW, quota::GROUP, GROUP)
+                && s.hard == GROUP_HARD
+                && s.threshold == GROUP_HARD * 3 / 5),
+        "uid 1001 got no quota_low of group 3000 at 60 % of 2 MiB: {seen:?}"
+    );
+    println!("ok uid 1001 got group 3000's thresholds only: quota_low, quota_recovered");
+    count += 1;
     Ok(count)
 }
 

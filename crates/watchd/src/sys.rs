@@ -9,7 +9,7 @@
 //! [`mount_api`] (statmount(2), listmount(2), the mount namespace id), [`fanotify`]
 //! (fanotify_init(2) and fanotify_mark(2) with the mount-namespace flags), [`handle`]
 //! (name_to_handle_at(2), open_by_handle_at(2)),
-//! [`netlink`] (joining a netlink multicast group),
+//! [`netlink`] (joining a netlink multicast group), [`quota`] (quotactl_fd(2)),
 //! [`interrupt`] (a no-op signal handler and a per-thread POSIX timer) and [`reactor`]
 //! (registering a descriptor with Tokio, an `unsafe fn`).
 
@@ -25,6 +25,7 @@ mod interrupt;
 mod keyctl;
 mod mount_api;
 mod netlink;
+mod quota;
 mod reactor;
 mod watch_queue;
 pub use fanotify::*;
@@ -33,6 +34,7 @@ pub use interrupt::*;
 pub use keyctl::*;
 pub use mount_api::*;
 pub use netlink::*;
+pub use quota::*;
 pub use reactor::*;
 pub use rustix::fs::ResolveFlags;
 pub use watch_queue::*;

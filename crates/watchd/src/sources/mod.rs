@@ -181,7 +181,7 @@ pub fn start(
         }
     }
     if enabled.quota {
-        match quota::QuotaSource::start(hub.clone()) {
+        match quota::QuotaSource::start(hub.clone(), space::Timing::from_config(&config.space)) {
             Ok(Ok(source)) => sources.push(source),
             Ok(Err(why)) => {
                 tracing::warn!(%why, "quota watches are unavailable");
@@ -193,7 +193,7 @@ pub fn start(
             Err(error) => {
                 return Err(StartError {
                     kind: quota::KIND,
-                    needs: "needs a generic netlink socket (AF_NETLINK) and a thread",
+                    needs: "needs a generic netlink socket (AF_NETLINK), a pipe and two threads",
                     error,
                 });
             }

@@ -121,6 +121,37 @@ pub fn reread(mut file: &File, buf: &mut Vec<u8>) -> io::Result<Vec<MountEntry>>
     Ok(entries)
 }
 
+/// Waits until `due` (forever without one) for the thread's wake-up pipe `wake` or one of
+/// `tables` (open mountinfos) to change; drains the pipe. Returns whether the pipe woke it,
+/// and which tables changed (`POLLPRI`), in their order.
+pub fn wait_for_change(
+    wake: &OwnedFd,
+    tables: &[&File],
+    due: Option<std::time::Instant>,
+) -> nix::Result<(bool, Vec<bool>)> {
+    let timeout = match due {
+        None => PollTimeout::NONE,
+        Some(due) => {
+            let left = due.saturating_duration_since(std::time::Instant::now());
+            PollTimeout::try_from(left.as_millis() + 1).unwrap_or(PollTimeout::MAX)
+        }
+    };
+    let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+    fds.extend(
+        tables
+            .iter()
+            .map(|table| PollFd::new(table.as_fd(), PollFlags::POLLPRI)),
+    );
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e),
+    }
+    let fired: Vec<bool> = fds.iter().map(|fd| fd.any().unwrap_or(false)).collect();
+    let mut drain = [0u8; 64];
+    while rustix::io::read(wake, &mut drain).is_ok_and(|n| n > 0) {}
+    Ok((fired[0], fired[1..].to_vec()))
+}
+
 /// One caller's view of the mount tree, followed through its mountinfo.
 pub struct View {
     pub origin: Origin,

@@ -1,4 +1,7 @@
-//! Quota warnings: the kernel's generic netlink family `VFS_DQUOT` (with
+//! Quota watches: the kernel's quota warnings, and warnings before `EDQUOT` from the
+//! caller's own usage ([`usage`]).
+//!
+//! **The kernel's warnings.** Its generic netlink family `VFS_DQUOT` (with
 //! `CONFIG_QUOTA_NETLINK_INTERFACE`) multicasts one `QUOTA_NL_C_WARNING` on its `events`
 //! group each time a user, group or project crosses a soft or hard limit on a filesystem
 //! with quotas, or falls back below one.
@@ -13,35 +16,38 @@
 //! not learn which other member filled the group's quota.
 //!
 //! **Where.** The kernel names the filesystem by device number; each record carries the
-//! device's mount points as the subscriber sees them (its own mountinfo, kept open from the
-//! time the watch was set, read again for each warning: warnings are rare, and a record is
-//! built per subscriber anyway).
+//! device's mount points as the subscriber sees them, from its mount table, which the
+//! [`usage`] thread keeps (read again when it changes).
 //!
 //! One thread reads the socket; `ENOBUFS` (warnings dropped by the kernel) is a LOSS to
-//! every quota watch. The parsing is in [`wire`], pure and bounds-checked.
+//! every quota watch. The parsing is in [`wire`], pure and bounds-checked. The kind works
+//! with either half: without the netlink family it has thresholds only, without
+//! `quotactl_fd(2)` warnings only.
 #![forbid(unsafe_code)]
 
+pub mod usage;
 pub mod wire;
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use watchd_proto::{RecordBuilder, RecordType, attr, quota, superblock};
 
 use crate::access::CallerProcess;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
 use crate::identity::Caller;
 use crate::options::Options;
 use crate::source::Source;
+use crate::sources::space::Timing;
 use crate::sys;
 use crate::watch::{Kind, Notice, Scope};
 
+use usage::{Engine, Follower, Thresholds};
 use wire::{Family, Message, Warning};
 
 /// The kind clients name in `AddWatch`.
@@ -88,8 +94,8 @@ pub struct QuotaScope {
     /// The groups whose warnings it gets: the bus's list and the process's gid.
     gids: Vec<u32>,
     all: bool,
-    /// The caller's `/proc/PID/mountinfo`, open.
-    mountinfo: Mutex<File>,
+    /// The caller's mount table and its own quotas, followed by the [`usage`] thread.
+    follower: Arc<Follower>,
 }
 
 impl QuotaScope {
@@ -101,32 +107,14 @@ impl QuotaScope {
                 _ => false,
             }
     }
-
-    /// Where the device is mounted in the subscriber's view, in its mountinfo's order.
-    fn mount_points(&self, major: u32, minor: u32) -> Vec<Vec<u8>> {
-        let mut file = self.mountinfo.lock().unwrap_or_else(|e| e.into_inner());
-        let mut text = Vec::new();
-        if let Err(error) = file
-            .seek(SeekFrom::Start(0))
-            .and_then(|_| file.read_to_end(&mut text))
-        {
-            tracing::debug!(%error, "cannot read a quota subscriber's mountinfo");
-            return Vec::new();
-        }
-        crate::sources::mounts::parse_mountinfo(&text)
-            .0
-            .into_iter()
-            .filter(|m| m.major == major && m.minor == minor)
-            .map(|m| m.mount_point)
-            .collect()
-    }
 }
 
 impl Scope for QuotaScope {
     fn covers(&self, event: &Event) -> bool {
-        event
-            .subject::<QuotaWarning>()
-            .is_some_and(|w| self.concerns(&w.0))
+        match event.subject::<QuotaWarning>() {
+            Some(w) => self.concerns(&w.0),
+            None => self.follower.covers(event),
+        }
     }
 
     fn record_for(&self, event: &Event) -> Option<Vec<u8>> {
@@ -140,7 +128,7 @@ impl Scope for QuotaScope {
         {
             fields.u64(attr::QUOTA_CAUSED_BY, caused_by);
         }
-        for point in self.mount_points(w.major, w.minor) {
+        for point in self.follower.mount_points(w.major, w.minor) {
             fields.bytes(attr::MOUNTED_ON, &point);
         }
         fields.finish();
@@ -148,31 +136,61 @@ impl Scope for QuotaScope {
     }
 }
 
-/// The quota source: the socket's family, read by one thread.
+/// The quota source: the kernel's warnings, read by one thread, and the usage thresholds,
+/// followed by another.
 pub struct QuotaSource {
-    family: Family,
-    group: u32,
+    /// The family and group joined, or why there are no kernel warnings here.
+    warnings: std::result::Result<(Family, u32), String>,
+    /// Why there are no usage thresholds here, if there are none.
+    no_thresholds: Option<String>,
+    engine: Arc<Engine>,
 }
 
 impl QuotaSource {
-    /// Joins the quota family's `events` group and starts the reading thread. `Ok(Err(why))`
-    /// when this kernel has no such family (no `CONFIG_QUOTA_NETLINK_INTERFACE`, or no
-    /// netlink at all): the kind is then unavailable, and says why.
-    pub fn start(hub: Arc<Hub>) -> io::Result<std::result::Result<Arc<QuotaSource>, String>> {
-        let (socket, family, group) = match join_events()? {
-            Ok(joined) => joined,
-            Err(why) => return Ok(Err(why)),
+    /// Joins the quota family's `events` group and starts the reading thread, and starts the
+    /// usage thread. `Ok(Err(why))` when this kernel has neither the family (no
+    /// `CONFIG_QUOTA_NETLINK_INTERFACE`, or no netlink) nor `quotactl_fd(2)`: the kind is
+    /// then unavailable, and says why.
+    pub fn start(
+        hub: Arc<Hub>,
+        timing: Timing,
+    ) -> io::Result<std::result::Result<Arc<QuotaSource>, String>> {
+        let joined = join_events()?;
+        let no_thresholds = (!sys::quotactl_fd_exists()).then(|| {
+            "this kernel has no quotactl_fd(2) (Linux 5.14 or later with CONFIG_QUOTACTL)"
+                .to_owned()
+        });
+        if let (Err(why), Some(also)) = (&joined, &no_thresholds) {
+            return Ok(Err(format!("{why}; {also}")));
+        }
+        let engine = Engine::start(hub.clone(), timing)?;
+        let warnings = match joined {
+            Ok((socket, family, group)) => {
+                let family_id = family.id;
+                let nudged = engine.clone();
+                std::thread::Builder::new()
+                    .name("quota".into())
+                    .spawn(move || follow(&socket, family_id, &hub, &nudged))?;
+                tracing::info!(
+                    family = family.id,
+                    group,
+                    "quota warnings: joined VFS_DQUOT events"
+                );
+                Ok((family, group))
+            }
+            Err(why) => {
+                tracing::warn!(%why, "quota watches get no kernel warnings, only usage thresholds");
+                Err(why)
+            }
         };
-        let family_id = family.id;
-        std::thread::Builder::new()
-            .name("quota".into())
-            .spawn(move || follow(&socket, family_id, &hub))?;
-        tracing::info!(
-            family = family.id,
-            group,
-            "quota warnings: joined VFS_DQUOT events"
-        );
-        Ok(Ok(Arc::new(QuotaSource { family, group })))
+        if let Some(why) = &no_thresholds {
+            tracing::warn!(%why, "quota watches get no usage thresholds, only the kernel's warnings");
+        }
+        Ok(Ok(Arc::new(QuotaSource {
+            warnings,
+            no_thresholds,
+            engine,
+        })))
     }
 }
 
@@ -252,8 +270,9 @@ fn invalid(e: wire::ParseError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-/// The reading thread: each warning published, each overflow a LOSS.
-fn follow(socket: &OwnedFd, family_id: u16, hub: &Hub) {
+/// The reading thread: each warning published, each overflow a LOSS; either makes the
+/// usage thread look again.
+fn follow(socket: &OwnedFd, family_id: u16, hub: &Hub, engine: &Engine) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
@@ -274,6 +293,7 @@ fn follow(socket: &OwnedFd, family_id: u16, hub: &Hub) {
                     RecordType::Superblock,
                     "the kernel's quota warnings overflowed the daemon's netlink socket (ENOBUFS)",
                 ));
+                engine.nudge();
                 continue;
             }
             Err(error) => {
@@ -283,7 +303,10 @@ fn follow(socket: &OwnedFd, family_id: u16, hub: &Hub) {
         };
         for message in wire::messages(&buf[..len]) {
             match message {
-                Ok(message) => publish(&message, family_id, hub),
+                Ok(message) => {
+                    publish(&message, family_id, hub);
+                    engine.nudge();
+                }
                 Err(error) => {
                     tracing::warn!(%error, "quota: a malformed netlink datagram was skipped");
                 }
@@ -317,38 +340,73 @@ impl Source for QuotaSource {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "the kernel's generic netlink family {} (id {}), multicast group {} ({})",
-            self.family.name,
-            self.family.id,
-            wire::QUOTA_GROUP,
-            self.group
-        )
+        let warnings = match &self.warnings {
+            Ok((family, group)) => format!(
+                "the kernel's generic netlink family {} (id {}), multicast group {} ({})",
+                family.name,
+                family.id,
+                wire::QUOTA_GROUP,
+                group
+            ),
+            Err(why) => format!("no kernel warnings: {why}"),
+        };
+        let thresholds = match &self.no_thresholds {
+            None => format!("usage thresholds: {}", self.engine.describe()),
+            Some(why) => format!("no usage thresholds: {why}"),
+        };
+        format!("{warnings}; {thresholds}")
     }
 
     fn scope(&self, options: &mut Options, caller: &Caller) -> Result<Arc<dyn Scope>> {
         let all = options.take_bool(ALL)?.unwrap_or(false);
+        let (mut thresholds, given) = Thresholds::take(options)?;
+        if let Some(why) = &self.no_thresholds {
+            if given {
+                return Err(Error::NotSupported(format!(
+                    "quota usage thresholds are unavailable on this system: {why}"
+                )));
+            }
+            thresholds.space = None;
+            thresholds.inodes = None;
+        }
         let process = CallerProcess::new(caller)?;
         let creds = process.fs_creds()?;
         let mut gids = creds.groups;
         gids.push(creds.gid);
         gids.sort_unstable();
         gids.dedup();
+        let follower = self.engine.follow(
+            caller.uid.0,
+            gids.clone(),
+            thresholds,
+            process.root()?,
+            process.mountinfo()?,
+        )?;
         Ok(Arc::new(QuotaScope {
             uid: caller.uid.0,
             gids,
             all,
-            mountinfo: Mutex::new(process.mountinfo()?),
+            follower,
         }))
     }
 
     fn option_names(&self) -> &'static [&'static str] {
-        &[ALL]
+        &[
+            ALL,
+            "below",
+            "step",
+            "inodes_below",
+            "inodes_step",
+            "min_interval_s",
+        ]
     }
 
-    fn with_snapshot(&self, _: &dyn Scope, then: &mut dyn FnMut(&[Event])) {
-        // A warning is a moment, not a state: there is nothing to list.
-        then(&[])
+    fn with_snapshot(&self, scope: &dyn Scope, then: &mut dyn FnMut(&[Event])) {
+        // A kernel warning is a moment, not a state; what is already low is.
+        match scope.downcast::<QuotaScope>() {
+            Some(scope) => self.engine.with_snapshot(&scope.follower, then),
+            None => then(&[]),
+        }
     }
 }
 
@@ -358,11 +416,25 @@ mod tests {
     use watchd_proto::Record;
 
     fn scope(uid: u32, gids: Vec<u32>, all: bool) -> QuotaScope {
+        let (hub, _) = crate::hub::Hub::new(crate::conf::Limits::default());
+        let timing = Timing::from_config(&crate::conf::SpaceConf::default());
+        let engine = Engine::start(hub, timing).unwrap();
+        let (thresholds, _) =
+            Thresholds::take(&mut Options::new(Default::default()).unwrap()).unwrap();
+        let follower = engine
+            .follow(
+                uid,
+                gids.clone(),
+                thresholds,
+                std::fs::File::open("/").unwrap().into(),
+                std::fs::File::open("/proc/self/mountinfo").unwrap(),
+            )
+            .unwrap();
         QuotaScope {
             uid,
             gids,
             all,
-            mountinfo: Mutex::new(File::open("/proc/self/mountinfo").unwrap()),
+            follower,
         }
     }
 
@@ -435,10 +507,13 @@ mod tests {
         let text = std::fs::read("/proc/self/mountinfo").unwrap();
         let (mounts, _) = crate::sources::mounts::parse_mountinfo(&text);
         let root = mounts.iter().find(|m| m.mount_point == b"/").unwrap();
-        let points = scope(0, vec![], true).mount_points(root.major, root.minor);
+        let points = scope(0, vec![], true)
+            .follower
+            .mount_points(root.major, root.minor);
         assert!(points.iter().any(|p| p == b"/"), "{points:?}");
         assert!(
             scope(0, vec![], true)
+                .follower
                 .mount_points(4095, 1_048_575)
                 .is_empty()
         );

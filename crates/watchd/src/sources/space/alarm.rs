@@ -1,7 +1,8 @@
-//! The pure part of space watches: a watch's lines (threshold and margin), the alarm that
-//! decides LOW, STILL_LOWER and RECOVERED with hysteresis and a rate limit, and the
-//! adaptive check interval. No clock and no syscalls: times are handed in, so the unit
-//! tests decide them.
+//! The pure part of space watches and of quota watches' usage thresholds: a watch's lines
+//! (threshold and margin), the alarm that decides LOW, STILL_LOWER and RECOVERED with
+//! hysteresis and a rate limit, and the adaptive check interval. No clock and no syscalls:
+//! times are handed in, so the unit tests decide them. "Free" is what is left: available
+//! bytes or free inodes of a filesystem, or the room under a quota limit.
 //!
 //! - LOW when the free amount falls below the threshold;
 //! - STILL_LOWER each time it has fallen a further margin (the watch's `step`) since the
@@ -102,13 +103,41 @@ impl Rule {
     }
 }
 
+/// The records an alarm sends; each kind has its own subtypes for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Low,
+    StillLower,
+    Recovered,
+}
+
+impl Step {
+    /// The subtype of a `space` watch's record.
+    pub fn space_subtype(self) -> u8 {
+        match self {
+            Step::Low => superblock::SPACE_LOW,
+            Step::StillLower => superblock::SPACE_STILL_LOWER,
+            Step::Recovered => superblock::SPACE_RECOVERED,
+        }
+    }
+
+    /// The subtype of a `quota` watch's usage record.
+    pub fn quota_subtype(self) -> u8 {
+        match self {
+            Step::Low => superblock::QUOTA_LOW,
+            Step::StillLower => superblock::QUOTA_STILL_LOWER,
+            Step::Recovered => superblock::QUOTA_RECOVERED,
+        }
+    }
+}
+
 /// What [`Alarm::judge`] decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Nothing to say.
     Quiet,
-    /// Send a record of this subtype, then [`Alarm::commit`] it.
-    Send(u8),
+    /// Send this record, then [`Alarm::commit`] it.
+    Send(Step),
     /// A warning is due but the rate limit holds it until this time.
     Wait(Duration),
 }
@@ -135,21 +164,19 @@ impl Alarm {
             _ => Verdict::Send(subtype),
         };
         match self.warned_at {
-            None if free < lines.threshold => warn(superblock::SPACE_LOW),
+            None if free < lines.threshold => warn(Step::Low),
             None => Verdict::Quiet,
             Some(_) if free >= lines.threshold.saturating_add(lines.margin) => {
-                Verdict::Send(superblock::SPACE_RECOVERED)
+                Verdict::Send(Step::Recovered)
             }
-            Some(warned) if free.saturating_add(lines.margin) <= warned => {
-                warn(superblock::SPACE_STILL_LOWER)
-            }
+            Some(warned) if free.saturating_add(lines.margin) <= warned => warn(Step::StillLower),
             Some(_) => Verdict::Quiet,
         }
     }
 
-    /// A record of `subtype` about `free` went out at `now`.
-    pub fn commit(&mut self, subtype: u8, free: u64, now: Duration) {
-        if subtype == superblock::SPACE_RECOVERED {
+    /// A `step` record about `free` went out at `now`.
+    pub fn commit(&mut self, step: Step, free: u64, now: Duration) {
+        if step == Step::Recovered {
             self.warned_at = None;
         } else {
             self.warned_at = Some(free);
@@ -184,7 +211,7 @@ pub fn next_check(distance: u64, rate: u64, shortest: Duration, longest: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use superblock::{SPACE_LOW as LOW, SPACE_RECOVERED as RECOVERED, SPACE_STILL_LOWER as LOWER};
+    use Step::{Low as LOW, Recovered as RECOVERED, StillLower as LOWER};
 
     const GIB: u64 = 1 << 30;
     const S: fn(u64) -> Duration = Duration::from_secs;

@@ -33,7 +33,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, meta, superblock};
 
 use self::alarm::{Alarm, Amount, Rule, Verdict};
@@ -82,8 +81,8 @@ pub const PSEUDO: &[&str] = &[
 
 /// A watch's first warning that found no watch in the hub (it was being registered) is
 /// tried again this soon, while the watch is this young.
-const RETRY: Duration = Duration::from_millis(100);
-const YOUNG: Duration = Duration::from_secs(5);
+pub const RETRY: Duration = Duration::from_millis(100);
+pub const YOUNG: Duration = Duration::from_secs(5);
 
 /// The option keys of a space watch.
 const OPTIONS: &[&str] = &[
@@ -118,17 +117,19 @@ impl Timing {
     }
 }
 
-/// What a watch compares: available bytes or free inodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a watch compares: bytes or inodes (here available bytes or free inodes; in a
+/// quota watch, the room under a limit of either).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Resource {
     Space,
     Inodes,
 }
 
 impl Resource {
-    const ALL: [Resource; 2] = [Resource::Space, Resource::Inodes];
+    pub const ALL: [Resource; 2] = [Resource::Space, Resource::Inodes];
 
-    fn name(self) -> &'static str {
+    /// As the RESOURCE attribute names it.
+    pub fn name(self) -> &'static str {
         match self {
             Resource::Space => "space",
             Resource::Inodes => "inodes",
@@ -460,7 +461,7 @@ fn worth_warning(mount: &MountEntry) -> bool {
         && !PSEUDO.contains(&mount.fs_type.as_str())
 }
 
-fn dev_of(mount: &MountEntry) -> u64 {
+pub fn dev_of(mount: &MountEntry) -> u64 {
     rustix::fs::makedev(mount.major, mount.minor)
 }
 
@@ -474,7 +475,6 @@ impl Shared {
     }
 
     fn run(&self, wake_read: OwnedFd) {
-        let mut drain = [0u8; 64];
         loop {
             let (namespaces, due) = {
                 let state = self.lock();
@@ -488,35 +488,20 @@ impl Shared {
                     state.filesystems.values().map(|fs| fs.due).min(),
                 )
             };
-            let timeout = match due {
-                None => PollTimeout::NONE,
-                Some(due) => {
-                    let left = due.saturating_duration_since(Instant::now());
-                    PollTimeout::try_from(left.as_millis() + 1).unwrap_or(PollTimeout::MAX)
-                }
-            };
-            let mut fds = vec![PollFd::new(wake_read.as_fd(), PollFlags::POLLIN)];
-            fds.extend(
-                namespaces
-                    .iter()
-                    .map(|ns| PollFd::new(ns.mountinfo.as_fd(), PollFlags::POLLPRI)),
-            );
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            let tables: Vec<&File> = namespaces.iter().map(|ns| &ns.mountinfo).collect();
+            let (woken, fired) = match mountinfo::wait_for_change(&wake_read, &tables, due) {
+                Ok(woken) => woken,
                 Err(e) => {
                     tracing::error!(error = %e, "space watches stopped: poll failed");
                     return;
                 }
-            }
-            let changed: Vec<(Uid, MountView)> = fds[1..]
+            };
+            let changed: Vec<(Uid, MountView)> = fired
                 .iter()
                 .zip(&namespaces)
-                .filter(|(fd, _)| fd.any().unwrap_or(false))
+                .filter(|(fired, _)| **fired)
                 .map(|(_, ns)| ns.key)
                 .collect();
-            let woken = fds[0].any().unwrap_or(false);
-            while rustix::io::read(&wake_read, &mut drain).is_ok_and(|n| n > 0) {}
-            drop(fds);
             let mut state = self.lock();
             // Watches and mount tables change only with a wake-up or a POLLPRI: a timer
             // alone looks at filesystems and nothing else.
@@ -704,7 +689,7 @@ impl Shared {
                     Verdict::Wait(until) => {
                         next = next.min(now + until.saturating_sub(t));
                     }
-                    Verdict::Send(subtype) => {
+                    Verdict::Send(step) => {
                         let change = Arc::new(SpaceChange {
                             watch: watch.id,
                             resource,
@@ -717,12 +702,12 @@ impl Shared {
                         });
                         self.hub.publish(&Event::new(
                             RecordType::Superblock,
-                            subtype,
+                            step.space_subtype(),
                             0,
                             change.clone(),
                         ));
                         if change.reached.load(Ordering::Relaxed) || watch.born.elapsed() > YOUNG {
-                            alarm.commit(subtype, free, t);
+                            alarm.commit(step, free, t);
                         } else {
                             next = next.min(now + RETRY);
                         }
@@ -779,7 +764,7 @@ impl Shared {
                 let free = resource.free(&usage);
                 let lines = rule.lines(total);
                 if !alarms[i].is_low() && free < lines.threshold {
-                    alarms[i].commit(superblock::SPACE_LOW, free, t);
+                    alarms[i].commit(alarm::Step::Low, free, t);
                 }
                 if alarms[i].is_low() {
                     let change = SpaceChange {
@@ -842,6 +827,13 @@ fn mounted_on(table: Option<&Vec<MountEntry>>, dev: u64) -> Vec<Vec<u8>> {
 /// `fstatfs(2)` of the filesystem mounted at `point` (a mount point as the namespace's
 /// mountinfo names it, resolved from the caller's `root`), if it is still `dev` there.
 fn stat_at(root: &OwnedFd, point: &[u8], dev: u64) -> Option<Usage> {
+    Usage::of(open_mount_point(root, point, dev)?).ok()
+}
+
+/// An `O_PATH` descriptor of `point` (a mount point as a namespace's mountinfo names it),
+/// resolved from that namespace's `root` without leaving it, if filesystem `dev` is still
+/// what is mounted there. It keeps nothing busy once closed.
+pub fn open_mount_point(root: &OwnedFd, point: &[u8], dev: u64) -> Option<OwnedFd> {
     let relative = point.strip_prefix(b"/").unwrap_or(point);
     let path = CString::new(if relative.is_empty() { b"." } else { relative }).ok()?;
     let fd = sys::openat2_path(
@@ -850,10 +842,7 @@ fn stat_at(root: &OwnedFd, point: &[u8], dev: u64) -> Option<Usage> {
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )
     .ok()?;
-    if rustix::fs::fstat(&fd).ok()?.st_dev != dev {
-        return None;
-    }
-    Usage::of(&fd).ok()
+    (rustix::fs::fstat(&fd).ok()?.st_dev == dev).then_some(fd)
 }
 
 impl Source for SpaceSource {

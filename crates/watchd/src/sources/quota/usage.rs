@@ -1,0 +1,616 @@
+//! Usage thresholds: warnings before `EDQUOT`, where the kernel sends none. The kernel warns
+//! when a limit is crossed, which for a hard limit is the moment writes start failing, and
+//! not at all without `CONFIG_QUOTA_NETLINK_INTERFACE`. A quota watch also follows the
+//! caller's own quotas, read with `quotactl_fd(2)` `Q_GETQUOTA`: its user's, and each of its
+//! groups', on every filesystem of its mount namespace that has them on.
+//!
+//! **What is compared.** The room: what may still be used before `EDQUOT`, the hard limit
+//! (the soft limit when there is no hard one; its grace time ends in `EDQUOT` too) less the
+//! usage, in bytes and in inodes. The watch's lines are a share of that limit or an amount;
+//! the decisions (LOW, STILL_LOWER, RECOVERED, hysteresis, rate limit, when to look again)
+//! are the space kind's [`alarm`], so both kinds behave alike. A limit removed while low is
+//! a RECOVERED.
+//!
+//! **When.** One thread follows every watch: each watch by a timer of its own, set after
+//! each look from the distance to its nearest line at the `[space]` fill rates within the
+//! `[space]` bounds (a quota without limits is looked at the longest interval apart); at
+//! once when its mount table changes (mountinfo `POLLPRI`) and when a kernel warning comes.
+//! The table is also where the kernel warnings' mount points come from: it is read when the
+//! table changes, not for each warning.
+//!
+//! **Who sees what.** A watch's readings are its caller's own ids, which the caller could
+//! read itself (quota(1) does the same with the kernel's own check: one's user, one's
+//! groups). An `all` watch sees everyone's kernel warnings, but thresholds only of its own.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use watchd_proto::{FLAG_SNAPSHOT, RecordBuilder, RecordType, attr, quota, superblock};
+
+use crate::error::{Error, Result};
+use crate::event::{Change, Event, Fields};
+use crate::hub::Hub;
+use crate::sources::mounts::{MountEntry, mountinfo};
+use crate::sources::space::alarm::{self, Alarm, Amount, Rule, Step, Verdict};
+use crate::sources::space::{PSEUDO, RETRY, Resource, Timing, YOUNG, dev_of, open_mount_point};
+use crate::sys::{self, DiskQuota};
+
+/// The option keys of a quota watch's thresholds.
+pub const OPTIONS: &[&str] = &[
+    "below",
+    "step",
+    "inodes_below",
+    "inodes_step",
+    "min_interval_s",
+];
+
+/// (used, soft limit, hard limit, grace end) of `resource` in a reading.
+fn of(resource: Resource, q: &DiskQuota) -> (u64, u64, u64, u64) {
+    match resource {
+        Resource::Space => (q.bytes_used, q.bytes_soft, q.bytes_hard, q.bytes_grace_ends),
+        Resource::Inodes => (
+            q.inodes_used,
+            q.inodes_soft,
+            q.inodes_hard,
+            q.inodes_grace_ends,
+        ),
+    }
+}
+
+/// A watch's thresholds; a resource without a rule is not compared.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholds {
+    pub space: Option<Rule>,
+    pub inodes: Option<Rule>,
+    pub min_interval: Duration,
+}
+
+impl Thresholds {
+    pub const DEFAULT_BELOW: &str = "10%";
+    pub const DEFAULT_STEP: &str = "1%";
+    pub const DEFAULT_MIN_INTERVAL_S: u32 = 600;
+
+    /// Takes the watch's threshold options; also says whether any was given.
+    pub fn take(options: &mut crate::options::Options) -> Result<(Thresholds, bool)> {
+        let mut given = false;
+        let mut rule = |below_key: &str, step_key: &str| -> Result<Option<Rule>> {
+            let below = options.take_string(below_key)?;
+            let step = options.take_string(step_key)?;
+            given |= below.is_some() || step.is_some();
+            if below.as_deref() == Some("none") {
+                if step.is_some() {
+                    return Err(Error::invalid(format!(
+                        "option '{step_key}' means nothing with '{below_key}' \"none\""
+                    )));
+                }
+                return Ok(None);
+            }
+            let amount = |key: &str, text: Option<String>, default: &str| {
+                Amount::parse(text.as_deref().unwrap_or(default))
+                    .map_err(|why| Error::invalid(format!("option '{key}': {why}")))
+            };
+            Ok(Some(Rule {
+                below: amount(below_key, below, Self::DEFAULT_BELOW)?,
+                min_free: None,
+                step: amount(step_key, step, Self::DEFAULT_STEP)?,
+            }))
+        };
+        let space = rule("below", "step")?;
+        let inodes = rule("inodes_below", "inodes_step")?;
+        let min_interval = options.take_u32("min_interval_s")?;
+        given |= min_interval.is_some();
+        let min_interval = min_interval.unwrap_or(Self::DEFAULT_MIN_INTERVAL_S);
+        Ok((
+            Thresholds {
+                space,
+                inodes,
+                min_interval: Duration::from_secs(min_interval.into()),
+            },
+            given,
+        ))
+    }
+
+    fn rule(&self, resource: Resource) -> Option<&Rule> {
+        match resource {
+            Resource::Space => self.space.as_ref(),
+            Resource::Inodes => self.inodes.as_ref(),
+        }
+    }
+}
+
+/// One quota a watch follows: (filesystem, quota type, id, resource).
+type Key = (u64, u32, u32, Resource);
+
+/// A QUOTA_LOW, QUOTA_STILL_LOWER or QUOTA_RECOVERED record for one watch.
+#[derive(Debug)]
+pub struct UsageChange {
+    watch: u64,
+    quota_type: u32,
+    id: u32,
+    resource: Resource,
+    reading: DiskQuota,
+    dev: u64,
+    fs_type: String,
+    mounted_on: Vec<Vec<u8>>,
+    lines: alarm::Lines,
+    room: u64,
+    /// Set when the hub matched the record against its watch: the watch was registered.
+    reached: AtomicBool,
+}
+
+impl Change for UsageChange {
+    fn encode(&self, builder: &mut RecordBuilder, _: RecordType) {
+        let (used, soft, hard, grace_ends) = of(self.resource, &self.reading);
+        let mut f = Fields::new(builder);
+        f.u32(attr::QUOTA_TYPE, self.quota_type);
+        f.u64(attr::QUOTA_ID, self.id.into());
+        f.bytes(attr::RESOURCE, self.resource.name().as_bytes());
+        f.u64(attr::QUOTA_USED, used);
+        f.u64(attr::QUOTA_SOFT_LIMIT, soft);
+        f.u64(attr::QUOTA_HARD_LIMIT, hard);
+        f.u64(attr::QUOTA_ROOM, self.room);
+        if soft != 0 && used > soft && grace_ends != 0 {
+            f.u64(attr::QUOTA_GRACE_ENDS, grace_ends);
+        }
+        f.u64(attr::THRESHOLD, self.lines.threshold);
+        f.u64(attr::MARGIN, self.lines.margin);
+        f.u32(attr::MAJOR, rustix::fs::major(self.dev));
+        f.u32(attr::MINOR, rustix::fs::minor(self.dev));
+        f.bytes(attr::FS_TYPE, self.fs_type.as_bytes());
+        for point in &self.mounted_on {
+            f.bytes(attr::MOUNTED_ON, point);
+        }
+        f.finish();
+    }
+}
+
+/// The limit whose crossing means `EDQUOT` (0: none), and the room left under it.
+fn room(used: u64, soft: u64, hard: u64) -> (u64, u64) {
+    let limit = if hard != 0 { hard } else { soft };
+    (limit, limit.saturating_sub(used))
+}
+
+/// One quota watch's view and ids, as the thread follows them.
+pub struct Follower {
+    pub id: u64,
+    uid: u32,
+    gids: Vec<u32>,
+    thresholds: Thresholds,
+    root: OwnedFd,
+    mountinfo: File,
+    /// The caller's mount table, read when it changes.
+    table: Mutex<Vec<MountEntry>>,
+    alarms: Mutex<Alarms>,
+    born: Instant,
+    engine: Weak<Engine>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("watch", &self.id)
+            .field("uid", &self.uid)
+            .field("gids", &self.gids)
+            .field("thresholds", &self.thresholds)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Alarms {
+    by_quota: HashMap<Key, Alarm>,
+    due: Option<Instant>,
+}
+
+impl Follower {
+    /// The caller's mount points of filesystem `major:minor`, in its table's order.
+    pub fn mount_points(&self, major: u32, minor: u32) -> Vec<Vec<u8>> {
+        self.table()
+            .iter()
+            .filter(|m| m.major == major && m.minor == minor)
+            .map(|m| m.mount_point.clone())
+            .collect()
+    }
+
+    fn table(&self) -> MutexGuard<'_, Vec<MountEntry>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn alarms(&self) -> MutexGuard<'_, Alarms> {
+        self.alarms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this watch's usage records are this event.
+    pub fn covers(&self, event: &Event) -> bool {
+        event.subject::<UsageChange>().is_some_and(|change| {
+            let mine = change.watch == self.id;
+            if mine {
+                change.reached.store(true, Ordering::Relaxed);
+            }
+            mine
+        })
+    }
+
+    fn reread(&self) {
+        match mountinfo::reread(&self.mountinfo, &mut Vec::with_capacity(64 * 1024)) {
+            Ok(table) => *self.table() = table,
+            Err(error) => {
+                tracing::warn!(%error, "quota: cannot re-read a watched mountinfo")
+            }
+        }
+    }
+
+    /// Every quota this watch follows, read now: (filesystem, its type, the caller's mount
+    /// points of it, quota type, id, reading).
+    fn read_all(&self) -> Vec<Reading> {
+        let table = self.table().clone();
+        let mut readings = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for mount in &table {
+            let dev = dev_of(mount);
+            if PSEUDO.contains(&mount.fs_type.as_str()) || !seen.insert(dev) {
+                continue;
+            }
+            // The first mount point that still leads to the filesystem.
+            let Some(fd) = table
+                .iter()
+                .filter(|m| dev_of(m) == dev)
+                .find_map(|m| open_mount_point(&self.root, &m.mount_point, dev))
+            else {
+                continue;
+            };
+            let ids = std::iter::once((quota::USER, self.uid))
+                .chain(self.gids.iter().map(|&g| (quota::GROUP, g)));
+            for (quota_type, id) in ids {
+                match sys::quotactl_fd_get_quota(fd.as_fd(), quota_type, id) {
+                    Ok(reading) => readings.push(Reading {
+                        dev,
+                        fs_type: mount.fs_type.clone(),
+                        quota_type,
+                        id,
+                        reading,
+                    }),
+                    // No quotas of this type here (ESRCH), or none at all (ENOSYS, and
+                    // ENOTTY or EOPNOTSUPP from some filesystems).
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ESRCH | libc::ENOSYS | libc::ENOTTY | libc::EOPNOTSUPP)
+                        ) =>
+                    {
+                        if e.raw_os_error() != Some(libc::ESRCH) {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, dev, quota_type, id, "quota: Q_GETQUOTA failed");
+                    }
+                }
+            }
+        }
+        readings
+    }
+
+    /// This watch's record about `resource` of reading `r`.
+    fn change(
+        &self,
+        r: &Reading,
+        resource: Resource,
+        lines: alarm::Lines,
+        room: u64,
+        reached: bool,
+    ) -> UsageChange {
+        UsageChange {
+            watch: self.id,
+            quota_type: r.quota_type,
+            id: r.id,
+            resource,
+            reading: r.reading,
+            dev: r.dev,
+            fs_type: r.fs_type.clone(),
+            mounted_on: self.mount_points(rustix::fs::major(r.dev), rustix::fs::minor(r.dev)),
+            lines,
+            room,
+            reached: AtomicBool::new(reached),
+        }
+    }
+}
+
+/// One quota as read.
+struct Reading {
+    dev: u64,
+    fs_type: String,
+    quota_type: u32,
+    id: u32,
+    reading: DiskQuota,
+}
+
+/// The thread's shared part: the watches it follows and how to wake it.
+pub struct Engine {
+    hub: Arc<Hub>,
+    timing: Timing,
+    followers: Mutex<Vec<Weak<Follower>>>,
+    waker: OwnedFd,
+    /// A kernel warning came: every watch looks again now.
+    nudged: AtomicBool,
+    next_id: AtomicU64,
+    start: Instant,
+}
+
+impl Engine {
+    /// Starts the thread; it sleeps until a watch comes.
+    pub fn start(hub: Arc<Hub>, timing: Timing) -> std::io::Result<Arc<Engine>> {
+        let (wake_read, waker) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(std::io::Error::from)?;
+        let engine = Arc::new(Engine {
+            hub,
+            timing,
+            followers: Mutex::new(Vec::new()),
+            waker,
+            nudged: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            start: Instant::now(),
+        });
+        let followed = engine.clone();
+        std::thread::Builder::new()
+            .name("quota-usage".into())
+            .spawn(move || followed.run(wake_read))?;
+        Ok(engine)
+    }
+
+    /// A follower for a new watch, due at once.
+    pub fn follow(
+        self: &Arc<Self>,
+        uid: u32,
+        gids: Vec<u32>,
+        thresholds: Thresholds,
+        root: OwnedFd,
+        mountinfo: File,
+    ) -> Result<Arc<Follower>> {
+        let follower = Arc::new(Follower {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            uid,
+            gids,
+            thresholds,
+            root,
+            mountinfo,
+            table: Mutex::new(Vec::new()),
+            alarms: Mutex::new(Alarms {
+                by_quota: HashMap::new(),
+                due: Some(Instant::now()),
+            }),
+            born: Instant::now(),
+            engine: Arc::downgrade(self),
+        });
+        follower.reread();
+        self.lock().push(Arc::downgrade(&follower));
+        self.wake();
+        Ok(follower)
+    }
+
+    /// A kernel warning came: its quota may be near a line too.
+    pub fn nudge(&self) {
+        self.nudged.store(true, Ordering::Relaxed);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        // A full pipe already wakes the thread.
+        let _ = rustix::io::write(&self.waker, &[1]);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Weak<Follower>>> {
+        self.followers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(&self, wake_read: OwnedFd) {
+        loop {
+            let followers: Vec<Arc<Follower>> = {
+                let mut list = self.lock();
+                list.retain(|f| f.strong_count() > 0);
+                list.iter().filter_map(Weak::upgrade).collect()
+            };
+            let due = followers.iter().filter_map(|f| f.alarms().due).min();
+            let tables: Vec<&File> = followers.iter().map(|f| &f.mountinfo).collect();
+            let changed = match mountinfo::wait_for_change(&wake_read, &tables, due) {
+                Ok((_, changed)) => changed,
+                Err(error) => {
+                    tracing::error!(%error, "quota usage thresholds stopped: poll failed");
+                    return;
+                }
+            };
+            let nudged = self.nudged.swap(false, Ordering::Relaxed);
+            let now = Instant::now();
+            for (follower, changed) in followers.iter().zip(changed) {
+                if changed {
+                    follower.reread();
+                }
+                let mut alarms = follower.alarms();
+                if changed || nudged {
+                    alarms.due = Some(now);
+                }
+                if alarms.due.is_some_and(|due| due <= now) {
+                    alarms.due = Some(self.check(follower, &mut alarms, now));
+                }
+            }
+        }
+    }
+
+    /// Reads the watch's quotas and sends what its thresholds make of them (its alarms stay
+    /// locked meanwhile: a snapshot never crosses a live record); returns when to look again.
+    fn check(&self, follower: &Follower, alarms: &mut Alarms, now: Instant) -> Instant {
+        let t = self.start.elapsed();
+        let mut next = now + self.timing.longest;
+        let readings = follower.read_all();
+        let mut live = std::collections::HashSet::new();
+        for r in &readings {
+            for resource in Resource::ALL {
+                let Some(rule) = follower.thresholds.rule(resource) else {
+                    continue;
+                };
+                let key = (r.dev, r.quota_type, r.id, resource);
+                live.insert(key);
+                let alarm = alarms.by_quota.entry(key).or_default();
+                let (used, soft, hard, _) = of(resource, &r.reading);
+                let (limit, room) = room(used, soft, hard);
+                let lines = rule.lines(limit);
+                let verdict = if limit == 0 {
+                    // No limit, or no longer one: nothing to warn about.
+                    match alarm.is_low() {
+                        true => Verdict::Send(Step::Recovered),
+                        false => Verdict::Quiet,
+                    }
+                } else {
+                    alarm.judge(room, lines, t, follower.thresholds.min_interval)
+                };
+                match verdict {
+                    Verdict::Quiet => {}
+                    Verdict::Wait(until) => next = next.min(now + until.saturating_sub(t)),
+                    Verdict::Send(step) => {
+                        let change = Arc::new(follower.change(r, resource, lines, room, false));
+                        self.hub.publish(&Event::new(
+                            RecordType::Superblock,
+                            step.quota_subtype(),
+                            0,
+                            change.clone(),
+                        ));
+                        if change.reached.load(Ordering::Relaxed) || follower.born.elapsed() > YOUNG
+                        {
+                            alarm.commit(step, room, t);
+                        } else {
+                            next = next.min(now + RETRY);
+                        }
+                    }
+                }
+                if limit != 0 {
+                    let rate = match resource {
+                        Resource::Space => self.timing.fill_rate,
+                        Resource::Inodes => self.timing.inode_rate,
+                    };
+                    let distance = alarm.distance(room, lines);
+                    let wait = alarm::next_check(
+                        distance,
+                        rate,
+                        self.timing.shortest,
+                        self.timing.longest,
+                    );
+                    next = next.min(now + wait);
+                }
+            }
+        }
+        // Quotas no longer read (unmounted, turned off) start afresh if they come back.
+        alarms.by_quota.retain(|key, _| live.contains(key));
+        next
+    }
+
+    /// A new watch's initial state: its quotas read now; those already low (by the watch's
+    /// thresholds) as SNAPSHOT QUOTA_LOW records. `then` runs with the watch's alarms
+    /// locked, so the thread sends nothing for it in between.
+    pub fn with_snapshot(&self, follower: &Follower, then: &mut dyn FnMut(&[Event])) {
+        let mut alarms = follower.alarms();
+        let t = self.start.elapsed();
+        let mut events = Vec::new();
+        for r in follower.read_all() {
+            for resource in Resource::ALL {
+                let Some(rule) = follower.thresholds.rule(resource) else {
+                    continue;
+                };
+                let (used, soft, hard, _) = of(resource, &r.reading);
+                let (limit, room) = room(used, soft, hard);
+                if limit == 0 {
+                    continue;
+                }
+                let lines = rule.lines(limit);
+                let alarm = alarms
+                    .by_quota
+                    .entry((r.dev, r.quota_type, r.id, resource))
+                    .or_default();
+                if !alarm.is_low() && room < lines.threshold {
+                    alarm.commit(Step::Low, room, t);
+                }
+                if alarm.is_low() {
+                    let change = follower.change(&r, resource, lines, room, true);
+                    events.push(Event::new(
+                        RecordType::Superblock,
+                        superblock::QUOTA_LOW,
+                        FLAG_SNAPSHOT,
+                        Arc::new(change),
+                    ));
+                }
+            }
+        }
+        then(&events);
+    }
+
+    /// For `watchctl status`.
+    pub fn describe(&self) -> String {
+        let t = &self.timing;
+        format!(
+            "quotactl_fd(2) of each watcher's own user and group quotas by an adaptive timer (every {}–{} s, as [space]) and on mount changes; following {} watch(es)",
+            t.shortest.as_secs_f64(),
+            t.longest.as_secs_f64(),
+            self.lock().iter().filter(|f| f.strong_count() > 0).count(),
+        )
+    }
+}
+
+impl Drop for Follower {
+    /// The thread lets go of the watch's mountinfo at once.
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.upgrade() {
+            engine.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::{OptionMap, Options, Value};
+
+    #[test]
+    fn the_room_is_under_the_hard_limit_or_else_the_soft_one() {
+        assert_eq!(room(900, 0, 1000), (1000, 100));
+        assert_eq!(room(900, 500, 1000), (1000, 100));
+        assert_eq!(room(400, 500, 0), (500, 100));
+        assert_eq!(room(600, 500, 0), (500, 0), "over: no room");
+        assert_eq!(room(600, 0, 0), (0, 0), "no limit");
+    }
+
+    fn take(pairs: &[(&str, &str)]) -> Result<(Thresholds, bool)> {
+        let map = OptionMap::from_entries(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::Str(v.to_string()))),
+        );
+        Thresholds::take(&mut Options::new(map)?)
+    }
+
+    #[test]
+    fn thresholds_default_to_10_percent_and_can_be_turned_off_or_refused() {
+        let (t, given) = take(&[]).unwrap();
+        assert!(!given);
+        let rule = t.space.unwrap();
+        assert_eq!(rule.lines(1000).threshold, 100);
+        assert_eq!(rule.lines(1000).margin, 10);
+        assert!(t.inodes.is_some());
+        assert_eq!(t.min_interval, Duration::from_secs(600));
+        let (t, given) = take(&[("below", "none"), ("inodes_below", "64")]).unwrap();
+        assert!(given && t.space.is_none());
+        assert_eq!(t.inodes.unwrap().lines(1000).threshold, 64);
+        for bad in [
+            vec![("below", "110%")],
+            vec![("step", "x")],
+            vec![("below", "none"), ("step", "1%")],
+        ] {
+            let error = take(&bad).unwrap_err().to_string();
+            assert!(error.contains("option '"), "{bad:?}: {error}");
+        }
+    }
+}
