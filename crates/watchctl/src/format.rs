@@ -587,13 +587,7 @@ fn describe_quota(record: &Record<'_>) -> String {
         .get_str(attr::QUOTA_WARNING_NAME)
         .or_else(|| quota::warning_name(warning).map(str::to_owned))
         .unwrap_or_else(|| format!("warning_{warning}"));
-    let quota_type = record.get_u32(attr::QUOTA_TYPE).unwrap_or(u32::MAX);
-    let whose =
-        quota::type_name(quota_type).map_or_else(|| format!("type_{quota_type}"), str::to_owned);
-    let mut line = format!(
-        "quota {name:<19}  {whose} {}",
-        record.get_u64(attr::QUOTA_ID).unwrap_or_default()
-    );
+    let mut line = format!("quota {name:<19}  {}", quota_owner(record));
     if let (Some(major), Some(minor)) = (record.get_u32(attr::MAJOR), record.get_u32(attr::MINOR)) {
         let _ = write!(line, "  dev {major}:{minor}");
     }
@@ -612,16 +606,11 @@ fn describe_quota(record: &Record<'_>) -> String {
 /// quota_low, quota_still_lower, quota_recovered).
 fn describe_quota_room(record: &Record<'_>) -> String {
     let h = &record.header;
-    let resource = record.get_str(attr::RESOURCE).unwrap_or_default();
-    let inodes = resource == "inodes";
-    let amount = |n: u64| if inodes { n.to_string() } else { size(n) };
-    let quota_type = record.get_u32(attr::QUOTA_TYPE).unwrap_or(u32::MAX);
-    let whose =
-        quota::type_name(quota_type).map_or_else(|| format!("type_{quota_type}"), str::to_owned);
+    let (resource, inodes, amount) = resource_unit(record);
     let mut line = format!(
-        "{:<17}  {whose} {} {}",
+        "{:<17}  {} {}",
         subtype_name(h.record_type, h.subtype),
-        record.get_u64(attr::QUOTA_ID).unwrap_or_default(),
+        quota_owner(record),
         word(&resource),
     );
     let points = mounted_on(record);
@@ -673,12 +662,7 @@ fn describe_quota_room(record: &Record<'_>) -> String {
             let _ = write!(line, ", {side} {}", amount(threshold));
         }
     }
-    if let Some(fs_type) = record.get_str(attr::FS_TYPE) {
-        let _ = write!(line, "  {}", word(&fs_type));
-    }
-    if let (Some(major), Some(minor)) = (record.get_u32(attr::MAJOR), record.get_u32(attr::MINOR)) {
-        let _ = write!(line, " {major}:{minor}");
-    }
+    push_filesystem(&mut line, record);
     line
 }
 
@@ -705,14 +689,12 @@ fn duration(seconds: u64) -> String {
 /// space record (superblock low, still_lower, recovered), its mount points first.
 fn describe_space(record: &Record<'_>) -> String {
     let h = &record.header;
-    let resource = record.get_str(attr::RESOURCE).unwrap_or_default();
-    let inodes = resource == "inodes";
+    let (_, inodes, amount) = resource_unit(record);
     let (free, total) = if inodes {
         (attr::FREE_INODES, attr::TOTAL_INODES)
     } else {
         (attr::AVAIL_BYTES, attr::TOTAL_BYTES)
     };
-    let amount = |n: u64| if inodes { n.to_string() } else { size(n) };
     let (free, total) = (
         record.get_u64(free).unwrap_or(0),
         record.get_u64(total).unwrap_or(0),
@@ -737,13 +719,38 @@ fn describe_space(record: &Record<'_>) -> String {
     if let Some(threshold) = record.get_u64(attr::THRESHOLD) {
         let _ = write!(line, "  line {}", amount(threshold));
     }
+    push_filesystem(&mut line, record);
+    line
+}
+
+/// Ends a space or quota threshold line with the filesystem: `  ext4 7:3`.
+fn push_filesystem(line: &mut String, record: &Record<'_>) {
     if let Some(fs_type) = record.get_str(attr::FS_TYPE) {
         let _ = write!(line, "  {}", word(&fs_type));
     }
     if let (Some(major), Some(minor)) = (record.get_u32(attr::MAJOR), record.get_u32(attr::MINOR)) {
         let _ = write!(line, " {major}:{minor}");
     }
-    line
+}
+
+/// Whose quota a record is about: `user 1000`, `group 3000`.
+fn quota_owner(record: &Record<'_>) -> String {
+    let quota_type = record.get_u32(attr::QUOTA_TYPE).unwrap_or(u32::MAX);
+    let whose =
+        quota::type_name(quota_type).map_or_else(|| format!("type_{quota_type}"), str::to_owned);
+    format!(
+        "{whose} {}",
+        record.get_u64(attr::QUOTA_ID).unwrap_or_default()
+    )
+}
+
+/// A space or quota threshold record's amounts are inodes when its `resource` says so, else
+/// bytes: whether they are inodes, and how to print one.
+fn resource_unit(record: &Record<'_>) -> (String, bool, fn(u64) -> String) {
+    let resource = record.get_str(attr::RESOURCE).unwrap_or_default();
+    let inodes = resource == "inodes";
+    let amount: fn(u64) -> String = if inodes { |n| n.to_string() } else { size };
+    (resource, inodes, amount)
 }
 
 /// Bytes in binary units with one decimal, as `df -h` would round them.
@@ -1720,22 +1727,40 @@ mod tests {
         assert_eq!(size(3 << 30), "3.0 GiB");
     }
 
+    /// A quota threshold record of `(quota_type, id)` on an ext4 filesystem `(major, minor,
+    /// mounted_on)`, with the u64 attributes `numbers`.
+    fn quota_record(
+        (subtype, flags): (u8, u8),
+        (quota_type, id): (u32, u64),
+        resource: &str,
+        numbers: &[(u16, u64)],
+        (major, minor, point): (u32, u32, &str),
+    ) -> Vec<u8> {
+        let mut b = RecordBuilder::new(RecordType::Superblock, subtype, flags, T);
+        b.put_u32(attr::QUOTA_TYPE, quota_type).unwrap();
+        b.put_u64(attr::QUOTA_ID, id).unwrap();
+        b.put_str(attr::RESOURCE, resource).unwrap();
+        for &(id, n) in numbers {
+            b.put_u64(id, n).unwrap();
+        }
+        b.put_u32(attr::MAJOR, major).unwrap();
+        b.put_u32(attr::MINOR, minor).unwrap();
+        b.put_str(attr::FS_TYPE, "ext4").unwrap();
+        b.put_str(attr::MOUNTED_ON, point).unwrap();
+        build(b, 1, 1)
+    }
+
     #[test]
     fn quota_threshold_records_human_and_json() {
         let now = T / 1_000_000_000;
         let record = |subtype, flags, quota_type, id, resource: &str, numbers: &[(u16, u64)]| {
-            let mut b = RecordBuilder::new(RecordType::Superblock, subtype, flags, T);
-            b.put_u32(attr::QUOTA_TYPE, quota_type).unwrap();
-            b.put_u64(attr::QUOTA_ID, id).unwrap();
-            b.put_str(attr::RESOURCE, resource).unwrap();
-            for &(id, n) in numbers {
-                b.put_u64(id, n).unwrap();
-            }
-            b.put_u32(attr::MAJOR, 7).unwrap();
-            b.put_u32(attr::MINOR, 0).unwrap();
-            b.put_str(attr::FS_TYPE, "ext4").unwrap();
-            b.put_str(attr::MOUNTED_ON, "/mnt/quota").unwrap();
-            build(b, 1, 1)
+            quota_record(
+                (subtype, flags),
+                (quota_type, id),
+                resource,
+                numbers,
+                (7, 0, "/mnt/quota"),
+            )
         };
         let low = record(
             superblock::QUOTA_LOW,
@@ -1851,18 +1876,14 @@ mod tests {
         )
         .unwrap();
         let in_home = |subtype, flags, quota_type, id, resource: &str, numbers: &[(u16, u64)]| {
-            let mut b = RecordBuilder::new(RecordType::Superblock, subtype, flags, T);
-            b.put_u32(attr::QUOTA_TYPE, quota_type).unwrap();
-            b.put_u64(attr::QUOTA_ID, id).unwrap();
-            b.put_str(attr::RESOURCE, resource).unwrap();
-            for &(id, n) in numbers {
-                b.put_u64(id, n).unwrap();
-            }
-            b.put_u32(attr::MAJOR, 8).unwrap();
-            b.put_u32(attr::MINOR, 17).unwrap();
-            b.put_str(attr::FS_TYPE, "ext4").unwrap();
-            b.put_str(attr::MOUNTED_ON, "/home").unwrap();
-            let line = human_line(&parse(&build(b, 1, 1)), 0);
+            let bytes = quota_record(
+                (subtype, flags),
+                (quota_type, id),
+                resource,
+                numbers,
+                (8, 17, "/home"),
+            );
+            let line = human_line(&parse(&bytes), 0);
             line.split_once("  ").unwrap().1.to_owned()
         };
         let mib = |n: f64| (n * (1u64 << 20) as f64) as u64;
