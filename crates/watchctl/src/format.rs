@@ -4,8 +4,8 @@
 //! `watchd_proto::attr::kind`, so attributes added to the protocol show up without changes
 //! here. The exceptions are the repeated `property` attribute of device records, which becomes
 //! a `properties` object (`{"KEY": "VALUE", …}`), and `mounted_on`, always an array.
-//! The human form has words for META, mount, device, key, krb5, file and filesystem error
-//! records and falls back to `name=value` pairs for every other
+//! The human form has words for META, mount, device, key, krb5, file, filesystem error, quota
+//! and free space records and falls back to `name=value` pairs for every other
 //! type (and for key and krb5 subtypes this version does not know).
 
 use std::borrow::Cow;
@@ -587,13 +587,7 @@ fn describe_quota(record: &Record<'_>) -> String {
         .get_str(attr::QUOTA_WARNING_NAME)
         .or_else(|| quota::warning_name(warning).map(str::to_owned))
         .unwrap_or_else(|| format!("warning_{warning}"));
-    let quota_type = record.get_u32(attr::QUOTA_TYPE).unwrap_or(u32::MAX);
-    let whose =
-        quota::type_name(quota_type).map_or_else(|| format!("type_{quota_type}"), str::to_owned);
-    let mut line = format!(
-        "quota {name:<19}  {whose} {}",
-        record.get_u64(attr::QUOTA_ID).unwrap_or_default()
-    );
+    let mut line = format!("quota {name:<19}  {}", quota_owner(record));
     if let (Some(major), Some(minor)) = (record.get_u32(attr::MAJOR), record.get_u32(attr::MINOR)) {
         let _ = write!(line, "  dev {major}:{minor}");
     }
@@ -607,18 +601,100 @@ fn describe_quota(record: &Record<'_>) -> String {
     line
 }
 
+/// `quota_low  user 1000 space on /mnt/q: 174.0 KiB left before EDQUOT (used 850.0 KiB of
+/// hard 1.0 MiB), below 204.8 KiB  ext4 7:0`: a quota threshold record (superblock
+/// quota_low, quota_still_lower, quota_recovered).
+fn describe_quota_room(record: &Record<'_>) -> String {
+    let h = &record.header;
+    let (resource, inodes, amount) = resource_unit(record);
+    let mut line = format!(
+        "{:<17}  {} {}",
+        subtype_name(h.record_type, h.subtype),
+        quota_owner(record),
+        word(&resource),
+    );
+    let points = mounted_on(record);
+    if !points.is_empty() {
+        let _ = write!(line, " on {}", points.join(","));
+    }
+    let used = record.get_u64(attr::QUOTA_USED).unwrap_or(0);
+    let limits: Vec<String> = [
+        ("soft", attr::QUOTA_SOFT_LIMIT),
+        ("hard", attr::QUOTA_HARD_LIMIT),
+    ]
+    .into_iter()
+    .filter_map(|(name, id)| {
+        let limit = record.get_u64(id).filter(|&l| l > 0)?;
+        Some(format!("{name} {}", amount(limit)))
+    })
+    .collect();
+    if limits.is_empty() {
+        let _ = write!(line, ": no limit (used {})", amount(used));
+    } else {
+        let room = record.get_u64(attr::QUOTA_ROOM).unwrap_or(0);
+        let _ = write!(
+            line,
+            ": {} left before EDQUOT (used {} of {}",
+            if inodes {
+                plural(room, "inode", "inodes")
+            } else {
+                size(room)
+            },
+            amount(used),
+            limits.join(", ")
+        );
+        if let Some(ends) = record.get_u64(attr::QUOTA_GRACE_ENDS) {
+            let now = h.time_ns / 1_000_000_000;
+            match ends.checked_sub(now).filter(|&left| left > 0) {
+                Some(left) => {
+                    let _ = write!(line, "; grace ends in {}", duration(left));
+                }
+                None => line.push_str("; grace over"),
+            }
+        }
+        line.push(')');
+        if let Some(threshold) = record.get_u64(attr::THRESHOLD) {
+            let side = if h.subtype == superblock::QUOTA_RECOVERED {
+                "back above"
+            } else {
+                "below"
+            };
+            let _ = write!(line, ", {side} {}", amount(threshold));
+        }
+    }
+    push_filesystem(&mut line, record);
+    line
+}
+
+/// A span of seconds in its two largest units, e.g. `6d 23h`, `3h 5m`, `42s`.
+fn duration(seconds: u64) -> String {
+    let parts = [
+        (seconds / 86_400, "d"),
+        (seconds / 3600 % 24, "h"),
+        (seconds / 60 % 60, "m"),
+        (seconds % 60, "s"),
+    ];
+    let first = parts.iter().position(|&(n, _)| n > 0).unwrap_or(3);
+    parts[first..]
+        .iter()
+        .take(2)
+        .enumerate()
+        .filter(|&(i, &(n, _))| i == 0 || n > 0)
+        .map(|(_, (n, unit))| format!("{n}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `space low  /mnt  avail 12.0 MiB of 31.0 MiB (38.7 %)  line 15.5 MiB  ext4 7:3`: a
 /// space record (superblock low, still_lower, recovered), its mount points first.
 fn describe_space(record: &Record<'_>) -> String {
     let h = &record.header;
-    let resource = record.get_str(attr::RESOURCE).unwrap_or_default();
-    let inodes = resource == "inodes";
+    let (_, inodes, amount) = resource_unit(record);
     let (free, total) = if inodes {
         (attr::FREE_INODES, attr::TOTAL_INODES)
     } else {
         (attr::AVAIL_BYTES, attr::TOTAL_BYTES)
     };
-    let amount = |n: u64| if inodes { n.to_string() } else { size(n) };
     let (free, total) = (
         record.get_u64(free).unwrap_or(0),
         record.get_u64(total).unwrap_or(0),
@@ -643,13 +719,38 @@ fn describe_space(record: &Record<'_>) -> String {
     if let Some(threshold) = record.get_u64(attr::THRESHOLD) {
         let _ = write!(line, "  line {}", amount(threshold));
     }
+    push_filesystem(&mut line, record);
+    line
+}
+
+/// Ends a space or quota threshold line with the filesystem: `  ext4 7:3`.
+fn push_filesystem(line: &mut String, record: &Record<'_>) {
     if let Some(fs_type) = record.get_str(attr::FS_TYPE) {
         let _ = write!(line, "  {}", word(&fs_type));
     }
     if let (Some(major), Some(minor)) = (record.get_u32(attr::MAJOR), record.get_u32(attr::MINOR)) {
         let _ = write!(line, " {major}:{minor}");
     }
-    line
+}
+
+/// Whose quota a record is about: `user 1000`, `group 3000`.
+fn quota_owner(record: &Record<'_>) -> String {
+    let quota_type = record.get_u32(attr::QUOTA_TYPE).unwrap_or(u32::MAX);
+    let whose =
+        quota::type_name(quota_type).map_or_else(|| format!("type_{quota_type}"), str::to_owned);
+    format!(
+        "{whose} {}",
+        record.get_u64(attr::QUOTA_ID).unwrap_or_default()
+    )
+}
+
+/// A space or quota threshold record's amounts are inodes when its `resource` says so, else
+/// bytes: whether they are inodes, and how to print one.
+fn resource_unit(record: &Record<'_>) -> (String, bool, fn(u64) -> String) {
+    let resource = record.get_str(attr::RESOURCE).unwrap_or_default();
+    let inodes = resource == "inodes";
+    let amount: fn(u64) -> String = if inodes { |n| n.to_string() } else { size };
+    (resource, inodes, amount)
 }
 
 /// Bytes in binary units with one decimal, as `df -h` would round them.
@@ -729,6 +830,11 @@ pub fn human_line_at(record: &Record<'_>, time: &str, watch: Option<(u64, &str)>
         }
         Some(RecordType::Superblock) if h.subtype == superblock::ERROR => describe_fs_error(record),
         Some(RecordType::Superblock) if h.subtype == superblock::QUOTA => describe_quota(record),
+        Some(RecordType::Superblock)
+            if (superblock::QUOTA_LOW..=superblock::QUOTA_RECOVERED).contains(&h.subtype) =>
+        {
+            describe_quota_room(record)
+        }
         Some(RecordType::Superblock) if record.get(attr::RESOURCE).is_some() => {
             describe_space(record)
         }
@@ -1619,6 +1725,229 @@ mod tests {
         );
         assert_eq!(size(1023), "1023 B");
         assert_eq!(size(3 << 30), "3.0 GiB");
+    }
+
+    /// A quota threshold record of `(quota_type, id)` on an ext4 filesystem `(major, minor,
+    /// mounted_on)`, with the u64 attributes `numbers`.
+    fn quota_record(
+        (subtype, flags): (u8, u8),
+        (quota_type, id): (u32, u64),
+        resource: &str,
+        numbers: &[(u16, u64)],
+        (major, minor, point): (u32, u32, &str),
+    ) -> Vec<u8> {
+        let mut b = RecordBuilder::new(RecordType::Superblock, subtype, flags, T);
+        b.put_u32(attr::QUOTA_TYPE, quota_type).unwrap();
+        b.put_u64(attr::QUOTA_ID, id).unwrap();
+        b.put_str(attr::RESOURCE, resource).unwrap();
+        for &(id, n) in numbers {
+            b.put_u64(id, n).unwrap();
+        }
+        b.put_u32(attr::MAJOR, major).unwrap();
+        b.put_u32(attr::MINOR, minor).unwrap();
+        b.put_str(attr::FS_TYPE, "ext4").unwrap();
+        b.put_str(attr::MOUNTED_ON, point).unwrap();
+        build(b, 1, 1)
+    }
+
+    #[test]
+    fn quota_threshold_records_human_and_json() {
+        let now = T / 1_000_000_000;
+        let record = |subtype, flags, quota_type, id, resource: &str, numbers: &[(u16, u64)]| {
+            quota_record(
+                (subtype, flags),
+                (quota_type, id),
+                resource,
+                numbers,
+                (7, 0, "/mnt/quota"),
+            )
+        };
+        let low = record(
+            superblock::QUOTA_LOW,
+            0,
+            quota::USER,
+            1000,
+            "space",
+            &[
+                (attr::QUOTA_USED, 850 << 10),
+                (attr::QUOTA_SOFT_LIMIT, 0),
+                (attr::QUOTA_HARD_LIMIT, 1 << 20),
+                (attr::QUOTA_ROOM, 174 << 10),
+                (attr::THRESHOLD, 209_715),
+                (attr::MARGIN, 10_485),
+            ],
+        );
+        assert_eq!(
+            human_line(&parse(&low), 0),
+            "22:13:20.123  quota_low          user 1000 space on /mnt/quota: 174.0 KiB left before EDQUOT (used 850.0 KiB of hard 1.0 MiB), below 204.8 KiB  ext4 7:0"
+        );
+        let json: serde_json::Value = serde_json::from_str(&json_line(&parse(&low))).unwrap();
+        assert_eq!(json["type"], "superblock");
+        assert_eq!(json["event"], "quota_low");
+        assert_eq!(json["quota_type"], 0);
+        assert_eq!(json["quota_id"], 1000);
+        assert_eq!(json["resource"], "space");
+        assert_eq!(json["quota_used"], 850 << 10);
+        assert_eq!(json["quota_soft_limit"], 0);
+        assert_eq!(json["quota_hard_limit"], 1 << 20);
+        assert_eq!(json["quota_room"], 174 << 10);
+        assert_eq!(json["threshold"], 209_715);
+        assert_eq!(json["margin"], 10_485);
+        assert_eq!(json["mounted_on"], serde_json::json!(["/mnt/quota"]));
+
+        // A group's inodes, over the soft limit: its grace time is shown as what is left.
+        let numbers = |grace_ends| {
+            [
+                (attr::QUOTA_USED, 110),
+                (attr::QUOTA_SOFT_LIMIT, 100),
+                (attr::QUOTA_HARD_LIMIT, 120),
+                (attr::QUOTA_ROOM, 10),
+                (attr::QUOTA_GRACE_ENDS, grace_ends),
+                (attr::THRESHOLD, 12),
+            ]
+        };
+        let grace = now + 6 * 86_400 + 23 * 3600 + 5 * 60;
+        let lower = record(
+            superblock::QUOTA_STILL_LOWER,
+            FLAG_SNAPSHOT,
+            quota::GROUP,
+            3000,
+            "inodes",
+            &numbers(grace),
+        );
+        assert_eq!(
+            human_line(&parse(&lower), 0),
+            "22:13:20.123  [snapshot] quota_still_lower  group 3000 inodes on /mnt/quota: 10 inodes left before EDQUOT (used 110 of soft 100, hard 120; grace ends in 6d 23h), below 12  ext4 7:0"
+        );
+        let json: serde_json::Value = serde_json::from_str(&json_line(&parse(&lower))).unwrap();
+        assert_eq!(json["event"], "quota_still_lower");
+        assert_eq!(json["snapshot"], true);
+        assert_eq!(json["quota_grace_ends"], grace);
+        let over = record(
+            superblock::QUOTA_STILL_LOWER,
+            0,
+            quota::GROUP,
+            3000,
+            "inodes",
+            &numbers(now),
+        );
+        assert!(
+            human_line(&parse(&over), 0).contains("hard 120; grace over), below 12"),
+            "{}",
+            human_line(&parse(&over), 0)
+        );
+
+        // Recovered: back above the line, or the limit gone.
+        let recovered = |numbers: &[(u16, u64)]| {
+            let bytes = record(
+                superblock::QUOTA_RECOVERED,
+                0,
+                quota::USER,
+                1000,
+                "space",
+                numbers,
+            );
+            human_line(&parse(&bytes), 0)
+        };
+        assert_eq!(
+            recovered(&[
+                (attr::QUOTA_USED, 512 << 10),
+                (attr::QUOTA_SOFT_LIMIT, 1 << 20),
+                (attr::QUOTA_HARD_LIMIT, 0),
+                (attr::QUOTA_ROOM, 512 << 10),
+                (attr::THRESHOLD, 209_715),
+            ]),
+            "22:13:20.123  quota_recovered    user 1000 space on /mnt/quota: 512.0 KiB left before EDQUOT (used 512.0 KiB of soft 1.0 MiB), back above 204.8 KiB  ext4 7:0"
+        );
+        assert_eq!(
+            recovered(&[
+                (attr::QUOTA_USED, 512 << 10),
+                (attr::QUOTA_SOFT_LIMIT, 0),
+                (attr::QUOTA_HARD_LIMIT, 0),
+                (attr::QUOTA_ROOM, 0),
+                (attr::THRESHOLD, 209_715),
+            ]),
+            "22:13:20.123  quota_recovered    user 1000 space on /mnt/quota: no limit (used 512.0 KiB)  ext4 7:0"
+        );
+
+        // The lines docs/watchctl.md shows (after their time) are what this prints.
+        let manual = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/watchctl.md"),
+        )
+        .unwrap();
+        let in_home = |subtype, flags, quota_type, id, resource: &str, numbers: &[(u16, u64)]| {
+            let bytes = quota_record(
+                (subtype, flags),
+                (quota_type, id),
+                resource,
+                numbers,
+                (8, 17, "/home"),
+            );
+            let line = human_line(&parse(&bytes), 0);
+            line.split_once("  ").unwrap().1.to_owned()
+        };
+        let mib = |n: f64| (n * (1u64 << 20) as f64) as u64;
+        let space = |used: f64| {
+            [
+                (attr::QUOTA_USED, mib(used)),
+                (attr::QUOTA_SOFT_LIMIT, 0),
+                (attr::QUOTA_HARD_LIMIT, 10 << 30),
+                (attr::QUOTA_ROOM, (10 << 30) - mib(used)),
+                (attr::THRESHOLD, 1 << 30),
+            ]
+        };
+        let lines = [
+            in_home(
+                superblock::QUOTA_LOW,
+                FLAG_SNAPSHOT,
+                quota::GROUP,
+                3000,
+                "inodes",
+                &[
+                    (attr::QUOTA_USED, 9850),
+                    (attr::QUOTA_SOFT_LIMIT, 9000),
+                    (attr::QUOTA_HARD_LIMIT, 10_000),
+                    (attr::QUOTA_ROOM, 150),
+                    (attr::QUOTA_GRACE_ENDS, now + 7 * 86_400 - 60),
+                    (attr::THRESHOLD, 1000),
+                ],
+            ),
+            in_home(
+                superblock::QUOTA_LOW,
+                0,
+                quota::USER,
+                1000,
+                "space",
+                &space(10240.0 - 921.6),
+            ),
+            in_home(
+                superblock::QUOTA_STILL_LOWER,
+                0,
+                quota::USER,
+                1000,
+                "space",
+                &space(9440.0),
+            ),
+            in_home(
+                superblock::QUOTA_RECOVERED,
+                0,
+                quota::USER,
+                1000,
+                "space",
+                &space(7168.0),
+            ),
+        ];
+        for line in lines {
+            assert!(
+                manual.lines().any(|l| l.ends_with(&format!("  {line}"))),
+                "docs/watchctl.md should show\n{line}"
+            );
+        }
+
+        assert_eq!(duration(42), "42s");
+        assert_eq!(duration(3600), "1h");
+        assert_eq!(duration(3 * 3600 + 5 * 60 + 9), "3h 5m");
+        assert_eq!(duration(86_400 + 59), "1d");
     }
 
     #[test]

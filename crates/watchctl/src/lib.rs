@@ -151,12 +151,19 @@ pub enum WatchKind {
     },
     /// Quota warnings: your user's or one of your groups' quota exceeding its soft or hard
     /// limit (blocks or inodes), its grace time expiring, or usage falling back below a
-    /// limit, with where the filesystem is mounted
+    /// limit, with where the filesystem is mounted. Also before EDQUOT, which the kernel
+    /// does not warn of: quota_low, quota_still_lower (each further step down),
+    /// quota_recovered, for what your user and groups may still use. By default below 10 %
+    /// of the limit, again at each further 1 %, at most every 10 minutes
     Quota {
         /// Every user's and group's warnings, and who caused them (needs an administrator's
-        /// authorization, org.watchd.Watchd1.watch-other-users-quota)
+        /// authorization, org.watchd.Watchd1.watch-other-users-quota); the thresholds still
+        /// cover only your own user and groups
         #[arg(long)]
         all: bool,
+
+        #[command(flatten)]
+        thresholds: Box<QuotaThresholds>,
 
         #[command(flatten)]
         common: WatchArgs,
@@ -252,6 +259,37 @@ pub struct SpaceThresholds {
     /// The step (and margin) for inodes: a percentage or a count [default: 1%]
     #[arg(long, value_name = "PCT|N", value_parser = parse_nonempty, requires = "inodes_below")]
     pub inodes_step: Option<String>,
+}
+
+/// When a quota watch warns before `EDQUOT` (`watch quota`): lines for the room, what your
+/// user or group may still use (the hard limit, or the soft one when there is no hard one,
+/// less the usage).
+#[derive(Args, Debug, Default, Clone)]
+pub struct QuotaThresholds {
+    /// Warn when what may still be used before EDQUOT falls below this: a percentage of the
+    /// limit (10%), a size (100M, 4096), or none (no thresholds for space) [default: 10%]
+    #[arg(long, value_name = "PCT|SIZE|none", value_parser = parse_nonempty)]
+    pub below: Option<String>,
+
+    /// Warn again at each further drop of this much; quota_recovered needs the threshold
+    /// plus this much (the hysteresis margin): a percentage of the limit or a size
+    /// [default: 1%]
+    #[arg(long, value_name = "PCT|SIZE", value_parser = parse_nonempty)]
+    pub step: Option<String>,
+
+    /// The same for inodes: a percentage of the inode limit, a count, or none
+    /// [default: 10%]
+    #[arg(long, value_name = "PCT|N|none", value_parser = parse_nonempty)]
+    pub inodes_below: Option<String>,
+
+    /// The step (and margin) for inodes: a percentage or a count [default: 1%]
+    #[arg(long, value_name = "PCT|N", value_parser = parse_nonempty)]
+    pub inodes_step: Option<String>,
+
+    /// At most one quota_low or quota_still_lower per quota every S seconds; one due sooner
+    /// waits [default: 600]
+    #[arg(long, value_name = "S")]
+    pub min_interval: Option<u32>,
 }
 
 /// A further watch of `watch`, the words after a `--`: a kind and its options, read as

@@ -22,7 +22,8 @@ use clap::Parser;
 use tokio::io::Interest;
 use tokio::signal::unix::{SignalKind, signal};
 use watchctl::{
-    Cli, Command, Format, FurtherWatch, SpaceThresholds, TimeFormat, WatchArgs, WatchKind,
+    Cli, Command, Format, FurtherWatch, QuotaThresholds, SpaceThresholds, TimeFormat, WatchArgs,
+    WatchKind,
 };
 use watchd_client::proto::{Header, RecordType, meta};
 use watchd_client::{Client, SubscribeOptions, WatchOptions};
@@ -414,15 +415,34 @@ fn watch_options(kind: WatchKind) -> anyhow::Result<WatchOptions> {
             let cache = krb5_cache(cache, std::env::var_os(KRB5CCNAME))?;
             krb5_options(cache, &common)
         }
-        WatchKind::Quota { all, common } => {
-            let options = WatchOptions::new()
+        WatchKind::Quota {
+            all,
+            thresholds,
+            common,
+        } => {
+            let QuotaThresholds {
+                below,
+                step,
+                inodes_below,
+                inodes_step,
+                min_interval,
+            } = *thresholds;
+            let mut options = WatchOptions::new()
                 .initial(common.initial)
                 .interactive(common.interactive);
             if all {
-                options.option("all", true)
-            } else {
-                options
+                options = options.option("all", true);
             }
+            threshold_options(
+                options,
+                [
+                    ("below", below),
+                    ("step", step),
+                    ("inodes_below", inodes_below),
+                    ("inodes_step", inodes_step),
+                ],
+                min_interval,
+            )
         }
         WatchKind::Space {
             path,
@@ -443,23 +463,38 @@ fn watch_options(kind: WatchKind) -> anyhow::Result<WatchOptions> {
             if let Some(path) = path {
                 options = options.path(absolute_text(&path)?);
             }
-            for (key, value) in [
-                ("below", below),
-                ("min_free", min_free),
-                ("step", step),
-                ("inodes_below", inodes_below),
-                ("inodes_step", inodes_step),
-            ] {
-                if let Some(value) = value {
-                    options = options.option(key, value);
-                }
-            }
-            if let Some(seconds) = min_interval {
-                options = options.option("min_interval_s", seconds);
-            }
-            options
+            threshold_options(
+                options,
+                [
+                    ("below", below),
+                    ("min_free", min_free),
+                    ("step", step),
+                    ("inodes_below", inodes_below),
+                    ("inodes_step", inodes_step),
+                ],
+                min_interval,
+            )
         }
     })
+}
+
+/// The threshold options of a `space` or `quota` watch that were given: the lines as the
+/// strings the daemon parses (so "10%", "100M" and "none" mean there what they mean in
+/// its documentation), the rate limit as `min_interval_s`.
+fn threshold_options(
+    mut options: WatchOptions,
+    lines: impl IntoIterator<Item = (&'static str, Option<String>)>,
+    min_interval: Option<u32>,
+) -> WatchOptions {
+    for (key, value) in lines {
+        if let Some(value) = value {
+            options = options.option(key, value);
+        }
+    }
+    if let Some(seconds) = min_interval {
+        options = options.option("min_interval_s", seconds);
+    }
+    options
 }
 
 /// Subscribes, sets the watches and prints their events until SIGINT/SIGTERM, the end of
@@ -908,6 +943,97 @@ mod tests {
         let err =
             Cli::try_parse_from(["watchctl", "watch", "mounts", "--watch-tag", "0"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    /// `watch quota`'s threshold options reach `AddWatch` under the daemon's names, as the
+    /// strings it parses; none of them given, none sent (the daemon's defaults hold).
+    #[test]
+    fn watch_quota_arguments() {
+        let (options, common) = parse_kind(
+            "quota",
+            &[
+                "--all",
+                "--below",
+                "100M",
+                "--step",
+                "2%",
+                "--inodes-below",
+                "none",
+                "--inodes-step",
+                "50",
+                "--min-interval",
+                "0",
+                "--initial",
+            ],
+        )
+        .unwrap();
+        assert!(common.initial);
+        assert_eq!(
+            sent(&options),
+            [
+                triple("all", "b", "true"),
+                triple("below", "s", "100M"),
+                triple("inodes_below", "s", "none"),
+                triple("inodes_step", "s", "50"),
+                triple("min_interval_s", "u", "0"),
+                triple("step", "s", "2%"),
+            ]
+        );
+        let (options, _) = parse_kind("quota", &[]).unwrap();
+        assert_eq!(sent(&options), []);
+        let (options, _) = parse_kind("quota", &["--below", "none"]).unwrap();
+        assert_eq!(sent(&options), [triple("below", "s", "none")]);
+        // Unlike a space watch's, the inode step needs no --inodes-below: inodes are
+        // watched by default.
+        let (options, _) = parse_kind("quota", &["--inodes-step", "5%"]).unwrap();
+        assert_eq!(sent(&options), [triple("inodes_step", "s", "5%")]);
+        let err = parse_kind("space", &["--inodes-step", "5%"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+
+        for bad in [
+            &["--below", ""][..],
+            &["--min-interval", "-1"],
+            &["--min-interval", "10m"],
+            &["--min-free", "1G"],
+        ] {
+            assert!(parse_kind("quota", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// `watch space`'s options, which share the mapping with `watch quota`'s.
+    #[test]
+    fn watch_space_arguments() {
+        let (options, _) = parse_kind(
+            "space",
+            &[
+                "/mnt",
+                "--below",
+                "10%",
+                "--min-free",
+                "none",
+                "--step",
+                "1G",
+                "--inodes-below",
+                "5%",
+                "--inodes-step",
+                "100",
+                "--min-interval",
+                "60",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            sent(&options),
+            [
+                triple("below", "s", "10%"),
+                triple("inodes_below", "s", "5%"),
+                triple("inodes_step", "s", "100"),
+                triple("min_free", "s", "none"),
+                triple("min_interval_s", "u", "60"),
+                triple("path", "s", "/mnt"),
+                triple("step", "s", "1G"),
+            ]
+        );
     }
 
     fn parse_keys(args: &[&str]) -> Result<(WatchOptions, WatchArgs), clap::Error> {
