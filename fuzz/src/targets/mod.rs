@@ -21,6 +21,7 @@ targets! {
     options,
     fanotify,
     statmount,
+    quota,
 }
 
 /// The check named `name`.

@@ -101,103 +101,81 @@ pub fn start(
     }
     if enabled.keys || enabled.krb5 {
         let interval = std::time::Duration::from_millis(config.keys.poll_interval_ms.into());
-        match keys::Poller::start(hub.clone(), interval) {
-            Ok(poller) => {
-                if enabled.keys {
-                    sources.push(keys::KeySource::new(poller.clone()));
-                }
-                if enabled.krb5 {
-                    sources.push(krb5::Krb5Source::new(poller, signals));
-                }
-            }
-            // Root refused keyctl(2) (EPERM) or a kernel without it (ENOSYS): a seccomp
-            // filter, as a container manager's default one (systemd-nspawn's), or
-            // CONFIG_KEYS=n. Mounts, devices and files are still worth serving.
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported
-                ) =>
-            {
-                tracing::warn!(%error, "key and krb5 watches are unavailable: keyctl(2) is refused (a seccomp filter, e.g. a container's, or a kernel without CONFIG_KEYS)");
-                let why = format!("keyctl(2) is refused here ({error})");
-                for (on, kind) in [(enabled.keys, keys::KIND), (enabled.krb5, krb5::KIND)] {
-                    if on {
-                        sources.push(Arc::new(Unavailable {
-                            kind,
-                            why: why.clone(),
-                        }));
-                    }
-                }
-            }
-            Err(error) => {
-                return Err(StartError {
-                    kind: keys::KIND,
-                    needs: "needs keyctl(2), a thread keyring and inotify",
-                    error,
-                });
-            }
+        // Root refused keyctl(2) (EPERM) or a kernel without it (ENOSYS): a seccomp filter,
+        // as a container manager's default one (systemd-nspawn's), or CONFIG_KEYS=n.
+        let poller = unless_lacking(keys::Poller::start(hub.clone(), interval), |e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported
+            )
+            .then(|| format!("keyctl(2) is refused here ({e})"))
+        })
+        .map_err(fault(
+            keys::KIND,
+            "needs keyctl(2), a thread keyring and inotify",
+        ))?;
+        if enabled.keys {
+            let source = poller.clone().map(keys::KeySource::new);
+            add(
+                &mut sources,
+                keys::KIND,
+                source.map(|s| s as Arc<dyn Source>),
+            );
+        }
+        if enabled.krb5 {
+            let source = poller.map(|p| krb5::Krb5Source::new(p, signals));
+            add(
+                &mut sources,
+                krb5::KIND,
+                source.map(|s| s as Arc<dyn Source>),
+            );
         }
     }
     if enabled.files {
-        match files::FileSource::start(hub.clone()) {
-            Ok(source) => sources.push(source),
-            // A kernel without fanotify (ENOSYS) or its FID mode (EINVAL, before 5.9): the
-            // other kinds are still worth serving; this one says why it cannot be had.
-            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) => {
-                tracing::warn!(%error, "files watches are unavailable: this kernel has no fanotify in FID mode (Linux 5.9 or later with CONFIG_FANOTIFY)");
-                sources.push(Arc::new(Unavailable {
-                    kind: files::KIND,
-                    why: format!("this kernel has no fanotify in FID mode ({error})"),
-                }));
-            }
-            Err(error) => {
-                return Err(StartError {
-                    kind: files::KIND,
-                    needs: "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
-                    error,
-                });
-            }
-        }
+        // No fanotify (ENOSYS), or no FID mode (EINVAL, before 5.9).
+        let source = unless_lacking(files::FileSource::start(hub.clone()), |e| {
+            matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)).then(|| {
+                format!("this kernel has no fanotify in FID mode, Linux 5.9 or later with CONFIG_FANOTIFY ({e})")
+            })
+        })
+        .map_err(fault(
+            files::KIND,
+            "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
+        ))?;
+        add(
+            &mut sources,
+            files::KIND,
+            source.map(|s| s as Arc<dyn Source>),
+        );
     }
     if enabled.fserrors {
-        match fserrors::FsErrorSource::start(hub.clone()) {
-            Ok(source) => sources.push(source),
-            // No fanotify, no FID mode (before 5.9) or no FAN_FS_ERROR (before 5.16).
-            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) => {
-                tracing::warn!(%error, "fserrors watches are unavailable: this kernel has no fanotify filesystem error events (Linux 5.16 or later with CONFIG_FANOTIFY)");
-                sources.push(Arc::new(Unavailable {
-                    kind: fserrors::KIND,
-                    why: format!("this kernel has no fanotify filesystem error events, FAN_FS_ERROR ({error})"),
-                }));
-            }
-            Err(error) => {
-                return Err(StartError {
-                    kind: fserrors::KIND,
-                    needs: "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
-                    error,
-                });
-            }
-        }
+        // No fanotify, no FID mode (before 5.9) or no FAN_FS_ERROR (before 5.16).
+        let source = unless_lacking(fserrors::FsErrorSource::start(hub.clone()), |e| {
+            matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)).then(|| {
+                format!("this kernel has no fanotify filesystem error events, FAN_FS_ERROR, Linux 5.16 or later ({e})")
+            })
+        })
+        .map_err(fault(
+            fserrors::KIND,
+            "needs a fanotify group in FID mode (CAP_SYS_ADMIN) and a thread",
+        ))?;
+        add(
+            &mut sources,
+            fserrors::KIND,
+            source.map(|s| s as Arc<dyn Source>),
+        );
     }
     if enabled.quota {
-        match quota::QuotaSource::start(hub.clone(), space::Timing::from_config(&config.space)) {
-            Ok(Ok(source)) => sources.push(source),
-            Ok(Err(why)) => {
-                tracing::warn!(%why, "quota watches are unavailable");
-                sources.push(Arc::new(Unavailable {
-                    kind: quota::KIND,
-                    why,
-                }));
-            }
-            Err(error) => {
-                return Err(StartError {
-                    kind: quota::KIND,
-                    needs: "needs a generic netlink socket (AF_NETLINK), a pipe and two threads",
-                    error,
-                });
-            }
-        }
+        let timing = space::Timing::from_config(&config.space);
+        let source = quota::QuotaSource::start(hub.clone(), timing).map_err(fault(
+            quota::KIND,
+            "needs a generic netlink socket (AF_NETLINK), a pipe and two threads",
+        ))?;
+        add(
+            &mut sources,
+            quota::KIND,
+            source.map(|s| s as Arc<dyn Source>),
+        );
     }
     if enabled.space {
         let timing = space::Timing::from_config(&config.space);
@@ -210,6 +188,43 @@ pub fn start(
         );
     }
     Ok(sources)
+}
+
+/// What starting a source gives: the source, or why this system cannot have it (a kernel
+/// without the feature, a seccomp filter that refuses it), in which case the kind is listed
+/// as [`Unavailable`] and the others are served. An error is a fault: the daemon stops.
+pub type Started<S> = std::io::Result<std::result::Result<S, String>>;
+
+/// `started`, with the errors `lacking` recognizes as "this system cannot have it" turned
+/// into its reason.
+fn unless_lacking<S>(
+    started: std::io::Result<S>,
+    lacking: impl FnOnce(&std::io::Error) -> Option<String>,
+) -> Started<S> {
+    match started {
+        Ok(source) => Ok(Ok(source)),
+        Err(error) => lacking(&error).map(Err).ok_or(error),
+    }
+}
+
+/// A start error of `kind`, saying what it `needs`.
+fn fault(kind: Kind, needs: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
+    move |error| StartError { kind, needs, error }
+}
+
+/// Adds `kind`'s source, or the kind as [`Unavailable`] with why.
+fn add(
+    sources: &mut Vec<Arc<dyn Source>>,
+    kind: Kind,
+    started: std::result::Result<Arc<dyn Source>, String>,
+) {
+    match started {
+        Ok(source) => sources.push(source),
+        Err(why) => {
+            tracing::warn!(%why, "{kind} watches are unavailable");
+            sources.push(Arc::new(Unavailable { kind, why }));
+        }
+    }
 }
 
 /// A kind this system cannot serve although the configuration enables it: `watchctl status`

@@ -43,11 +43,12 @@ use crate::hub::Hub;
 use crate::identity::Caller;
 use crate::options::Options;
 use crate::source::Source;
+use crate::sources::Started;
 use crate::sources::space::Timing;
 use crate::sys;
 use crate::watch::{Kind, Notice, Scope};
 
-use usage::{Engine, Follower, Thresholds};
+use usage::{Engine, Following, Thresholds};
 use wire::{Family, Message, Warning};
 
 /// The kind clients name in `AddWatch`.
@@ -95,7 +96,7 @@ pub struct QuotaScope {
     gids: Vec<u32>,
     all: bool,
     /// The caller's mount table and its own quotas, followed by the [`usage`] thread.
-    follower: Arc<Follower>,
+    follower: Following,
 }
 
 impl QuotaScope {
@@ -151,10 +152,7 @@ impl QuotaSource {
     /// usage thread. `Ok(Err(why))` when this kernel has neither the family (no
     /// `CONFIG_QUOTA_NETLINK_INTERFACE`, or no netlink) nor `quotactl_fd(2)`: the kind is
     /// then unavailable, and says why.
-    pub fn start(
-        hub: Arc<Hub>,
-        timing: Timing,
-    ) -> io::Result<std::result::Result<Arc<QuotaSource>, String>> {
+    pub fn start(hub: Arc<Hub>, timing: Timing) -> Started<Arc<QuotaSource>> {
         let joined = join_events()?;
         let no_thresholds = (!sys::quotactl_fd_exists()).then(|| {
             "this kernel has no quotactl_fd(2) (Linux 5.14 or later with CONFIG_QUOTACTL)"

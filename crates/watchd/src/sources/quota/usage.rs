@@ -188,7 +188,31 @@ pub struct Follower {
     table: Mutex<Vec<MountEntry>>,
     alarms: Mutex<Alarms>,
     born: Instant,
+    /// Its watch has ended: the thread lets go of it (and its descriptors).
+    ended: AtomicBool,
     engine: Weak<Engine>,
+}
+
+/// A watch's hold on its follower. The thread keeps followers while it sleeps, so the end
+/// of a watch has to tell it: dropping this does, and the thread lets go at once.
+#[derive(Debug)]
+pub struct Following(Arc<Follower>);
+
+impl std::ops::Deref for Following {
+    type Target = Follower;
+
+    fn deref(&self) -> &Follower {
+        &self.0
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Relaxed);
+        if let Some(engine) = self.0.engine.upgrade() {
+            engine.wake();
+        }
+    }
 }
 
 impl std::fmt::Debug for Follower {
@@ -206,6 +230,8 @@ impl std::fmt::Debug for Follower {
 struct Alarms {
     by_quota: HashMap<Key, Alarm>,
     due: Option<Instant>,
+    /// When the quotas were last read.
+    last: Option<Instant>,
 }
 
 impl Follower {
@@ -335,7 +361,7 @@ struct Reading {
 pub struct Engine {
     hub: Arc<Hub>,
     timing: Timing,
-    followers: Mutex<Vec<Weak<Follower>>>,
+    followers: Mutex<Vec<Arc<Follower>>>,
     waker: OwnedFd,
     /// A kernel warning came: every watch looks again now.
     nudged: AtomicBool,
@@ -372,7 +398,7 @@ impl Engine {
         thresholds: Thresholds,
         root: OwnedFd,
         mountinfo: File,
-    ) -> Result<Arc<Follower>> {
+    ) -> Result<Following> {
         let follower = Arc::new(Follower {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             uid,
@@ -382,16 +408,17 @@ impl Engine {
             mountinfo,
             table: Mutex::new(Vec::new()),
             alarms: Mutex::new(Alarms {
-                by_quota: HashMap::new(),
                 due: Some(Instant::now()),
+                ..Alarms::default()
             }),
             born: Instant::now(),
+            ended: AtomicBool::new(false),
             engine: Arc::downgrade(self),
         });
         follower.reread();
-        self.lock().push(Arc::downgrade(&follower));
+        self.lock().push(follower.clone());
         self.wake();
-        Ok(follower)
+        Ok(Following(follower))
     }
 
     /// A kernel warning came: its quota may be near a line too.
@@ -405,7 +432,7 @@ impl Engine {
         let _ = rustix::io::write(&self.waker, &[1]);
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Weak<Follower>>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Follower>>> {
         self.followers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -413,8 +440,8 @@ impl Engine {
         loop {
             let followers: Vec<Arc<Follower>> = {
                 let mut list = self.lock();
-                list.retain(|f| f.strong_count() > 0);
-                list.iter().filter_map(Weak::upgrade).collect()
+                list.retain(|f| !f.ended.load(Ordering::Relaxed));
+                list.clone()
             };
             let due = followers.iter().filter_map(|f| f.alarms().due).min();
             let tables: Vec<&File> = followers.iter().map(|f| &f.mountinfo).collect();
@@ -432,11 +459,18 @@ impl Engine {
                     follower.reread();
                 }
                 let mut alarms = follower.alarms();
-                if changed || nudged {
+                if nudged {
                     alarms.due = Some(now);
+                } else if changed {
+                    // A mount storm is read once per shortest interval, not per change.
+                    let soonest = alarms.last.map_or(now, |last| last + self.timing.shortest);
+                    alarms.due = alarms
+                        .due
+                        .map_or(Some(soonest), |due| Some(due.min(soonest)));
                 }
                 if alarms.due.is_some_and(|due| due <= now) {
                     alarms.due = Some(self.check(follower, &mut alarms, now));
+                    alarms.last = Some(now);
                 }
             }
         }
@@ -555,17 +589,11 @@ impl Engine {
             "quotactl_fd(2) of each watcher's own user and group quotas by an adaptive timer (every {}–{} s, as [space]) and on mount changes; following {} watch(es)",
             t.shortest.as_secs_f64(),
             t.longest.as_secs_f64(),
-            self.lock().iter().filter(|f| f.strong_count() > 0).count(),
+            self.lock()
+                .iter()
+                .filter(|f| !f.ended.load(Ordering::Relaxed))
+                .count(),
         )
-    }
-}
-
-impl Drop for Follower {
-    /// The thread lets go of the watch's mountinfo at once.
-    fn drop(&mut self) {
-        if let Some(engine) = self.engine.upgrade() {
-            engine.wake();
-        }
     }
 }
 
@@ -573,6 +601,34 @@ impl Drop for Follower {
 mod tests {
     use super::*;
     use crate::options::{OptionMap, Options, Value};
+
+    #[test]
+    fn a_watch_that_ends_is_let_go_while_the_thread_sleeps() {
+        let (hub, _) = crate::hub::Hub::new(crate::conf::Limits::default());
+        let timing = Timing::from_config(&crate::conf::SpaceConf::default());
+        let engine = Engine::start(hub, timing).unwrap();
+        let (thresholds, _) = take(&[]).unwrap();
+        let following = engine
+            .follow(
+                1000,
+                vec![1000],
+                thresholds,
+                File::open("/").unwrap().into(),
+                File::open("/proc/self/mountinfo").unwrap(),
+            )
+            .unwrap();
+        let follower = Arc::downgrade(&following.0);
+        // Looked at once (no quotas here), the watch is due again only in minutes.
+        std::thread::sleep(Duration::from_millis(50));
+        drop(following);
+        for _ in 0..500 {
+            if follower.strong_count() == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the thread still holds an ended watch (its mountinfo and root stay open)");
+    }
 
     #[test]
     fn the_room_is_under_the_hard_limit_or_else_the_soft_one() {

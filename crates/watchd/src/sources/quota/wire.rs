@@ -100,17 +100,26 @@ pub struct Message<'a> {
 
 /// The messages of a datagram, in order; after an error nothing more is read from it.
 pub fn messages(datagram: &[u8]) -> impl Iterator<Item = Result<Message<'_>>> {
-    let mut rest = datagram;
+    walk(datagram, message)
+}
+
+/// Splits one item (a message, an attribute) off the front of its bytes: it, and the rest.
+type Split<'a, T> = fn(&'a [u8]) -> Result<(T, &'a [u8])>;
+
+/// The items `first` splits off `bytes` one after the other (a message, or an attribute,
+/// and what follows it); a malformed one is an error, and ends the walk.
+fn walk<'a, T: 'a>(bytes: &'a [u8], first: Split<'a, T>) -> impl Iterator<Item = Result<T>> + 'a {
+    let mut rest = bytes;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let parsed = message(rest);
-        match &parsed {
-            Ok((_, next)) => rest = next,
-            Err(_) => rest = &[],
-        }
-        Some(parsed.map(|(m, _)| m))
+        let parsed = first(rest);
+        rest = match &parsed {
+            Ok((_, next)) => next,
+            Err(_) => &[],
+        };
+        Some(parsed.map(|(item, _)| item))
     })
 }
 
@@ -149,18 +158,7 @@ struct Attr<'a> {
 
 /// The attributes of `bytes`; a malformed one is an error, and ends the walk.
 fn attrs(bytes: &[u8]) -> impl Iterator<Item = Result<Attr<'_>>> {
-    let mut rest = bytes;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let parsed = attr(rest);
-        match &parsed {
-            Ok((_, next)) => rest = next,
-            Err(_) => rest = &[],
-        }
-        Some(parsed.map(|(a, _)| a))
-    })
+    walk(bytes, attr)
 }
 
 fn attr(bytes: &[u8]) -> Result<(Attr<'_>, &[u8])> {
