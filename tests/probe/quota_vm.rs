@@ -323,6 +323,15 @@ impl Role {
             .with_context(|| format!("{}: nothing printed within {PATIENCE:?}", self.label))
     }
 
+    /// Nothing printed for `quiet`.
+    fn quiet_for(&self, quiet: Duration) -> Result<()> {
+        match self.lines.recv_timeout(quiet) {
+            Ok(line) => bail!("{}: printed {line:?}, expected nothing", self.label),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(()),
+            Err(e) => bail!("{}: {e}", self.label),
+        }
+    }
+
     /// Records until one that `done` accepts (included).
     fn records_until(&self, done: impl Fn(&Seen) -> bool) -> Result<Vec<Seen>> {
         let mut seen = Vec::new();
@@ -549,6 +558,11 @@ pub async fn checks(client: &Client, address: &str) -> Result<u32> {
 
     let seen = admin.records_until(|s| s.is(quota::GROUP, GROUP, "block_soft_below"))?;
     check_common("root all", &seen, i64::from(USER))?;
+    ensure!(
+        seen.iter()
+            .all(|s| s.subtype == superblock::QUOTA || s.id == 0),
+        "root's all watch got another user's usage thresholds (all is for warnings only): {seen:?}"
+    );
     for (quota_type, id, name) in [
         (quota::USER, USER, "block_soft_exceeded"),
         (quota::USER, USER, "block_hard_exceeded"),
@@ -621,15 +635,17 @@ fn thresholds(address: &str, device: &CString, dir: &Path) -> Result<u32> {
     let used = i64::try_from(quotactl_space_used(device, quota::USER, USER)?)?;
     let seen = user.records_until(|s| s.usage(superblock::QUOTA_LOW, quota::USER, USER))?;
     let low = seen.last().context("no record")?;
+    // A look may land during the write: the record says what quotactl said then.
     ensure!(
-        low.used == used
+        low.used <= used
             && low.hard == USER_HARD
             && low.soft == 0
-            && low.room == USER_HARD - used
+            && low.room == USER_HARD - low.used
+            && low.room < low.threshold
             && low.threshold == USER_HARD / 5
             && low.margin == USER_HARD / 10
             && low.flags == 0,
-        "uid 1000's quota_low does not say what quotactl says (used {used}): {low:?}"
+        "uid 1000's quota_low does not say what quotactl says (used {used} after the write): {low:?}"
     );
     println!(
         "ok uid 1000's quota_low before its hard limit: {} bytes left of 1 MiB, below {}",
@@ -642,17 +658,30 @@ fn thresholds(address: &str, device: &CString, dir: &Path) -> Result<u32> {
         &client_args(address, USER, "1000", &format!("below=20%,{steps},initial")),
     )?;
     ensure!(late.line()? == "ready", "the late watch was refused");
-    let first = late.records_until(|_| true)?;
+    let first = late.records_until(|s| {
+        s.record_type == RecordType::Meta as u32 && s.subtype == watchd_proto::meta::SYNC
+    })?;
     ensure!(
-        first[0].usage(superblock::QUOTA_LOW, quota::USER, USER)
+        first.len() == 2
+            && first[0].usage(superblock::QUOTA_LOW, quota::USER, USER)
             && first[0].flags & watchd_proto::FLAG_SNAPSHOT != 0
             && first[0].used == used,
-        "a watch set while low does not start with a snapshot quota_low: {first:?}"
+        "a watch set while low does not start with a snapshot quota_low, then SYNC: {first:?}"
     );
+    // Its thresholds are looked at every second this close to the line: a live quota_low
+    // after the snapshot would come within that.
+    late.quiet_for(Duration::from_secs(3))
+        .context("a live record after the snapshot")?;
     drop(late);
     println!("ok a watch set while low starts with a snapshot quota_low");
     count += 1;
 
+    // Group 3000's limit removed while uid 1001 is low about it: quota_recovered, no limit.
+    let seen_by_member =
+        member.records_until(|s| s.usage(superblock::QUOTA_LOW, quota::GROUP, GROUP))?;
+    quotactl_set_limits(device, quota::GROUP, GROUP, QuotaLimits::default())?;
+    let lifted =
+        member.records_until(|s| s.usage(superblock::QUOTA_RECOVERED, quota::GROUP, GROUP))?;
     let wrote = run_role(&as_writer("--quota-write", Some("130")))?;
     ensure!(wrote.contains("edquot=false"), "second write: {wrote}");
     let lower =
@@ -685,12 +714,12 @@ fn thresholds(address: &str, device: &CString, dir: &Path) -> Result<u32> {
     );
     count += 1;
 
-    let seen =
-        member.records_until(|s| s.usage(superblock::QUOTA_RECOVERED, quota::GROUP, GROUP))?;
+    let seen: Vec<&Seen> = seen_by_member.iter().chain(&lifted).collect();
     ensure!(
-        seen.iter()
-            .all(|s| s.quota_type == i64::from(quota::GROUP) && s.id == i64::from(GROUP)),
-        "uid 1001 got thresholds of uid 1000's own quota: {seen:?}"
+        seen.iter().all(|s| s.quota_type == i64::from(quota::GROUP)
+            && s.id == i64::from(GROUP)
+            && s.subtype != superblock::QUOTA),
+        "uid 1001 got more than group 3000's thresholds: {seen:?}"
     );
     ensure!(
         seen.iter()
@@ -699,7 +728,34 @@ fn thresholds(address: &str, device: &CString, dir: &Path) -> Result<u32> {
                 && s.threshold == GROUP_HARD * 3 / 5),
         "uid 1001 got no quota_low of group 3000 at 60 % of 2 MiB: {seen:?}"
     );
-    println!("ok uid 1001 got group 3000's thresholds only: quota_low, quota_recovered");
+    ensure!(
+        lifted
+            .last()
+            .is_some_and(|s| s.hard == 0 && s.soft == 0 && s.used > 0),
+        "the recovery when group 3000's limit was removed: {lifted:?}"
+    );
+    member
+        .quiet_for(Duration::from_secs(3))
+        .context("uid 1001 after its group's limit was removed")?;
+    println!(
+        "ok uid 1001 got group 3000's thresholds only: quota_low, and quota_recovered when the limit was removed"
+    );
+    count += 1;
+
+    // Low again, then the filesystem unmounted: the quota is gone, and so is the warning.
+    // The unmount also shows that no watch keeps the filesystem busy.
+    run_role(&as_writer("--quota-write", Some("900")))?;
+    user.records_until(|s| s.usage(superblock::QUOTA_LOW, quota::USER, USER))?;
+    nix::mount::umount(MOUNT).context("unmounting the quota filesystem under watches")?;
+    let gone = user.records_until(|s| s.subtype == superblock::QUOTA_RECOVERED)?;
+    ensure!(
+        gone.last()
+            .is_some_and(|s| s.usage(superblock::QUOTA_RECOVERED, quota::USER, USER)
+                && s.hard == 0
+                && s.mounts == "-"),
+        "uid 1000's quota_low was not ended when its filesystem was unmounted: {gone:?}"
+    );
+    println!("ok an unmount ends a low quota with quota_recovered, and no watch kept it busy");
     count += 1;
     Ok(count)
 }

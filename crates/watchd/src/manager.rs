@@ -359,9 +359,9 @@ impl Manager {
         result
     }
 
-    pub fn resync(&self, id: SubscriptionId, request: &Request, tag: Tag) -> Result<()> {
+    pub async fn resync(&self, id: SubscriptionId, request: &Request, tag: Tag) -> Result<()> {
         let caller = &request.caller;
-        let result = self.resync_checked(id, caller, tag);
+        let result = self.resync_checked(id, caller, tag).await;
         log_outcome("resync", caller, id, tag, None, &result);
         result
     }
@@ -384,15 +384,23 @@ impl Manager {
         Ok((owner, depth))
     }
 
-    fn resync_checked(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {
+    async fn resync_checked(&self, id: SubscriptionId, caller: &Caller, tag: Tag) -> Result<()> {
         self.check_owner(id, caller)?;
         let watch = self.hub.watch(id, tag)?;
-        let source = self.source(watch.kind.name())?;
-        let mut result = Ok(());
-        source.with_snapshot(&*watch.scope, &mut |snapshot| {
-            result = self.hub.resync(id, tag, snapshot)
-        });
-        result
+        let source = self.source(watch.kind.name())?.clone();
+        // A snapshot looks at the caller's objects (statfs, quotas, files): off the async
+        // workers, in one of the caller's few object-check threads, as AddWatch does.
+        let _slot = self.object_check_slot(caller.uid).await;
+        let hub = self.hub.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut result = Ok(());
+            source.with_snapshot(&*watch.scope, &mut |snapshot| {
+                result = hub.resync(id, tag, snapshot)
+            });
+            result
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("resending the watch's state failed: {e}")))?
     }
 }
 

@@ -289,7 +289,7 @@ impl SubscriptionObject {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
         let (request, _call) = admit(&self.manager, conn, &header).await?;
-        self.manager.resync(self.id, &request, tag)
+        self.manager.resync(self.id, &request, tag).await
     }
 
     /// Depth: The pipe's capacity in packets, as the kernel granted it. Readable by the

@@ -32,13 +32,14 @@ pub struct DiskQuota {
 /// `quotactl_fd(2)` with `Q_GETQUOTA`: `id`'s quota of `quota_type` (0 user, 1 group, 2
 /// project) on the filesystem `fd` is on. `ESRCH`: quotas of that type are off there;
 /// `ENOSYS`: the filesystem has no quotas at all, or the kernel has no `quotactl_fd` (see
-/// [`quotactl_fd_exists`]).
+/// [`quotactl_fd_probe`]).
 pub fn quotactl_fd_get_quota(
     fd: BorrowedFd<'_>,
     quota_type: u32,
     id: u32,
 ) -> io::Result<DiskQuota> {
-    // SAFETY: all-zero is a valid `struct if_dqblk` (plain integers).
+    // SAFETY: all-zero is a valid `libc::dqblk`, which is laid out as the kernel's
+    // `struct if_dqblk` (eight u64 and a u32).
     let mut block: libc::dqblk = unsafe { std::mem::zeroed() };
     let cmd = (Q_GETQUOTA << 8) | (quota_type & 0xff);
     // SAFETY: `fd` is open (borrowed) for the call, and `block` is a `struct if_dqblk` on our
@@ -65,9 +66,10 @@ pub fn quotactl_fd_get_quota(
     })
 }
 
-/// Whether this kernel has `quotactl_fd(2)` (and quotas): a call on no descriptor is
-/// `EBADF` where it does, `ENOSYS` where it does not.
-pub fn quotactl_fd_exists() -> bool {
+/// Whether this process may call `quotactl_fd(2)`: a call on no descriptor is `EBADF`
+/// where it may, `ENOSYS` on a kernel without it (before 5.14, or no `CONFIG_QUOTACTL`),
+/// `EPERM` (or another error) where a seccomp filter refuses it.
+pub fn quotactl_fd_probe() -> io::Result<()> {
     // SAFETY: an invalid descriptor and a null address: the kernel looks up the descriptor
     // first and fails with EBADF, reading and writing nothing.
     let ret = unsafe {
@@ -79,5 +81,9 @@ pub fn quotactl_fd_exists() -> bool {
             std::ptr::null_mut::<libc::c_void>(),
         )
     };
-    !(ret == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+    match cvt(ret) {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Ok(()),
+    }
 }

@@ -57,6 +57,16 @@ pub const KIND: Kind = Kind("quota");
 /// The option that asks for every user's warnings.
 pub const ALL: &str = "all";
 
+/// The option keys of a quota watch: `all`, and the thresholds' ([`Thresholds::take`]).
+const OPTIONS: &[&str] = &[
+    ALL,
+    "below",
+    "step",
+    "inodes_below",
+    "inodes_step",
+    "min_interval_s",
+];
+
 /// How long the controller may take to name the family.
 const RESOLVE_LIMIT: Duration = Duration::from_secs(5);
 
@@ -150,14 +160,19 @@ pub struct QuotaSource {
 impl QuotaSource {
     /// Joins the quota family's `events` group and starts the reading thread, and starts the
     /// usage thread. `Ok(Err(why))` when this kernel has neither the family (no
-    /// `CONFIG_QUOTA_NETLINK_INTERFACE`, or no netlink) nor `quotactl_fd(2)`: the kind is
-    /// then unavailable, and says why.
+    /// `CONFIG_QUOTA_NETLINK_INTERFACE`, or no netlink) nor `quotactl_fd(2)` (or a seccomp
+    /// filter refuses it): the kind is then unavailable, and says why.
     pub fn start(hub: Arc<Hub>, timing: Timing) -> Started<Arc<QuotaSource>> {
         let joined = join_events()?;
-        let no_thresholds = (!sys::quotactl_fd_exists()).then(|| {
-            "this kernel has no quotactl_fd(2) (Linux 5.14 or later with CONFIG_QUOTACTL)"
-                .to_owned()
-        });
+        let no_thresholds = sys::quotactl_fd_probe()
+            .err()
+            .map(|e| match e.raw_os_error() {
+                Some(libc::ENOSYS) => {
+                    "this kernel has no quotactl_fd(2) (Linux 5.14 or later with CONFIG_QUOTACTL)"
+                        .to_owned()
+                }
+                _ => format!("quotactl_fd(2) is refused here ({e})"),
+            });
         if let (Err(why), Some(also)) = (&joined, &no_thresholds) {
             return Ok(Err(format!("{why}; {also}")));
         }
@@ -389,14 +404,7 @@ impl Source for QuotaSource {
     }
 
     fn option_names(&self) -> &'static [&'static str] {
-        &[
-            ALL,
-            "below",
-            "step",
-            "inodes_below",
-            "inodes_step",
-            "min_interval_s",
-        ]
+        OPTIONS
     }
 
     fn with_snapshot(&self, scope: &dyn Scope, then: &mut dyn FnMut(&[Event])) {

@@ -23,7 +23,7 @@
 //! groups). An `all` watch sees everyone's kernel warnings, but thresholds only of its own.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,16 +38,14 @@ use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
 use crate::sources::mounts::{MountEntry, mountinfo};
 use crate::sources::space::alarm::{self, Alarm, Amount, Rule, Step, Verdict};
-use crate::sources::space::{PSEUDO, RETRY, Resource, Timing, YOUNG, dev_of, open_mount_point};
+use crate::sources::space::{RETRY, Resource, Timing, YOUNG, dev_of, open_mount_point};
 use crate::sys::{self, DiskQuota};
 
-/// The option keys of a quota watch's thresholds.
-pub const OPTIONS: &[&str] = &[
-    "below",
-    "step",
-    "inodes_below",
-    "inodes_step",
-    "min_interval_s",
+/// Filesystem types whose quotas `quotactl_fd(2)` reads (local filesystems with the
+/// kernel's quota operations). No other is looked at: a stuck network or FUSE mount must
+/// not stall every user's thresholds, and none of them has quotactl quotas.
+const QUOTA_TYPES: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "tmpfs", "f2fs", "gfs2", "ocfs2", "jfs", "reiserfs",
 ];
 
 /// (used, soft limit, hard limit, grace end) of `resource` in a reading.
@@ -170,10 +168,24 @@ impl Change for UsageChange {
     }
 }
 
-/// The limit whose crossing means `EDQUOT` (0: none), and the room left under it.
-fn room(used: u64, soft: u64, hard: u64) -> (u64, u64) {
+/// The limit whose crossing means `EDQUOT` (0: none), and the room left under it at `now`
+/// (seconds since the epoch): the hard limit, or the soft one when there is no hard one;
+/// over a soft limit whose grace time has ended, writes already fail: no room.
+fn room(used: u64, soft: u64, hard: u64, grace_ends: u64, now: u64) -> (u64, u64) {
+    if soft != 0 && used > soft && grace_ends != 0 && grace_ends <= now {
+        return (soft, 0);
+    }
     let limit = if hard != 0 { hard } else { soft };
     (limit, limit.saturating_sub(used))
+}
+
+/// [`room`] of `resource` in reading `q`, now.
+fn room_now(resource: Resource, q: &DiskQuota) -> (u64, u64) {
+    let (used, soft, hard, grace_ends) = of(resource, q);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    room(used, soft, hard, grace_ends, now)
 }
 
 /// One quota watch's view and ids, as the thread follows them.
@@ -226,9 +238,16 @@ impl std::fmt::Debug for Follower {
     }
 }
 
+/// One quota's alarm, and the type of its filesystem (for the RECOVERED of a quota gone).
+#[derive(Default)]
+struct Tracked {
+    alarm: Alarm,
+    fs_type: String,
+}
+
 #[derive(Default)]
 struct Alarms {
-    by_quota: HashMap<Key, Alarm>,
+    by_quota: HashMap<Key, Tracked>,
     due: Option<Instant>,
     /// When the quotas were last read.
     last: Option<Instant>,
@@ -272,15 +291,14 @@ impl Follower {
         }
     }
 
-    /// Every quota this watch follows, read now: (filesystem, its type, the caller's mount
-    /// points of it, quota type, id, reading).
-    fn read_all(&self) -> Vec<Reading> {
+    /// Every quota this watch follows, read now; and the filesystems whose quotas could
+    /// not be read this time (not reached, or a failure that may pass), whose alarms stay.
+    fn read_all(&self) -> (Vec<Reading>, HashSet<u64>) {
         let table = self.table().clone();
-        let mut readings = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let (mut readings, mut unsure, mut seen) = (Vec::new(), HashSet::new(), HashSet::new());
         for mount in &table {
             let dev = dev_of(mount);
-            if PSEUDO.contains(&mount.fs_type.as_str()) || !seen.insert(dev) {
+            if !QUOTA_TYPES.contains(&mount.fs_type.as_str()) || !seen.insert(dev) {
                 continue;
             }
             // The first mount point that still leads to the filesystem.
@@ -289,11 +307,16 @@ impl Follower {
                 .filter(|m| dev_of(m) == dev)
                 .find_map(|m| open_mount_point(&self.root, &m.mount_point, dev))
             else {
+                unsure.insert(dev);
                 continue;
             };
             let ids = std::iter::once((quota::USER, self.uid))
                 .chain(self.gids.iter().map(|&g| (quota::GROUP, g)));
+            let mut off = None;
             for (quota_type, id) in ids {
+                if off == Some(quota_type) {
+                    continue;
+                }
                 match sys::quotactl_fd_get_quota(fd.as_fd(), quota_type, id) {
                     Ok(reading) => readings.push(Reading {
                         dev,
@@ -302,25 +325,25 @@ impl Follower {
                         id,
                         reading,
                     }),
-                    // No quotas of this type here (ESRCH), or none at all (ENOSYS, and
-                    // ENOTTY or EOPNOTSUPP from some filesystems).
+                    // Quotas of this type are off here.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => off = Some(quota_type),
+                    // No quotas at all on this filesystem.
                     Err(e)
                         if matches!(
                             e.raw_os_error(),
-                            Some(libc::ESRCH | libc::ENOSYS | libc::ENOTTY | libc::EOPNOTSUPP)
+                            Some(libc::ENOSYS | libc::ENOTTY | libc::EOPNOTSUPP)
                         ) =>
                     {
-                        if e.raw_os_error() != Some(libc::ESRCH) {
-                            break;
-                        }
+                        break;
                     }
                     Err(error) => {
                         tracing::debug!(%error, dev, quota_type, id, "quota: Q_GETQUOTA failed");
+                        unsure.insert(dev);
                     }
                 }
             }
         }
-        readings
+        (readings, unsure)
     }
 
     /// This watch's record about `resource` of reading `r`.
@@ -363,8 +386,10 @@ pub struct Engine {
     timing: Timing,
     followers: Mutex<Vec<Arc<Follower>>>,
     waker: OwnedFd,
-    /// A kernel warning came: every watch looks again now.
+    /// A kernel warning came: every watch looks again (at most once per shortest interval).
     nudged: AtomicBool,
+    /// The thread has stopped (its poll failed): no new watch is followed.
+    stopped: AtomicBool,
     next_id: AtomicU64,
     start: Instant,
 }
@@ -380,6 +405,7 @@ impl Engine {
             followers: Mutex::new(Vec::new()),
             waker,
             nudged: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             start: Instant::now(),
         });
@@ -399,6 +425,11 @@ impl Engine {
         root: OwnedFd,
         mountinfo: File,
     ) -> Result<Following> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(Error::Failed(
+                "quota usage thresholds have stopped (the daemon's log says why)".into(),
+            ));
+        }
         let follower = Arc::new(Follower {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             uid,
@@ -449,20 +480,24 @@ impl Engine {
                 Ok((_, changed)) => changed,
                 Err(error) => {
                     tracing::error!(%error, "quota usage thresholds stopped: poll failed");
+                    self.stopped.store(true, Ordering::Relaxed);
+                    self.lock().clear();
                     return;
                 }
             };
             let nudged = self.nudged.swap(false, Ordering::Relaxed);
             let now = Instant::now();
             for (follower, changed) in followers.iter().zip(changed) {
+                if follower.ended.load(Ordering::Relaxed) {
+                    continue;
+                }
                 if changed {
                     follower.reread();
                 }
                 let mut alarms = follower.alarms();
-                if nudged {
-                    alarms.due = Some(now);
-                } else if changed {
-                    // A mount storm is read once per shortest interval, not per change.
+                if changed || nudged {
+                    // A mount storm, or a user writing back and forth across a soft limit,
+                    // is read once per shortest interval, not per change.
                     let soonest = alarms.last.map_or(now, |last| last + self.timing.shortest);
                     alarms.due = alarms
                         .due
@@ -481,8 +516,8 @@ impl Engine {
     fn check(&self, follower: &Follower, alarms: &mut Alarms, now: Instant) -> Instant {
         let t = self.start.elapsed();
         let mut next = now + self.timing.longest;
-        let readings = follower.read_all();
-        let mut live = std::collections::HashSet::new();
+        let (readings, unsure) = follower.read_all();
+        let mut live = HashSet::new();
         for r in &readings {
             for resource in Resource::ALL {
                 let Some(rule) = follower.thresholds.rule(resource) else {
@@ -490,9 +525,12 @@ impl Engine {
                 };
                 let key = (r.dev, r.quota_type, r.id, resource);
                 live.insert(key);
-                let alarm = alarms.by_quota.entry(key).or_default();
-                let (used, soft, hard, _) = of(resource, &r.reading);
-                let (limit, room) = room(used, soft, hard);
+                let tracked = alarms.by_quota.entry(key).or_insert_with(|| Tracked {
+                    alarm: Alarm::default(),
+                    fs_type: r.fs_type.clone(),
+                });
+                let alarm = &mut tracked.alarm;
+                let (limit, room) = room_now(resource, &r.reading);
                 let lines = rule.lines(limit);
                 let verdict = if limit == 0 {
                     // No limit, or no longer one: nothing to warn about.
@@ -507,15 +545,8 @@ impl Engine {
                     Verdict::Quiet => {}
                     Verdict::Wait(until) => next = next.min(now + until.saturating_sub(t)),
                     Verdict::Send(step) => {
-                        let change = Arc::new(follower.change(r, resource, lines, room, false));
-                        self.hub.publish(&Event::new(
-                            RecordType::Superblock,
-                            step.quota_subtype(),
-                            0,
-                            change.clone(),
-                        ));
-                        if change.reached.load(Ordering::Relaxed) || follower.born.elapsed() > YOUNG
-                        {
+                        let change = follower.change(r, resource, lines, room, false);
+                        if self.send(step, change) || follower.born.elapsed() > YOUNG {
                             alarm.commit(step, room, t);
                         } else {
                             next = next.min(now + RETRY);
@@ -538,9 +569,51 @@ impl Engine {
                 }
             }
         }
-        // Quotas no longer read (unmounted, turned off) start afresh if they come back.
-        alarms.by_quota.retain(|key, _| live.contains(key));
+        // A quota no longer there (its filesystem unmounted, or quotas turned off) ends its
+        // alarm; one that was low says RECOVERED, with no limit. One that could not be read
+        // this time keeps it.
+        let gone: Vec<Key> = alarms
+            .by_quota
+            .keys()
+            .filter(|key| !live.contains(key) && !unsure.contains(&key.0))
+            .copied()
+            .collect();
+        for key @ (dev, quota_type, id, resource) in gone {
+            let Some(tracked) = alarms.by_quota.remove(&key) else {
+                continue;
+            };
+            if tracked.alarm.is_low() {
+                let r = Reading {
+                    dev,
+                    fs_type: tracked.fs_type,
+                    quota_type,
+                    id,
+                    reading: DiskQuota::default(),
+                };
+                let lines = alarm::Lines {
+                    threshold: 0,
+                    margin: 0,
+                };
+                self.send(
+                    Step::Recovered,
+                    follower.change(&r, resource, lines, 0, true),
+                );
+            }
+        }
         next
+    }
+
+    /// Publishes a record; whether it reached its watch (`false` while the watch is being
+    /// registered).
+    fn send(&self, step: Step, change: UsageChange) -> bool {
+        let change = Arc::new(change);
+        self.hub.publish(&Event::new(
+            RecordType::Superblock,
+            step.quota_subtype(),
+            0,
+            change.clone(),
+        ));
+        change.reached.load(Ordering::Relaxed)
     }
 
     /// A new watch's initial state: its quotas read now; those already low (by the watch's
@@ -550,21 +623,24 @@ impl Engine {
         let mut alarms = follower.alarms();
         let t = self.start.elapsed();
         let mut events = Vec::new();
-        for r in follower.read_all() {
+        for r in follower.read_all().0 {
             for resource in Resource::ALL {
                 let Some(rule) = follower.thresholds.rule(resource) else {
                     continue;
                 };
-                let (used, soft, hard, _) = of(resource, &r.reading);
-                let (limit, room) = room(used, soft, hard);
+                let (limit, room) = room_now(resource, &r.reading);
                 if limit == 0 {
                     continue;
                 }
                 let lines = rule.lines(limit);
-                let alarm = alarms
+                let tracked = alarms
                     .by_quota
                     .entry((r.dev, r.quota_type, r.id, resource))
-                    .or_default();
+                    .or_insert_with(|| Tracked {
+                        alarm: Alarm::default(),
+                        fs_type: r.fs_type.clone(),
+                    });
+                let alarm = &mut tracked.alarm;
                 if !alarm.is_low() && room < lines.threshold {
                     alarm.commit(Step::Low, room, t);
                 }
@@ -632,11 +708,17 @@ mod tests {
 
     #[test]
     fn the_room_is_under_the_hard_limit_or_else_the_soft_one() {
-        assert_eq!(room(900, 0, 1000), (1000, 100));
-        assert_eq!(room(900, 500, 1000), (1000, 100));
-        assert_eq!(room(400, 500, 0), (500, 100));
-        assert_eq!(room(600, 500, 0), (500, 0), "over: no room");
-        assert_eq!(room(600, 0, 0), (0, 0), "no limit");
+        let now = 1_000_000;
+        assert_eq!(room(900, 0, 1000, 0, now), (1000, 100));
+        assert_eq!(room(900, 500, 1000, now + 60, now), (1000, 100), "in grace");
+        assert_eq!(
+            room(900, 500, 1000, now, now),
+            (500, 0),
+            "grace over: EDQUOT now"
+        );
+        assert_eq!(room(400, 500, 0, 0, now), (500, 100));
+        assert_eq!(room(600, 500, 0, 0, now), (500, 0), "over: no room");
+        assert_eq!(room(600, 0, 0, 0, now), (0, 0), "no limit");
     }
 
     fn take(pairs: &[(&str, &str)]) -> Result<(Thresholds, bool)> {

@@ -72,6 +72,8 @@ pub enum ParseError {
     Command(u8),
     #[error("the kernel answered with error {0}")]
     Errno(i32),
+    #[error("an error message carries {0}, which is no errno")]
+    NotErrno(i32),
 }
 
 type Result<T> = std::result::Result<T, ParseError>;
@@ -214,9 +216,13 @@ impl Attr<'_> {
 /// kernel's error number instead.
 fn genl<'a>(message: &Message<'a>) -> Result<(u8, &'a [u8])> {
     if message.kind == NLMSG_ERROR {
-        let errno = u32_at(message.payload, 0)
-            .ok_or_else(|| short("an error message", 4, message.payload.len()))?;
-        return Err(ParseError::Errno(-(errno as i32)));
+        let error = u32_at(message.payload, 0)
+            .ok_or_else(|| short("an error message", 4, message.payload.len()))?
+            as i32;
+        // The kernel sends a negative errno; i32::MIN has no positive one.
+        return Err(error
+            .checked_neg()
+            .map_or(ParseError::NotErrno(error), ParseError::Errno));
     }
     if message.payload.len() < GENL_HDRLEN {
         return Err(short(
@@ -496,6 +502,16 @@ mod tests {
         assert_eq!(attrs.len(), 1);
         assert_eq!(attrs[0].kind, CTRL_ATTR_FAMILY_NAME);
         assert_eq!(attrs[0].value, b"VFS_DQUOT\0");
+    }
+
+    #[test]
+    fn an_error_message_with_i32_min_is_refused_not_negated() {
+        // Found by the fuzzer (fuzz/regressions/quota/error-errno-i32-min): negating it
+        // overflowed.
+        let mut bytes = hex(NO_FAMILY_ANSWER);
+        bytes[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        let message = messages(&bytes).next().unwrap().unwrap();
+        assert_eq!(parse_family(&message), Err(ParseError::NotErrno(i32::MIN)));
     }
 
     #[test]
