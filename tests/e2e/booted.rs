@@ -241,6 +241,17 @@ fn steps(c: &mut Container, dir: &Path) -> Result<()> {
         mounts.starts_with("fanotify mount events"),
         "step: statmount/listmount/fanotify under the unit's filter: the mount source says {mounts:?}, not \"fanotify mount events\" (the unit's SystemCallFilter= refuses them)"
     );
+    // quotactl_fd(2) under the same filter: the quota kind's usage thresholds.
+    let quota = details
+        .split("\"quota\" \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .with_context(|| format!("step: SourceDetails has no quota entry: {details}"))?;
+    ensure!(
+        quota.contains("usage thresholds: quotactl_fd(2)"),
+        "step: quotactl_fd under the unit's filter: the quota source says {quota:?} (the unit's SystemCallFilter= refuses it?)"
+    );
+    println!("booted: quota: {quota}");
     let status_text = c.ok("watchctl status", None, &["watchctl", "status"])?;
     ensure!(
         status_text.contains("mounts: fanotify mount events")
