@@ -44,11 +44,13 @@ const MANAGER: &str = "/org/watchd/Watchd1";
 const MANAGER_IFACE: &str = "org.watchd.Watchd1.Manager";
 const SUBSCRIPTION_IFACE: &str = "org.watchd.Watchd1.Subscription";
 
-/// What uid 1000 sends. All but the first two are malformed and must be refused.
+/// What uid 1000 sends. All but the first three are malformed and must be refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Request {
     Subscribe,
     AddWatch,
+    /// A read of its own subscription's Depth property (Properties.Get).
+    DepthRead,
     UnknownKind,
     UnknownMethod,
     WrongSignature,
@@ -71,6 +73,7 @@ impl Request {
         let small = [
             Subscribe,
             AddWatch,
+            DepthRead,
             UnknownKind,
             UnknownMethod,
             WrongSignature,
@@ -84,7 +87,10 @@ impl Request {
     }
 
     fn malformed(self) -> bool {
-        !matches!(self, Request::Subscribe | Request::AddWatch)
+        !matches!(
+            self,
+            Request::Subscribe | Request::AddWatch | Request::DepthRead
+        )
     }
 }
 
@@ -151,6 +157,12 @@ async fn send(conn: zbus::Connection, request: Request, p: Arc<Payloads>, tag: u
             AddWatch => {
                 let options = one("path", Value::from(p.scratch.clone()));
                 add_watch(c, sub, tag, "mounts", &options).await
+            }
+            DepthRead => {
+                let properties = Some("org.freedesktop.DBus.Properties");
+                let body = &(SUBSCRIPTION_IFACE, "Depth");
+                c.call_method(Some(DEST), sub, properties, "Get", body)
+                    .await
             }
             UnknownKind => add_watch(c, sub, tag, "nonsense", &empty).await,
             UnknownMethod => manager(c, "Frobnicate", &(&empty,)).await,
@@ -404,6 +416,20 @@ async fn flood() -> Result<()> {
             .all(|(_, outcome)| !outcome.starts_with("transport")
                 && !outcome.starts_with("no reply")),
         "every request got a reply: {tally:?}"
+    );
+    // Property reads count against the uid's calls in progress like method calls: some
+    // are served, those past the limit refused at once.
+    let reads = |outcome: &str| {
+        tally
+            .iter()
+            .filter(|((request, o), _)| *request == Request::DepthRead && o == outcome)
+            .map(|(_, n)| n)
+            .sum::<usize>()
+    };
+    let limited = reads("org.watchd.Watchd1.Error.LimitExceeded");
+    ensure!(
+        reads("ok") > 0 && limited > 0,
+        "Depth reads during the flood should be served, and refused past the call limit: {tally:?}"
     );
     // The median, not the maximum: on a loaded machine (CI, or 2 cores shared by several
     // builds) one round in 30 can wait a second for a core, flood or not.

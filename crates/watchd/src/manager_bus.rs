@@ -90,18 +90,29 @@ async fn admit(
     Ok((request, slot))
 }
 
-/// The uid behind a property read or a call. A read without a message (none happens: the
+/// The uid behind a property read (or `ListSubscriptions`), counted against its calls in
+/// progress as a method call is: a uid at its limit is refused (LimitExceeded) before the
+/// bus is asked who a new sender is. A read without a message (none happens: the
 /// properties are constant and never sent in a signal) has no reader and is refused.
-async fn reader_uid(conn: &Connection, header: Option<&Header<'_>>) -> Result<Uid> {
+async fn admit_read(
+    manager: &Manager,
+    conn: &Connection,
+    header: Option<&Header<'_>>,
+) -> Result<(Uid, Slot)> {
     let sender = header
         .and_then(|h| h.sender())
         .ok_or_else(|| Error::AccessDenied("the read carries no sender".into()))?;
+    if let Some(uid) = manager.sender_uid(sender.as_str()) {
+        return Ok((uid, manager.begin_call(uid)?));
+    }
     let dbus = zbus::fdo::DBusProxy::new(conn).await?;
     let uid = dbus
         .get_connection_unix_user(sender.clone().into())
         .await
+        .map(Uid)
         .map_err(|e| Error::Failed(format!("cannot identify the reader: {e}")))?;
-    Ok(Uid(uid))
+    manager.remember_sender(sender.as_str(), uid);
+    Ok((uid, manager.begin_call(uid)?))
 }
 
 /// One entry of `ListSubscriptions`, `(oua(ts))`: the object, the depth, each watch's tag
@@ -165,8 +176,7 @@ impl ManagerObject {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<ListedSubscription>> {
-        let reader = reader_uid(conn, Some(&header)).await?;
-        let _call = self.manager.begin_call(reader)?;
+        let (reader, _call) = admit_read(&self.manager, conn, Some(&header)).await?;
         Ok(self
             .manager
             .subscriptions_of(reader)
@@ -300,7 +310,7 @@ impl SubscriptionObject {
         #[zbus(header)] header: Option<Header<'_>>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<u32> {
-        let reader = reader_uid(conn, header.as_ref()).await?;
+        let (reader, _call) = admit_read(&self.manager, conn, header.as_ref()).await?;
         let (_, depth) = self.manager.describe_for(self.id, reader)?;
         Ok(depth)
     }
@@ -328,7 +338,7 @@ impl SubscriptionObject {
         #[zbus(header)] header: Option<Header<'_>>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<u32> {
-        let reader = reader_uid(conn, header.as_ref()).await?;
+        let (reader, _call) = admit_read(&self.manager, conn, header.as_ref()).await?;
         let (owner, _) = self.manager.describe_for(self.id, reader)?;
         Ok(owner.0)
     }
