@@ -363,6 +363,22 @@ fn run_role(args: &[String]) -> Result<String> {
     Ok(text)
 }
 
+/// The mount options that enforce the image's user and group limits.
+const ENFORCED: &str = "usrquota,grpquota";
+
+/// Mounts the image's loop device at [`MOUNT`] with `options` (none: usage counted, limits
+/// not enforced).
+fn mount_image(options: Option<&str>) -> Result<()> {
+    nix::mount::mount(
+        Some(DEVICE),
+        MOUNT,
+        Some("ext4"),
+        nix::mount::MsFlags::empty(),
+        options,
+    )
+    .with_context(|| format!("mounting the quota image with options {options:?}"))
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|&a| a.to_owned()).collect()
 }
@@ -401,14 +417,7 @@ pub async fn checks(client: &Client, address: &str) -> Result<u32> {
         "losetup: {}",
         String::from_utf8_lossy(&losetup.stderr)
     );
-    nix::mount::mount(
-        Some(DEVICE),
-        MOUNT,
-        Some("ext4"),
-        nix::mount::MsFlags::empty(),
-        Some("usrquota,grpquota"),
-    )
-    .context("mounting the quota image")?;
+    mount_image(Some(ENFORCED))?;
     let device = CString::new(DEVICE)?;
     quotactl_set_limits(
         &device,
@@ -756,6 +765,36 @@ fn thresholds(address: &str, device: &CString, dir: &Path) -> Result<u32> {
         "uid 1000's quota_low was not ended when its filesystem was unmounted: {gone:?}"
     );
     println!("ok an unmount ends a low quota with quota_recovered, and no watch kept it busy");
+    count += 1;
+
+    // Mounted again without usrquota: usage is counted, limits are not enforced. No write
+    // fails, the kernel warns of nothing, and neither does the daemon, though uid 1000's
+    // 900 KiB are near its 1 MiB and then past it.
+    let open_mount = || std::fs::File::open(MOUNT).map(std::os::fd::OwnedFd::from);
+    mount_image(None)?;
+    let counted = quotactl_space_used(device, quota::USER, USER)
+        .context("usage is not counted without usrquota")?;
+    let enforced = watchd::sys::quotactl_fd_limits_enforced(open_mount()?.as_fd(), quota::USER)?;
+    ensure!(
+        counted >= 900 * 1024 && !enforced,
+        "without usrquota: {counted} bytes counted, limits enforced: {enforced}"
+    );
+    let wrote = run_role(&as_writer("--quota-write", Some("300")))?;
+    ensure!(
+        wrote.contains("edquot=false"),
+        "a write past an unenforced limit: {wrote}"
+    );
+    user.quiet_for(Duration::from_secs(3))
+        .context("a threshold record about limits that are not enforced")?;
+    nix::mount::umount(MOUNT)?;
+    mount_image(Some(ENFORCED))?;
+    ensure!(
+        watchd::sys::quotactl_fd_limits_enforced(open_mount()?.as_fd(), quota::USER)?,
+        "with usrquota the limits are not said to be enforced"
+    );
+    println!(
+        "ok limits counted but not enforced give no threshold record: {counted} bytes of a 1 MiB limit, then past it"
+    );
     count += 1;
     Ok(count)
 }

@@ -11,6 +11,12 @@ use super::cvt;
 
 /// `Q_GETQUOTA` (`include/uapi/linux/quota.h`).
 const Q_GETQUOTA: u32 = 0x800007;
+/// `Q_XGETQSTATV` (`XQM_CMD(8)`, `include/uapi/linux/dqblk_xfs.h`).
+const Q_XGETQSTATV: u32 = (b'X' as u32) << 8 | 8;
+/// `FS_QSTATV_VERSION1`.
+const FS_QSTATV_VERSION1: i8 = 1;
+/// `FS_QUOTA_UDQ_ENFD`; the group and project bits follow at `<< 2` and `<< 4`.
+const FS_QUOTA_UDQ_ENFD: u16 = 2;
 /// `QIF_DQBLKSIZE`: the unit of the block limits `Q_GETQUOTA` returns.
 const QIF_DQBLKSIZE: u64 = 1024;
 
@@ -64,6 +70,59 @@ pub fn quotactl_fd_get_quota(
         bytes_grace_ends: block.dqb_btime,
         inodes_grace_ends: block.dqb_itime,
     })
+}
+
+/// `struct fs_qfilestatv`.
+#[repr(C)]
+#[derive(Default)]
+struct QuotaFileStat {
+    ino: u64,
+    blocks: u64,
+    extents: u32,
+    pad: u32,
+}
+
+/// `struct fs_quota_statv` (160 bytes), which `Q_XGETQSTATV` fills.
+#[repr(C)]
+#[derive(Default)]
+struct QuotaStat {
+    version: i8,
+    pad1: u8,
+    flags: u16,
+    incore: u32,
+    files: [QuotaFileStat; 3],
+    time_limits: [i32; 3],
+    warn_limits: [u16; 3],
+    pad3: u16,
+    pad4: u32,
+    pad2: [u64; 7],
+}
+
+const _: () = assert!(std::mem::size_of::<QuotaStat>() == 160);
+
+/// `quotactl_fd(2)` with `Q_XGETQSTATV`: whether the limits of quota type `quota_type` (0
+/// user, 1 group, 2 project) are enforced on the filesystem `fd` is on, or only its usage
+/// counted (ext4 with the `quota` feature mounted without `usrquota`: no write ever fails
+/// with `EDQUOT`, and the kernel sends no warning).
+pub fn quotactl_fd_limits_enforced(fd: BorrowedFd<'_>, quota_type: u32) -> io::Result<bool> {
+    let mut stat = QuotaStat {
+        version: FS_QSTATV_VERSION1,
+        ..QuotaStat::default()
+    };
+    // SAFETY: `fd` is open (borrowed) for the call, and `stat` is a `struct fs_quota_statv`
+    // on our stack (laid out as the kernel's, size checked above) whose version the kernel
+    // reads before it writes the structure; nothing keeps the pointer afterwards.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_quotactl_fd,
+            fd.as_raw_fd(),
+            Q_XGETQSTATV << 8,
+            0,
+            (&raw mut stat).cast::<libc::c_void>(),
+        )
+    };
+    cvt(ret)?;
+    Ok(stat.flags & (FS_QUOTA_UDQ_ENFD << (2 * quota_type)) != 0)
 }
 
 /// Whether this process may call `quotactl_fd(2)`: a call on no descriptor is `EBADF`

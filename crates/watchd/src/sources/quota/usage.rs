@@ -4,7 +4,9 @@
 //! caller's own quotas, read with `quotactl_fd(2)` `Q_GETQUOTA`: its user's, and each of its
 //! groups', on every filesystem of its mount namespace that has them on.
 //!
-//! **What is compared.** The room: what may still be used before `EDQUOT`, the hard limit
+//! **What is compared.** Only quotas whose limits are enforced (a filesystem may count
+//! usage without enforcing limits: ext4 with the `quota` feature mounted without
+//! `usrquota`; no write then fails, and the kernel warns of nothing). The room: what may still be used before `EDQUOT`, the hard limit
 //! (the soft limit when there is no hard one; its grace time ends in `EDQUOT` too) less the
 //! usage, in bytes and in inodes. The watch's lines are a share of that limit or an amount;
 //! the decisions (LOW, STILL_LOWER, RECOVERED, hysteresis, rate limit, when to look again)
@@ -310,11 +312,15 @@ impl Follower {
                 unsure.insert(dev);
                 continue;
             };
+            // Limits only counted, not enforced, never give EDQUOT (nor kernel warnings):
+            // such a quota is treated as off. A filesystem that cannot say enforces.
+            let enforced = [quota::USER, quota::GROUP]
+                .map(|t| sys::quotactl_fd_limits_enforced(fd.as_fd(), t).unwrap_or(true));
             let ids = std::iter::once((quota::USER, self.uid))
                 .chain(self.gids.iter().map(|&g| (quota::GROUP, g)));
             let mut off = None;
             for (quota_type, id) in ids {
-                if off == Some(quota_type) {
+                if off == Some(quota_type) || !enforced[quota_type as usize] {
                     continue;
                 }
                 match sys::quotactl_fd_get_quota(fd.as_fd(), quota_type, id) {
