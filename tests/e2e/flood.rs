@@ -213,8 +213,10 @@ fn start_flood(
             .enable_all()
             .build()?;
         runtime.block_on(async move {
+            // Every connection and its own subscription first: once a flood is under way,
+            // uid 1000 is at its call limit, and a Subscribe of its own would be refused.
             let mut holders: Vec<Process> = Vec::new();
-            let mut tasks = tokio::task::JoinSet::new();
+            let mut connections = Vec::new();
             for _ in 0..CONNECTIONS {
                 let (conn, holder) = connect_as_user(&address, OTHER_UID).await?;
                 holders.push(holder);
@@ -230,6 +232,10 @@ fn start_flood(
                     subscription: own.path().to_string(),
                     scratch: scratch.clone(),
                 });
+                connections.push((conn, own, payloads));
+            }
+            let mut tasks = tokio::task::JoinSet::new();
+            for (conn, own, payloads) in connections {
                 let (stop, sent) = (stop.clone(), sent.clone());
                 tasks.spawn(async move {
                     let _own = own;
@@ -356,7 +362,10 @@ async fn flood() -> Result<()> {
     // The flood is under way: a first batch has gone out on every connection.
     let started = Instant::now();
     while sent.load(Ordering::Relaxed) < CONNECTIONS * BATCH {
-        ensure!(!flood.is_finished(), "the flood ended before it began");
+        if flood.is_finished() {
+            let ended = flood.join();
+            anyhow::bail!("the flood ended before it began: {ended:?}");
+        }
         ensure!(
             started.elapsed() < Duration::from_secs(60),
             "the flood did not start"

@@ -116,6 +116,11 @@ impl Thresholds {
         ))
     }
 
+    /// Whether any resource is compared.
+    fn any(&self) -> bool {
+        self.space.is_some() || self.inodes.is_some()
+    }
+
     fn rule(&self, resource: Resource) -> Option<&Rule> {
         match resource {
             Resource::Space => self.space.as_ref(),
@@ -522,6 +527,10 @@ impl Engine {
     fn check(&self, follower: &Follower, alarms: &mut Alarms, now: Instant) -> Instant {
         let t = self.start.elapsed();
         let mut next = now + self.timing.longest;
+        if !follower.thresholds.any() {
+            // Kept for its mount table only: nothing to read.
+            return next;
+        }
         let (readings, unsure) = follower.read_all();
         let mut live = HashSet::new();
         for r in &readings {
@@ -627,6 +636,9 @@ impl Engine {
     /// locked, so the thread sends nothing for it in between.
     pub fn with_snapshot(&self, follower: &Follower, then: &mut dyn FnMut(&[Event])) {
         let mut alarms = follower.alarms();
+        if !follower.thresholds.any() {
+            return then(&[]);
+        }
         let t = self.start.elapsed();
         let mut events = Vec::new();
         for r in follower.read_all().0 {
