@@ -39,8 +39,10 @@ use crate::error::{Error, Result};
 use crate::event::{Change, Event, Fields};
 use crate::hub::Hub;
 use crate::sources::mounts::{MountEntry, mountinfo};
-use crate::sources::space::alarm::{self, Alarm, Amount, Rule, Step, Verdict};
-use crate::sources::space::{RETRY, Resource, Timing, YOUNG, dev_of, open_mount_point};
+use crate::sources::space::alarm::{self, Alarm, Rule, Step, Verdict};
+use crate::sources::space::{
+    RETRY, Resource, Timing, YOUNG, amount_option, dev_of, open_mount_point,
+};
 use crate::sys::{self, DiskQuota};
 
 /// Filesystem types whose quotas `quotactl_fd(2)` reads (local filesystems with the
@@ -91,14 +93,10 @@ impl Thresholds {
                 }
                 return Ok(None);
             }
-            let amount = |key: &str, text: Option<String>, default: &str| {
-                Amount::parse(text.as_deref().unwrap_or(default))
-                    .map_err(|why| Error::invalid(format!("option '{key}': {why}")))
-            };
             Ok(Some(Rule {
-                below: amount(below_key, below, Self::DEFAULT_BELOW)?,
+                below: amount_option(below_key, below, Self::DEFAULT_BELOW)?,
                 min_free: None,
-                step: amount(step_key, step, Self::DEFAULT_STEP)?,
+                step: amount_option(step_key, step, Self::DEFAULT_STEP)?,
             }))
         };
         let space = rule("below", "step")?;

@@ -213,16 +213,12 @@ impl Rules {
 
     /// Takes the watch's threshold options.
     pub fn take(options: &mut Options) -> Result<Rules> {
-        let amount = |key: &str, text: Option<String>, default: &str| -> Result<Amount> {
-            Amount::parse(text.as_deref().unwrap_or(default))
-                .map_err(|why| Error::invalid(format!("option '{key}': {why}")))
-        };
-        let below = amount("below", options.take_string("below")?, "5%")?;
+        let below = amount_option("below", options.take_string("below")?, "5%")?;
         let min_free = match options.take_string("min_free")? {
             None if matches!(below, Amount::Percent(_)) => Some(Self::DEFAULT_MIN_FREE),
             None => None,
             Some(off) if off == "none" => None,
-            Some(text) => match amount("min_free", Some(text), "")? {
+            Some(text) => match amount_option("min_free", Some(text), "")? {
                 Amount::Absolute(n) => Some(n),
                 Amount::Percent(_) => {
                     return Err(Error::invalid(
@@ -231,7 +227,7 @@ impl Rules {
                 }
             },
         };
-        let step = amount("step", options.take_string("step")?, "1%")?;
+        let step = amount_option("step", options.take_string("step")?, "1%")?;
         let min_interval = options
             .take_u32("min_interval_s")?
             .unwrap_or(Self::DEFAULT_MIN_INTERVAL_S);
@@ -245,9 +241,9 @@ impl Rules {
                 ));
             }
             (below, step) => Some(Rule {
-                below: amount("inodes_below", below, "")?,
+                below: amount_option("inodes_below", below, "")?,
                 min_free: None,
-                step: amount("inodes_step", step, "1%")?,
+                step: amount_option("inodes_step", step, "1%")?,
             }),
         };
         Ok(Rules {
@@ -260,6 +256,13 @@ impl Rules {
             min_interval: Duration::from_secs(min_interval.into()),
         })
     }
+}
+
+/// Option `key`'s amount (`text`, or `default` when not given), refused by name when it
+/// does not parse. Space and quota watches read their lines with it.
+pub fn amount_option(key: &str, text: Option<String>, default: &str) -> Result<Amount> {
+    Amount::parse(text.as_deref().unwrap_or(default))
+        .map_err(|why| Error::invalid(format!("option '{key}': {why}")))
 }
 
 /// A LOW, STILL_LOWER or RECOVERED record for one watch.
